@@ -1,0 +1,101 @@
+"""composable_server: Python's socketserver, assembled from typed components.
+
+A server is built from small, swappable components (see
+:mod:`composable_server.interfaces`) instead of inherited from a class tree::
+
+    from composable_server import Server, StreamAcceptor, TCPTransport, ThreadingDispatcher
+
+    server = Server(
+        transport=TCPTransport(("127.0.0.1", 9999)),
+        acceptor=StreamAcceptor(),
+        handler=UpperCaseHandler,
+        dispatcher=ThreadingDispatcher(),
+    )
+    server.serve_forever()
+
+The stdlib-compatible classes live in :mod:`composable_server.compat`; the
+in-memory fakes for unit tests in :mod:`composable_server.testing` (neither
+is imported here).
+"""
+
+from .acceptors import DatagramAcceptor as DatagramAcceptor
+from .acceptors import StreamAcceptor as StreamAcceptor
+from .dispatchers import ForkingDispatcher as ForkingDispatcher
+from .dispatchers import SyncDispatcher as SyncDispatcher
+from .dispatchers import ThreadingDispatcher as ThreadingDispatcher
+from .exceptions import AddressError as AddressError
+from .exceptions import BindError as BindError
+from .exceptions import ServerClosedError as ServerClosedError
+from .exceptions import ServerError as ServerError
+from .exceptions import ServerStateError as ServerStateError
+from .handlers import BaseRequestHandler as BaseRequestHandler
+from .handlers import DatagramRequestHandler as DatagramRequestHandler
+from .handlers import StreamRequestHandler as StreamRequestHandler
+from .interfaces import Acceptor as Acceptor
+from .interfaces import DatagramRequest as DatagramRequest
+from .interfaces import Dispatcher as Dispatcher
+from .interfaces import ErrorPolicy as ErrorPolicy
+from .interfaces import HandlerFactory as HandlerFactory
+from .interfaces import InetAddress as InetAddress
+from .interfaces import IPv4Address as IPv4Address
+from .interfaces import IPv6Address as IPv6Address
+from .interfaces import Job as Job
+from .interfaces import TimeoutPolicy as TimeoutPolicy
+from .interfaces import Transport as Transport
+from .interfaces import UnixAddress as UnixAddress
+from .interfaces import Verifier as Verifier
+from .policies import FixedTimeout as FixedTimeout
+from .policies import LoggingErrorPolicy as LoggingErrorPolicy
+from .policies import NoTimeout as NoTimeout
+from .policies import PrintTraceback as PrintTraceback
+from .policies import ReRaise as ReRaise
+from .server import Server as Server
+from .transports import TCPTransport as TCPTransport
+from .transports import UDPTransport as UDPTransport
+from .transports import UnixDatagramTransport as UnixDatagramTransport
+from .transports import UnixStreamTransport as UnixStreamTransport
+from .verifiers import AllowAll as AllowAll
+from .verifiers import all_of as all_of
+from .verifiers import any_of as any_of
+
+__all__ = (
+    "Acceptor",
+    "AddressError",
+    "AllowAll",
+    "BaseRequestHandler",
+    "BindError",
+    "DatagramAcceptor",
+    "DatagramRequest",
+    "DatagramRequestHandler",
+    "Dispatcher",
+    "ErrorPolicy",
+    "FixedTimeout",
+    "ForkingDispatcher",
+    "HandlerFactory",
+    "InetAddress",
+    "IPv4Address",
+    "IPv6Address",
+    "Job",
+    "LoggingErrorPolicy",
+    "NoTimeout",
+    "PrintTraceback",
+    "ReRaise",
+    "Server",
+    "ServerClosedError",
+    "ServerError",
+    "ServerStateError",
+    "StreamAcceptor",
+    "StreamRequestHandler",
+    "SyncDispatcher",
+    "TCPTransport",
+    "ThreadingDispatcher",
+    "TimeoutPolicy",
+    "Transport",
+    "UDPTransport",
+    "UnixAddress",
+    "UnixDatagramTransport",
+    "UnixStreamTransport",
+    "Verifier",
+    "all_of",
+    "any_of",
+)

@@ -1,0 +1,206 @@
+"""Socket helpers shared by transports, acceptors and the server loop.
+
+Everything that turns user input into a socket-level value is checked here,
+once, so that a bad address fails with an :class:`AddressError` naming the
+value instead of a ``TypeError`` from deep inside ``socket.bind``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Final
+
+from .exceptions import AddressError
+
+__all__ = (
+    "FAMILY_NAMES",
+    "UNIX_PATH_MAX",
+    "Waker",
+    "check_inet_address",
+    "check_unix_address",
+    "family_name",
+    "inet_family_for",
+)
+
+# sizeof(sockaddr_un.sun_path) on Linux is 108, including the terminating NUL
+# for filesystem paths (unix(7)); abstract names may use all 108 bytes.
+UNIX_PATH_MAX: Final = 108
+
+FAMILY_NAMES: Final[dict[int, str]] = {
+    socket.AF_INET: "AF_INET",
+    socket.AF_INET6: "AF_INET6",
+    socket.AF_UNIX: "AF_UNIX",
+}
+
+# Errors on accept() that mean "this one connection went away", not "the
+# listener is broken": skip them and go on (accept(2), "Error handling").
+ACCEPT_TRANSIENT_ERRNOS: Final = frozenset(
+    {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK}
+)
+# Errors on accept() that mean "out of a resource": retrying at once spins.
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def family_name(family: object) -> str:
+    """A readable name for an address family (``AF_INET6``), or its repr."""
+    if isinstance(family, int):
+        return FAMILY_NAMES.get(family, f"family {int(family)}")
+    return repr(family)
+
+
+def _shape(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_port(port: object, address: object, family: int) -> int:
+    """Return *port* if it is an int in 0..65535, else raise AddressError."""
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise AddressError(
+            f"port must be an int in 0..65535, got {_shape(port)} in {address!r}",
+            address=address,
+            family=family,
+        )
+    if not 0 <= port <= 65535:
+        raise AddressError(
+            f"port must be in 0..65535, got {port} in {address!r}", address=address, family=family
+        )
+    return port
+
+
+def inet_family_for(address: object) -> socket.AddressFamily:
+    """Choose ``AF_INET`` or ``AF_INET6`` from the shape of *address*.
+
+    A 4-tuple, or a host containing ``:`` (an IPv6 literal), is IPv6; any other
+    2-tuple is IPv4 (hostnames resolve as IPv4, as in stdlib ``TCPServer``).
+    """
+    if isinstance(address, tuple):
+        if len(address) == 4:
+            return socket.AF_INET6
+        if len(address) == 2 and isinstance(address[0], str) and ":" in address[0]:
+            return socket.AF_INET6
+    return socket.AF_INET
+
+
+def check_inet_address(address: object, family: int) -> tuple[str, int] | tuple[str, int, int, int]:
+    """Validate an IP address for *family* and return it unchanged.
+
+    Raises:
+        AddressError: not a tuple of the right length, host not a str, port
+            not an int in range.
+    """
+    fname = family_name(family)
+    expected = (
+        "(host, port)" if family == socket.AF_INET else "(host, port) or (host, port, flowinfo, scope_id)"
+    )
+    if not isinstance(address, tuple):
+        raise AddressError(
+            f"expected {expected} for {fname}, got {_shape(address)}", address=address, family=family
+        )
+    allowed = (2,) if family == socket.AF_INET else (2, 4)
+    if len(address) not in allowed:
+        raise AddressError(
+            f"expected {expected} for {fname}, got a {len(address)}-tuple {address!r}",
+            address=address,
+            family=family,
+        )
+    host = address[0]
+    if not isinstance(host, str):
+        raise AddressError(
+            f"host must be a str for {fname}, got {_shape(host)} in {address!r}",
+            address=address,
+            family=family,
+        )
+    port = check_port(address[1], address, family)
+    if len(address) == 4:
+        for name, value in (("flowinfo", address[2]), ("scope_id", address[3])):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise AddressError(
+                    f"{name} must be a non-negative int, got {_shape(value)} in {address!r}",
+                    address=address,
+                    family=family,
+                )
+        return (host, port, address[2], address[3])
+    return (host, port)
+
+
+def check_unix_address(address: object) -> str | bytes:
+    """Validate a Unix socket address: a path (str, bytes or os.PathLike) or a
+    Linux abstract name (bytes or str starting with NUL).
+
+    Returns:
+        The address as ``str`` (paths) or ``bytes`` (as given).
+
+    Raises:
+        AddressError: wrong type, empty, or longer than ``sun_path`` allows.
+    """
+    if isinstance(address, os.PathLike):
+        address = os.fspath(address)
+    if not isinstance(address, (str, bytes)):
+        raise AddressError(
+            f"expected a path (str, bytes or os.PathLike) for AF_UNIX, got {_shape(address)}",
+            address=address,
+            family=socket.AF_UNIX,
+        )
+    raw = os.fsencode(address)
+    if not raw:
+        raise AddressError("AF_UNIX path must not be empty", address=address, family=socket.AF_UNIX)
+    abstract = raw[0] == 0
+    limit = UNIX_PATH_MAX if abstract else UNIX_PATH_MAX - 1
+    if len(raw) > limit:
+        raise AddressError(
+            f"AF_UNIX path is {len(raw)} bytes, the limit is {limit}: {address!r}",
+            address=address,
+            family=socket.AF_UNIX,
+        )
+    if not abstract and 0 in raw:
+        raise AddressError(
+            f"AF_UNIX path must not contain NUL bytes: {address!r}", address=address, family=socket.AF_UNIX
+        )
+    return address
+
+
+class Waker:
+    """A self-pipe that makes a waiting ``select``/``poll`` return at once.
+
+    ``wake()`` may be called from any thread (and from a signal handler); the
+    waiting side calls ``drain()`` once it has woken.  A pipe rather than a
+    socketpair: it is cheaper and keeps the in-memory unit tests free of sockets.
+    """
+
+    __slots__ = ("_r", "_w")
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        """The read end, to register with a selector."""
+        return self._r
+
+    def wake(self) -> None:
+        """Make the read end readable.  Never blocks, never raises."""
+        try:
+            os.write(self._w, b"\0")
+        except OSError:
+            # Pipe full (a wake-up is already pending) or closed: either way
+            # there is nothing more to do.
+            pass
+
+    def drain(self) -> None:
+        """Consume pending wake-ups."""
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close both ends.  Idempotent."""
+        for fd in (self._r, self._w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._r = self._w = -1

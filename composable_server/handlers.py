@@ -1,0 +1,158 @@
+"""Request handlers, typed by the server's request and address types.
+
+The same life cycle as stdlib: the constructor runs ``setup()``, ``handle()``
+and ``finish()`` (the last even when ``handle()`` raised).
+
+* :class:`BaseRequestHandler` - generic over request and address;
+* :class:`StreamRequestHandler` - ``rfile``/``wfile`` over a connected socket;
+  ``wfile.write`` sends every byte (``sendall``) when unbuffered;
+* :class:`DatagramRequestHandler` - ``rfile`` over the datagram, ``wfile``
+  collected and sent back as one datagram by ``finish()``.
+
+Stdlib handler classes (``http.server.SimpleHTTPRequestHandler``, ...) run on
+a :class:`~composable_server.server.Server` as they are: they only need the
+``(request, client_address, server)`` call.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from socket import socket as Socket
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
+
+from .interfaces import DatagramRequest
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
+
+    from .server import Server
+
+__all__ = ("BaseRequestHandler", "DatagramRequestHandler", "SocketWriter", "StreamRequestHandler")
+
+RequestT = TypeVar("RequestT")
+AddressT = TypeVar("AddressT")
+
+
+class BaseRequestHandler(Generic[RequestT, AddressT]):
+    """Handles one request; subclass and override :meth:`handle`.
+
+    Attributes:
+        request: the request (a socket, or ``(data, socket)`` for datagrams).
+        client_address: the client's address.
+        server: the server that accepted the request.
+    """
+
+    def __init__(self, request: RequestT, client_address: AddressT, server: Server[RequestT, AddressT]) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self.setup()
+        try:
+            self.handle()
+        finally:
+            self.finish()
+
+    def setup(self) -> None:
+        """Called before :meth:`handle`; prepare what it needs."""
+
+    def handle(self) -> None:
+        """Serve the request."""
+
+    def finish(self) -> None:
+        """Called after :meth:`handle`, even when it raised; release what
+        :meth:`setup` prepared."""
+
+
+class SocketWriter(io.BufferedIOBase):
+    """A write-only file over a socket that sends every byte it is given.
+
+    The unbuffered ``wfile`` of :class:`StreamRequestHandler`: ``write``
+    calls ``sendall``, so a short send never loses data (stdlib
+    ``socketserver._SocketWriter``).
+    """
+
+    def __init__(self, sock: Socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Buffer, /) -> int:
+        """Send all of *b*; return its length in bytes."""
+        self._sock.sendall(b)
+        with memoryview(b) as view:
+            return view.nbytes
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
+    """A handler for stream requests with file-like ``rfile`` and ``wfile``.
+
+    Class attributes (as in stdlib):
+        rbufsize: ``rfile`` buffer size (-1: default buffering).
+        wbufsize: ``wfile`` buffer size (0: unbuffered, every write is sent).
+        timeout: socket timeout in seconds for this connection (None: none).
+        disable_nagle_algorithm: set ``TCP_NODELAY``.
+    """
+
+    rbufsize: ClassVar[int] = -1
+    wbufsize: ClassVar[int] = 0
+    timeout: ClassVar[float | None] = None
+    disable_nagle_algorithm: ClassVar[bool] = False
+
+    connection: Socket
+    rfile: io.BufferedIOBase
+    wfile: io.BufferedIOBase
+
+    def setup(self) -> None:
+        """Apply the timeout and TCP_NODELAY, then open ``rfile``/``wfile``."""
+        self.connection = self.request
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        # makefile() is typed IOBase for a non-literal buffer size; it is a
+        # buffered reader/writer (or a raw SocketIO for 0), as in stdlib.
+        self.rfile = cast(io.BufferedIOBase, self.connection.makefile("rb", self.rbufsize))
+        if self.wbufsize == 0:
+            self.wfile = SocketWriter(self.connection)
+        else:
+            self.wfile = cast(io.BufferedIOBase, self.connection.makefile("wb", self.wbufsize))
+
+    def finish(self) -> None:
+        """Flush ``wfile`` (a vanished peer is not an error here), close both files."""
+        if not self.wfile.closed:
+            try:
+                self.wfile.flush()
+            except OSError:
+                # A final buffered flush may fail if the peer is gone.
+                pass
+        self.wfile.close()
+        self.rfile.close()
+
+
+class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
+    """A handler for datagram requests.
+
+    ``rfile`` reads the received datagram (also in :attr:`packet`);
+    everything written to ``wfile`` is sent back to the client as one
+    datagram by :meth:`finish` (an empty reply is sent too, as in stdlib).
+    """
+
+    packet: bytes
+    socket: Socket
+    rfile: io.BytesIO
+    wfile: io.BytesIO
+
+    def setup(self) -> None:
+        """Unpack the request and open ``rfile``/``wfile`` in memory."""
+        self.packet, self.socket = self.request
+        self.rfile = io.BytesIO(self.packet)
+        self.wfile = io.BytesIO()
+
+    def finish(self) -> None:
+        """Send what was written to ``wfile`` to the client."""
+        self.socket.sendto(self.wfile.getvalue(), cast("tuple[str, int] | str", self.client_address))

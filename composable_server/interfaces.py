@@ -1,0 +1,318 @@
+"""The component contracts: one :class:`typing.Protocol` per role.
+
+This module imports nothing from the implementation modules, so the whole
+contract of a composable server can be read here.  The docstring of each
+method *is* its contract: what it returns, what it raises, what it owns, and
+whether calling it twice is safe.
+
+The request pipeline (see ``shared/DESIGN.md``)::
+
+    Transport -> Acceptor -> Verifier -> Dispatcher -> handler(request, client_address, server)
+                                                            | raises
+                                                            v
+                                                       ErrorPolicy
+    Server: the loop and the lifecycle, holds the components; TimeoutPolicy
+
+Two type parameters run through the pipeline:
+
+* the *request* type: a connected :class:`socket.socket` for stream
+  transports, ``(data, listening_socket)`` for datagram transports;
+* the *address* type: ``(host, port)`` or ``(host, port, flowinfo, scope_id)``
+  for IP families, a path (``str``, or ``bytes`` for Linux abstract names) for
+  Unix sockets.
+
+A stream handler wired to a datagram transport is therefore a type error,
+which is the point of making the components generic.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from socket import socket as Socket  # the Transport.socket property shadows the module
+from typing import Any, Protocol, TypeAlias, TypeVar
+
+__all__ = (
+    "Acceptor",
+    "Address",
+    "DatagramRequest",
+    "Dispatcher",
+    "ErrorPolicy",
+    "HandlerFactory",
+    "InetAddress",
+    "IPv4Address",
+    "IPv6Address",
+    "Job",
+    "TimeoutPolicy",
+    "Transport",
+    "UnixAddress",
+    "Verifier",
+)
+
+IPv4Address: TypeAlias = tuple[str, int]
+"""``(host, port)``, as ``getsockname()`` reports it for ``AF_INET``."""
+
+IPv6Address: TypeAlias = tuple[str, int, int, int]
+"""``(host, port, flowinfo, scope_id)``, as ``getsockname()`` reports it for ``AF_INET6``."""
+
+InetAddress: TypeAlias = "IPv4Address | IPv6Address"
+"""The address of an IP transport.  Which of the two is chosen at run time by
+the host (``"::1"`` is IPv6 even when written as a 2-tuple), so the static type
+is the union; ``address[0]`` and ``address[1]`` are ``str`` and ``int`` for both."""
+
+UnixAddress: TypeAlias = "str | bytes"
+"""A filesystem path, or ``bytes`` starting with NUL for a Linux abstract name.
+An unnamed client socket reports ``''``."""
+
+Address: TypeAlias = "InetAddress | UnixAddress"
+"""Any address a transport of this package reports."""
+
+DatagramRequest: TypeAlias = tuple[bytes, socket.socket]
+"""The request of a datagram server, as in stdlib: the payload and the
+listening socket to reply through (``sock.sendto(reply, client_address)``)."""
+
+# Invariant: the server both produces requests (acceptor) and consumes them
+# (handler, transport.shutdown_request), so neither direction is safe.
+RequestT = TypeVar("RequestT")
+AddressT = TypeVar("AddressT")
+# Contravariant: a Verifier or Transport that accepts any request accepts a
+# socket; a Verifier of any address accepts an IPv4 one.
+RequestT_contra = TypeVar("RequestT_contra", contravariant=True)
+AddressT_contra = TypeVar("AddressT_contra", contravariant=True)
+# Covariant: a Transport whose address is IPv4Address is a Transport whose
+# address is InetAddress; an Acceptor of sockets is an Acceptor of objects.
+AddressT_co = TypeVar("AddressT_co", covariant=True)
+RequestT_co = TypeVar("RequestT_co", covariant=True)
+
+# Explicit Any, see the docstring below for why the server argument is untyped.
+HandlerFactory: TypeAlias = Callable[[RequestT, AddressT, Any], object]  # type: ignore[explicit-any]
+"""What the server calls once per request: ``handler(request, client_address, server)``.
+
+Usually a request-handler class (its constructor does all the work, as in
+stdlib).  The *server* argument is ``Any`` on purpose: stdlib handler classes
+(``http.server.BaseHTTPRequestHandler``, ``xmlrpc.server``'s handlers) are
+annotated by typeshed as taking a ``socketserver.BaseServer``, which a
+composable server is not, and they must still be accepted.
+"""
+
+
+class Transport(Protocol[RequestT_contra, AddressT_co]):
+    """Owns the listening socket: its family, type, binding and closing.
+
+    The transport also owns what happens to an individual request once the
+    server is done with it (``shutdown_request``/``close_request``), because
+    that depends on the socket type: a stream request is a socket of its own,
+    a datagram request shares the listening socket and must not be closed.
+    """
+
+    __slots__ = ()
+
+    @property
+    def server_address(self) -> AddressT_co:
+        """The address the transport is bound to.
+
+        Before :meth:`bind` this is the requested address; after it, the
+        address the kernel reports (port 0 resolved to the chosen port).
+        """
+        ...
+
+    @property
+    def socket(self) -> Socket:
+        """The listening socket, for acceptors and for code that needs it.
+
+        Raises:
+            TypeError: if the transport has no real socket (in-memory fakes).
+            ServerClosedError: after :meth:`close`.
+        """
+        ...
+
+    def bind(self) -> None:
+        """Bind the listening socket to :attr:`server_address`.
+
+        Raises:
+            BindError: the address cannot be bound (in use, permission
+                denied, ...); it is an :class:`OSError` with the original errno
+                and names the address.  The transport stays open: the caller
+                decides whether to :meth:`close` it.
+        """
+        ...
+
+    def activate(self) -> None:
+        """Start accepting (``listen()`` for streams; nothing for datagrams).
+
+        Raises:
+            OSError: from ``listen()``.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the listening socket and release what the transport created.
+
+        Idempotent: closing twice is a no-op.  Never raises :class:`OSError`.
+        """
+        ...
+
+    def fileno(self) -> int:
+        """The descriptor to wait on for incoming requests; ``-1`` after :meth:`close`."""
+        ...
+
+    def shutdown_request(self, request: RequestT_contra) -> None:
+        """Shut down and close one request the server has finished with.
+
+        For streams: ``shutdown(SHUT_WR)`` (so the peer sees EOF after every
+        byte written), then close.  For datagrams: nothing.  Never raises
+        :class:`OSError`: the peer may already be gone.
+        """
+        ...
+
+    def close_request(self, request: RequestT_contra) -> None:
+        """Release this process's handle on *request* without a shutdown.
+
+        Used by the parent after fork and for rejected requests.  Idempotent,
+        never raises :class:`OSError`.
+        """
+        ...
+
+
+class Acceptor(Protocol[RequestT_co, AddressT]):
+    """Turns "the listening socket is readable" into one request."""
+
+    __slots__ = ()
+
+    def accept(self, transport: Transport[RequestT_co, AddressT]) -> tuple[RequestT_co, AddressT]:
+        """Take one pending request from *transport*.
+
+        Returns:
+            ``(request, client_address)``; the caller owns the request and
+            must eventually pass it to ``transport.shutdown_request`` or
+            ``transport.close_request``.
+
+        Raises:
+            OSError: nothing was pending (``EAGAIN``), the peer vanished
+                (``ECONNABORTED``), or the process is out of descriptors
+                (``EMFILE``).  The server decides what each means.
+        """
+        ...
+
+
+class Verifier(Protocol[RequestT_contra, AddressT_contra]):
+    """Decides whether a request may be served, before any work is spent on it."""
+
+    __slots__ = ()
+
+    def verify(self, request: RequestT_contra, client_address: AddressT_contra) -> bool:
+        """Return True to serve the request, False to close it unserved.
+
+        Must not block for long (it runs in the accept loop) and must not
+        close the request: the server does that.  An exception raised here is
+        handled like a handler exception (ErrorPolicy) and the request closed.
+        """
+        ...
+
+
+class Job(Protocol):
+    """One accepted, verified request, as the server hands it to a dispatcher.
+
+    A job is the unit a dispatcher schedules; it knows how to serve itself.
+    """
+
+    __slots__ = ()
+
+    @property
+    def client_address(self) -> object:
+        """The client address, for reports and reprs."""
+        ...
+
+    def run(self) -> bool:
+        """Serve the request: call the handler, route an exception to the
+        error policy, then shut the request down.
+
+        Returns:
+            True if the handler returned normally, False if it raised (the
+            exception has been handled already).  ``BaseException``\\ s other
+            than :class:`Exception` (``KeyboardInterrupt``, ``SystemExit``)
+            propagate after the request is shut down.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the request without serving it (a rejected job, or the
+        parent's copy after fork).  Idempotent."""
+        ...
+
+    def abort(self) -> None:
+        """Shut the request's socket down so a handler blocked in I/O wakes.
+
+        Safe to call from any thread, at any time, more than once.
+        """
+        ...
+
+
+class Dispatcher(Protocol):
+    """Decides *where* a job runs (inline, a thread, a child process) and how
+    many run at once."""
+
+    __slots__ = ()
+
+    def dispatch(self, job: Job) -> None:
+        """Take ownership of *job* and arrange for exactly one of
+        ``job.run()`` or ``job.close()`` to be called.
+
+        May block to apply backpressure (a bounded dispatcher at capacity).
+
+        Raises:
+            ServerClosedError: after :meth:`close`; the caller still owns the job.
+            OSError: the job could not be started (thread or fork failure);
+                the caller still owns the job.
+        """
+        ...
+
+    def service(self) -> None:
+        """Do housekeeping that must happen in the serving thread (reap
+        finished children).  Called once per loop iteration; never blocks."""
+        ...
+
+    def join(self, timeout: float | None) -> tuple[Job, ...]:
+        """Wait up to *timeout* seconds (None: without limit) for every job
+        in flight to finish.
+
+        Returns:
+            The jobs still running when the wait ended (empty when all
+            finished).  Does not stop anything.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop accepting jobs and, if configured to block on close, wait for
+        the ones in flight.  Idempotent."""
+        ...
+
+
+class ErrorPolicy(Protocol):
+    """What an exception raised while serving a request becomes."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: object, client_address: object, exc: BaseException) -> None:
+        """Report *exc*, raised while serving *request*.
+
+        Called inside the ``except`` block, so ``sys.exc_info()`` and a bare
+        ``raise`` refer to *exc*.  The server goes on unless this raises; a
+        policy that re-raises (for tests) stops the synchronous loop.
+        """
+        ...
+
+
+class TimeoutPolicy(Protocol):
+    """What happens when no request arrives in time."""
+
+    __slots__ = ()
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds :meth:`Server.handle_request` waits for a request; None waits forever."""
+        ...
+
+    def handle_timeout(self) -> None:
+        """Called when no request arrived within :attr:`timeout`."""
+        ...

@@ -1,0 +1,375 @@
+"""The engine: one :class:`Server` class, generic over request and address.
+
+Theory of operation
+-------------------
+
+A server holds one component per role (transport, acceptor, verifier,
+dispatcher, error policy, timeout policy) and a handler factory.  Its methods
+carry the stdlib ``BaseServer`` names (``get_request``, ``verify_request``,
+``process_request``, ``finish_request``, ``handle_error``, ...) and by default
+each delegates to its component, so the request pipeline is::
+
+    serve_forever / handle_request
+      -> get_request()            acceptor.accept(transport)
+      -> verify_request()         verifier.verify(...)        False: shutdown_request()
+      -> process_request()        dispatcher.dispatch(Job)
+           Job.run(), wherever the dispatcher runs it:
+             finish_request()     handler(request, client_address, server)
+             handle_error()       error_policy.handle_error(...), inside `except`
+             shutdown_request()   transport.shutdown_request(request)
+
+The compat classes are subclasses that only build the components from
+stdlib-style class attributes; a user subclass may override any of these
+methods, as with stdlib.
+
+Waking the loop.  ``serve_forever`` polls two descriptors: the transport's
+and a self-pipe (:class:`~composable_server._socketutil.Waker`).
+``shutdown()`` sets a flag and writes to the pipe, so the loop stops within
+microseconds instead of after ``poll_interval`` (stdlib bpo-12463 / gh-81707).
+``poll_interval`` remains only as the cadence of ``service_actions()``.
+
+Shutdown states.  A ``shutdown()`` request is consumed by the
+``serve_forever`` it stops: the running one, or, when none runs yet, the next
+one, which then returns at once (a server thread that starts late cannot
+miss it).  ``shutdown()`` waits for a running loop to finish, returns at
+once otherwise, and raises :class:`ServerStateError` when called from the
+serving thread itself, where waiting would deadlock.
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+import threading
+import time
+from socket import SHUT_RDWR
+from socket import socket as Socket
+from types import TracebackType
+from typing import Generic, Self, TypeVar, final
+
+from ._socketutil import Waker
+from .dispatchers import SyncDispatcher
+from .exceptions import ServerClosedError, ServerError, ServerStateError
+from .interfaces import Acceptor, Dispatcher, ErrorPolicy, HandlerFactory, TimeoutPolicy, Transport, Verifier
+from .policies import NoTimeout, PrintTraceback
+from .verifiers import AllowAll
+
+__all__ = ("Server",)
+
+RequestT = TypeVar("RequestT")
+AddressT = TypeVar("AddressT")
+
+_POLLIN = select.POLLIN
+_POLL_DEAD = select.POLLNVAL
+
+
+@final
+class _Job(Generic[RequestT, AddressT]):
+    """One request bound to its server: what a dispatcher runs."""
+
+    __slots__ = ("client_address", "request", "server")
+
+    def __init__(self, server: Server[RequestT, AddressT], request: RequestT, client_address: AddressT) -> None:
+        self.server = server
+        self.request = request
+        self.client_address = client_address
+
+    def run(self) -> bool:
+        server = self.server
+        try:
+            server.finish_request(self.request, self.client_address)
+            return True
+        except Exception:
+            server.handle_error(self.request, self.client_address)
+            return False
+        finally:
+            server.shutdown_request(self.request)
+
+    def close(self) -> None:
+        self.server.close_request(self.request)
+
+    def abort(self) -> None:
+        request: object = self.request
+        if isinstance(request, Socket):
+            try:
+                request.shutdown(SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<Job {self.client_address!r}>"
+
+
+class Server(Generic[RequestT, AddressT]):
+    """A server assembled from components.
+
+    Args:
+        transport: the listening socket (e.g. ``TCPTransport(("127.0.0.1", 0))``).
+        acceptor: turns readiness into a request (``StreamAcceptor()`` or
+            ``DatagramAcceptor()``, matching the transport's socket type).
+        handler: called as ``handler(request, client_address, server)`` for
+            each request, usually a request-handler class.
+        verifier: admits or refuses each request (default: admit all).
+        dispatcher: where handlers run (default: in the serving thread).
+        error_policy: what a handler exception becomes (default: the stdlib
+            traceback on stderr).
+        timeout_policy: how long ``handle_request()`` waits (default: forever).
+        bind_and_activate: bind and listen now; if either fails the transport
+            is closed and the error raised.
+
+    Raises:
+        BindError: the address could not be bound.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport[RequestT, AddressT],
+        acceptor: Acceptor[RequestT, AddressT],
+        handler: HandlerFactory[RequestT, AddressT],
+        verifier: Verifier[RequestT, AddressT] | None = None,
+        dispatcher: Dispatcher | None = None,
+        error_policy: ErrorPolicy | None = None,
+        timeout_policy: TimeoutPolicy | None = None,
+        bind_and_activate: bool = True,
+    ) -> None:
+        self.transport = transport
+        self.acceptor = acceptor
+        self.handler = handler
+        self.verifier: Verifier[RequestT, AddressT] = AllowAll() if verifier is None else verifier
+        self.dispatcher: Dispatcher = SyncDispatcher() if dispatcher is None else dispatcher
+        self.error_policy: ErrorPolicy = PrintTraceback() if error_policy is None else error_policy
+        self.timeout_policy: TimeoutPolicy = NoTimeout() if timeout_policy is None else timeout_policy
+        self.server_address: AddressT = transport.server_address
+        self._state_lock = threading.Lock()
+        self._serving_thread: int | None = None
+        self._shutdown_requested = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._closed = False
+        self._waker = Waker()
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle requests until :meth:`shutdown` is called.
+
+        Args:
+            poll_interval: seconds between calls of :meth:`service_actions`
+                while idle.  Shutdown does not wait for it.
+
+        Raises:
+            ServerClosedError: the server was closed.
+            ServerStateError: ``serve_forever`` is already running.
+        """
+        with self._state_lock:
+            if self._closed:
+                raise ServerClosedError("serve_forever() called on a closed server")
+            if self._serving_thread is not None:
+                raise ServerStateError("serve_forever() is already running in another thread")
+            self._serving_thread = threading.get_ident()
+            self._stopped.clear()
+        try:
+            listen_fd = self.fileno()
+            waker = self._waker
+            waker_fd = waker.fileno()
+            poller = select.poll()
+            poller.register(listen_fd, _POLLIN)
+            poller.register(waker_fd, _POLLIN)
+            timeout_ms = max(0.0, poll_interval * 1000.0)
+            while not self._shutdown_requested:
+                for fd, events in poller.poll(timeout_ms):
+                    if fd == waker_fd:
+                        waker.drain()
+                    elif events & _POLL_DEAD:
+                        # The listening descriptor was closed under us.
+                        raise ServerClosedError("the listening socket was closed while serving")
+                    elif not self._shutdown_requested:
+                        self._handle_request_noblock()
+                self.service_actions()
+        finally:
+            with self._state_lock:
+                self._shutdown_requested = False
+                self._serving_thread = None
+                self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait until it has returned.
+
+        Returns within microseconds of the loop finishing its current
+        request; does not wait for ``poll_interval``.  Called when no loop
+        is running, it returns at once and the next ``serve_forever`` call
+        returns immediately.
+
+        Raises:
+            ServerStateError: called from the thread running ``serve_forever``
+                (which would wait for itself forever).
+        """
+        with self._state_lock:
+            serving = self._serving_thread
+            if serving is not None and serving == threading.get_ident():
+                raise ServerStateError(
+                    "shutdown() called from the thread running serve_forever() would deadlock; "
+                    "call it from another thread"
+                )
+            self._shutdown_requested = True
+        self._waker.wake()
+        if serving is not None:
+            self._stopped.wait()
+
+    def handle_request(self) -> None:
+        """Wait for one request and handle it.
+
+        Waits at most :attr:`timeout` seconds (None: forever; the listening
+        socket's own timeout also counts, as in stdlib); if nothing arrives,
+        calls :meth:`handle_timeout` instead.
+
+        Raises:
+            ServerClosedError: the server was closed.
+        """
+        if self._closed:
+            raise ServerClosedError("handle_request() called on a closed server")
+        timeout = self._wait_timeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fileno(), _POLLIN)
+        while True:
+            if poller.poll(None if timeout is None else timeout * 1000.0):
+                self._handle_request_noblock()
+                return
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout < 0:
+                    self.handle_timeout()
+                    return
+
+    def _wait_timeout(self) -> float | None:
+        timeout = self.timeout
+        try:
+            socket_timeout = self.transport.socket.gettimeout()
+        except TypeError:  # in-memory transports have no socket
+            return timeout
+        if socket_timeout is None:
+            return timeout
+        return socket_timeout if timeout is None else min(timeout, socket_timeout)
+
+    def _handle_request_noblock(self) -> None:
+        """Accept, verify and dispatch one request (stdlib's private method of the same name)."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        try:
+            if self.verify_request(request, client_address):
+                self.process_request(request, client_address)
+            else:
+                self.shutdown_request(request)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def server_close(self) -> None:
+        """Stop serving, close the listening socket, and let the dispatcher
+        finish (joining threads or children if it blocks on close).
+
+        Idempotent.  A loop running in another thread is shut down first.
+        """
+        with self._state_lock:
+            serving = self._serving_thread
+            first = not self._closed
+            self._closed = True
+        if serving is not None and serving != threading.get_ident():
+            self.shutdown()
+        self.transport.close()
+        self.dispatcher.close()
+        if first and serving is None:
+            self._waker.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.server_close()
+
+    # -- hooks (stdlib BaseServer names; each delegates to a component) ---------
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds :meth:`handle_request` waits (from the timeout policy)."""
+        return self.timeout_policy.timeout
+
+    def fileno(self) -> int:
+        """The listening descriptor (``-1`` once closed)."""
+        return self.transport.fileno()
+
+    def server_bind(self) -> None:
+        """Bind the transport and record the bound address in :attr:`server_address`."""
+        self.transport.bind()
+        self.server_address = self.transport.server_address
+
+    def server_activate(self) -> None:
+        """Start listening."""
+        self.transport.activate()
+
+    def get_request(self) -> tuple[RequestT, AddressT]:
+        """Accept one request from the transport."""
+        return self.acceptor.accept(self.transport)
+
+    def verify_request(self, request: RequestT, client_address: AddressT) -> bool:
+        """Ask the verifier whether *request* may be served."""
+        return self.verifier.verify(request, client_address)
+
+    def process_request(self, request: RequestT, client_address: AddressT) -> None:
+        """Hand the request to the dispatcher."""
+        job: _Job[RequestT, AddressT] = _Job(self, request, client_address)
+        self.dispatcher.dispatch(job)
+
+    def finish_request(self, request: RequestT, client_address: AddressT) -> None:
+        """Run the handler for one request."""
+        self.handler(request, client_address, self)
+
+    def shutdown_request(self, request: RequestT) -> None:
+        """Shut down and close a finished request."""
+        self.transport.shutdown_request(request)
+
+    def close_request(self, request: RequestT) -> None:
+        """Close a request without shutting it down."""
+        self.transport.close_request(request)
+
+    def handle_error(self, request: RequestT, client_address: AddressT) -> None:
+        """Report the exception being handled to the error policy.
+
+        Called inside the ``except`` block, so ``sys.exc_info()`` works here.
+        """
+        exc = sys.exc_info()[1]
+        if exc is None:
+            exc = ServerError("handle_error() was called while no exception was being handled")
+        self.error_policy.handle_error(request, client_address, exc)
+
+    def handle_timeout(self) -> None:
+        """Called when :meth:`handle_request` waited :attr:`timeout` in vain."""
+        self.timeout_policy.handle_timeout()
+
+    def service_actions(self) -> None:
+        """Called once per loop iteration of :meth:`serve_forever`; lets the
+        dispatcher do its housekeeping (reaping children, threads)."""
+        self.dispatcher.service()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "serving" if self._serving_thread is not None else "idle"
+        return (
+            f"<{type(self).__qualname__} {self.server_address!r} {state} "
+            f"transport={type(self.transport).__name__} dispatcher={self.dispatcher!r}>"
+        )
