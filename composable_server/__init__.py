@@ -49,6 +49,7 @@ from .policies import LoggingErrorPolicy as LoggingErrorPolicy
 from .policies import NoTimeout as NoTimeout
 from .policies import PrintTraceback as PrintTraceback
 from .policies import ReRaise as ReRaise
+from .server import DrainReport as DrainReport
 from .server import Server as Server
 from .transports import TCPTransport as TCPTransport
 from .transports import UDPTransport as UDPTransport
@@ -67,6 +68,7 @@ __all__ = (
     "DatagramAcceptor",
     "DatagramRequest",
     "DatagramRequestHandler",
+    "DrainReport",
     "Dispatcher",
     "ErrorPolicy",
     "FixedTimeout",

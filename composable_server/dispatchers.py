@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -165,6 +166,44 @@ class ThreadingDispatcher:
 
 
 @final
+class _Child:
+    """The parent's handle on a job running in a child process."""
+
+    __slots__ = ("client_address", "pid")
+
+    def __init__(self, pid: int, client_address: object) -> None:
+        self.pid = pid
+        self.client_address = client_address
+
+    def run(self) -> bool:
+        raise RuntimeError("a job running in a child process cannot be run again")
+
+    def close(self) -> None:
+        """Nothing: the parent's copy of the request was closed at fork time."""
+
+    def abort(self) -> None:
+        """Ask the child to stop (SIGTERM; children run with the default action)."""
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<child {self.pid} serving {self.client_address!r}>"
+
+
+def _reset_signals_in_child() -> None:
+    # A child must not run the parent's Python-level handlers (e.g. a
+    # "SIGTERM -> shutdown the server" handler would wait forever on the
+    # parent's serving loop).  SIGTERM ends the child; Ctrl-C raises as usual.
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread: cannot happen after fork
+        pass
+
+
+@final
 @attrs.define(eq=False)
 class ForkingDispatcher:
     """Runs each job in a forked child process.
@@ -182,8 +221,8 @@ class ForkingDispatcher:
 
     max_children: int = attrs.field(default=DEFAULT_MAX_CHILDREN, validator=attrs.validators.ge(1))
     block_on_close: bool = True
-    # pid -> job (the parent's view of the job: its client address).
-    _children: dict[int, Job] = attrs.field(init=False, factory=dict)
+    # pid -> the parent's handle on the child's job.
+    _children: dict[int, _Child] = attrs.field(init=False, factory=dict)
     _closed: bool = attrs.field(init=False, default=False)
 
     @property
@@ -214,12 +253,13 @@ class ForkingDispatcher:
                 stream.flush()
         pid = os.fork()
         if pid:
-            self._children[pid] = job
+            self._children[pid] = _Child(pid, job.client_address)
             job.close()
             return
         # Child.  Whatever happens, never return into the parent's loop.
         status = 1
         try:
+            _reset_signals_in_child()
             status = 0 if job.run() else 1
         finally:
             try:

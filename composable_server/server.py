@@ -47,6 +47,8 @@ from socket import socket as Socket
 from types import TracebackType
 from typing import Generic, Self, TypeVar, final
 
+import attrs
+
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -54,7 +56,7 @@ from .interfaces import Acceptor, Dispatcher, ErrorPolicy, HandlerFactory, Timeo
 from .policies import NoTimeout, PrintTraceback
 from .verifiers import AllowAll
 
-__all__ = ("Server",)
+__all__ = ("DrainReport", "Server")
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
@@ -98,6 +100,28 @@ class _Job(Generic[RequestT, AddressT]):
 
     def __repr__(self) -> str:
         return f"<Job {self.client_address!r}>"
+
+
+@final
+@attrs.frozen
+class DrainReport:
+    """What :meth:`Server.drain` found and did.
+
+    Attributes:
+        finished: True if every request in flight finished before the deadline.
+        elapsed: seconds the drain took.
+        cut: client addresses of the requests still running at the deadline,
+            whose connections were shut down (threads) or which were sent
+            SIGTERM (children).
+        remaining: client addresses of the requests still running after the
+            cut and the grace period: threads blocked on something other than
+            their connection.  Empty in a clean drain.
+    """
+
+    finished: bool
+    elapsed: float
+    cut: tuple[object, ...] = ()
+    remaining: tuple[object, ...] = ()
 
 
 class Server(Generic[RequestT, AddressT]):
@@ -223,6 +247,41 @@ class Server(Generic[RequestT, AddressT]):
         self._waker.wake()
         if serving is not None:
             self._stopped.wait()
+
+    def drain(self, timeout: float | None = None, *, grace: float = 1.0) -> DrainReport:
+        """Stop accepting, let the requests in flight finish, cut them at the deadline.
+
+        1. Stop :meth:`serve_forever` (as :meth:`shutdown`), so nothing new is
+           accepted; pending connections stay in the kernel backlog.
+        2. Wait up to *timeout* seconds (None: without limit) for the requests
+           in flight.
+        3. At the deadline, abort the ones still running: their sockets are
+           shut down, so a handler blocked in ``recv`` wakes up; children are
+           sent SIGTERM.  Wait up to *grace* more seconds for them to end.
+
+        Does not close the server: call :meth:`server_close` (or leave the
+        ``with`` block) afterwards.  A request that completed is never lost.
+
+        Returns:
+            A :class:`DrainReport`.
+
+        Raises:
+            ServerStateError: called from the thread running ``serve_forever``.
+        """
+        started = time.monotonic()
+        self.shutdown()
+        pending = self.dispatcher.join(timeout)
+        if not pending:
+            return DrainReport(finished=True, elapsed=time.monotonic() - started)
+        for job in pending:
+            job.abort()
+        remaining = self.dispatcher.join(grace)
+        return DrainReport(
+            finished=False,
+            elapsed=time.monotonic() - started,
+            cut=tuple(job.client_address for job in pending),
+            remaining=tuple(job.client_address for job in remaining),
+        )
 
     def handle_request(self) -> None:
         """Wait for one request and handle it.
