@@ -56,8 +56,12 @@ from .transports import UDPTransport as UDPTransport
 from .transports import UnixDatagramTransport as UnixDatagramTransport
 from .transports import UnixStreamTransport as UnixStreamTransport
 from .verifiers import AllowAll as AllowAll
+from .verifiers import CIDRVerifier as CIDRVerifier
 from .verifiers import all_of as all_of
+from .verifiers import allow_networks as allow_networks
 from .verifiers import any_of as any_of
+from .verifiers import client_ip as client_ip
+from .verifiers import deny_networks as deny_networks
 
 __all__ = (
     "Acceptor",
@@ -65,6 +69,7 @@ __all__ = (
     "AllowAll",
     "BaseRequestHandler",
     "BindError",
+    "CIDRVerifier",
     "DatagramAcceptor",
     "DatagramRequest",
     "DatagramRequestHandler",
@@ -99,5 +104,8 @@ __all__ = (
     "UnixStreamTransport",
     "Verifier",
     "all_of",
+    "allow_networks",
     "any_of",
+    "client_ip",
+    "deny_networks",
 )
