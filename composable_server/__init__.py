@@ -21,8 +21,10 @@ is imported here).
 from .acceptors import DatagramAcceptor as DatagramAcceptor
 from .acceptors import StreamAcceptor as StreamAcceptor
 from .dispatchers import ForkingDispatcher as ForkingDispatcher
+from .dispatchers import PoolStatistics as PoolStatistics
 from .dispatchers import SyncDispatcher as SyncDispatcher
 from .dispatchers import ThreadingDispatcher as ThreadingDispatcher
+from .dispatchers import ThreadPoolDispatcher as ThreadPoolDispatcher
 from .exceptions import AddressError as AddressError
 from .exceptions import BindError as BindError
 from .exceptions import ServerClosedError as ServerClosedError
@@ -85,6 +87,7 @@ __all__ = (
     "Job",
     "LoggingErrorPolicy",
     "NoTimeout",
+    "PoolStatistics",
     "PrintTraceback",
     "ReRaise",
     "Server",
@@ -96,6 +99,7 @@ __all__ = (
     "SyncDispatcher",
     "TCPTransport",
     "ThreadingDispatcher",
+    "ThreadPoolDispatcher",
     "TimeoutPolicy",
     "Transport",
     "UDPTransport",

@@ -4,10 +4,18 @@
   ``TCPServer``);
 * :class:`ThreadingDispatcher` - a thread per job (stdlib ``ThreadingMixIn``),
   finished threads reaped as it goes, so its bookkeeping never grows;
+* :class:`ThreadPoolDispatcher` - a bounded pool of reused worker threads
+  with a bounded queue; when full it either applies backpressure (stops
+  accepting: the kernel backlog holds the rest) or rejects at once;
 * :class:`ForkingDispatcher` - a child process per job (stdlib
   ``ForkingMixIn``), at most *max_children* at once, children reaped without
   zombies, and only its own children: it never calls ``waitpid(-1)``, which
   would steal other children's exit statuses.
+
+Every concurrent dispatcher takes the same capacity vocabulary:
+``when_full="backpressure"`` (``dispatch`` blocks until a slot frees, so the
+serving loop stops accepting) or ``"reject"`` (the job is closed at once,
+after sending ``reject_message`` if one is set).
 """
 
 from __future__ import annotations
@@ -18,14 +26,33 @@ import signal
 import sys
 import threading
 import time
-from typing import Final, final
+from collections import deque
+from typing import Final, Literal, TypeAlias, final
 
 import attrs
 
 from .exceptions import ServerClosedError
 from .interfaces import Job
 
-__all__ = ("ForkingDispatcher", "SyncDispatcher", "ThreadingDispatcher")
+__all__ = (
+    "DEFAULT_MAX_CHILDREN",
+    "ForkingDispatcher",
+    "PoolStatistics",
+    "SyncDispatcher",
+    "ThreadPoolDispatcher",
+    "ThreadingDispatcher",
+    "WhenFull",
+)
+
+WhenFull: TypeAlias = Literal["backpressure", "reject"]
+"""What a dispatcher at capacity does with a new job."""
+
+_WHEN_FULL: Final = ("backpressure", "reject")
+
+
+def _check_when_full(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in _WHEN_FULL:
+        raise ValueError(f"when_full must be 'backpressure' or 'reject', got {value!r}")
 
 # stdlib ForkingMixIn.max_children.
 DEFAULT_MAX_CHILDREN: Final = 40
@@ -77,12 +104,22 @@ class ThreadingDispatcher:
             them at exit; stdlib ``daemon_threads``).
         block_on_close: :meth:`close` waits for non-daemon threads (stdlib
             ``block_on_close``).
+        max_threads: at most this many jobs at once (None: no cap, as stdlib).
+        when_full: at the cap, ``"backpressure"`` blocks :meth:`dispatch`
+            until a thread finishes; ``"reject"`` closes the job at once.
+        reject_message: sent to a rejected client before closing.
     """
 
     daemon: bool = False
     block_on_close: bool = True
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    max_threads: int | None = attrs.field(
+        default=None, kw_only=True, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    when_full: WhenFull = attrs.field(default="backpressure", kw_only=True, validator=_check_when_full)
+    reject_message: bytes = attrs.field(default=b"", kw_only=True)
+    _lock: threading.Condition = attrs.field(init=False, factory=threading.Condition)
     _active: dict[threading.Thread, Job] = attrs.field(init=False, factory=dict)
+    _rejected: int = attrs.field(init=False, default=0)
     # Threads whose job ended but which may not have exited yet; joined (at
     # once, in practice) by the next dispatch, so the bookkeeping stays at the
     # number of running jobs (stdlib bpo-37193 leaked one Thread per request).
@@ -102,6 +139,16 @@ class ThreadingDispatcher:
         self._reap()
         thread = threading.Thread(target=self._run, args=(job,), daemon=self.daemon)
         with self._lock:
+            cap = self.max_threads
+            if cap is not None and len(self._active) >= cap:
+                if self.when_full == "reject":
+                    self._rejected += 1
+                    job.close(self.reject_message)
+                    return
+                while len(self._active) >= cap and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    raise ServerClosedError("ThreadingDispatcher was closed while waiting for capacity")
             self._active[thread] = job
         try:
             thread.start()
@@ -118,6 +165,7 @@ class ThreadingDispatcher:
             with self._lock:
                 self._active.pop(me, None)
                 self._finished.append(me)
+                self._lock.notify()
 
     def _reap(self) -> None:
         if self._finished:
@@ -148,21 +196,31 @@ class ThreadingDispatcher:
     def close(self) -> None:
         """Refuse further jobs; if *block_on_close*, wait for the non-daemon
         threads (daemon threads are left running, as in stdlib).  Idempotent."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
         if self.block_on_close and not self.daemon:
             self.join(None)
         else:
             self._reap()
 
-    def statistics(self) -> int:
+    @property
+    def running(self) -> int:
         """The number of jobs running now."""
         with self._lock:
             return len(self._active)
 
+    @property
+    def rejected(self) -> int:
+        """Jobs rejected at the cap so far."""
+        return self._rejected
+
     def __repr__(self) -> str:
         flags = "daemon" if self.daemon else "non-daemon"
+        cap = "" if self.max_threads is None else f"/{self.max_threads}"
+        rejected = f", {self._rejected} rejected" if self._rejected else ""
         state = " closed" if self._closed else ""
-        return f"<ThreadingDispatcher [{self.statistics()} running, {flags}]{state}>"
+        return f"<ThreadingDispatcher [{self.running}{cap} running{rejected}, {flags}]{state}>"
 
 
 @final
@@ -178,7 +236,7 @@ class _Child:
     def run(self) -> bool:
         raise RuntimeError("a job running in a child process cannot be run again")
 
-    def close(self) -> None:
+    def close(self, message: bytes = b"") -> None:
         """Nothing: the parent's copy of the request was closed at fork time."""
 
     def abort(self) -> None:
@@ -213,14 +271,21 @@ class ForkingDispatcher:
     raised), so no ``atexit`` handler or buffered I/O of the parent runs twice.
 
     Args:
-        max_children: at most this many children at once; :meth:`dispatch`
-            blocks until one exits (stdlib ``max_children``, default 40).
+        max_children: at most this many children at once, enforced *before*
+            forking (stdlib ``max_children``, default 40).
         block_on_close: :meth:`close` waits for every child (stdlib
             ``block_on_close``); otherwise it reaps only those already done.
+        when_full: at *max_children*, ``"backpressure"`` blocks
+            :meth:`dispatch` until a child exits (stdlib behaviour);
+            ``"reject"`` closes the job at once.
+        reject_message: sent to a rejected client before closing.
     """
 
     max_children: int = attrs.field(default=DEFAULT_MAX_CHILDREN, validator=attrs.validators.ge(1))
     block_on_close: bool = True
+    when_full: WhenFull = attrs.field(default="backpressure", kw_only=True, validator=_check_when_full)
+    reject_message: bytes = attrs.field(default=b"", kw_only=True)
+    _rejected: int = attrs.field(init=False, default=0)
     # pid -> the parent's handle on the child's job.
     _children: dict[int, _Child] = attrs.field(init=False, factory=dict)
     _closed: bool = attrs.field(init=False, default=False)
@@ -244,6 +309,10 @@ class ForkingDispatcher:
         if self._closed:
             raise ServerClosedError("ForkingDispatcher is closed")
         self._reap(blocking=False)
+        if len(self._children) >= self.max_children and self.when_full == "reject":
+            self._rejected += 1
+            job.close(self.reject_message)
+            return
         while len(self._children) >= self.max_children:
             self._wait_any(None)
         # Flush our own buffers so the child does not inherit (and, if it
@@ -335,6 +404,265 @@ class ForkingDispatcher:
         else:
             self._reap(blocking=False)
 
+    @property
+    def rejected(self) -> int:
+        """Jobs rejected at *max_children* so far."""
+        return self._rejected
+
     def __repr__(self) -> str:
+        rejected = f", {self._rejected} rejected" if self._rejected else ""
         state = " closed" if self._closed else ""
-        return f"<ForkingDispatcher [{len(self._children)}/{self.max_children} children]{state}>"
+        return f"<ForkingDispatcher [{len(self._children)}/{self.max_children} children{rejected}]{state}>"
+
+
+@final
+@attrs.frozen
+class PoolStatistics:
+    """A snapshot of a :class:`ThreadPoolDispatcher`.
+
+    Attributes:
+        workers: worker threads alive.
+        busy: workers running a job.
+        idle: workers waiting for a job.
+        queued: jobs accepted and waiting for a worker.
+        rejected: jobs rejected because the pool was full (``when_full="reject"``).
+        completed: jobs finished (normally or not).
+    """
+
+    workers: int
+    busy: int
+    idle: int
+    queued: int
+    rejected: int
+    completed: int
+
+
+def _check_min_workers(instance: ThreadPoolDispatcher, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= instance.max_workers:
+        raise ValueError(f"min_workers must be in 0..max_workers ({instance.max_workers}), got {value}")
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class ThreadPoolDispatcher:
+    """Runs jobs on a bounded pool of reused worker threads.
+
+    Workers are started on demand up to *max_workers* and never once per job;
+    those above *min_workers* exit after *idle_timeout* seconds without work.
+    Jobs that find every worker busy wait in a queue of at most *queue_size*.
+    When the queue is full too:
+
+    * ``when_full="backpressure"``: :meth:`dispatch` blocks until a worker
+      frees, so the serving loop stops accepting and new connections wait in
+      the kernel's listen backlog;
+    * ``when_full="reject"``: the job is closed at once, after
+      *reject_message* is sent (best effort).
+
+    Args:
+        max_workers: the most worker threads at once.
+        min_workers: workers kept alive while idle (default 0).
+        queue_size: jobs that may wait for a worker.
+        when_full: ``"backpressure"`` or ``"reject"``.
+        reject_message: sent to a rejected client before closing.
+        idle_timeout: seconds an idle worker above *min_workers* lingers.
+        daemon: make the workers daemonic.
+        block_on_close: :meth:`close` waits for the queue to drain and every
+            worker to exit.
+    """
+
+    max_workers: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    min_workers: int = attrs.field(default=0, kw_only=True, validator=_check_min_workers)
+    queue_size: int = attrs.field(default=64, kw_only=True, validator=attrs.validators.ge(0))
+    when_full: WhenFull = attrs.field(default="backpressure", kw_only=True, validator=_check_when_full)
+    reject_message: bytes = attrs.field(default=b"", kw_only=True)
+    idle_timeout: float = attrs.field(default=30.0, kw_only=True, validator=attrs.validators.gt(0))
+    daemon: bool = attrs.field(default=False, kw_only=True)
+    block_on_close: bool = attrs.field(default=True, kw_only=True)
+
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    # Workers wait on _work; dispatch (backpressure) waits on _room; join waits on _quiet.
+    _work: threading.Condition = attrs.field(init=False)
+    _room: threading.Condition = attrs.field(init=False)
+    _quiet: threading.Condition = attrs.field(init=False)
+    _queue: deque[Job] = attrs.field(init=False, factory=deque)
+    _workers: set[threading.Thread] = attrs.field(init=False, factory=set)
+    _busy: dict[threading.Thread, Job] = attrs.field(init=False, factory=dict)
+    _finished: list[threading.Thread] = attrs.field(init=False, factory=list)
+    _idle: int = attrs.field(init=False, default=0)
+    _starting: int = attrs.field(init=False, default=0)
+    _rejected: int = attrs.field(init=False, default=0)
+    _completed: int = attrs.field(init=False, default=0)
+    _closed: bool = attrs.field(init=False, default=False)
+
+    @_work.default
+    def _make_work(self) -> threading.Condition:
+        return threading.Condition(self._lock)
+
+    @_room.default
+    def _make_room(self) -> threading.Condition:
+        return threading.Condition(self._lock)
+
+    @_quiet.default
+    def _make_quiet(self) -> threading.Condition:
+        return threading.Condition(self._lock)
+
+    def __attrs_post_init__(self) -> None:
+        with self._lock:
+            for _ in range(self.min_workers):
+                self._start_worker()
+
+    # -- dispatch -----------------------------------------------------------
+
+    def dispatch(self, job: Job) -> None:
+        """Queue *job* for a worker, starting one if all are busy and the
+        pool may grow.
+
+        Raises:
+            ServerClosedError: after :meth:`close`.
+            RuntimeError: a worker thread could not be started (the caller
+                still owns the job).
+        """
+        reject = False
+        with self._lock:
+            if self._closed:
+                raise ServerClosedError("ThreadPoolDispatcher is closed")
+            if self._backlog() < 0:
+                pass  # an idle (or starting) worker will take it
+            elif len(self._workers) < self.max_workers:
+                self._start_worker()
+            elif self._backlog() >= self.queue_size:
+                if self.when_full == "reject":
+                    self._rejected += 1
+                    reject = True
+                else:
+                    self._wait_for_room()
+            if not reject:
+                self._queue.append(job)
+                self._work.notify()
+        if reject:
+            job.close(self.reject_message)
+        if self._finished:
+            self._reap()
+
+    def _wait_for_room(self) -> None:
+        # Called with the lock held: backpressure.  The serving loop blocks
+        # here, so it stops accepting until a worker frees.
+        while not self._closed and self._backlog() >= self.queue_size:
+            self._room.wait()
+        if self._closed:
+            raise ServerClosedError("ThreadPoolDispatcher was closed while waiting for room")
+
+    def _backlog(self) -> int:
+        """Queued jobs no free worker is about to take (negative: spare workers).
+
+        Called with the lock held.  A worker that was started but has not
+        reached its loop yet counts as free: it will take a queued job.
+        """
+        return len(self._queue) - self._idle - self._starting
+
+    def _start_worker(self) -> None:
+        # Called with the lock held.
+        thread = threading.Thread(target=self._worker, daemon=self.daemon, name="composable_server pool worker")
+        thread.start()
+        self._workers.add(thread)
+        self._starting += 1
+
+    def _worker(self) -> None:
+        me = threading.current_thread()
+        lock, queue, busy = self._lock, self._queue, self._busy
+        lock.acquire()
+        self._starting -= 1
+        try:
+            while True:
+                if not queue:
+                    if self._closed:
+                        break
+                    self._idle += 1
+                    self._room.notify()  # an idle worker is room for one more job
+                    lingering = len(self._workers) > self.min_workers
+                    woken = self._work.wait(self.idle_timeout if lingering else None)
+                    self._idle -= 1
+                    if not queue and not woken and len(self._workers) > self.min_workers:
+                        break  # idle too long: shrink
+                    continue
+                job = queue.popleft()
+                busy[me] = job
+                self._room.notify()
+                lock.release()
+                try:
+                    job.run()
+                finally:
+                    lock.acquire()
+                    del busy[me]
+                    self._completed += 1
+                    if not busy and not queue:
+                        self._quiet.notify_all()
+        finally:
+            self._workers.discard(me)
+            self._finished.append(me)
+            self._room.notify_all()
+            self._quiet.notify_all()
+            lock.release()
+
+    def _reap(self) -> None:
+        with self._lock:
+            done, self._finished = self._finished, []
+        for thread in done:
+            thread.join()
+
+    # -- Dispatcher protocol -------------------------------------------------
+
+    def service(self) -> None:
+        """Join workers that have exited."""
+        if self._finished:
+            self._reap()
+
+    def join(self, timeout: float | None) -> tuple[Job, ...]:
+        """Wait up to *timeout* seconds until no job is queued or running.
+
+        Returns:
+            The jobs still running, then those still queued.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._busy or (len(self._queue) > 0 and self._workers):
+                remaining = _remaining(deadline)
+                if remaining == 0:
+                    break
+                self._quiet.wait(remaining)
+            return (*self._busy.values(), *self._queue)
+
+    def close(self) -> None:
+        """Refuse further jobs; workers finish the queue, then exit.  If
+        *block_on_close*, wait for them.  Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._work.notify_all()
+            self._room.notify_all()
+            workers = list(self._workers)
+        if self.block_on_close:
+            for thread in workers:
+                thread.join()
+        self._reap()
+
+    # -- introspection ---------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        """A consistent snapshot of the pool's counters."""
+        with self._lock:
+            return PoolStatistics(
+                workers=len(self._workers),
+                busy=len(self._busy),
+                idle=self._idle,
+                queued=len(self._queue),
+                rejected=self._rejected,
+                completed=self._completed,
+            )
+
+    def __repr__(self) -> str:
+        st = self.statistics()
+        state = " closed" if self._closed else ""
+        return (
+            f"<ThreadPoolDispatcher [workers: {st.busy} busy, {st.idle} idle of {self.max_workers} | "
+            f"queued: {st.queued}/{self.queue_size} | rejected: {st.rejected}]{state}>"
+        )

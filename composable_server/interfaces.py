@@ -235,9 +235,14 @@ class Job(Protocol):
         """
         ...
 
-    def close(self) -> None:
+    def close(self, message: bytes = b"") -> None:
         """Release the request without serving it (a rejected job, or the
-        parent's copy after fork).  Idempotent."""
+        parent's copy after fork).  Idempotent.
+
+        Args:
+            message: sent to the client first, best effort and without
+                blocking (e.g. ``b"busy, try again\r\n"`` when a pool is full).
+        """
         ...
 
     def abort(self) -> None:

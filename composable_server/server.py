@@ -42,10 +42,11 @@ import select
 import sys
 import threading
 import time
+from socket import MSG_DONTWAIT as _MSG_DONTWAIT
 from socket import SHUT_RDWR
 from socket import socket as Socket
 from types import TracebackType
-from typing import Generic, Self, TypeVar, final
+from typing import Generic, Self, TypeVar, cast, final
 
 import attrs
 
@@ -63,6 +64,18 @@ AddressT = TypeVar("AddressT")
 
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
+
+
+def _send_nowait(request: object, message: bytes, client_address: object) -> None:
+    """Best-effort, non-blocking send of a rejection message."""
+    try:
+        if isinstance(request, Socket):
+            request.send(message, _MSG_DONTWAIT)
+        elif isinstance(request, tuple) and len(request) == 2 and isinstance(request[1], Socket):
+            # The client address of a datagram request is the sender's socket address.
+            request[1].sendto(message, _MSG_DONTWAIT, cast("tuple[str, int] | str | bytes", client_address))
+    except OSError:
+        pass
 
 
 @final
@@ -87,7 +100,9 @@ class _Job(Generic[RequestT, AddressT]):
         finally:
             server.shutdown_request(self.request)
 
-    def close(self) -> None:
+    def close(self, message: bytes = b"") -> None:
+        if message:
+            _send_nowait(self.request, message, self.client_address)
         self.server.close_request(self.request)
 
     def abort(self) -> None:
