@@ -1,0 +1,44 @@
+"""Fixtures for the integration tests: real servers on loopback and Unix sockets."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ._support import KINDS, Dispatch, Family, Responder, ServerKind, ipv6_available
+
+
+@functools.cache
+def _ipv6() -> bool:
+    return ipv6_available()
+
+
+@pytest.fixture
+def short_tmp_path(tmp_path: Path) -> Path:
+    """``tmp_path``; Unix socket paths below it must fit in ``sun_path`` (107 bytes)."""
+    if len(str(tmp_path / "c000.sock")) > 100:  # pragma: no cover - only with a deep basetemp
+        pytest.skip(f"tmp_path is too long for Unix socket paths: {tmp_path}")
+    return tmp_path
+
+
+@pytest.fixture(params=KINDS, ids=[f"{f.value}-{d.value}" for f, d in KINDS])
+def server_kind(request: pytest.FixtureRequest, short_tmp_path: Path) -> ServerKind:
+    """Every server kind: TCP and UDP over IPv4 and IPv6, Unix stream and
+    datagram, each with synchronous, threading and forking dispatch."""
+    family: Family
+    dispatch: Dispatch
+    family, dispatch = request.param
+    if family.is_ipv6 and not _ipv6():
+        pytest.skip("IPv6 loopback (::1) is not available")
+    return ServerKind(family, dispatch, short_tmp_path)
+
+
+@pytest.fixture
+def responder() -> Iterator[Responder]:
+    """The shared handler behaviour (echo upper-cased, ``boom``, ``hold``)."""
+    r = Responder()
+    yield r
+    r.close()
