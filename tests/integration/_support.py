@@ -348,6 +348,7 @@ class ServerKind:
         error_policy: ErrorPolicy | None = None,
         timeout_policy: TimeoutPolicy | None = None,
         dispatcher: Dispatcher | None = None,
+        bind_and_activate: bool = True,
     ) -> AnyServer:
         """A bound, listening native server of this kind answering with *respond*
         (*dispatcher* defaults to a fresh one of this kind's mode)."""
@@ -361,6 +362,7 @@ class ServerKind:
             dispatcher=self.dispatch.make() if dispatcher is None else dispatcher,
             error_policy=error_policy,
             timeout_policy=timeout_policy,
+            bind_and_activate=bind_and_activate,
         )
         return server
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,18 @@ def server_kind(request: pytest.FixtureRequest, short_tmp_path: Path) -> ServerK
     if family.is_ipv6 and not _ipv6():
         pytest.skip("IPv6 loopback (::1) is not available")
     return ServerKind(family, dispatch, short_tmp_path)
+
+
+@pytest.fixture
+def make_kind(short_tmp_path: Path) -> Callable[[Family, Dispatch], ServerKind]:
+    """Build one particular server kind (skipping IPv6 kinds without ``::1``)."""
+
+    def make(family: Family, dispatch: Dispatch = Dispatch.SYNC) -> ServerKind:
+        if family.is_ipv6 and not _ipv6():
+            pytest.skip("IPv6 loopback (::1) is not available")
+        return ServerKind(family, dispatch, short_tmp_path)
+
+    return make
 
 
 @pytest.fixture
