@@ -47,9 +47,20 @@ from typing import Final, Generic, TypeVar, cast, final
 import attrs
 
 from .exceptions import ServerClosedError
-from .interfaces import Acceptor, Dispatcher, ErrorPolicy, Job, TimeoutPolicy, Transport, Verifier
+from .interfaces import (
+    AcceptErrorPolicy,
+    Acceptor,
+    ConnectionBudget,
+    Dispatcher,
+    ErrorPolicy,
+    Job,
+    TimeoutPolicy,
+    Transport,
+    Verifier,
+)
 
 __all__ = (
+    "CONTRACT_WAIT",
     "ErrorRecord",
     "InlineDispatcher",
     "MemoryAcceptor",
@@ -57,9 +68,11 @@ __all__ = (
     "MemoryTransport",
     "MemoryVerifier",
     "RaisingAcceptor",
+    "RecordingAcceptErrorPolicy",
     "RecordingErrorPolicy",
     "RecordingHandler",
     "RecordingTimeoutPolicy",
+    "check_accept_error_policy",
     "check_acceptor",
     "check_dispatcher",
     "check_error_policy",
@@ -320,6 +333,14 @@ class MemoryAcceptor:
         return pair
 
 
+def _error_script(items: Iterable[int | OSError | None]) -> collections.deque[int | OSError | None]:
+    return collections.deque(items)
+
+
+def _verdict_script(items: Iterable[bool]) -> collections.deque[bool]:
+    return collections.deque(items)
+
+
 def _as_oserror(item: int | OSError) -> OSError:
     if isinstance(item, OSError):
         return item
@@ -346,7 +367,7 @@ class RaisingAcceptor(Generic[RequestT, AddressT]):
     """
 
     inner: Acceptor[RequestT, AddressT]
-    errors: collections.deque[int | OSError | None] = attrs.field(converter=collections.deque, factory=list)
+    errors: collections.deque[int | OSError | None] = attrs.field(converter=_error_script, factory=list)
     raised: list[OSError] = attrs.field(init=False, factory=list)
 
     def accept(self, transport: Transport[RequestT, AddressT]) -> tuple[RequestT, AddressT]:
@@ -377,7 +398,7 @@ class MemoryVerifier:
     """
 
     verdict: bool | Callable[[object, object], bool] = True
-    script: collections.deque[bool] = attrs.field(converter=collections.deque, factory=list)
+    script: collections.deque[bool] = attrs.field(converter=_verdict_script, factory=list)
     calls: list[tuple[object, object]] = attrs.field(init=False, factory=list)
 
     def verify(self, request: object, client_address: object) -> bool:
@@ -583,20 +604,55 @@ class RecordingTimeoutPolicy:
         timeout: seconds ``handle_request()`` waits; None waits forever.
             May be changed between calls.
         timeout_hook: called by every :meth:`handle_timeout`.
+        budget: the per-connection limits to report (None: none).
 
     Attributes:
         timeouts: how often :meth:`handle_timeout` was called.
+        exceeded: ``(client_address, limit)`` of every :meth:`budget_exceeded` call.
     """
 
     timeout: float | None = None
     timeout_hook: Callable[[], object] | None = None
+    budget: ConnectionBudget | None = None
     timeouts: int = attrs.field(init=False, default=0)
+    exceeded: list[tuple[object, str]] = attrs.field(init=False, factory=list)
+
+    def budget_exceeded(self, client_address: object, limit: str) -> None:
+        """Record the call."""
+        self.exceeded.append((client_address, limit))
 
     def handle_timeout(self) -> None:
         """Count the call and run *timeout_hook*."""
         self.timeouts += 1
         if self.timeout_hook is not None:
             self.timeout_hook()
+
+
+@final
+@attrs.define(eq=False)
+class RecordingAcceptErrorPolicy:
+    """An accept-error policy that records failures and returns a fixed pause.
+
+    Args:
+        delay: what :meth:`accept_failed` returns (seconds to stop polling).
+
+    Attributes:
+        failures: every error passed to :meth:`accept_failed`, in order.
+        recoveries: how often :meth:`accepted` was called.
+    """
+
+    delay: float = 0.0
+    failures: list[OSError] = attrs.field(init=False, factory=list)
+    recoveries: int = attrs.field(init=False, default=0)
+
+    def accept_failed(self, exc: OSError) -> float:
+        """Record *exc*; return *delay*."""
+        self.failures.append(exc)
+        return self.delay
+
+    def accepted(self) -> None:
+        """Count the recovery."""
+        self.recoveries += 1
 
 
 # -- Handler --------------------------------------------------------------------
@@ -978,3 +1034,30 @@ def check_timeout_policy(make_policy: Callable[[], TimeoutPolicy]) -> None:
     assert policy.timeout == timeout, "timeout changed between two reads"
     policy.handle_timeout()
     policy.handle_timeout()
+    budget = policy.budget
+    if budget is not None:
+        for name in ("first_byte", "idle", "lifetime"):
+            limit: float | None = getattr(budget, name)
+            assert limit is None or limit > 0, f"budget.{name} is {limit!r}, expected None or seconds > 0"
+    for limit_name in ("first_byte", "idle", "lifetime"):
+        policy.budget_exceeded(("127.0.0.1", 5555), limit_name)
+
+
+def check_accept_error_policy(make_policy: Callable[[], AcceptErrorPolicy]) -> None:
+    """Assert the :class:`~composable_server.interfaces.AcceptErrorPolicy`
+    contract: ``accept_failed`` returns a pause in seconds >= 0 for transient
+    and capacity errors alike and never raises; ``accepted`` can always be called.
+
+    Args:
+        make_policy: returns a fresh policy.
+    """
+    policy = make_policy()
+    policy.accepted()  # before any failure: nothing to reset, must not raise
+    for code in (errno.ECONNABORTED, errno.EMFILE, errno.EMFILE, errno.ENFILE, errno.ENOBUFS):
+        try:
+            delay = policy.accept_failed(OSError(code, os.strerror(code)))
+        except Exception as exc:
+            raise AssertionError(f"accept_failed({errno.errorcode[code]}) raised {exc!r}") from exc
+        assert not isinstance(delay, bool), f"accept_failed returned {delay!r}, expected seconds"
+        assert not math.isnan(delay) and delay >= 0, f"accept_failed returned {delay!r}, expected seconds >= 0"
+    policy.accepted()
