@@ -33,7 +33,9 @@ from .exceptions import ServerStateError as ServerStateError
 from .handlers import BaseRequestHandler as BaseRequestHandler
 from .handlers import DatagramRequestHandler as DatagramRequestHandler
 from .handlers import StreamRequestHandler as StreamRequestHandler
+from .interfaces import AcceptErrorPolicy as AcceptErrorPolicy
 from .interfaces import Acceptor as Acceptor
+from .interfaces import ConnectionBudget as ConnectionBudget
 from .interfaces import DatagramRequest as DatagramRequest
 from .interfaces import Dispatcher as Dispatcher
 from .interfaces import ErrorPolicy as ErrorPolicy
@@ -46,11 +48,15 @@ from .interfaces import TimeoutPolicy as TimeoutPolicy
 from .interfaces import Transport as Transport
 from .interfaces import UnixAddress as UnixAddress
 from .interfaces import Verifier as Verifier
+from .policies import AcceptBackoff as AcceptBackoff
+from .policies import Budget as Budget
+from .policies import ConnectionTimeouts as ConnectionTimeouts
 from .policies import FixedTimeout as FixedTimeout
 from .policies import LoggingErrorPolicy as LoggingErrorPolicy
 from .policies import NoTimeout as NoTimeout
 from .policies import PrintTraceback as PrintTraceback
 from .policies import ReRaise as ReRaise
+from .policies import RetryImmediately as RetryImmediately
 from .server import DrainReport as DrainReport
 from .server import Server as Server
 from .transports import TCPTransport as TCPTransport
@@ -66,11 +72,16 @@ from .verifiers import client_ip as client_ip
 from .verifiers import deny_networks as deny_networks
 
 __all__ = (
+    "AcceptBackoff",
+    "AcceptErrorPolicy",
     "Acceptor",
     "AddressError",
     "AllowAll",
     "BaseRequestHandler",
     "BindError",
+    "Budget",
+    "ConnectionBudget",
+    "ConnectionTimeouts",
     "CIDRVerifier",
     "DatagramAcceptor",
     "DatagramRequest",
@@ -90,6 +101,7 @@ __all__ = (
     "PoolStatistics",
     "PrintTraceback",
     "ReRaise",
+    "RetryImmediately",
     "Server",
     "ServerClosedError",
     "ServerError",

@@ -33,8 +33,10 @@ from socket import socket as Socket  # the Transport.socket property shadows the
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 __all__ = (
+    "AcceptErrorPolicy",
     "Acceptor",
     "Address",
+    "ConnectionBudget",
     "DatagramRequest",
     "Dispatcher",
     "ErrorPolicy",
@@ -308,8 +310,35 @@ class ErrorPolicy(Protocol):
         ...
 
 
+class AcceptErrorPolicy(Protocol):
+    """What an error from ``accept()``/``recvfrom()`` on the listening socket becomes.
+
+    Out of descriptors (``EMFILE``), the listening socket stays readable, so a
+    loop that retries at once spins at 100% CPU; this policy decides how long
+    to stop polling it.
+    """
+
+    __slots__ = ()
+
+    def accept_failed(self, exc: OSError) -> float:
+        """Called when getting a request raised *exc* (the request is lost).
+
+        Returns:
+            Seconds to stop polling the listening socket before trying again
+            (0: at once).  The server retries earlier when one of its
+            requests finishes, since that frees a descriptor.  May log; must
+            not raise.
+        """
+        ...
+
+    def accepted(self) -> None:
+        """Called after the first successful accept following a failure."""
+        ...
+
+
 class TimeoutPolicy(Protocol):
-    """What happens when no request arrives in time."""
+    """What happens when no request arrives in time, and how long one
+    connection may take."""
 
     __slots__ = ()
 
@@ -320,4 +349,42 @@ class TimeoutPolicy(Protocol):
 
     def handle_timeout(self) -> None:
         """Called when no request arrived within :attr:`timeout`."""
+        ...
+
+    @property
+    def budget(self) -> ConnectionBudget | None:
+        """Time limits for each stream connection, applied by the server in the
+        worker before the handler runs; None for no limits (stdlib)."""
+        ...
+
+    def budget_exceeded(self, client_address: object, limit: str) -> None:
+        """Called when a connection was cut for exceeding its budget.
+
+        Args:
+            client_address: the client.
+            limit: ``"first_byte"``, ``"idle"`` or ``"lifetime"``.
+        """
+        ...
+
+
+class ConnectionBudget(Protocol):
+    """Per-connection time limits, in seconds (None: no limit)."""
+
+    __slots__ = ()
+
+    @property
+    def first_byte(self) -> float | None:
+        """How long a new connection may stay silent before its first byte;
+        a silent one is closed without running the handler."""
+        ...
+
+    @property
+    def idle(self) -> float | None:
+        """How long any single read or write may block (the socket timeout)."""
+        ...
+
+    @property
+    def lifetime(self) -> float | None:
+        """How long a connection may last in all; then its socket is shut
+        down, which wakes a handler blocked in I/O."""
         ...

@@ -7,23 +7,51 @@ Error policies (what a handler exception becomes):
 * :class:`LoggingErrorPolicy` - one ``logging`` record with the traceback;
 * :class:`ReRaise` - re-raise, for tests that want a handler bug to fail loudly.
 
-Timeout policies (what happens when no request arrives in time):
+Timeout policies (what happens when no request arrives in time, and how long
+one connection may take):
 
-* :class:`NoTimeout` - ``handle_request()`` waits forever (stdlib default);
-* :class:`FixedTimeout` - wait *timeout* seconds, then call *on_timeout*.
+* :class:`NoTimeout` - ``handle_request()`` waits forever, connections have
+  no limits (stdlib default, used by the compat classes);
+* :class:`FixedTimeout` - wait *timeout* seconds, then call *on_timeout*;
+* :class:`ConnectionTimeouts` - per-connection :class:`Budget` (first byte,
+  idle, lifetime), counted and logged: the native default.
+
+Accept-error policies (what a failing ``accept()`` becomes):
+
+* :class:`RetryImmediately` - ignore it and poll again (stdlib; spins at
+  100% CPU while out of descriptors);
+* :class:`AcceptBackoff` - skip transient errors silently, back off
+  exponentially (capped) on resource exhaustion, log at a limited rate: the
+  native default.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
-from typing import final
+from typing import Final, final
 
 import attrs
 
-__all__ = ("FixedTimeout", "LoggingErrorPolicy", "NoTimeout", "PrintTraceback", "ReRaise")
+from ._socketutil import ACCEPT_TRANSIENT_ERRNOS
+
+__all__ = (
+    "AcceptBackoff",
+    "Budget",
+    "ConnectionTimeouts",
+    "DEFAULT_BUDGET",
+    "FixedTimeout",
+    "LoggingErrorPolicy",
+    "NoTimeout",
+    "PrintTraceback",
+    "ReRaise",
+    "RetryImmediately",
+)
 
 _logger = logging.getLogger("composable_server")
 
@@ -82,10 +110,47 @@ class ReRaise:
         raise exc
 
 
+def _check_timeout(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{attribute.name} must be a number of seconds >= 0, got {value!r}")
+
+
+def _check_limit(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not value > 0:  # also rejects NaN
+        raise ValueError(f"{attribute.name} must be None or a number of seconds > 0, got {value!r}")
+
+
+@final
+@attrs.frozen
+class Budget:
+    """Per-connection time limits in seconds (None: no limit).
+
+    Attributes:
+        first_byte: a new connection silent this long is closed before its
+            handler runs (slowloris, port scanners).
+        idle: any single read or write blocked this long fails with
+            ``TimeoutError`` (the connection's socket timeout).
+        lifetime: a connection older than this has its socket shut down,
+            waking a handler blocked in I/O (a client dribbling one byte a
+            second defeats *idle* but not *lifetime*).
+    """
+
+    first_byte: float | None = attrs.field(default=None, validator=_check_limit)
+    idle: float | None = attrs.field(default=None, validator=_check_limit)
+    lifetime: float | None = attrs.field(default=None, validator=_check_limit)
+
+
+DEFAULT_BUDGET: Final = Budget(first_byte=30.0, idle=300.0, lifetime=None)
+"""The native API's default: a connection must speak within 30 s and may not
+block for more than 5 minutes on one read or write; no total limit, since
+long-lived connections are legitimate (set *lifetime* to bound them)."""
+
+
 @final
 @attrs.frozen
 class NoTimeout:
-    """A timeout policy without a timeout: ``handle_request()`` waits forever."""
+    """A timeout policy without any timeout: ``handle_request()`` waits
+    forever and connections have no time limits (stdlib)."""
 
     @property
     def timeout(self) -> None:
@@ -95,10 +160,13 @@ class NoTimeout:
     def handle_timeout(self) -> None:
         """Never called by the server; does nothing."""
 
+    @property
+    def budget(self) -> None:
+        """Always None: no per-connection limits."""
+        return None
 
-def _check_timeout(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be a number of seconds >= 0, got {value!r}")
+    def budget_exceeded(self, client_address: object, limit: str) -> None:
+        """Never called (there is no budget); does nothing."""
 
 
 @final
@@ -118,3 +186,140 @@ class FixedTimeout:
     def handle_timeout(self) -> None:
         """Call *on_timeout*."""
         self.on_timeout()
+
+    @property
+    def budget(self) -> None:
+        """Always None: no per-connection limits."""
+        return None
+
+    def budget_exceeded(self, client_address: object, limit: str) -> None:
+        """Never called (there is no budget); does nothing."""
+
+
+@final
+@attrs.define(eq=False)
+class ConnectionTimeouts:
+    """A timeout policy that bounds each connection with a :class:`Budget`.
+
+    Each cut connection is counted (:meth:`statistics`) and logged at INFO.
+
+    Args:
+        budget: the per-connection limits (default :data:`DEFAULT_BUDGET`).
+        timeout: seconds ``handle_request()`` waits (None: forever).
+        on_timeout: called when ``handle_request()`` waited in vain.
+        logger: where cut connections are logged.
+    """
+
+    budget: Budget = attrs.field(default=DEFAULT_BUDGET)
+    timeout: float | None = attrs.field(default=None, kw_only=True)
+    on_timeout: Callable[[], object] = attrs.field(default=lambda: None, kw_only=True)
+    logger: logging.Logger = attrs.field(default=_logger, kw_only=True)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _exceeded: dict[str, int] = attrs.field(init=False, factory=dict)
+
+    def handle_timeout(self) -> None:
+        """Call *on_timeout*."""
+        self.on_timeout()
+
+    def budget_exceeded(self, client_address: object, limit: str) -> None:
+        """Count and log the cut connection."""
+        with self._lock:
+            self._exceeded[limit] = self._exceeded.get(limit, 0) + 1
+        seconds = getattr(self.budget, limit, None)
+        self.logger.info("closed connection from %s: %s limit of %s s exceeded", client_address, limit, seconds)
+
+    def statistics(self) -> dict[str, int]:
+        """How many connections were cut, by limit (``first_byte``, ``idle``, ``lifetime``)."""
+        with self._lock:
+            return dict(self._exceeded)
+
+
+@final
+@attrs.frozen
+class RetryImmediately:
+    """An accept-error policy that ignores the error and polls again at once.
+
+    This is stdlib ``BaseServer`` behaviour: out of descriptors, the serving
+    loop spins at 100% CPU until one frees.
+    """
+
+    def accept_failed(self, exc: OSError) -> float:
+        """Return 0: retry at once."""
+        return 0.0
+
+    def accepted(self) -> None:
+        """Nothing to reset."""
+
+
+def _errno_name(exc: OSError) -> str:
+    code = exc.errno
+    name = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
+    return f"{name} ({exc.strerror or exc})"
+
+
+@final
+@attrs.define(eq=False)
+class AcceptBackoff:
+    """An accept-error policy that never lets the loop spin.
+
+    * Transient errors (``ECONNABORTED``, ``EPROTO``, ``EINTR``, ``EAGAIN``:
+      that one connection went away) are skipped silently: retry at once.
+    * Any other error (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``, ...)
+      pauses accepting for *initial* seconds, doubling on each consecutive
+      failure up to *maximum*.  The server retries earlier as soon as one of
+      its requests finishes and frees a descriptor.
+    * Failures are logged at WARNING at most once per *log_interval* seconds,
+      with the number of failures suppressed since.
+
+    Args:
+        initial: the first pause, in seconds.
+        maximum: the longest pause.
+        log_interval: seconds between two log records.
+        logger: where to log.
+        clock: a monotonic clock (injectable for tests).
+    """
+
+    initial: float = attrs.field(default=0.005, validator=attrs.validators.gt(0))
+    maximum: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    log_interval: float = attrs.field(default=10.0, kw_only=True, validator=_check_timeout)
+    logger: logging.Logger = attrs.field(default=_logger, kw_only=True)
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, kw_only=True)
+    _delay: float = attrs.field(init=False, default=0.0)
+    _failures: int = attrs.field(init=False, default=0)
+    _suppressed: int = attrs.field(init=False, default=0)
+    _last_log: float | None = attrs.field(init=False, default=None)
+
+    @property
+    def delay(self) -> float:
+        """The pause the last failure asked for (0 when accepting normally)."""
+        return self._delay
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures since the last successful accept."""
+        return self._failures
+
+    def accept_failed(self, exc: OSError) -> float:
+        """Return 0 for a transient error, else the next pause of the schedule."""
+        if exc.errno in ACCEPT_TRANSIENT_ERRNOS:
+            return 0.0
+        self._failures += 1
+        self._delay = self.initial if self._delay == 0 else min(self._delay * 2, self.maximum)
+        now = self.clock()
+        if self._last_log is None or now - self._last_log >= self.log_interval:
+            suppressed = f" ({self._suppressed} similar failures not logged)" if self._suppressed else ""
+            self.logger.warning(
+                "accept failed: %s; pausing accepts for %.3f s%s", _errno_name(exc), self._delay, suppressed
+            )
+            self._last_log = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+        return self._delay
+
+    def accepted(self) -> None:
+        """Reset the schedule (and log the recovery)."""
+        if self._failures:
+            self.logger.warning("accepting again after %d failed attempts", self._failures)
+        self._failures = 0
+        self._delay = 0.0

@@ -51,10 +51,20 @@ from typing import Generic, Self, TypeVar, cast, final
 import attrs
 
 from ._socketutil import Waker
+from ._watchdog import Watchdog
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
-from .interfaces import Acceptor, Dispatcher, ErrorPolicy, HandlerFactory, TimeoutPolicy, Transport, Verifier
-from .policies import NoTimeout, PrintTraceback
+from .interfaces import (
+    AcceptErrorPolicy,
+    Acceptor,
+    Dispatcher,
+    ErrorPolicy,
+    HandlerFactory,
+    TimeoutPolicy,
+    Transport,
+    Verifier,
+)
+from .policies import AcceptBackoff, ConnectionTimeouts, PrintTraceback
 from .verifiers import AllowAll
 
 __all__ = ("DrainReport", "Server")
@@ -82,23 +92,59 @@ def _send_nowait(request: object, message: bytes, client_address: object) -> Non
 class _Job(Generic[RequestT, AddressT]):
     """One request bound to its server: what a dispatcher runs."""
 
-    __slots__ = ("client_address", "request", "server")
+    __slots__ = ("client_address", "cut", "request", "server")
 
     def __init__(self, server: Server[RequestT, AddressT], request: RequestT, client_address: AddressT) -> None:
         self.server = server
         self.request = request
         self.client_address = client_address
+        # Set by abort(): the server cut this connection (drain deadline,
+        # lifetime budget) and has reported it; the handler's resulting
+        # BrokenPipe/EOF errors are consequences, not new errors.
+        self.cut = False
 
     def run(self) -> bool:
         server = self.server
+        request = self.request
+        budget = server.timeout_policy.budget
+        entry = None
         try:
-            server.finish_request(self.request, self.client_address)
+            if budget is not None and isinstance(request, Socket):
+                if not self._first_byte(request, budget.first_byte):
+                    server.timeout_policy.budget_exceeded(self.client_address, "first_byte")
+                    return False
+                if budget.idle is not None:
+                    request.settimeout(budget.idle)
+                if budget.lifetime is not None:
+                    entry = server._watchdog.add(budget.lifetime, self._expire)
+            server.finish_request(request, self.client_address)
             return True
         except Exception:
-            server.handle_error(self.request, self.client_address)
+            if not self.cut:
+                server.handle_error(request, self.client_address)
             return False
         finally:
-            server.shutdown_request(self.request)
+            if entry is not None:
+                server._watchdog.cancel(entry)
+            server.shutdown_request(request)
+            if server._resume_at:
+                # Accepting is paused (out of descriptors?): one was just
+                # freed, so let the loop retry now.
+                server._waker.wake()
+
+    @staticmethod
+    def _first_byte(sock: Socket, limit: float | None) -> bool:
+        """Wait up to *limit* seconds for the connection to become readable."""
+        if limit is None:
+            return True
+        poller = select.poll()
+        poller.register(sock, _POLLIN)
+        return bool(poller.poll(limit * 1000.0))
+
+    def _expire(self) -> None:
+        # Runs on the watchdog thread: the lifetime budget ran out.
+        self.abort()
+        self.server.timeout_policy.budget_exceeded(self.client_address, "lifetime")
 
     def close(self, message: bytes = b"") -> None:
         if message:
@@ -106,6 +152,7 @@ class _Job(Generic[RequestT, AddressT]):
         self.server.close_request(self.request)
 
     def abort(self) -> None:
+        self.cut = True
         request: object = self.request
         if isinstance(request, Socket):
             try:
@@ -152,7 +199,13 @@ class Server(Generic[RequestT, AddressT]):
         dispatcher: where handlers run (default: in the serving thread).
         error_policy: what a handler exception becomes (default: the stdlib
             traceback on stderr).
-        timeout_policy: how long ``handle_request()`` waits (default: forever).
+        timeout_policy: how long ``handle_request()`` waits and how long each
+            connection may take (default: :class:`ConnectionTimeouts` with
+            :data:`~composable_server.policies.DEFAULT_BUDGET`; pass
+            ``NoTimeout()`` for stdlib behaviour).
+        accept_error_policy: what a failing ``accept()`` becomes (default:
+            :class:`AcceptBackoff`, which never spins; ``RetryImmediately()``
+            is stdlib behaviour).
         bind_and_activate: bind and listen now; if either fails the transport
             is closed and the error raised.
 
@@ -170,6 +223,7 @@ class Server(Generic[RequestT, AddressT]):
         dispatcher: Dispatcher | None = None,
         error_policy: ErrorPolicy | None = None,
         timeout_policy: TimeoutPolicy | None = None,
+        accept_error_policy: AcceptErrorPolicy | None = None,
         bind_and_activate: bool = True,
     ) -> None:
         self.transport = transport
@@ -178,8 +232,15 @@ class Server(Generic[RequestT, AddressT]):
         self.verifier: Verifier[RequestT, AddressT] = AllowAll() if verifier is None else verifier
         self.dispatcher: Dispatcher = SyncDispatcher() if dispatcher is None else dispatcher
         self.error_policy: ErrorPolicy = PrintTraceback() if error_policy is None else error_policy
-        self.timeout_policy: TimeoutPolicy = NoTimeout() if timeout_policy is None else timeout_policy
+        self.timeout_policy: TimeoutPolicy = ConnectionTimeouts() if timeout_policy is None else timeout_policy
+        self.accept_error_policy: AcceptErrorPolicy = (
+            AcceptBackoff() if accept_error_policy is None else accept_error_policy
+        )
         self.server_address: AddressT = transport.server_address
+        # Monotonic time until which accepting is paused (0: not paused).
+        self._resume_at = 0.0
+        self._accept_failing = False
+        self._watchdog = Watchdog()
         self._state_lock = threading.Lock()
         self._serving_thread: int | None = None
         self._shutdown_requested = False
@@ -222,8 +283,20 @@ class Server(Generic[RequestT, AddressT]):
             poller = select.poll()
             poller.register(listen_fd, _POLLIN)
             poller.register(waker_fd, _POLLIN)
+            paused = select.poll()  # while accepting is paused: the waker only
+            paused.register(waker_fd, _POLLIN)
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
+                if self._resume_at:
+                    wait = self._resume_at - time.monotonic()
+                    if wait > 0:
+                        if paused.poll(min(wait * 1000.0, timeout_ms)):
+                            # Shutdown, or a request finished and freed a descriptor.
+                            waker.drain()
+                            self._resume_at = 0.0
+                        self.service_actions()
+                        continue
+                    self._resume_at = 0.0
                 for fd, events in poller.poll(timeout_ms):
                     if fd == waker_fd:
                         waker.drain()
@@ -338,8 +411,15 @@ class Server(Generic[RequestT, AddressT]):
         """Accept, verify and dispatch one request (stdlib's private method of the same name)."""
         try:
             request, client_address = self.get_request()
-        except OSError:
+        except OSError as exc:
+            self._accept_failing = True
+            delay = self.accept_error_policy.accept_failed(exc)
+            if delay > 0:
+                self._resume_at = time.monotonic() + delay
             return
+        if self._accept_failing:
+            self._accept_failing = False
+            self.accept_error_policy.accepted()
         try:
             if self.verify_request(request, client_address):
                 self.process_request(request, client_address)
@@ -366,6 +446,7 @@ class Server(Generic[RequestT, AddressT]):
             self.shutdown()
         self.transport.close()
         self.dispatcher.close()
+        self._watchdog.close()
         if first and serving is None:
             self._waker.close()
 
