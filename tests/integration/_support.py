@@ -353,7 +353,35 @@ class ServerKind:
         """A bound, listening native server of this kind answering with *respond*
         (*dispatcher* defaults to a fresh one of this kind's mode)."""
         handler: Any = stream_handler(respond) if self.family.is_stream else datagram_handler(respond)
-        acceptor: Any = StreamAcceptor() if self.family.is_stream else DatagramAcceptor()
+        return self.build(
+            handler,
+            verifier=verifier,
+            error_policy=error_policy,
+            timeout_policy=timeout_policy,
+            dispatcher=dispatcher,
+            bind_and_activate=bind_and_activate,
+        )
+
+    def build(
+        self,
+        handler: Any,
+        *,
+        verifier: Verifier[Any, Any] | None = None,
+        error_policy: ErrorPolicy | None = None,
+        timeout_policy: TimeoutPolicy | None = None,
+        dispatcher: Dispatcher | None = None,
+        bind_and_activate: bool = True,
+        max_packet_size: int | None = None,
+    ) -> AnyServer:
+        """A native server of this kind running *handler* (any handler factory
+        that fits the family's request type)."""
+        acceptor: Any
+        if self.family.is_stream:
+            acceptor = StreamAcceptor()
+        elif max_packet_size is None:
+            acceptor = DatagramAcceptor()
+        else:
+            acceptor = DatagramAcceptor(max_packet_size)
         server: AnyServer = Server(
             transport=self.transport(),
             acceptor=acceptor,
