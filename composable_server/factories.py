@@ -25,7 +25,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Mapping
 from socket import socket as Socket
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias, get_args
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, get_args, overload
 
 import attrs
 
@@ -44,7 +44,7 @@ from .server import Server
 from .transports import DEFAULT_BACKLOG, TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 
 if TYPE_CHECKING:
-    from .compat import BaseServer
+    from .compat import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 
 __all__ = (
     "COMPAT_MODULE",
@@ -173,6 +173,58 @@ def build_classic_servers(
     return classes
 
 
+@overload
+def server_class(
+    transport: Literal["tcp"],
+    dispatcher: DispatcherName | Callable[[], Dispatcher] = "sync",
+    *,
+    name: str | None = None,
+    module: str | None = None,
+    verifier: Verifier[object, object] | None = None,
+    error_policy: ErrorPolicy | None = None,
+    attributes: Mapping[str, object] | None = None,
+) -> type[TCPServer]: ...
+
+
+@overload
+def server_class(
+    transport: Literal["udp"],
+    dispatcher: DispatcherName | Callable[[], Dispatcher] = "sync",
+    *,
+    name: str | None = None,
+    module: str | None = None,
+    verifier: Verifier[object, object] | None = None,
+    error_policy: ErrorPolicy | None = None,
+    attributes: Mapping[str, object] | None = None,
+) -> type[UDPServer]: ...
+
+
+@overload
+def server_class(
+    transport: Literal["unix_stream"],
+    dispatcher: DispatcherName | Callable[[], Dispatcher] = "sync",
+    *,
+    name: str | None = None,
+    module: str | None = None,
+    verifier: Verifier[object, object] | None = None,
+    error_policy: ErrorPolicy | None = None,
+    attributes: Mapping[str, object] | None = None,
+) -> type[UnixStreamServer]: ...
+
+
+@overload
+def server_class(
+    transport: Literal["unix_datagram"],
+    dispatcher: DispatcherName | Callable[[], Dispatcher] = "sync",
+    *,
+    name: str | None = None,
+    module: str | None = None,
+    verifier: Verifier[object, object] | None = None,
+    error_policy: ErrorPolicy | None = None,
+    attributes: Mapping[str, object] | None = None,
+) -> type[UnixDatagramServer]: ...
+
+
 def server_class(
     transport: TransportName,
     dispatcher: DispatcherName | Callable[[], Dispatcher] = "sync",
@@ -182,7 +234,7 @@ def server_class(
     verifier: Verifier[object, object] | None = None,
     error_policy: ErrorPolicy | None = None,
     attributes: Mapping[str, object] | None = None,
-) -> type[BaseServer]:
+) -> type[TCPServer]:
     """A stdlib-style server class for *transport* and *dispatcher*.
 
     With only the two choices (and no *name*), this is the classic class
@@ -216,7 +268,7 @@ def server_class(
             raise ValueError(
                 f"dispatcher must be one of {', '.join(get_args(DispatcherName))} or a callable, got {dispatcher!r}"
             )
-        classic: type[BaseServer] = getattr(compat, classic_name(transport, dispatcher))
+        classic: type[TCPServer] = getattr(compat, classic_name(transport, dispatcher))
     else:
         custom_dispatcher = dispatcher
         classic = getattr(compat, classic_name(transport))
@@ -233,7 +285,7 @@ def server_class(
         chosen_policy = error_policy
         namespace["_compat_error_policy"] = lambda self: chosen_policy
     cls_name = name if name is not None else f"Custom{classic.__name__}"
-    cls: type[BaseServer] = _new_class(cls_name, (classic,), namespace, module or __name__)
+    cls: type[TCPServer] = _new_class(cls_name, (classic,), namespace, module or __name__)
     return cls
 
 

@@ -10,6 +10,7 @@
 import os
 import sys
 from collections.abc import Callable
+from socket import AddressFamily, SocketKind
 from socket import socket as _socket
 from typing import Any, TypeAlias
 
@@ -69,8 +70,10 @@ class BaseServer(Server[Any, Any]):
     def close_request(self, request: _RequestType) -> None: ...
 
 class TCPServer(BaseServer):
-    address_family: int
-    socket_type: int
+    # typeshed says int; the enum types let subclasses write
+    # `address_family = socket.AF_INET6` under mypy's mutable-override check.
+    address_family: AddressFamily
+    socket_type: SocketKind
     request_queue_size: int
     allow_reuse_address: bool
     allow_reuse_port: bool

@@ -1,0 +1,197 @@
+"""composable_server.factories: the class table, server_class and the
+native convenience wrappers (built unbound, so no sockets)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import assert_type
+
+import pytest
+
+from composable_server import (
+    AllowAll,
+    DatagramAcceptor,
+    DatagramRequest,
+    InetAddress,
+    LoggingErrorPolicy,
+    Server,
+    StreamAcceptor,
+    SyncDispatcher,
+    TCPTransport,
+    ThreadingDispatcher,
+    UDPTransport,
+    UnixAddress,
+    UnixDatagramTransport,
+    UnixStreamTransport,
+    compat,
+    factories,
+)
+from composable_server.factories import (
+    DISPATCHERS,
+    TRANSPORTS,
+    build_classic_servers,
+    classic_name,
+    make_tcp_server,
+    make_udp_server,
+    make_unix_datagram_server,
+    make_unix_stream_server,
+    server_class,
+)
+from composable_server.handlers import BaseRequestHandler
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def _noop(request: object, client_address: object, server: object) -> None:
+    """A handler that does nothing."""
+
+
+class TestTable:
+    def test_product_is_the_twelve_names(self) -> None:
+        """The two tables multiply out to stdlib's twelve class names."""
+        names = {classic_name(t, d) for t in TRANSPORTS for d in DISPATCHERS}
+        assert names == {
+            f"{prefix}{base}Server"
+            for prefix in ("", "Threading", "Forking")
+            for base in ("TCP", "UDP", "UnixStream", "UnixDatagram")
+        }
+
+    def test_parents_come_first(self) -> None:
+        """Every row's parent precedes it, so one pass builds the classes."""
+        seen: set[str] = set()
+        for key, row in TRANSPORTS.items():
+            assert row.parent is None or row.parent in seen
+            seen.add(key)
+
+    def test_build_with_other_bases(self) -> None:
+        """The table builds a class family on any base, with the requested module."""
+
+        class Root:
+            pass
+
+        class Mix:
+            pass
+
+        classes = build_classic_servers(
+            base=Root, mixins={"sync": None, "threading": Mix}, root_namespace={"marker": 1}, module="elsewhere"
+        )
+        assert set(classes) == {
+            "TCPServer",
+            "UDPServer",
+            "UnixStreamServer",
+            "UnixDatagramServer",
+            "ThreadingTCPServer",
+            "ThreadingUDPServer",
+            "ThreadingUnixStreamServer",
+            "ThreadingUnixDatagramServer",
+        }
+        assert classes["ThreadingUDPServer"].__mro__[1:4] == (Mix, classes["UDPServer"], classes["TCPServer"])
+        assert all(c.__module__ == "elsewhere" for c in classes.values())
+        assert "marker" in vars(classes["TCPServer"]) and "marker" not in vars(classes["UDPServer"])
+
+
+class TestServerClass:
+    @pytest.mark.parametrize("transport", list(TRANSPORTS))
+    @pytest.mark.parametrize("dispatcher", list(DISPATCHERS))
+    def test_plain_choice_is_the_classic_class(
+        self, transport: factories.TransportName, dispatcher: factories.DispatcherName
+    ) -> None:
+        """With only the two choices, the result is the compat class itself."""
+        assert server_class(transport, dispatcher) is getattr(compat, classic_name(transport, dispatcher))
+
+    def test_named_subclass(self) -> None:
+        """A name (and attributes) give a new subclass with that name and module."""
+        cls = server_class("udp", "threading", name="Mine", module="my.app", attributes={"max_packet_size": 512})
+        assert issubclass(cls, compat.ThreadingUDPServer)
+        assert (cls.__name__, cls.__qualname__, cls.__module__) == ("Mine", "Mine", "my.app")
+        assert getattr(cls, "max_packet_size") == 512
+
+    def test_components_are_installed(self) -> None:
+        """A dispatcher factory, verifier and error policy end up in each instance."""
+        policy = LoggingErrorPolicy()
+        verifier = AllowAll()
+        cls = server_class("tcp", lambda: ThreadingDispatcher(daemon=True), verifier=verifier, error_policy=policy)
+        assert cls.__name__ == "CustomTCPServer"
+        assert cls.__module__ == "composable_server.factories"
+        server = cls(("127.0.0.1", 0), BaseRequestHandler, False)
+        try:
+            assert isinstance(server.dispatcher, ThreadingDispatcher) and server.dispatcher.daemon
+            assert server.verifier is verifier
+            assert server.error_policy is policy
+        finally:
+            server.server_close()
+
+    def test_each_instance_gets_a_fresh_dispatcher(self) -> None:
+        """The dispatcher factory is called once per server."""
+        cls = server_class("tcp", SyncDispatcher)
+        a = cls(("127.0.0.1", 0), BaseRequestHandler, False)
+        b = cls(("127.0.0.1", 0), BaseRequestHandler, False)
+        try:
+            assert a.dispatcher is not b.dispatcher
+        finally:
+            a.server_close()
+            b.server_close()
+
+    def test_unknown_transport(self) -> None:
+        """An unknown transport name is a ValueError naming the choices."""
+        with pytest.raises(ValueError, match="tcp, udp"):
+            server_class("sctp", "sync")  # type: ignore[call-overload]  # the point of the test
+
+    def test_unknown_dispatcher(self) -> None:
+        """An unknown dispatcher name is a ValueError naming the choices."""
+        with pytest.raises(ValueError, match="sync, threading, forking"):
+            server_class("tcp", "async")  # type: ignore[call-overload]  # the point of the test
+
+
+class TestConvenience:
+    def test_make_tcp_server(self) -> None:
+        """make_tcp_server wires a TCP transport, a stream acceptor and the options."""
+        server = make_tcp_server(
+            ("127.0.0.1", 0), _noop, reuse_address=False, reuse_port=True, backlog=7, bind_and_activate=False
+        )
+        try:
+            assert_type(server, Server[socket.socket, InetAddress])
+            assert isinstance(server.transport, TCPTransport)
+            assert (server.transport.reuse_address, server.transport.reuse_port) == (False, True)
+            assert server.transport.backlog == 7
+            assert isinstance(server.acceptor, StreamAcceptor)
+            assert isinstance(server.dispatcher, SyncDispatcher)
+        finally:
+            server.server_close()
+
+    def test_make_udp_server(self) -> None:
+        """make_udp_server wires a UDP transport and a datagram acceptor of the given size."""
+        dispatcher = ThreadingDispatcher()
+        server = make_udp_server(
+            ("127.0.0.1", 0), _noop, max_packet_size=1200, dispatcher=dispatcher, bind_and_activate=False
+        )
+        try:
+            assert_type(server, Server[DatagramRequest, InetAddress])
+            assert isinstance(server.transport, UDPTransport)
+            assert isinstance(server.acceptor, DatagramAcceptor) and server.acceptor.max_packet_size == 1200
+            assert server.dispatcher is dispatcher
+        finally:
+            server.server_close()
+
+    def test_make_unix_stream_server(self, tmp_path: Path) -> None:
+        """make_unix_stream_server wires a Unix stream transport that removes its file."""
+        server = make_unix_stream_server(str(tmp_path / "s"), _noop, bind_and_activate=False)
+        try:
+            assert_type(server, Server[socket.socket, UnixAddress])
+            assert isinstance(server.transport, UnixStreamTransport) and server.transport.unlink_on_close
+            assert isinstance(server.acceptor, StreamAcceptor)
+        finally:
+            server.server_close()
+
+    def test_make_unix_datagram_server(self, tmp_path: Path) -> None:
+        """make_unix_datagram_server wires a Unix datagram transport and acceptor."""
+        server = make_unix_datagram_server(
+            str(tmp_path / "d"), _noop, unlink_on_close=False, bind_and_activate=False
+        )
+        try:
+            assert_type(server, Server[DatagramRequest, UnixAddress])
+            assert isinstance(server.transport, UnixDatagramTransport) and not server.transport.unlink_on_close
+            assert isinstance(server.acceptor, DatagramAcceptor)
+        finally:
+            server.server_close()
