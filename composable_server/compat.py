@@ -43,8 +43,10 @@ import attrs
 from . import handlers as _handlers
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
+from .exceptions import ServerClosedError
 from .factories import build_classic_servers
 from .interfaces import Dispatcher, ErrorPolicy, HandlerFactory, Verifier
+from .policies import NoTimeout
 from .server import Server
 from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 
@@ -237,6 +239,7 @@ class BaseServer(Server[Any, Any]):
         """Constructor.  May be extended, do not override."""
         transport, self._compat_stream = _build_transport(self, server_address)
         self._compat_transport = transport
+        self._compat_socket: Socket | None = None  # what `socket` returns once closed
         acceptor = (
             _NullAcceptor()
             if isinstance(transport, _NullTransport)
@@ -253,6 +256,9 @@ class BaseServer(Server[Any, Any]):
             verifier=self._compat_verifier(),
             dispatcher=self._compat_dispatcher(),
             error_policy=self._compat_error_policy(),
+            # stdlib has no per-connection time limits: the native default
+            # budgets (first byte, idle) stay off for the compat classes.
+            timeout_policy=NoTimeout(),
             bind_and_activate=False,
         )
         # stdlib keeps the address as given until server_bind() rewrites it.
@@ -282,12 +288,24 @@ class BaseServer(Server[Any, Any]):
 
     @property
     def socket(self) -> Socket:
-        """The listening socket (the transport's); assignable, e.g. to wrap it in TLS."""
-        return self._compat_transport.socket
+        """The listening socket (the transport's); assignable, e.g. to wrap it in TLS.
+
+        After ``server_close()`` this is the closed socket (``fileno()`` -1),
+        as in stdlib, rather than an error.
+        """
+        try:
+            sock = self._compat_transport.socket
+        except ServerClosedError:
+            if self._compat_socket is None:
+                raise
+            return self._compat_socket
+        self._compat_socket = sock
+        return sock
 
     @socket.setter
     def socket(self, value: Socket) -> None:
         self._compat_transport.socket = value
+        self._compat_socket = value
 
     # -- hooks ---------------------------------------------------------------
 
@@ -304,6 +322,7 @@ class BaseServer(Server[Any, Any]):
             transport.reuse_port = bool(getattr(self, "allow_reuse_port", False))
             if transport.address != self.server_address:
                 transport.address = self.server_address
+            self._compat_socket = transport.socket
         super().server_bind()
 
     def server_activate(self) -> None:
