@@ -24,16 +24,38 @@ def short_tmp_path(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(params=KINDS, ids=[f"{f.value}-{d.value}" for f, d in KINDS])
+def _kind(param: tuple[Family, Dispatch], directory: Path) -> ServerKind:
+    family, dispatch = param
+    if family.is_ipv6 and not _ipv6():
+        pytest.skip("IPv6 loopback (::1) is not available")
+    return ServerKind(family, dispatch, directory)
+
+
+def _ids(kinds: tuple[tuple[Family, Dispatch], ...]) -> list[str]:
+    return [f"{f.value}-{d.value}" for f, d in kinds]
+
+
+CONCURRENT_KINDS = tuple((f, d) for f, d in KINDS if d.concurrent)
+STREAM_KINDS = tuple((f, d) for f, d in KINDS if f.is_stream)
+
+
+@pytest.fixture(params=KINDS, ids=_ids(KINDS))
 def server_kind(request: pytest.FixtureRequest, short_tmp_path: Path) -> ServerKind:
     """Every server kind: TCP and UDP over IPv4 and IPv6, Unix stream and
     datagram, each with synchronous, threading and forking dispatch."""
-    family: Family
-    dispatch: Dispatch
-    family, dispatch = request.param
-    if family.is_ipv6 and not _ipv6():
-        pytest.skip("IPv6 loopback (::1) is not available")
-    return ServerKind(family, dispatch, short_tmp_path)
+    return _kind(request.param, short_tmp_path)
+
+
+@pytest.fixture(params=CONCURRENT_KINDS, ids=_ids(CONCURRENT_KINDS))
+def concurrent_server_kind(request: pytest.FixtureRequest, short_tmp_path: Path) -> ServerKind:
+    """The server kinds that serve several requests at once (threading, forking)."""
+    return _kind(request.param, short_tmp_path)
+
+
+@pytest.fixture(params=STREAM_KINDS, ids=_ids(STREAM_KINDS))
+def stream_server_kind(request: pytest.FixtureRequest, short_tmp_path: Path) -> ServerKind:
+    """The stream server kinds (TCP over IPv4 and IPv6, Unix stream) with every dispatch."""
+    return _kind(request.param, short_tmp_path)
 
 
 @pytest.fixture
@@ -41,9 +63,7 @@ def make_kind(short_tmp_path: Path) -> Callable[[Family, Dispatch], ServerKind]:
     """Build one particular server kind (skipping IPv6 kinds without ``::1``)."""
 
     def make(family: Family, dispatch: Dispatch = Dispatch.SYNC) -> ServerKind:
-        if family.is_ipv6 and not _ipv6():
-            pytest.skip("IPv6 loopback (::1) is not available")
-        return ServerKind(family, dispatch, short_tmp_path)
+        return _kind((family, dispatch), short_tmp_path)
 
     return make
 

@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from composable_server import Budget, ConnectionTimeouts
+
 from ._support import (
     Background,
     CLIENT_TIMEOUT,
@@ -34,11 +36,10 @@ class TestAnswers:
                 assert server_kind.request(server, b"ping %d" % i) == b"PING %d" % i
 
     @pytest.mark.timeout(10)
-    def test_concurrent_clients(self, server_kind: ServerKind, responder: Responder) -> None:
+    def test_concurrent_clients(self, concurrent_server_kind: ServerKind, responder: Responder) -> None:
         """Under threading and forking dispatch, two requests are held open at
         once and a third is answered meanwhile."""
-        if not server_kind.dispatch.concurrent:
-            pytest.skip("synchronous dispatch serves one request at a time")
+        server_kind = concurrent_server_kind
         with running(server_kind.server(responder)) as server:
             held = [Background(lambda: server_kind.request(server, b"hold")) for _ in range(2)]
             try:
@@ -132,12 +133,11 @@ class TestClose:
 
     @pytest.mark.timeout(10)
     def test_close_waits_for_requests_in_flight(
-        self, server_kind: ServerKind, responder: Responder, request: pytest.FixtureRequest
+        self, concurrent_server_kind: ServerKind, responder: Responder, request: pytest.FixtureRequest
     ) -> None:
         """Closing while a request is held waits for it (block_on_close), the
         held request is answered, and no thread or child is left behind."""
-        if not server_kind.dispatch.concurrent:
-            pytest.skip("synchronous dispatch has nothing in flight at close")
+        server_kind = concurrent_server_kind
         if server_kind.dispatch is Dispatch.THREADING and not server_kind.family.is_stream:
             request.applymarker(
                 pytest.mark.xfail(
@@ -160,6 +160,22 @@ class TestClose:
         if policy is not None:
             assert [exc for _, exc in policy.errors] == []
         assert held.result() == b"released"
+        assert new_threads(baseline) == []
+        assert_no_children()
+
+    @pytest.mark.timeout(10)
+    def test_nothing_left_behind_with_connection_budgets(
+        self, stream_server_kind: ServerKind, responder: Responder
+    ) -> None:
+        """With a lifetime budget (served by a watchdog thread), close still
+        leaves no thread or child behind."""
+        server_kind = stream_server_kind
+        baseline = set(threading.enumerate())
+        policy = ConnectionTimeouts(Budget(first_byte=CLIENT_TIMEOUT, idle=CLIENT_TIMEOUT, lifetime=CLIENT_TIMEOUT))
+        with running(server_kind.server(responder, timeout_policy=policy)) as server:
+            for i in range(3):
+                assert server_kind.request(server, b"b%d" % i) == b"B%d" % i
+        assert policy.statistics() == {}
         assert new_threads(baseline) == []
         assert_no_children()
 
