@@ -1,6 +1,7 @@
 """Every contract suite of composable_server.testing, run against the fakes and
-against every real component that needs no socket; and proof that the suites
-have teeth (a component breaking a promise fails them).
+against every real component that needs no socket; proof that the suites have
+teeth (a component breaking a promise fails them); and the fakes' own
+behaviour beyond the shared contracts (scripts, hooks, records).
 
 Real transports and acceptors need sockets: their suites run in
 tests/integration/test_contracts.py.
@@ -12,6 +13,9 @@ import contextlib
 import errno
 import logging
 import math
+import os
+import select
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -31,6 +35,7 @@ from composable_server import (
     SyncDispatcher,
     ThreadingDispatcher,
     TimeoutPolicy,
+    UDPTransport,
     Verifier,
     all_of,
     any_of,
@@ -47,6 +52,7 @@ from composable_server.testing import (
     RaisingAcceptor,
     RecordingAcceptErrorPolicy,
     RecordingErrorPolicy,
+    RecordingHandler,
     RecordingTimeoutPolicy,
     check_accept_error_policy,
     check_acceptor,
@@ -390,3 +396,366 @@ class TestSuitesHaveTeeth:
         """check_accept_error_policy fails a policy that raises on EMFILE."""
         with pytest.raises(AssertionError, match="EMFILE"):
             check_accept_error_policy(_RaisingOnEMFILE)
+
+
+# -- the fakes' own behaviour, beyond the shared contracts ---------------------------
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _FakeJob:
+    def __init__(self, result: bool = True) -> None:
+        self.client_address: object = "fake"
+        self.result = result
+        self.runs = 0
+        self.closes = 0
+
+    def run(self) -> bool:
+        self.runs += 1
+        return self.result
+
+    def close(self, message: bytes = b"") -> None:
+        self.closes += 1
+
+    def abort(self) -> None:
+        pass
+
+
+class TestMemoryTransportBehaviour:
+    @pytest.mark.timeout(5)
+    def test_readiness_follows_the_queue(self) -> None:
+        """fileno() is readable exactly while requests are queued, one byte per request."""
+        transport = _memory_transport()
+        try:
+            assert not _readable(transport.fileno())
+            transport.connect(MemoryRequest(), "a")
+            transport.connect(MemoryRequest(), "b")
+            assert [address for _, address in transport.pending] == ["a", "b"]
+            assert _readable(transport.fileno())
+            assert transport.next_request()[1] == "a"
+            assert _readable(transport.fileno())
+            assert transport.next_request()[1] == "b"
+            assert not _readable(transport.fileno())
+        finally:
+            transport.close()
+
+    @pytest.mark.timeout(10)
+    def test_connect_is_thread_safe(self) -> None:
+        """Requests queued from several threads at once are all delivered, each once."""
+        transport: MemoryTransport[int, int] = MemoryTransport(0)
+        try:
+
+            def connect_many(base: int) -> None:
+                for i in range(200):
+                    transport.connect(base + i, base)
+
+            threads = [threading.Thread(target=connect_many, args=(base,)) for base in (0, 1000, 2000, 3000)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            got = sorted(transport.next_request()[0] for _ in range(800))
+            assert got == sorted(base + i for base in (0, 1000, 2000, 3000) for i in range(200))
+            assert not _readable(transport.fileno())
+        finally:
+            transport.close()
+
+    @pytest.mark.timeout(5)
+    def test_socket_raises_type_error_naming_the_type(self) -> None:
+        """.socket raises TypeError while open (no real socket) and ServerClosedError after close."""
+        transport = _memory_transport()
+        with pytest.raises(TypeError, match="MemoryTransport has no socket"):
+            transport.socket
+        transport.close()
+        with pytest.raises(ServerClosedError):
+            transport.socket
+
+    @pytest.mark.timeout(5)
+    def test_records_lifecycle_calls_and_bound_address(self) -> None:
+        """bind/activate/close are counted, and server_address switches to bound_address at bind."""
+        transport = _memory_transport()
+        assert transport.server_address == "memory"
+        transport.bind()
+        transport.activate()
+        assert transport.server_address == "memory:bound"
+        transport.close()
+        transport.close()
+        assert (transport.bind_calls, transport.activate_calls, transport.close_calls) == (1, 1, 2)
+        assert transport.closed and transport.fileno() == -1
+
+    @pytest.mark.timeout(5)
+    def test_closed_transport_refuses_requests(self) -> None:
+        """connect() and next_request() raise ServerClosedError after close; queued requests stay visible."""
+        transport = _memory_transport()
+        transport.connect(MemoryRequest(), "a")
+        transport.close()
+        with pytest.raises(ServerClosedError):
+            transport.connect(MemoryRequest(), "b")
+        with pytest.raises(ServerClosedError):
+            transport.next_request()
+        assert len(transport.pending) == 1
+
+    @pytest.mark.timeout(5)
+    def test_finished_requests_are_recorded_and_closed(self) -> None:
+        """shutdown_request and close_request record the request and close a MemoryRequest."""
+        transport = _memory_transport()
+        try:
+            done, dropped = MemoryRequest(), MemoryRequest()
+            transport.shutdown_request(done)
+            transport.close_request(dropped)
+            assert transport.shutdown_requests == [done]
+            assert transport.closed_requests == [dropped]
+            assert transport.finished_requests == [done, dropped]
+            assert done.closed and dropped.closed
+        finally:
+            transport.close()
+
+    @pytest.mark.timeout(5)
+    def test_repr(self) -> None:
+        """The repr shows the address, the state and the queue length."""
+        transport = _memory_transport()
+        transport.connect(MemoryRequest(), "a")
+        assert repr(transport) == "<MemoryTransport 'memory' unbound [1 queued]>"
+        transport.close()
+        assert repr(transport) == "<MemoryTransport 'memory' closed [1 queued]>"
+
+
+class TestMemoryAcceptorBehaviour:
+    @pytest.mark.timeout(5)
+    def test_nothing_queued_is_eagain(self) -> None:
+        """With nothing queued, accept raises BlockingIOError (EAGAIN), as a non-blocking accept()."""
+        transport = _memory_transport()
+        try:
+            with pytest.raises(BlockingIOError) as info:
+                MemoryAcceptor().accept(transport)
+            assert info.value.errno == errno.EAGAIN
+        finally:
+            transport.close()
+
+    @pytest.mark.timeout(5)
+    def test_other_transport_is_a_type_error(self) -> None:
+        """Given a transport that is not a MemoryTransport, accept raises TypeError naming its type."""
+        other = UDPTransport(("127.0.0.1", 0))  # never touched: its socket is created lazily
+        with pytest.raises(TypeError, match="got UDPTransport"):
+            MemoryAcceptor().accept(other)
+
+    @pytest.mark.timeout(5)
+    def test_accept_hook_runs_before_the_queue_is_read(self) -> None:
+        """accept_hook runs first, so it can queue the very request being accepted."""
+        transport = _memory_transport()
+        request = MemoryRequest()
+        try:
+            acceptor = MemoryAcceptor(accept_hook=lambda: transport.connect(request, "from-hook"))
+            assert acceptor.accept(transport) == (request, "from-hook")
+            assert acceptor.accepted == [(request, "from-hook")]
+        finally:
+            transport.close()
+
+
+class TestRaisingAcceptorBehaviour:
+    @pytest.mark.timeout(5)
+    def test_follows_the_script_then_delegates(self) -> None:
+        """Errnos become OSErrors, instances are raised as is, None delegates once; then it delegates."""
+        transport = _memory_transport()
+        custom = ConnectionAbortedError(errno.ECONNABORTED, "gone")
+        acceptor: RaisingAcceptor[MemoryRequest, str] = RaisingAcceptor(
+            MemoryAcceptor(), [errno.EMFILE, None, custom]
+        )
+        try:
+            transport.connect(MemoryRequest(), "a")
+            transport.connect(MemoryRequest(), "b")
+            with pytest.raises(OSError) as info:
+                acceptor.accept(transport)
+            assert info.value.errno == errno.EMFILE
+            assert info.value.strerror == os.strerror(errno.EMFILE)
+            assert len(transport.pending) == 2  # an error consumes nothing
+            assert acceptor.accept(transport)[1] == "a"
+            with pytest.raises(ConnectionAbortedError) as aborted:
+                acceptor.accept(transport)
+            assert aborted.value is custom
+            assert acceptor.accept(transport)[1] == "b"
+            assert acceptor.raised == [info.value, custom]
+        finally:
+            transport.close()
+
+
+class TestMemoryVerifierBehaviour:
+    @pytest.mark.timeout(5)
+    def test_script_then_verdict_and_calls_recorded(self) -> None:
+        """Scripted verdicts come first, then the fixed verdict; every question is recorded."""
+        verifier = MemoryVerifier(True, script=[False, False])
+        assert [verifier.verify(i, "addr") for i in range(3)] == [False, False, True]
+        assert verifier.calls == [(0, "addr"), (1, "addr"), (2, "addr")]
+
+    @pytest.mark.timeout(5)
+    def test_predicate_sees_request_and_address(self) -> None:
+        """A predicate verdict is called with the request and the address."""
+        verifier = MemoryVerifier(lambda request, address: address == "good")
+        assert verifier.verify(None, "good") is True
+        assert verifier.verify(None, "bad") is False
+
+
+class TestInlineDispatcherBehaviour:
+    @pytest.mark.timeout(5)
+    def test_runs_inline_and_records(self) -> None:
+        """Without hold, a job runs inside dispatch and its result is recorded."""
+        dispatcher = InlineDispatcher()
+        job = _FakeJob(result=False)
+        dispatcher.dispatch(job)
+        assert job.runs == 1
+        assert dispatcher.dispatched == [job]
+        assert dispatcher.results == [(job, False)]
+
+    @pytest.mark.timeout(5)
+    def test_hold_keeps_jobs_until_released(self) -> None:
+        """With hold, jobs wait; join(timeout) returns them; release(count) runs the oldest first."""
+        dispatcher = InlineDispatcher(hold=True)
+        first, second = _FakeJob(), _FakeJob()
+        dispatcher.dispatch(first)
+        dispatcher.dispatch(second)
+        assert (first.runs, second.runs) == (0, 0)
+        assert dispatcher.join(0) == (first, second)
+        assert dispatcher.release(1) == 1
+        assert (first.runs, second.runs) == (1, 0)
+        assert dispatcher.pending == (second,)
+        assert dispatcher.release() == 1
+        assert dispatcher.join(0) == ()
+
+    @pytest.mark.timeout(10)
+    def test_join_waits_for_release_from_another_thread(self) -> None:
+        """join(None) returns once another thread has released every held job."""
+        dispatcher = InlineDispatcher(hold=True)
+        job = _FakeJob()
+        dispatcher.dispatch(job)
+        releaser = threading.Thread(target=dispatcher.release)
+        releaser.start()
+        try:
+            assert dispatcher.join(None) == ()
+        finally:
+            releaser.join(10)
+        assert job.runs == 1
+
+    @pytest.mark.timeout(5)
+    def test_discard_closes_held_jobs(self) -> None:
+        """discard() closes every held job without running it."""
+        dispatcher = InlineDispatcher(hold=True)
+        job = _FakeJob()
+        dispatcher.dispatch(job)
+        assert dispatcher.discard() == 1
+        assert (job.runs, job.closes) == (0, 1)
+        assert dispatcher.join(0) == ()
+
+    @pytest.mark.timeout(5)
+    def test_close_keeps_held_jobs_and_refuses_new_ones(self) -> None:
+        """close() is idempotent, refuses new jobs, and leaves held jobs for the test to release."""
+        dispatcher = InlineDispatcher(hold=True)
+        held, refused = _FakeJob(), _FakeJob()
+        dispatcher.dispatch(held)
+        dispatcher.close()
+        dispatcher.close()
+        with pytest.raises(ServerClosedError):
+            dispatcher.dispatch(refused)
+        assert dispatcher.pending == (held,)
+        assert dispatcher.release() == 1
+        assert (refused.runs, refused.closes) == (0, 0)
+
+    @pytest.mark.timeout(5)
+    def test_dispatch_hook_can_refuse_a_job(self) -> None:
+        """An exception from dispatch_hook leaves dispatch with the job neither recorded nor run."""
+
+        def refuse(job: Job) -> None:
+            raise OSError(errno.EAGAIN, "no threads left")
+
+        dispatcher = InlineDispatcher(dispatch_hook=refuse)
+        job = _FakeJob()
+        with pytest.raises(OSError):
+            dispatcher.dispatch(job)
+        assert dispatcher.dispatched == []
+        assert (job.runs, job.closes) == (0, 0)
+
+    @pytest.mark.timeout(5)
+    def test_service_counts_and_runs_hook(self) -> None:
+        """service() is counted and runs service_hook."""
+        calls: list[None] = []
+        dispatcher = InlineDispatcher(service_hook=lambda: calls.append(None))
+        dispatcher.service()
+        dispatcher.service()
+        assert dispatcher.service_calls == 2 and len(calls) == 2
+
+
+class TestRecordingErrorPolicyBehaviour:
+    @pytest.mark.timeout(5)
+    def test_records_whether_called_inside_except(self) -> None:
+        """Each record says whether sys.exc_info() was the reported exception during the call."""
+        policy = RecordingErrorPolicy()
+        boom = ValueError("boom")
+        try:
+            raise boom
+        except ValueError as exc:
+            policy.handle_error("req", "addr", exc)
+        policy.handle_error("req", "addr", boom)  # outside: a contract violation it can detect
+        assert [record.in_except for record in policy.errors] == [True, False]
+        assert policy.exceptions == [boom, boom]
+        assert policy.errors[0].thread == threading.get_ident()
+
+    @pytest.mark.timeout(5)
+    def test_error_hook_and_wait_for(self) -> None:
+        """error_hook sees each exception; wait_for reports whether enough errors arrived in time."""
+        seen: list[BaseException] = []
+        policy = RecordingErrorPolicy(error_hook=seen.append)
+        assert policy.wait_for(1, 0) is False
+        try:
+            raise KeyError("k")
+        except KeyError as exc:
+            policy.handle_error(None, None, exc)
+        assert policy.wait_for(1, 0) is True
+        assert len(seen) == 1
+
+
+class TestRecordingTimeoutPolicyBehaviour:
+    @pytest.mark.timeout(5)
+    def test_counts_timeouts_and_cut_connections(self) -> None:
+        """handle_timeout is counted and runs its hook; budget_exceeded calls are recorded."""
+        hooks: list[None] = []
+        policy = RecordingTimeoutPolicy(0.5, timeout_hook=lambda: hooks.append(None))
+        policy.handle_timeout()
+        policy.budget_exceeded("addr", "idle")
+        assert (policy.timeouts, len(hooks)) == (1, 1)
+        assert policy.exceeded == [("addr", "idle")]
+
+
+class TestMemoryRequestBehaviour:
+    @pytest.mark.timeout(5)
+    def test_recv_sendall_close(self) -> None:
+        """recv returns the scripted bytes then EOF, sendall collects output, and a closed request refuses I/O."""
+        request = MemoryRequest(b"hello world")
+        assert request.recv(5) == b"hello"
+        assert request.recv(100) == b" world"
+        assert request.recv(100) == b""
+        request.sendall(b"HELLO")
+        assert request.send(b"!") == 1
+        assert bytes(request.sent) == b"HELLO!"
+        request.close()
+        request.close()
+        with pytest.raises(OSError):
+            request.recv(1)
+        with pytest.raises(OSError):
+            request.sendall(b"x")
+
+
+class TestRecordingHandlerBehaviour:
+    @pytest.mark.timeout(5)
+    def test_records_then_runs_action(self) -> None:
+        """Each call is recorded with its server and thread before the action runs (even if it raises)."""
+        handler: RecordingHandler[str, str] = RecordingHandler(lambda r, a, s: 1 / 0)
+        server = object()
+        with pytest.raises(ZeroDivisionError):
+            handler("req", "addr", server)
+        assert handler.calls == [("req", "addr")]
+        assert handler.servers == [server]
+        assert handler.threads == [threading.get_ident()]
+        assert handler.wait_for(1, 0) and not handler.wait_for(2, 0)
