@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -469,6 +470,31 @@ class TestServerClose:
             rig.server.shutdown()
             thread.join(WAIT)
         assert rig.transport.closed
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to count descriptors")
+    @pytest.mark.parametrize("while_serving", [False, True], ids=["idle", "while-serving"])
+    def test_close_releases_every_descriptor(self, while_serving: bool, request: pytest.FixtureRequest) -> None:
+        """server_close releases every descriptor the server opened, also when a loop was running in another thread."""
+        if while_serving:
+            request.applymarker(
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="core bug: Server.server_close skips self._waker.close() when a loop was "
+                    "running (serving is not None), leaking the Waker's two pipe descriptors",
+                )
+            )
+        before = len(os.listdir("/proc/self/fd"))
+        rig = Rig()
+        thread = threading.Thread(target=rig.server.serve_forever)
+        if while_serving:
+            thread.start()
+            rig.transport.connect("req-1", "client-1")
+            assert rig.handler.wait_for(1, WAIT)
+        rig.server.server_close()
+        if while_serving:
+            thread.join(WAIT)
+        assert len(os.listdir("/proc/self/fd")) == before
 
     @pytest.mark.timeout(5)
     def test_repr_shows_address_state_and_components(self, rig: Rig) -> None:
