@@ -133,20 +133,14 @@ class TestClose:
 
     @pytest.mark.timeout(10)
     def test_close_waits_for_requests_in_flight(
-        self, concurrent_server_kind: ServerKind, responder: Responder, request: pytest.FixtureRequest
+        self, concurrent_server_kind: ServerKind, responder: Responder
     ) -> None:
         """Closing while a request is held waits for it (block_on_close), the
         held request is answered, and no thread or child is left behind."""
         server_kind = concurrent_server_kind
-        if server_kind.dispatch is Dispatch.THREADING and not server_kind.family.is_stream:
-            request.applymarker(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="server.py server_close() closes the transport before dispatcher.close() "
-                    "joins the handler threads; a datagram handler replies through the listening "
-                    "socket, so its reply fails with EBADF (or goes out through a reused fd)",
-                )
-            )
+        # Datagram handlers reply through the listening socket, so close()
+        # must let them finish before it closes the transport (stdlib closes
+        # the socket first and such replies fail with EBADF).
         baseline = set(threading.enumerate())
         in_process = server_kind.dispatch is Dispatch.THREADING
         policy = RecordingErrorPolicy() if in_process else None
