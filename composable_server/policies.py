@@ -140,10 +140,14 @@ class Budget:
     lifetime: float | None = attrs.field(default=None, validator=_check_limit)
 
 
-DEFAULT_BUDGET: Final = Budget(first_byte=30.0, idle=300.0, lifetime=None)
-"""The native API's default: a connection must speak within 30 s and may not
-block for more than 5 minutes on one read or write; no total limit, since
-long-lived connections are legitimate (set *lifetime* to bound them)."""
+DEFAULT_BUDGET: Final = Budget(first_byte=None, idle=300.0, lifetime=None)
+"""The native API's default: no single read or write may block for more than
+5 minutes.  *first_byte* is off because the server cannot know who speaks
+first: in SMTP, FTP or POP3 the server greets and the client waits, so a
+first-byte limit would cut every such connection before its handler ran.  Set
+it for client-speaks-first protocols (HTTP, line protocols) to keep silent
+connections out of the workers.  No total limit either: long-lived
+connections are legitimate (set *lifetime* to bound them)."""
 
 
 @final

@@ -38,11 +38,13 @@ serving thread itself, where waiting would deadlock.
 
 from __future__ import annotations
 
+import heapq
 import select
 import sys
 import threading
 import time
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
+from socket import MSG_PEEK as _MSG_PEEK
 from socket import SHUT_RDWR
 from socket import socket as Socket
 from types import TracebackType
@@ -186,6 +188,73 @@ class DrainReport:
     remaining: tuple[object, ...] = ()
 
 
+def _has_data(sock: Socket) -> bool:
+    """True if *sock* has a byte (or EOF, or an error) to read right now."""
+    try:
+        sock.recv(1, _MSG_PEEK | _MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # a reset: let the handler see it
+    return True
+
+
+@final
+class _Parking(Generic[RequestT, AddressT]):
+    """Connections accepted but still silent, waiting for their first byte.
+
+    They wait in the serving loop's poll set, not in a worker, so a crowd of
+    clients that connect and say nothing occupies no thread; each is
+    dispatched when it becomes readable, or closed at its first-byte deadline.
+    """
+
+    __slots__ = ("_entries", "_heap", "_poller")
+
+    def __init__(self, poller: select.poll) -> None:
+        self._poller = poller
+        self._entries: dict[int, tuple[RequestT, AddressT, float]] = {}
+        self._heap: list[tuple[float, int]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def park(self, fd: int, request: RequestT, client_address: AddressT, deadline: float) -> None:
+        self._entries[fd] = (request, client_address, deadline)
+        heapq.heappush(self._heap, (deadline, fd))
+        self._poller.register(fd, _POLLIN)
+
+    def take(self, fd: int) -> tuple[RequestT, AddressT] | None:
+        entry = self._entries.pop(fd, None)
+        if entry is None:
+            return None
+        self._poller.unregister(fd)
+        return entry[0], entry[1]
+
+    def next_deadline(self) -> float | None:
+        heap, entries = self._heap, self._entries
+        while heap:
+            deadline, fd = heap[0]
+            entry = entries.get(fd)
+            if entry is not None and entry[2] == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: that connection was dispatched
+        return None
+
+    def expired(self, now: float) -> list[tuple[RequestT, AddressT]]:
+        due = []
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            _, fd = heapq.heappop(self._heap)
+            taken = self.take(fd)
+            if taken is not None:
+                due.append(taken)
+        return due
+
+    def clear(self) -> list[tuple[RequestT, AddressT]]:
+        taken = [entry for fd in list(self._entries) if (entry := self.take(fd)) is not None]
+        self._heap.clear()
+        return taken
+
+
 class Server(Generic[RequestT, AddressT]):
     """A server assembled from components.
 
@@ -240,6 +309,8 @@ class Server(Generic[RequestT, AddressT]):
         # Monotonic time until which accepting is paused (0: not paused).
         self._resume_at = 0.0
         self._accept_failing = False
+        # Silent new connections, while serve_forever runs (see _Parking).
+        self._parking: _Parking[RequestT, AddressT] | None = None
         self._watchdog = Watchdog()
         self._state_lock = threading.Lock()
         self._serving_thread: int | None = None
@@ -285,6 +356,7 @@ class Server(Generic[RequestT, AddressT]):
             poller.register(waker_fd, _POLLIN)
             paused = select.poll()  # while accepting is paused: the waker only
             paused.register(waker_fd, _POLLIN)
+            parking = self._parking = _Parking(poller)
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
                 if self._resume_at:
@@ -297,16 +369,31 @@ class Server(Generic[RequestT, AddressT]):
                         self.service_actions()
                         continue
                     self._resume_at = 0.0
-                for fd, events in poller.poll(timeout_ms):
-                    if fd == waker_fd:
+                wait_ms = timeout_ms
+                if parking and (deadline := parking.next_deadline()) is not None:
+                    wait_ms = min(wait_ms, max(0.0, (deadline - time.monotonic()) * 1000.0))
+                for fd, events in poller.poll(wait_ms):
+                    if fd == listen_fd:
+                        if events & _POLL_DEAD:
+                            # The listening descriptor was closed under us.
+                            raise ServerClosedError("the listening socket was closed while serving")
+                        if not self._shutdown_requested:
+                            self._handle_request_noblock()
+                    elif fd == waker_fd:
                         waker.drain()
-                    elif events & _POLL_DEAD:
-                        # The listening descriptor was closed under us.
-                        raise ServerClosedError("the listening socket was closed while serving")
-                    elif not self._shutdown_requested:
-                        self._handle_request_noblock()
+                    elif (taken := parking.take(fd)) is not None:
+                        self._process_guarded(*taken)
+                if parking:
+                    for request, client_address in parking.expired(time.monotonic()):
+                        self.shutdown_request(request)
+                        self.timeout_policy.budget_exceeded(client_address, "first_byte")
                 self.service_actions()
         finally:
+            if self._parking is not None:
+                # Silent connections never sent a byte: closing them loses nothing.
+                for request, _ in self._parking.clear():
+                    self.shutdown_request(request)
+                self._parking = None
             with self._state_lock:
                 self._shutdown_requested = False
                 self._serving_thread = None
@@ -421,10 +508,27 @@ class Server(Generic[RequestT, AddressT]):
             self._accept_failing = False
             self.accept_error_policy.accepted()
         try:
-            if self.verify_request(request, client_address):
-                self.process_request(request, client_address)
-            else:
+            if not self.verify_request(request, client_address):
                 self.shutdown_request(request)
+                return
+            parking = self._parking
+            if parking is not None and isinstance(request, Socket):
+                budget = self.timeout_policy.budget
+                if budget is not None and budget.first_byte is not None and not _has_data(request):
+                    parking.park(request.fileno(), request, client_address, time.monotonic() + budget.first_byte)
+                    return
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def _process_guarded(self, request: RequestT, client_address: AddressT) -> None:
+        """process_request() for a parked connection that became readable."""
+        try:
+            self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
             self.shutdown_request(request)
@@ -444,8 +548,11 @@ class Server(Generic[RequestT, AddressT]):
             self._closed = True
         if serving is not None and serving != threading.get_ident():
             self.shutdown()
-        self.transport.close()
+        # The dispatcher first: requests in flight may still need the
+        # listening socket (a datagram reply goes out through it).  stdlib
+        # closes the socket first, and such replies fail with EBADF.
         self.dispatcher.close()
+        self.transport.close()
         self._watchdog.close()
         if first and serving is None:
             self._waker.close()
