@@ -389,15 +389,21 @@ class Server(Generic[RequestT, AddressT]):
                         self.timeout_policy.budget_exceeded(client_address, "first_byte")
                 self.service_actions()
         finally:
-            if self._parking is not None:
-                # Silent connections never sent a byte: closing them loses nothing.
-                for request, _ in self._parking.clear():
-                    self.shutdown_request(request)
-                self._parking = None
-            with self._state_lock:
-                self._shutdown_requested = False
-                self._serving_thread = None
-                self._stopped.set()
+            self._leave_loop()
+
+    def _leave_loop(self) -> None:
+        """serve_forever's exit: release parked connections, reset the state."""
+        if self._parking is not None:
+            # Silent connections never sent a byte: closing them loses nothing.
+            for request, _ in self._parking.clear():
+                self.shutdown_request(request)
+            self._parking = None
+        with self._state_lock:
+            self._shutdown_requested = False
+            self._serving_thread = None
+            if self._closed:  # server_close() was called from inside the loop
+                self._waker.close()
+            self._stopped.set()
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` and wait until it has returned.
@@ -544,9 +550,9 @@ class Server(Generic[RequestT, AddressT]):
         """
         with self._state_lock:
             serving = self._serving_thread
-            first = not self._closed
             self._closed = True
-        if serving is not None and serving != threading.get_ident():
+        in_loop = serving is not None and serving == threading.get_ident()
+        if serving is not None and not in_loop:
             self.shutdown()
         # The dispatcher first: requests in flight may still need the
         # listening socket (a datagram reply goes out through it).  stdlib
@@ -554,7 +560,7 @@ class Server(Generic[RequestT, AddressT]):
         self.dispatcher.close()
         self.transport.close()
         self._watchdog.close()
-        if first and serving is None:
+        if not in_loop:  # else serve_forever closes it on its way out
             self._waker.close()
 
     def __enter__(self) -> Self:

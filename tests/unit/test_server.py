@@ -474,16 +474,8 @@ class TestServerClose:
     @pytest.mark.timeout(10)
     @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to count descriptors")
     @pytest.mark.parametrize("while_serving", [False, True], ids=["idle", "while-serving"])
-    def test_close_releases_every_descriptor(self, while_serving: bool, request: pytest.FixtureRequest) -> None:
+    def test_close_releases_every_descriptor(self, while_serving: bool) -> None:
         """server_close releases every descriptor the server opened, also when a loop was running in another thread."""
-        if while_serving:
-            request.applymarker(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="core bug: Server.server_close skips self._waker.close() when a loop was "
-                    "running (serving is not None), leaking the Waker's two pipe descriptors",
-                )
-            )
         before = len(os.listdir("/proc/self/fd"))
         rig = Rig()
         thread = threading.Thread(target=rig.server.serve_forever)
