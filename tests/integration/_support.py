@@ -71,7 +71,9 @@ __all__ = (
     "ServerKind",
     "assert_no_children",
     "ipv6_available",
+    "describe_fds",
     "new_threads",
+    "open_fds",
     "running",
 )
 
@@ -540,6 +542,25 @@ def new_threads(baseline: set[threading.Thread]) -> list[threading.Thread]:
         for t in threading.enumerate()
         if t not in baseline and t.is_alive() and "timeout" not in t.name.lower()
     ]
+
+
+def open_fds() -> set[int]:
+    """The descriptors open in this process (Linux ``/proc/self/fd``; empty elsewhere)."""
+    try:
+        return {int(name) for name in os.listdir("/proc/self/fd")}
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        return set()
+
+
+def describe_fds(fds: set[int]) -> list[str]:
+    """What each descriptor in *fds* points to, for assertion messages."""
+    out = []
+    for fd in sorted(fds):
+        try:
+            out.append(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            out.append(f"{fd} (closed meanwhile)")
+    return out
 
 
 def assert_no_children() -> None:

@@ -37,7 +37,9 @@ from ._support import (
     Responder,
     ServerKind,
     ipv6_available,
+    open_fds,
     datagram_handler,
+    describe_fds,
     running,
     stream_handler,
 )
@@ -134,13 +136,16 @@ class TestShutdown:
 
     @pytest.mark.timeout(10)
     def test_server_close_stops_a_running_loop(self, server_kind: ServerKind, responder: Responder) -> None:
-        """server_close() from another thread stops serve_forever cleanly."""
+        """server_close() from another thread stops serve_forever cleanly and
+        releases every descriptor."""
+        fds = open_fds()
         server = server_kind.server(responder)
         serving = _serve_in_thread(server)
         assert server_kind.request(server, b"up") == b"UP"
         server.server_close()
         serving.result()
         assert server.fileno() == -1
+        assert describe_fds(open_fds() - fds) == []
 
 
 class TestClosedServer:

@@ -21,7 +21,9 @@ from ._support import (
     Responder,
     ServerKind,
     assert_no_children,
+    describe_fds,
     new_threads,
+    open_fds,
     read_to_eof,
     running,
 )
@@ -120,8 +122,9 @@ class TestClose:
     @pytest.mark.timeout(10)
     def test_nothing_left_behind(self, server_kind: ServerKind, responder: Responder) -> None:
         """After server_close the descriptor is -1, the listener is gone, and no
-        thread or child process is left."""
+        thread, child process or descriptor is left."""
         baseline = set(threading.enumerate())
+        fds = open_fds()
         with running(server_kind.server(responder)) as server:
             for i in range(3):
                 assert server_kind.request(server, b"x%d" % i) == b"X%d" % i
@@ -130,6 +133,7 @@ class TestClose:
         server_kind.assert_listener_closed(address)
         assert new_threads(baseline) == []
         assert_no_children()
+        assert describe_fds(open_fds() - fds) == []
 
     @pytest.mark.timeout(10)
     def test_close_waits_for_requests_in_flight(
