@@ -67,14 +67,18 @@ __all__ = (
     "PipeSignal",
     "RecordingErrorPolicy",
     "RefuseFirst",
+    "Respond",
     "Responder",
     "ServerKind",
     "assert_no_children",
+    "datagram_handler",
     "ipv6_available",
     "describe_fds",
     "new_threads",
     "open_fds",
+    "read_to_eof",
     "running",
+    "stream_handler",
 )
 
 T = TypeVar("T")
