@@ -113,6 +113,9 @@ class _NullTransport:
     def close_request(self, request: object) -> None:
         pass
 
+    def start_request(self, request: object) -> object:
+        return request
+
 
 @attrs.frozen
 class _NullAcceptor:

@@ -73,8 +73,8 @@ DatagramRequest: TypeAlias = tuple[bytes, socket.socket]
 """The request of a datagram server, as in stdlib: the payload and the
 listening socket to reply through (``sock.sendto(reply, client_address)``)."""
 
-# Invariant: the server both produces requests (acceptor) and consumes them
-# (handler, transport.shutdown_request), so neither direction is safe.
+# Invariant: the server both produces requests (acceptor, start_request) and
+# consumes them (handler, transport.shutdown_request), so neither direction is safe.
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
 # Contravariant: a Verifier or Transport that accepts any request accepts a
@@ -82,9 +82,8 @@ AddressT = TypeVar("AddressT")
 RequestT_contra = TypeVar("RequestT_contra", contravariant=True)
 AddressT_contra = TypeVar("AddressT_contra", contravariant=True)
 # Covariant: a Transport whose address is IPv4Address is a Transport whose
-# address is InetAddress; an Acceptor of sockets is an Acceptor of objects.
+# address is InetAddress.
 AddressT_co = TypeVar("AddressT_co", covariant=True)
-RequestT_co = TypeVar("RequestT_co", covariant=True)
 
 # Explicit Any, see the docstring below for why the server argument is untyped.
 HandlerFactory: TypeAlias = Callable[[RequestT, AddressT, Any], object]  # type: ignore[explicit-any]
@@ -98,7 +97,7 @@ composable server is not, and they must still be accepted.
 """
 
 
-class Transport(Protocol[RequestT_contra, AddressT_co]):
+class Transport(Protocol[RequestT, AddressT_co]):
     """Owns the listening socket: its family, type, binding and closing.
 
     The transport also owns what happens to an individual request once the
@@ -158,7 +157,7 @@ class Transport(Protocol[RequestT_contra, AddressT_co]):
         """The descriptor to wait on for incoming requests; ``-1`` after :meth:`close`."""
         ...
 
-    def shutdown_request(self, request: RequestT_contra) -> None:
+    def shutdown_request(self, request: RequestT) -> None:
         """Shut down and close one request the server has finished with.
 
         For streams: ``shutdown(SHUT_WR)`` (so the peer sees EOF after every
@@ -167,7 +166,7 @@ class Transport(Protocol[RequestT_contra, AddressT_co]):
         """
         ...
 
-    def close_request(self, request: RequestT_contra) -> None:
+    def close_request(self, request: RequestT) -> None:
         """Release this process's handle on *request* without a shutdown.
 
         Used by the parent after fork and for rejected requests.  Idempotent,
@@ -175,13 +174,28 @@ class Transport(Protocol[RequestT_contra, AddressT_co]):
         """
         ...
 
+    def start_request(self, request: RequestT) -> RequestT:
+        """Prepare an accepted request for its handler; return what the handler gets.
 
-class Acceptor(Protocol[RequestT_co, AddressT]):
+        Called in the worker (thread or child), never in the accept loop,
+        just before the handler.  Plain transports return *request* as it is;
+        a TLS transport performs the handshake here, with a deadline, and
+        returns the wrapped socket.
+
+        Raises:
+            OSError: the request cannot be used (failed or timed-out TLS
+                handshake); the server reports it to the error policy and
+                closes the request.
+        """
+        ...
+
+
+class Acceptor(Protocol[RequestT, AddressT]):
     """Turns "the listening socket is readable" into one request."""
 
     __slots__ = ()
 
-    def accept(self, transport: Transport[RequestT_co, AddressT]) -> tuple[RequestT_co, AddressT]:
+    def accept(self, transport: Transport[RequestT, AddressT]) -> tuple[RequestT, AddressT]:
         """Take one pending request from *transport*.
 
         Returns:

@@ -115,10 +115,12 @@ class _Job(Generic[RequestT, AddressT]):
                 if not self._first_byte(request, budget.first_byte):
                     server.timeout_policy.budget_exceeded(self.client_address, "first_byte")
                     return False
-                if budget.idle is not None:
-                    request.settimeout(budget.idle)
                 if budget.lifetime is not None:
                     entry = server._watchdog.add(budget.lifetime, self._expire)
+            # TLS handshakes happen here, in the worker, never in the accept loop.
+            request = self.request = server.transport.start_request(request)
+            if budget is not None and budget.idle is not None and isinstance(request, Socket):
+                request.settimeout(budget.idle)
             server.finish_request(request, self.client_address)
             return True
         except Exception:

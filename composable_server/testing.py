@@ -125,6 +125,7 @@ class MemoryTransport(Generic[RequestT, AddressT]):
         bind_calls, activate_calls, close_calls: how often each was called.
         shutdown_requests: requests passed to :meth:`shutdown_request`, in order.
         closed_requests: requests passed to :meth:`close_request`, in order.
+        started_requests: requests passed to :meth:`start_request`, in order.
     """
 
     address: AddressT
@@ -134,6 +135,7 @@ class MemoryTransport(Generic[RequestT, AddressT]):
     close_calls: int = attrs.field(init=False, default=0)
     shutdown_requests: list[RequestT] = attrs.field(init=False, factory=list)
     closed_requests: list[RequestT] = attrs.field(init=False, factory=list)
+    started_requests: list[RequestT] = attrs.field(init=False, factory=list)
     _queue: collections.deque[tuple[RequestT, AddressT]] = attrs.field(init=False, factory=collections.deque)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _pipe: tuple[int, int] = attrs.field(init=False, factory=_nonblocking_pipe)
@@ -237,6 +239,12 @@ class MemoryTransport(Generic[RequestT, AddressT]):
         with self._lock:
             self.closed_requests.append(request)
         _close_if_closable(request)
+
+    def start_request(self, request: RequestT) -> RequestT:
+        """Record *request* in :attr:`started_requests` and return it unchanged."""
+        with self._lock:
+            self.started_requests.append(request)
+        return request
 
     @property
     def finished_requests(self) -> list[RequestT]:

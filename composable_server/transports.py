@@ -39,6 +39,7 @@ __all__ = (
 DEFAULT_BACKLOG: Final = socket.SOMAXCONN
 
 AddressT = TypeVar("AddressT", InetAddress, UnixAddress)
+RequestT = TypeVar("RequestT")
 
 
 @attrs.define(eq=False, repr=False)
@@ -104,6 +105,10 @@ class _SocketTransport(Generic[AddressT]):
 
     def activate(self) -> None:
         """Nothing to do for datagram sockets; stream transports listen."""
+
+    def start_request(self, request: RequestT) -> RequestT:
+        """Return *request* unchanged: plain sockets need no preparation."""
+        return request
 
     def close(self) -> None:
         """Close the socket.  Idempotent; never raises OSError."""
