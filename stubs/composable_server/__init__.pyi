@@ -1,6 +1,112 @@
-# Marks stubs/composable_server as a package so that mypy (mypy_path = stubs)
-# finds stubs/composable_server/compat.pyi for `composable_server.compat`.
-# It is only consulted when the package itself is not among the checked
-# sources; CI always checks `composable_server` together with tests/examples,
-# and the wheel ships compat.pyi next to compat.py instead (PEP 561).
-from composable_server import *  # noqa: F403
+# The package's public interface, as composable_server/__init__.py exports it.
+# mypy reads this file (mypy_path = stubs) only when the package itself is not
+# among the checked sources; it exists so that stubs/composable_server/compat.pyi
+# is found. stubtest (.ci/run) keeps it equal to the runtime __init__.
+
+from composable_server.acceptors import DatagramAcceptor as DatagramAcceptor
+from composable_server.acceptors import StreamAcceptor as StreamAcceptor
+from composable_server.dispatchers import ForkingDispatcher as ForkingDispatcher
+from composable_server.dispatchers import PoolStatistics as PoolStatistics
+from composable_server.dispatchers import SyncDispatcher as SyncDispatcher
+from composable_server.dispatchers import ThreadingDispatcher as ThreadingDispatcher
+from composable_server.dispatchers import ThreadPoolDispatcher as ThreadPoolDispatcher
+from composable_server.exceptions import AddressError as AddressError
+from composable_server.exceptions import BindError as BindError
+from composable_server.exceptions import ServerClosedError as ServerClosedError
+from composable_server.exceptions import ServerError as ServerError
+from composable_server.exceptions import ServerStateError as ServerStateError
+from composable_server.handlers import BaseRequestHandler as BaseRequestHandler
+from composable_server.handlers import DatagramRequestHandler as DatagramRequestHandler
+from composable_server.handlers import StreamRequestHandler as StreamRequestHandler
+from composable_server.interfaces import AcceptErrorPolicy as AcceptErrorPolicy
+from composable_server.interfaces import Acceptor as Acceptor
+from composable_server.interfaces import ConnectionBudget as ConnectionBudget
+from composable_server.interfaces import DatagramRequest as DatagramRequest
+from composable_server.interfaces import Dispatcher as Dispatcher
+from composable_server.interfaces import ErrorPolicy as ErrorPolicy
+from composable_server.interfaces import HandlerFactory as HandlerFactory
+from composable_server.interfaces import InetAddress as InetAddress
+from composable_server.interfaces import IPv4Address as IPv4Address
+from composable_server.interfaces import IPv6Address as IPv6Address
+from composable_server.interfaces import Job as Job
+from composable_server.interfaces import TimeoutPolicy as TimeoutPolicy
+from composable_server.interfaces import Transport as Transport
+from composable_server.interfaces import UnixAddress as UnixAddress
+from composable_server.interfaces import Verifier as Verifier
+from composable_server.policies import AcceptBackoff as AcceptBackoff
+from composable_server.policies import Budget as Budget
+from composable_server.policies import ConnectionTimeouts as ConnectionTimeouts
+from composable_server.policies import FixedTimeout as FixedTimeout
+from composable_server.policies import LoggingErrorPolicy as LoggingErrorPolicy
+from composable_server.policies import NoTimeout as NoTimeout
+from composable_server.policies import PrintTraceback as PrintTraceback
+from composable_server.policies import ReRaise as ReRaise
+from composable_server.policies import RetryImmediately as RetryImmediately
+from composable_server.server import DrainReport as DrainReport
+from composable_server.server import Server as Server
+from composable_server.transports import TCPTransport as TCPTransport
+from composable_server.transports import UDPTransport as UDPTransport
+from composable_server.transports import UnixDatagramTransport as UnixDatagramTransport
+from composable_server.transports import UnixStreamTransport as UnixStreamTransport
+from composable_server.verifiers import AllowAll as AllowAll
+from composable_server.verifiers import CIDRVerifier as CIDRVerifier
+from composable_server.verifiers import all_of as all_of
+from composable_server.verifiers import allow_networks as allow_networks
+from composable_server.verifiers import any_of as any_of
+from composable_server.verifiers import client_ip as client_ip
+from composable_server.verifiers import deny_networks as deny_networks
+
+__all__ = (
+    "AcceptBackoff",
+    "AcceptErrorPolicy",
+    "Acceptor",
+    "AddressError",
+    "AllowAll",
+    "BaseRequestHandler",
+    "BindError",
+    "Budget",
+    "ConnectionBudget",
+    "ConnectionTimeouts",
+    "CIDRVerifier",
+    "DatagramAcceptor",
+    "DatagramRequest",
+    "DatagramRequestHandler",
+    "DrainReport",
+    "Dispatcher",
+    "ErrorPolicy",
+    "FixedTimeout",
+    "ForkingDispatcher",
+    "HandlerFactory",
+    "InetAddress",
+    "IPv4Address",
+    "IPv6Address",
+    "Job",
+    "LoggingErrorPolicy",
+    "NoTimeout",
+    "PoolStatistics",
+    "PrintTraceback",
+    "ReRaise",
+    "RetryImmediately",
+    "Server",
+    "ServerClosedError",
+    "ServerError",
+    "ServerStateError",
+    "StreamAcceptor",
+    "StreamRequestHandler",
+    "SyncDispatcher",
+    "TCPTransport",
+    "ThreadingDispatcher",
+    "ThreadPoolDispatcher",
+    "TimeoutPolicy",
+    "Transport",
+    "UDPTransport",
+    "UnixAddress",
+    "UnixDatagramTransport",
+    "UnixStreamTransport",
+    "Verifier",
+    "all_of",
+    "allow_networks",
+    "any_of",
+    "client_ip",
+    "deny_networks",
+)
