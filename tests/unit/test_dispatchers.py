@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from composable_server import ForkingDispatcher, ServerClosedError, SyncDispatcher, ThreadingDispatcher
+from composable_server import (
+    Dispatcher,
+    ForkingDispatcher,
+    Job,
+    PoolStatistics,
+    ServerClosedError,
+    SyncDispatcher,
+    ThreadingDispatcher,
+    ThreadPoolDispatcher,
+)
 
 WAIT = 10.0
 
@@ -25,11 +36,14 @@ class FakeJob:
         self.done = threading.Event()
         self.runs: list[int] = []
         self.daemon: bool | None = None
+        self.thread: threading.Thread | None = None
         self.closes = 0
+        self.messages: list[bytes] = []
 
     def run(self) -> bool:
         self.started.set()
         self.runs.append(threading.get_ident())
+        self.thread = threading.current_thread()
         self.daemon = threading.current_thread().daemon
         if self.gate is not None:
             self.gate.wait(WAIT)
@@ -38,12 +52,47 @@ class FakeJob:
 
     def close(self, message: bytes = b"") -> None:
         self.closes += 1
+        self.messages.append(message)
 
     def abort(self) -> None:
         pass
 
     def __repr__(self) -> str:
         return f"<FakeJob {self.client_address!r}>"
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll *predicate* until it holds or *timeout* passes (for state with no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.005)
+    return True
+
+
+class Dispatching:
+    """dispatch() in a helper thread, so a test can watch it block."""
+
+    def __init__(self, dispatcher: Dispatcher, job: Job) -> None:
+        self.returned = threading.Event()
+        self.error: BaseException | None = None
+        self._dispatcher = dispatcher
+        self._job = job
+        self.thread = threading.Thread(target=self._run, name="dispatching")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._dispatcher.dispatch(self._job)
+        except BaseException as exc:  # recorded for the test to assert on
+            self.error = exc
+        finally:
+            self.returned.set()
+
+    def join(self) -> None:
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
 
 
 class Pipe:
@@ -76,6 +125,7 @@ class ChildJob:
         self.result = result
         self.parent_runs = 0
         self.closes = 0
+        self.messages: list[bytes] = []
         self.parent = os.getpid()
 
     def run(self) -> bool:
@@ -88,6 +138,7 @@ class ChildJob:
 
     def close(self, message: bytes = b"") -> None:
         self.closes += 1
+        self.messages.append(message)
 
     def abort(self) -> None:
         pass
@@ -259,6 +310,77 @@ class TestThreadingDispatcher:
         dispatcher.close()
         assert repr(dispatcher) == "<ThreadingDispatcher [0 running, daemon] closed>"
 
+    @pytest.mark.timeout(10)
+    def test_max_threads_backpressure_blocks_until_a_thread_ends(self) -> None:
+        """At max_threads, dispatch blocks (backpressure on) until a running job ends (off), then starts the job."""
+        dispatcher = ThreadingDispatcher(max_threads=1)
+        gate = threading.Event()
+        first, second = FakeJob("first", gate=gate), FakeJob("second")
+        dispatcher.dispatch(first)
+        assert first.started.wait(WAIT)
+        helper = Dispatching(dispatcher, second)
+        try:
+            assert not helper.returned.wait(0.1), "dispatch did not wait at the cap"
+            assert dispatcher.running == 1
+            assert not second.started.is_set()
+        finally:
+            gate.set()
+        assert helper.returned.wait(WAIT) and helper.error is None
+        helper.join()
+        assert second.done.wait(WAIT)
+        assert dispatcher.join(WAIT) == ()
+        dispatcher.close()
+        assert (second.closes, dispatcher.rejected) == (0, 0)
+
+    @pytest.mark.timeout(10)
+    def test_max_threads_reject_closes_with_message(self) -> None:
+        """At max_threads with when_full="reject", the job is closed at once with reject_message and counted."""
+        dispatcher = ThreadingDispatcher(max_threads=1, when_full="reject", reject_message=b"busy\r\n")
+        gate = threading.Event()
+        first, second = FakeJob("first", gate=gate), FakeJob("second")
+        dispatcher.dispatch(first)
+        assert first.started.wait(WAIT)
+        try:
+            dispatcher.dispatch(second)
+            assert (second.runs, second.closes, second.messages) == ([], 1, [b"busy\r\n"])
+            assert dispatcher.rejected == 1
+            assert repr(dispatcher) == "<ThreadingDispatcher [1/1 running, 1 rejected, non-daemon]>"
+        finally:
+            gate.set()
+        assert dispatcher.join(WAIT) == ()
+        third = FakeJob("third")
+        dispatcher.dispatch(third)  # below the cap again: served
+        assert third.done.wait(WAIT)
+        dispatcher.close()
+        assert (third.closes, dispatcher.rejected) == (0, 1)
+
+    @pytest.mark.timeout(10)
+    def test_close_releases_a_dispatch_waiting_at_the_cap(self) -> None:
+        """close() wakes a dispatch blocked at max_threads with ServerClosedError; the caller keeps the job."""
+        dispatcher = ThreadingDispatcher(max_threads=1, block_on_close=False)
+        gate = threading.Event()
+        first, second = FakeJob("first", gate=gate), FakeJob("second")
+        dispatcher.dispatch(first)
+        assert first.started.wait(WAIT)
+        helper = Dispatching(dispatcher, second)
+        try:
+            assert not helper.returned.wait(0.05)
+            dispatcher.close()
+            assert helper.returned.wait(WAIT)
+            assert isinstance(helper.error, ServerClosedError)
+            assert (second.runs, second.closes) == ([], 0)
+        finally:
+            gate.set()
+            helper.join()
+        assert dispatcher.join(WAIT) == ()
+
+    @pytest.mark.timeout(5)
+    @pytest.mark.parametrize("kwargs", [{"max_threads": 0}, {"when_full": "drop"}])
+    def test_capacity_arguments_validated(self, kwargs: dict[str, object]) -> None:
+        """max_threads below 1 and an unknown when_full are rejected."""
+        with pytest.raises(ValueError):
+            ThreadingDispatcher(**kwargs)  # type: ignore[arg-type]  # deliberately wrong values
+
 
 def _lines(pipe: Pipe) -> list[str]:
     os.set_blocking(pipe.r, False)
@@ -391,3 +513,312 @@ class TestForkingDispatcher:
             os.write(gate.w, b"\0")
         dispatcher.close()
         assert repr(dispatcher) == "<ForkingDispatcher [0/3 children] closed>"
+
+    @pytest.mark.timeout(10)
+    def test_max_children_reject_closes_without_forking(
+        self, report: Pipe, gate: Pipe, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """At max_children with when_full="reject", the job is closed with reject_message before any fork."""
+        forks: list[int] = []
+        real_fork = os.fork
+
+        def counting_fork() -> int:
+            pid = real_fork()
+            if pid:
+                forks.append(pid)
+            return pid
+
+        monkeypatch.setattr(os, "fork", counting_fork)
+        dispatcher = ForkingDispatcher(max_children=1, when_full="reject", reject_message=b"busy\r\n")
+        first, second = ChildJob("first", report, gate=gate), ChildJob("second", report)
+        dispatcher.dispatch(first)
+        try:
+            dispatcher.dispatch(second)
+            assert len(forks) == 1, "a child was forked for the rejected job"
+            assert (second.closes, second.messages, second.parent_runs) == (1, [b"busy\r\n"], 0)
+            assert dispatcher.rejected == 1
+            assert repr(dispatcher) == "<ForkingDispatcher [1/1 children, 1 rejected]>"
+        finally:
+            os.write(gate.w, b"\0")
+        dispatcher.close()
+        assert _lines(report) == ["first"]
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("code", [errno.EAGAIN, errno.ENOMEM])
+    def test_fork_failure_raises_and_caller_keeps_job(
+        self, report: Pipe, monkeypatch: pytest.MonkeyPatch, code: int
+    ) -> None:
+        """fork() failing with EAGAIN/ENOMEM makes dispatch raise that OSError, leaves the job untouched, and the next dispatch works."""
+        real_fork = os.fork
+
+        def failing_fork() -> int:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "fork", failing_fork)
+        dispatcher = ForkingDispatcher()
+        job = ChildJob("failed", report)
+        with pytest.raises(OSError) as info:
+            dispatcher.dispatch(job)
+        assert info.value.errno == code
+        assert (job.closes, job.parent_runs) == (0, 0)
+        assert dispatcher.active_children is None
+        monkeypatch.setattr(os, "fork", real_fork)
+        dispatcher.dispatch(ChildJob("next", report))
+        dispatcher.close()
+        assert _lines(report) == ["next"]
+
+    @pytest.mark.timeout(5)
+    def test_when_full_validated(self) -> None:
+        """An unknown when_full is rejected."""
+        with pytest.raises(ValueError, match="when_full"):
+            ForkingDispatcher(when_full="drop")  # type: ignore[arg-type]  # deliberately wrong value
+
+
+def _stats(dispatcher: ThreadPoolDispatcher) -> tuple[int, int, int, int, int]:
+    """(workers, busy, idle, queued, rejected) of a statistics() snapshot."""
+    st = dispatcher.statistics()
+    return (st.workers, st.busy, st.idle, st.queued, st.rejected)
+
+
+class TestThreadPoolDispatcher:
+    @pytest.mark.timeout(5)
+    def test_min_workers_started_up_front(self) -> None:
+        """min_workers threads are started at construction and wait idle."""
+        dispatcher = ThreadPoolDispatcher(4, min_workers=2)
+        try:
+            assert eventually(lambda: _stats(dispatcher) == (2, 0, 2, 0, 0))
+            assert repr(dispatcher) == (
+                "<ThreadPoolDispatcher [workers: 0 busy, 2 idle of 4 | queued: 0/64 | rejected: 0]>"
+            )
+        finally:
+            dispatcher.close()
+        assert dispatcher.statistics().workers == 0
+
+    @pytest.mark.timeout(10)
+    def test_statistics_and_repr_follow_the_pool(self) -> None:
+        """statistics() snapshots and the repr count busy workers, queued jobs and completions."""
+        dispatcher = ThreadPoolDispatcher(2, queue_size=3)
+        gates = [threading.Event() for _ in range(3)]
+        jobs = [FakeJob(f"job-{i}", gate=gate) for i, gate in enumerate(gates)]
+        try:
+            for job in jobs:
+                dispatcher.dispatch(job)
+            assert jobs[0].started.wait(WAIT) and jobs[1].started.wait(WAIT)
+            snapshot = dispatcher.statistics()
+            assert snapshot == PoolStatistics(workers=2, busy=2, idle=0, queued=1, rejected=0, completed=0)
+            assert repr(dispatcher) == (
+                "<ThreadPoolDispatcher [workers: 2 busy, 0 idle of 2 | queued: 1/3 | rejected: 0]>"
+            )
+            gates[0].set()
+            assert jobs[2].started.wait(WAIT)
+            assert snapshot.completed == 0, "a snapshot must not change afterwards"
+            with pytest.raises(AttributeError):
+                snapshot.busy = 0  # type: ignore[misc]  # frozen: the point of the check
+        finally:
+            for gate in gates:
+                gate.set()
+        assert dispatcher.join(WAIT) == ()
+        assert dispatcher.statistics() == PoolStatistics(workers=2, busy=0, idle=2, queued=0, rejected=0, completed=3)
+        dispatcher.close()
+        assert repr(dispatcher).endswith("closed>")
+
+    @pytest.mark.timeout(20)
+    def test_workers_are_reused(self) -> None:
+        """1,000 jobs run on at most max_workers threads, never one thread per job."""
+        dispatcher = ThreadPoolDispatcher(4, queue_size=8)
+        baseline = threading.active_count()
+        peak = baseline
+        jobs = [FakeJob(f"job-{i}") for i in range(1000)]
+        for job in jobs:
+            dispatcher.dispatch(job)
+            peak = max(peak, threading.active_count())
+        assert dispatcher.join(WAIT) == ()
+        threads = {ident for job in jobs for ident in job.runs}
+        assert all(len(job.runs) == 1 for job in jobs)
+        assert 1 <= len(threads) <= 4
+        assert peak - baseline <= 4
+        assert dispatcher.statistics().completed == 1000
+        dispatcher.close()
+        assert threading.active_count() == baseline
+
+    @pytest.mark.timeout(10)
+    def test_idle_workers_above_min_exit(self) -> None:
+        """Workers above min_workers exit after idle_timeout; min_workers stay; service() joins the exited ones."""
+        dispatcher = ThreadPoolDispatcher(4, min_workers=1, idle_timeout=0.05)
+        gate = threading.Event()
+        jobs = [FakeJob(f"job-{i}", gate=gate) for i in range(4)]
+        try:
+            for job in jobs:
+                dispatcher.dispatch(job)
+            for job in jobs:
+                assert job.started.wait(WAIT)
+            assert dispatcher.statistics().workers == 4
+        finally:
+            gate.set()
+        assert dispatcher.join(WAIT) == ()
+        assert eventually(lambda: dispatcher.statistics().workers == 1)
+        dispatcher.service()
+        assert sum(job.thread is not None and job.thread.is_alive() for job in jobs) <= 1
+        assert _stats(dispatcher) == (1, 0, 1, 0, 0)
+        again = FakeJob("again")
+        dispatcher.dispatch(again)  # the pool grows again on demand
+        assert again.done.wait(WAIT)
+        dispatcher.close()
+
+    @pytest.mark.timeout(10)
+    def test_backpressure_blocks_dispatch_until_a_worker_frees(self) -> None:
+        """With every worker busy and the queue full, dispatch blocks; it returns as soon as one worker frees."""
+        dispatcher = ThreadPoolDispatcher(1, queue_size=1)
+        running_gate, queued_gate = threading.Event(), threading.Event()
+        running = FakeJob("running", gate=running_gate)
+        queued = FakeJob("queued", gate=queued_gate)
+        waiting = FakeJob("waiting")
+        dispatcher.dispatch(running)
+        assert running.started.wait(WAIT)
+        dispatcher.dispatch(queued)  # room in the queue: returns at once
+        helper = Dispatching(dispatcher, waiting)
+        try:
+            assert not helper.returned.wait(0.1), "dispatch did not apply backpressure"
+            assert _stats(dispatcher) == (1, 1, 0, 1, 0)
+            running_gate.set()  # one worker frees: the queued job starts, the waiting one is queued
+            assert helper.returned.wait(WAIT) and helper.error is None
+            assert queued.started.wait(WAIT)
+            assert _stats(dispatcher) == (1, 1, 0, 1, 0)
+        finally:
+            running_gate.set()
+            queued_gate.set()
+            helper.join()
+        assert waiting.done.wait(WAIT)
+        assert dispatcher.join(WAIT) == ()
+        dispatcher.close()
+        assert [job.closes for job in (running, queued, waiting)] == [0, 0, 0]
+
+    @pytest.mark.timeout(10)
+    def test_zero_queue_backpressure(self) -> None:
+        """With queue_size=0 a job waits for a worker to be idle, never in a queue."""
+        dispatcher = ThreadPoolDispatcher(1, queue_size=0)
+        gate = threading.Event()
+        first, second = FakeJob("first", gate=gate), FakeJob("second")
+        dispatcher.dispatch(first)
+        assert first.started.wait(WAIT)
+        helper = Dispatching(dispatcher, second)
+        try:
+            assert not helper.returned.wait(0.1)
+            assert dispatcher.statistics().queued == 0
+        finally:
+            gate.set()
+        assert helper.returned.wait(WAIT) and helper.error is None
+        helper.join()
+        assert second.done.wait(WAIT)
+        dispatcher.close()
+
+    @pytest.mark.timeout(10)
+    def test_reject_closes_with_message_and_counts(self) -> None:
+        """When full with when_full="reject", dispatch closes the job with reject_message at once; room again serves."""
+        dispatcher = ThreadPoolDispatcher(1, queue_size=1, when_full="reject", reject_message=b"busy\r\n")
+        gate = threading.Event()
+        running, queued = FakeJob("running", gate=gate), FakeJob("queued")
+        rejected = [FakeJob(f"rejected-{i}") for i in range(3)]
+        dispatcher.dispatch(running)
+        assert running.started.wait(WAIT)
+        try:
+            dispatcher.dispatch(queued)
+            for job in rejected:
+                dispatcher.dispatch(job)  # returns at once, no backpressure
+            assert [(job.runs, job.closes, job.messages) for job in rejected] == [([], 1, [b"busy\r\n"])] * 3
+            assert _stats(dispatcher) == (1, 1, 0, 1, 3)
+            assert "rejected: 3" in repr(dispatcher)
+        finally:
+            gate.set()
+        assert dispatcher.join(WAIT) == ()
+        later = FakeJob("later")
+        dispatcher.dispatch(later)
+        assert later.done.wait(WAIT)
+        dispatcher.close()
+        assert (queued.closes, later.closes, dispatcher.statistics().rejected) == (0, 0, 3)
+
+    @pytest.mark.timeout(10)
+    def test_join_timeout_returns_running_then_queued_jobs(self) -> None:
+        """join(timeout) returns the running jobs, then the queued ones, and () once all finished."""
+        dispatcher = ThreadPoolDispatcher(1, queue_size=4)
+        gate = threading.Event()
+        running = FakeJob("running", gate=gate)
+        queued = [FakeJob(f"queued-{i}") for i in range(2)]
+        dispatcher.dispatch(running)
+        assert running.started.wait(WAIT)
+        for job in queued:
+            dispatcher.dispatch(job)
+        try:
+            started = time.monotonic()
+            assert dispatcher.join(0.05) == (running, *queued)
+            assert time.monotonic() - started < WAIT / 2
+        finally:
+            gate.set()
+        assert dispatcher.join(WAIT) == ()
+        dispatcher.close()
+
+    @pytest.mark.timeout(10)
+    def test_close_finishes_the_queue_then_stops_workers(self) -> None:
+        """close() refuses new jobs at once, lets the workers run every queued job, then waits for them to exit."""
+        dispatcher = ThreadPoolDispatcher(1, queue_size=4)
+        gate = threading.Event()
+        running = FakeJob("running", gate=gate)
+        queued = [FakeJob(f"queued-{i}") for i in range(3)]
+        dispatcher.dispatch(running)
+        assert running.started.wait(WAIT)
+        for job in queued:
+            dispatcher.dispatch(job)
+        closer = threading.Thread(target=dispatcher.close)
+        closer.start()
+        try:
+            closer.join(0.1)
+            assert closer.is_alive(), "close() returned with jobs still queued"
+            late = FakeJob("late")
+            with pytest.raises(ServerClosedError):
+                dispatcher.dispatch(late)
+            assert (late.runs, late.closes) == ([], 0)
+        finally:
+            gate.set()
+            closer.join(WAIT)
+        assert not closer.is_alive()
+        assert all(job.done.is_set() and job.closes == 0 for job in queued)
+        assert _stats(dispatcher) == (0, 0, 0, 0, 0)
+        assert all(job.thread is not None and not job.thread.is_alive() for job in [running, *queued])
+        dispatcher.close()  # idempotent
+
+    @pytest.mark.timeout(10)
+    def test_close_releases_a_dispatch_under_backpressure(self) -> None:
+        """close() wakes a dispatch blocked by backpressure with ServerClosedError; the caller keeps the job."""
+        dispatcher = ThreadPoolDispatcher(1, queue_size=0, block_on_close=False)
+        gate = threading.Event()
+        running, waiting = FakeJob("running", gate=gate), FakeJob("waiting")
+        dispatcher.dispatch(running)
+        assert running.started.wait(WAIT)
+        helper = Dispatching(dispatcher, waiting)
+        try:
+            assert not helper.returned.wait(0.05)
+            dispatcher.close()
+            assert helper.returned.wait(WAIT)
+            assert isinstance(helper.error, ServerClosedError)
+            assert (waiting.runs, waiting.closes) == ([], 0)
+        finally:
+            gate.set()
+            helper.join()
+        assert dispatcher.join(WAIT) == ()
+
+    @pytest.mark.timeout(5)
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"max_workers": 0},
+            {"max_workers": 2, "min_workers": 3},
+            {"min_workers": -1},
+            {"queue_size": -1},
+            {"when_full": "drop"},
+            {"idle_timeout": 0},
+        ],
+    )
+    def test_arguments_validated(self, kwargs: dict[str, object]) -> None:
+        """Out-of-range sizes, an unknown when_full and a zero idle_timeout are rejected."""
+        with pytest.raises(ValueError):
+            ThreadPoolDispatcher(**kwargs)  # type: ignore[arg-type]  # deliberately wrong values
