@@ -419,6 +419,11 @@ class Server(Generic[RequestT, AddressT]):
             ServerStateError: called from the thread running ``serve_forever``
                 (which would wait for itself forever).
         """
+        if self._request_shutdown():
+            self._stopped.wait()
+
+    def _request_shutdown(self) -> bool:
+        """Ask the loop to stop without waiting; True if one is running."""
         with self._state_lock:
             serving = self._serving_thread
             if serving is not None and serving == threading.get_ident():
@@ -428,8 +433,7 @@ class Server(Generic[RequestT, AddressT]):
                 )
             self._shutdown_requested = True
         self._waker.wake()
-        if serving is not None:
-            self._stopped.wait()
+        return serving is not None
 
     def drain(self, timeout: float | None = None, *, grace: float = 1.0) -> DrainReport:
         """Stop accepting, let the requests in flight finish, cut them at the deadline.
@@ -452,13 +456,24 @@ class Server(Generic[RequestT, AddressT]):
             ServerStateError: called from the thread running ``serve_forever``.
         """
         started = time.monotonic()
-        self.shutdown()
-        pending = self.dispatcher.join(timeout)
+        deadline = None if timeout is None else started + timeout
+        # Waiting for the loop counts against the deadline: under backpressure
+        # it is blocked in dispatch() until a worker frees, maybe never (a
+        # handler stuck in recv), so the wait must not be shutdown()'s unbounded one.
+        self._request_shutdown()
+        self._stopped.wait(timeout)
+        pending = self.dispatcher.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if not pending:
-            return DrainReport(finished=True, elapsed=time.monotonic() - started)
+            # Nothing the dispatcher knows of; a loop still running is busy
+            # with something it cannot cut (a handler run inline): not finished.
+            stopped = self._stopped.wait(grace)
+            return DrainReport(finished=stopped, elapsed=time.monotonic() - started)
         for job in pending:
             job.abort()
-        remaining = self.dispatcher.join(grace)
+        # The cut frees workers, so a loop blocked by backpressure can now stop.
+        grace_deadline = time.monotonic() + grace
+        self._stopped.wait(grace)
+        remaining = self.dispatcher.join(max(0.0, grace_deadline - time.monotonic()))
         return DrainReport(
             finished=False,
             elapsed=time.monotonic() - started,
