@@ -8,10 +8,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import pytest
 
-from composable_server import FixedTimeout, ReRaise, Server, ServerClosedError, ServerStateError
+from composable_server import (
+    AcceptBackoff,
+    AcceptErrorPolicy,
+    Dispatcher,
+    DrainReport,
+    FixedTimeout,
+    Job,
+    ReRaise,
+    RetryImmediately,
+    Server,
+    ServerClosedError,
+    ServerStateError,
+    ThreadPoolDispatcher,
+)
+from composable_server.server import _Job
 from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
@@ -24,6 +39,16 @@ from composable_server.testing import (
 )
 
 WAIT = 10.0  # upper bound for things that should happen at once
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll *predicate* until it holds or *timeout* passes (for state no event reports)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.002)
+    return True
 
 MemServer = Server[str, str]
 
@@ -40,6 +65,7 @@ class Rig:
         acceptor: MemoryAcceptor | RaisingAcceptor[str, str] | None = None,
         error_policy: RecordingErrorPolicy | ReRaise | None = None,
         timeout_policy: RecordingTimeoutPolicy | FixedTimeout | None = None,
+        accept_error_policy: AcceptErrorPolicy | None = None,
         bind_and_activate: bool = True,
     ) -> None:
         self.transport: MemoryTransport[str, str] = MemoryTransport("memory", bound_address="memory:bound")
@@ -55,6 +81,7 @@ class Rig:
             dispatcher=self.dispatcher,
             error_policy=self.errors if error_policy is None else error_policy,
             timeout_policy=timeout_policy,
+            accept_error_policy=accept_error_policy,
             bind_and_activate=bind_and_activate,
         )
 
@@ -498,3 +525,347 @@ class TestServerClose:
         assert "InlineDispatcher" in text
         rig.server.server_close()
         assert "closed" in repr(rig.server)
+
+
+class SignallingBackoff:
+    """AcceptBackoff that also sets an event on every failure it is told of."""
+
+    def __init__(self, backoff: AcceptBackoff) -> None:
+        self.backoff = backoff
+        self.failed = threading.Event()
+        self.delays: list[float] = []
+
+    def accept_failed(self, exc: OSError) -> float:
+        delay = self.backoff.accept_failed(exc)
+        self.delays.append(delay)
+        self.failed.set()
+        return delay
+
+    def accepted(self) -> None:
+        self.backoff.accepted()
+
+
+def _emfile_forever() -> list[int]:
+    return [errno.EMFILE] * 100_000
+
+
+class TestAcceptErrorBackoff:
+    @pytest.mark.timeout(10)
+    def test_emfile_pauses_the_loop_then_serves_after_recovery(self) -> None:
+        """While accept fails with EMFILE the loop polls a handful of times (not thousands), and serves once it recovers."""
+        acceptor: RaisingAcceptor[str, str] = RaisingAcceptor(MemoryAcceptor(), _emfile_forever())
+        policy = SignallingBackoff(AcceptBackoff(0.05, 0.2))
+        rig = Rig(acceptor=acceptor, accept_error_policy=policy)
+        try:
+            with serving(rig.server):
+                rig.transport.connect("req-1", "client-1")
+                assert policy.failed.wait(WAIT)
+                threading.Event().wait(0.5)  # the observation window
+                attempts = len(acceptor.raised)
+                acceptor.errors.clear()  # descriptors are free again
+                recovered = time.monotonic()
+                assert rig.handler.wait_for(1, WAIT)
+                latency = time.monotonic() - recovered
+            print(f"EMFILE: {attempts} accept attempts in 0.5 s; served {latency * 1000:.0f} ms after recovery")
+            assert attempts <= 10
+            assert policy.delays[:4] == pytest.approx([0.05, 0.1, 0.2, 0.2])
+            assert latency < 0.2 + 1.0
+            assert rig.handler.calls == [("req-1", "client-1")]
+            assert policy.backoff.failures == 0, "accepted() was not called after the recovery"
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_retry_immediately_spins(self) -> None:
+        """For contrast, the stdlib policy polls again at once: the pause above is the backoff's doing."""
+        acceptor: RaisingAcceptor[str, str] = RaisingAcceptor(MemoryAcceptor(), _emfile_forever())
+        rig = Rig(acceptor=acceptor, accept_error_policy=RetryImmediately())
+        try:
+            with serving(rig.server):
+                rig.transport.connect("req-1", "client-1")
+                threading.Event().wait(0.1)
+                attempts = len(acceptor.raised)
+                acceptor.errors.clear()
+                assert rig.handler.wait_for(1, WAIT)
+            print(f"RetryImmediately: {attempts} accept attempts in 0.1 s")
+            assert attempts > 50
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_finished_request_wakes_a_paused_loop(self) -> None:
+        """A request finishing frees a descriptor, so a loop paused for 30 s accepts again at once."""
+        dispatched = threading.Semaphore(0)
+        acceptor: RaisingAcceptor[str, str] = RaisingAcceptor(MemoryAcceptor())
+        policy = SignallingBackoff(AcceptBackoff(30.0, 30.0))
+        rig = Rig(
+            acceptor=acceptor,
+            accept_error_policy=policy,
+            dispatcher=InlineDispatcher(hold=True, dispatch_hook=lambda job: dispatched.release()),
+        )
+        try:
+            with serving(rig.server):
+                rig.transport.connect("req-1", "client-1")
+                assert dispatched.acquire(timeout=WAIT)
+                acceptor.errors.append(errno.EMFILE)
+                rig.transport.connect("req-2", "client-2")
+                assert policy.failed.wait(WAIT)
+                assert policy.delays == [30.0]
+                started = time.monotonic()
+                assert rig.dispatcher.release(1) == 1  # req-1 finishes in this thread
+                assert dispatched.acquire(timeout=WAIT)
+                latency = time.monotonic() - started
+                rig.dispatcher.release()
+            print(f"paused loop woken by a finished request after {latency * 1000:.1f} ms")
+            assert latency < 1.0
+            assert [r for r, _ in rig.handler.calls] == ["req-1", "req-2"]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_transient_errors_do_not_pause(self) -> None:
+        """ECONNABORTED/EPROTO/EINTR are skipped at once: the pending request is served without a pause."""
+        acceptor: RaisingAcceptor[str, str] = RaisingAcceptor(
+            MemoryAcceptor(), [errno.ECONNABORTED, errno.EPROTO, errno.EINTR]
+        )
+        policy = SignallingBackoff(AcceptBackoff(30.0, 30.0))
+        rig = Rig(acceptor=acceptor, accept_error_policy=policy)
+        try:
+            with serving(rig.server):
+                rig.transport.connect("req-1", "client-1")
+                assert rig.handler.wait_for(1, WAIT / 2)
+            assert policy.delays == [0.0, 0.0, 0.0]
+            assert len(acceptor.raised) == 3
+        finally:
+            rig.server.server_close()
+
+
+class JoinSignal:
+    """A dispatcher wrapper that sets an event when join() is entered."""
+
+    def __init__(self, inner: InlineDispatcher) -> None:
+        self.inner = inner
+        self.joining = threading.Event()
+
+    def dispatch(self, job: Job) -> None:
+        self.inner.dispatch(job)
+
+    def service(self) -> None:
+        self.inner.service()
+
+    def join(self, timeout: float | None) -> tuple[Job, ...]:
+        self.joining.set()
+        return self.inner.join(timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class ScriptedJob:
+    """A fake in-flight job that records abort()."""
+
+    def __init__(self, name: str) -> None:
+        self.client_address: object = name
+        self.aborts = 0
+
+    def run(self) -> bool:
+        return True
+
+    def close(self, message: bytes = b"") -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborts += 1
+
+
+class ScriptedDispatcher:
+    """A dispatcher whose join() returns scripted jobs and records its timeouts."""
+
+    def __init__(self, *joins: tuple[Job, ...]) -> None:
+        self.joins = list(joins)
+        self.timeouts: list[float | None] = []
+
+    def dispatch(self, job: Job) -> None:
+        job.run()
+
+    def service(self) -> None:
+        pass
+
+    def join(self, timeout: float | None) -> tuple[Job, ...]:
+        self.timeouts.append(timeout)
+        return self.joins.pop(0) if self.joins else ()
+
+    def close(self) -> None:
+        pass
+
+
+def _memory_server(dispatcher: Dispatcher, handler: RecordingHandler[str, str]) -> MemServer:
+    transport: MemoryTransport[str, str] = MemoryTransport("memory")
+    return Server(
+        transport=transport,
+        acceptor=MemoryAcceptor(),
+        handler=handler,
+        dispatcher=dispatcher,
+        error_policy=RecordingErrorPolicy(),
+    )
+
+
+class TestDrain:
+    @pytest.mark.timeout(5)
+    def test_nothing_in_flight(self, rig: Rig) -> None:
+        """drain() with nothing in flight reports a finished drain at once."""
+        with serving(rig.server):
+            rig.transport.connect("req-1", "client-1")
+            assert rig.handler.wait_for(1, WAIT)
+            report = rig.server.drain(WAIT)
+        assert report == DrainReport(finished=True, elapsed=report.elapsed)
+        assert (report.cut, report.remaining) == ((), ())
+        assert report.elapsed < 1.0
+
+    @pytest.mark.timeout(10)
+    def test_waits_for_requests_in_flight(self) -> None:
+        """drain() stops accepting and waits for the requests in flight; all finish, none is cut."""
+        signal = JoinSignal(InlineDispatcher(hold=True))
+        handler: RecordingHandler[str, str] = RecordingHandler()
+        server = _memory_server(signal, handler)
+        transport = cast("MemoryTransport[str, str]", server.transport)
+        try:
+            thread = threading.Thread(target=server.serve_forever)
+            thread.start()
+            for i in range(3):
+                transport.connect(f"req-{i}", f"client-{i}")
+            assert eventually(lambda: len(signal.inner.pending) == 3)
+
+            def release_when_draining() -> None:
+                assert signal.joining.wait(WAIT)
+                signal.inner.release()
+
+            releaser = threading.Thread(target=release_when_draining)
+            releaser.start()
+            report = server.drain(WAIT)
+            releaser.join(WAIT)
+            thread.join(WAIT)
+            assert not thread.is_alive(), "drain() did not stop serve_forever"
+            transport.connect("late", "client-late")
+            assert report.finished and report.cut == () and report.remaining == ()
+            assert [r for r, _ in handler.calls] == ["req-0", "req-1", "req-2"]
+            assert transport.pending == (("late", "client-late"),), "drain() must stop accepting"
+        finally:
+            server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_cuts_requests_still_running_at_the_deadline(self, rig: Rig) -> None:
+        """At the deadline drain() aborts every job still in flight and reports them as cut and remaining."""
+        boom = ConnectionResetError("the cut woke the handler")
+
+        def fail_when_cut(request: str, client_address: str, server: object) -> None:
+            raise boom
+
+        rig = Rig(action=fail_when_cut, dispatcher=InlineDispatcher(hold=True))
+        try:
+            with serving(rig.server):
+                rig.transport.connect("req-1", "client-1")
+                rig.transport.connect("req-2", "client-2")
+                assert eventually(lambda: len(rig.dispatcher.pending) == 2)
+                report = rig.server.drain(0.1, grace=0.05)
+            print(f"drain of 2 stuck jobs: {report.elapsed * 1000:.0f} ms (timeout 100 ms + grace 50 ms)")
+            assert not report.finished
+            assert report.cut == ("client-1", "client-2")
+            assert report.remaining == ("client-1", "client-2")
+            assert 0.15 <= report.elapsed < 0.15 + 1.0
+            jobs = rig.dispatcher.pending
+            assert all(isinstance(job, _Job) and job.cut for job in jobs)
+            rig.dispatcher.release()  # the handlers now fail because they were cut
+            assert rig.errors.errors == [], "errors caused by the cut must not be reported"
+            assert rig.transport.shutdown_requests == ["req-1", "req-2"]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_report_separates_cut_from_remaining(self) -> None:
+        """drain(timeout, grace) joins with *timeout*, aborts what is left, joins with *grace*, and reports both sets."""
+        a, b = ScriptedJob("a"), ScriptedJob("b")
+        dispatcher = ScriptedDispatcher((a, b), (b,))
+        server = _memory_server(dispatcher, RecordingHandler())
+        try:
+            report = server.drain(2.0, grace=0.5)
+        finally:
+            server.server_close()
+        assert dispatcher.timeouts[:2] == [pytest.approx(2.0, abs=0.5), pytest.approx(0.5, abs=0.1)]
+        assert (a.aborts, b.aborts) == (1, 1)
+        assert (report.finished, report.cut, report.remaining) == (False, ("a", "b"), ("b",))
+
+    @pytest.mark.timeout(5)
+    def test_report_is_frozen(self) -> None:
+        """A DrainReport cannot be changed."""
+        report = DrainReport(finished=True, elapsed=0.0)
+        with pytest.raises(AttributeError):
+            report.finished = False  # type: ignore[misc]  # frozen: the point of the test
+
+
+class TestBackpressure:
+    @pytest.mark.timeout(10)
+    def test_shutdown_during_backpressure_loses_nothing(self) -> None:
+        """shutdown() while the loop is blocked by a full pool returns once a worker frees; the blocked request is served, no new one is accepted."""
+        gates = {f"req-{i}": threading.Event() for i in range(3)}
+        handler: RecordingHandler[str, str] = RecordingHandler(lambda request, address, server: gates[request].wait(WAIT))
+        server = _memory_server(ThreadPoolDispatcher(1, queue_size=0), handler)
+        transport = cast("MemoryTransport[str, str]", server.transport)
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        stopper = threading.Thread(target=server.shutdown)
+        try:
+            transport.connect("req-0", "client-0")
+            assert handler.wait_for(1, WAIT)
+            transport.connect("req-1", "client-1")
+            assert eventually(lambda: transport.pending == ())  # accepted: dispatch is blocked
+            stopper.start()
+            stopper.join(0.05)
+            transport.connect("req-2", "client-2")
+            gates["req-0"].set()
+            assert handler.wait_for(2, WAIT), "the request blocked by backpressure was lost"
+            gates["req-1"].set()
+            stopper.join(WAIT)
+            thread.join(WAIT)
+            assert not stopper.is_alive() and not thread.is_alive()
+            assert [r for r, _ in handler.calls] == ["req-0", "req-1"]
+            assert transport.pending == (("req-2", "client-2"),)
+        finally:
+            for gate in gates.values():
+                gate.set()
+            server.server_close()
+            thread.join(WAIT)
+
+    @pytest.mark.timeout(10)
+    def test_drain_during_backpressure_keeps_its_deadline(self) -> None:
+        """drain(timeout) returns by timeout + grace even while the loop is blocked by a full pool behind a stuck handler."""
+        release = threading.Event()
+        handler: RecordingHandler[str, str] = RecordingHandler(lambda request, address, server: release.wait(WAIT))
+        server = _memory_server(ThreadPoolDispatcher(1, queue_size=0), handler)
+        transport = cast("MemoryTransport[str, str]", server.transport)
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        reports: list[DrainReport] = []
+        drainer = threading.Thread(target=lambda: reports.append(server.drain(0.1, grace=0.1)))
+        try:
+            transport.connect("req-0", "client-0")
+            assert handler.wait_for(1, WAIT)
+            transport.connect("req-1", "client-1")
+            assert eventually(lambda: transport.pending == ())
+            started = time.monotonic()
+            drainer.start()
+            drainer.join(3.0)
+            elapsed = time.monotonic() - started
+            assert not drainer.is_alive(), "drain() waited past its deadline for a loop blocked by backpressure"
+            [report] = reports
+            print(f"drain under backpressure: {elapsed * 1000:.0f} ms (timeout 100 ms + grace 100 ms)")
+            assert not report.finished
+            assert "client-0" in report.cut and "client-0" in report.remaining
+            assert elapsed < 0.2 + 1.0
+        finally:
+            release.set()
+            drainer.join(WAIT)
+            thread.join(WAIT)
+            server.server_close()
+        assert not thread.is_alive()
+        assert [r for r, _ in handler.calls] == ["req-0", "req-1"], "the request blocked in dispatch was lost"
