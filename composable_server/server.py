@@ -472,7 +472,13 @@ class Server(Generic[RequestT, AddressT]):
             job.abort()
         # The cut frees workers, so a loop blocked by backpressure can now stop.
         grace_deadline = time.monotonic() + grace
-        self._stopped.wait(grace)
+        if self._stopped.wait(grace):
+            # Such a loop handed over the job it was blocked on as it left: that
+            # one was in flight at the deadline too, so cut it as well.
+            late = [job for job in self.dispatcher.join(0) if all(job is not p for p in pending)]
+            for job in late:
+                job.abort()
+            pending = (*pending, *late)
         remaining = self.dispatcher.join(max(0.0, grace_deadline - time.monotonic()))
         return DrainReport(
             finished=False,
