@@ -783,17 +783,17 @@ class TestDrain:
 
     @pytest.mark.timeout(5)
     def test_report_separates_cut_from_remaining(self) -> None:
-        """drain(timeout, grace) joins with *timeout*, aborts what is left, joins with *grace*, and reports both sets."""
-        a, b = ScriptedJob("a"), ScriptedJob("b")
-        dispatcher = ScriptedDispatcher((a, b), (b,))
+        """drain(timeout, grace) joins with *timeout*, aborts what is left (and any job the stopping loop handed over late), joins with *grace*, and reports both sets."""
+        a, b, c = ScriptedJob("a"), ScriptedJob("b"), ScriptedJob("c")
+        dispatcher = ScriptedDispatcher((a, b), (b, c), (b,))
         server = _memory_server(dispatcher, RecordingHandler())
         try:
             report = server.drain(2.0, grace=0.5)
         finally:
             server.server_close()
-        assert dispatcher.timeouts[:2] == [pytest.approx(2.0, abs=0.5), pytest.approx(0.5, abs=0.1)]
-        assert (a.aborts, b.aborts) == (1, 1)
-        assert (report.finished, report.cut, report.remaining) == (False, ("a", "b"), ("b",))
+        assert dispatcher.timeouts[:3] == [pytest.approx(2.0, abs=0.5), 0, pytest.approx(0.5, abs=0.1)]
+        assert (a.aborts, b.aborts, c.aborts) == (1, 1, 1)
+        assert (report.finished, report.cut, report.remaining) == (False, ("a", "b", "c"), ("b",))
 
     @pytest.mark.timeout(5)
     def test_report_is_frozen(self) -> None:
