@@ -1,0 +1,456 @@
+"""Prefork: N worker processes serving one listening socket, supervised.
+
+Theory of operation
+-------------------
+
+The parent binds the transport once (:meth:`Prefork.bind`) and forks
+*workers* children.  Each worker calls ``make_server(transport)``, a factory
+that builds a fresh :class:`~composable_server.server.Server` around the
+inherited, already listening transport (``bind_and_activate=False``), with its
+own dispatcher (typically a :class:`~composable_server.dispatchers.ThreadPoolDispatcher`),
+wake-up pipe and watchdog, and runs its ``serve_forever`` in a thread.  The
+kernel hands each pending connection to one of the workers polling the shared
+socket.  Nothing is shared between workers but the listening descriptor: a
+handler that crashes its process takes down one worker, not the service.
+
+The parent serves nothing.  It polls one pidfd per worker (``pidfd_open(2)``,
+Linux >= 5.3; elsewhere a 100 ms ``waitpid(WNOHANG)`` sweep) and a
+self-pipe that :meth:`Prefork.stop` writes to:
+
+* a worker exits while the supervisor runs: it is reaped and replaced, unless
+  more than *max_restarts* replacements happened within *restart_window*
+  seconds, in which case the supervisor stops every worker and
+  :meth:`Prefork.serve_forever` raises :class:`RestartLimitError` (a crash
+  loop must not become a fork bomb);
+* :meth:`Prefork.stop` (or SIGTERM/SIGINT to the parent, when
+  ``serve_forever`` runs in the main thread): every worker is sent SIGTERM;
+  each drains (stops accepting, lets requests in flight finish for up to
+  *drain_timeout* seconds, cuts the rest) and exits; the parent waits up to
+  *stop_timeout* seconds, then SIGKILLs what is left, and reaps every child,
+  so no zombie and no orphan remains when ``serve_forever`` returns.
+
+Worker side: the forking thread blocks SIGTERM/SIGINT, starts the serving
+thread (which inherits the mask, as do the handler threads) and waits in
+``sigtimedwait``; it also checks every half second that its parent is alive,
+so workers of a SIGKILLed supervisor do not linger.  A worker leaves with
+``os._exit``: it never returns into the parent's code, never runs its
+``atexit`` handlers, and never closes the transport (which, for a Unix
+socket, would unlink the file the other workers still serve).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Final, Generic, Self, TypeAlias, TypeVar, final
+
+import attrs
+
+from ._socketutil import Waker
+from .exceptions import ServerClosedError, ServerError, ServerStateError
+from .interfaces import Transport
+from .server import Server
+
+__all__ = ("DEFAULT_WORKERS", "Prefork", "PreforkStatistics", "RestartLimitError")
+
+RequestT = TypeVar("RequestT")
+AddressT = TypeVar("AddressT")
+
+DEFAULT_WORKERS: Final = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+"""One worker per CPU this process may run on."""
+
+# What signal.signal() returns and accepts.
+_Handler: TypeAlias = Callable[[int, FrameType | None], object] | int | None
+
+# Signals that ask the supervisor (and each worker) to stop gracefully.
+_STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
+# How often a worker checks that its parent still exists.
+_PARENT_CHECK: Final = 0.5
+# Without pidfds, how often the supervisor sweeps its children.
+_SWEEP_INTERVAL: Final = 0.1
+
+
+class RestartLimitError(ServerError, RuntimeError):
+    """Workers died faster than the restart budget allows (a crash loop)."""
+
+
+@final
+@attrs.frozen
+class PreforkStatistics:
+    """A snapshot of a :class:`Prefork` supervisor.
+
+    Attributes:
+        workers: worker processes alive.
+        started: workers forked so far (initial ones and replacements).
+        restarts: workers replaced after they exited on their own.
+        pids: the pids of the live workers.
+    """
+
+    workers: int
+    started: int
+    restarts: int
+    pids: tuple[int, ...]
+
+
+def _check_workers(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"workers must be >= 1, got {value}")
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class Prefork(Generic[RequestT, AddressT]):
+    """A supervisor of *workers* processes serving one shared listening socket.
+
+    Example::
+
+        prefork = Prefork(
+            TCPTransport(("0.0.0.0", 8000)),
+            lambda transport: Server(
+                transport=transport,
+                acceptor=StreamAcceptor(),
+                handler=MyHandler,
+                dispatcher=ThreadPoolDispatcher(16),
+                bind_and_activate=False,
+            ),
+            workers=4,
+        )
+        with prefork:
+            prefork.serve_forever()  # until stop(), SIGTERM or Ctrl-C
+
+    Args:
+        transport: the listening socket; bound and activated by the parent
+            (at construction if *bind_and_activate*), inherited by every worker.
+        make_server: called in each worker with *transport*; returns the
+            worker's server, built with ``bind_and_activate=False`` and its own
+            dispatcher.
+        workers: how many worker processes (default: one per CPU).
+        max_restarts: at most this many replacements of exited workers ...
+        restart_window: ... within this many seconds; beyond it, the
+            supervisor stops and raises :class:`RestartLimitError`.
+        drain_timeout: seconds a stopping worker lets its requests in flight
+            finish before cutting them (:meth:`Server.drain`).
+        stop_timeout: seconds the supervisor waits for stopping workers
+            before it SIGKILLs them.
+        poll_interval: each worker's ``serve_forever(poll_interval)``.
+        bind_and_activate: bind and listen now.
+
+    Raises:
+        BindError: the address could not be bound.
+    """
+
+    transport: Transport[RequestT, AddressT]
+    make_server: Callable[[Transport[RequestT, AddressT]], Server[RequestT, AddressT]]
+    workers: int = attrs.field(default=DEFAULT_WORKERS, validator=_check_workers)
+    max_restarts: int = attrs.field(default=10, kw_only=True, validator=attrs.validators.ge(0))
+    restart_window: float = attrs.field(default=60.0, kw_only=True, validator=attrs.validators.gt(0))
+    drain_timeout: float = attrs.field(default=5.0, kw_only=True, validator=attrs.validators.ge(0))
+    stop_timeout: float = attrs.field(default=10.0, kw_only=True, validator=attrs.validators.ge(0))
+    poll_interval: float = attrs.field(default=0.5, kw_only=True, validator=attrs.validators.gt(0))
+    bind_and_activate: bool = attrs.field(default=True, kw_only=True)
+
+    _waker: Waker = attrs.field(init=False, factory=Waker)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _pids: dict[int, int] = attrs.field(init=False, factory=dict)  # pid -> pidfd (-1: none)
+    _restart_times: deque[float] = attrs.field(init=False, factory=deque)
+    _started: int = attrs.field(init=False, default=0)
+    _restarts: int = attrs.field(init=False, default=0)
+    _running: bool = attrs.field(init=False, default=False)
+    _stop_requested: bool = attrs.field(init=False, default=False)
+    _stopped: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _bound: bool = attrs.field(init=False, default=False)
+    _closed: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._stopped.set()
+        if self.bind_and_activate:
+            try:
+                self.bind()
+            except BaseException:
+                self.close()
+                raise
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind the transport and listen.  Idempotent.
+
+        Raises:
+            BindError: the address could not be bound.
+            ServerClosedError: after :meth:`close`.
+        """
+        if self._closed:
+            raise ServerClosedError("Prefork is closed")
+        if not self._bound:
+            self.transport.bind()
+            self.transport.activate()
+            self._bound = True
+
+    @property
+    def server_address(self) -> AddressT:
+        """The bound address (port 0 resolved)."""
+        return self.transport.server_address
+
+    def serve_forever(self) -> None:
+        """Fork the workers and supervise them until :meth:`stop`.
+
+        In the main thread, SIGTERM and SIGINT also stop it (the previous
+        handlers are restored on return).  On return every worker has exited
+        and been reaped.
+
+        Raises:
+            RestartLimitError: workers exited faster than the restart budget.
+            ServerClosedError: after :meth:`close`.
+            ServerStateError: already running.
+        """
+        with self._lock:
+            if self._closed:
+                raise ServerClosedError("serve_forever() called on a closed Prefork")
+            if self._running:
+                raise ServerStateError("Prefork.serve_forever() is already running")
+            if self._stop_requested:  # stop() before the start: return at once
+                self._stop_requested = False
+                return
+            self._running = True
+            self._stopped.clear()
+        self.bind()
+        previous = self._install_signal_handlers()
+        try:
+            for _ in range(self.workers):
+                self._spawn()
+            self._supervise()
+        finally:
+            try:
+                self._stop_workers()
+            finally:
+                self._restore_signal_handlers(previous)
+                self._waker.drain()
+                with self._lock:
+                    self._running = False
+                    self._stop_requested = False
+                    self._stopped.set()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to stop every worker gracefully and return.
+
+        Safe from any thread and from a signal handler; does not wait (see
+        :meth:`wait`).  Called before ``serve_forever``, that call returns at once.
+        """
+        self._stop_requested = True
+        self._waker.wake()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`serve_forever` is not running; True if so."""
+        return self._stopped.wait(timeout)
+
+    def close(self) -> None:
+        """Stop (and wait for) a running supervisor, then close the transport.  Idempotent."""
+        with self._lock:
+            running = self._running
+            self._closed = True
+        if running:
+            self.stop()
+            self._stopped.wait()
+        self.transport.close()
+        self._waker.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- introspection -----------------------------------------------------------
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The pids of the live workers."""
+        with self._lock:
+            return tuple(self._pids)
+
+    def statistics(self) -> PreforkStatistics:
+        """A consistent snapshot of the supervisor's counters."""
+        with self._lock:
+            return PreforkStatistics(
+                workers=len(self._pids), started=self._started, restarts=self._restarts, pids=tuple(self._pids)
+            )
+
+    def __repr__(self) -> str:
+        st = self.statistics()
+        state = "closed" if self._closed else "running" if self._running else "idle"
+        return (
+            f"<Prefork {self.server_address!r} [workers: {st.workers}/{self.workers} alive | "
+            f"started: {st.started} | restarts: {st.restarts}] {state}>"
+        )
+
+    # -- the supervisor -------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        waker_fd = self._waker.fileno()
+        while not self._stop_requested:
+            poller = select.poll()
+            poller.register(waker_fd, select.POLLIN)
+            sweep = False
+            with self._lock:
+                for pidfd in self._pids.values():
+                    if pidfd >= 0:
+                        poller.register(pidfd, select.POLLIN)
+                    else:
+                        sweep = True
+            poller.poll(_SWEEP_INTERVAL * 1000.0 if sweep else None)
+            self._waker.drain()
+            if self._stopping():
+                return
+            for pid in self._reap():
+                self._replace(pid)
+
+    def _stopping(self) -> bool:
+        # A method, not the attribute: another thread (or a signal handler)
+        # sets the flag while this one waits.
+        return self._stop_requested
+
+    def _replace(self, pid: int) -> None:
+        now = time.monotonic()
+        times = self._restart_times
+        while times and now - times[0] > self.restart_window:
+            times.popleft()
+        if len(times) >= self.max_restarts:
+            raise RestartLimitError(
+                f"worker {pid} exited; {len(times)} workers were already replaced in the last "
+                f"{self.restart_window:g} s (max_restarts={self.max_restarts}): not replacing it"
+            )
+        times.append(now)
+        self._restarts += 1
+        self._spawn()
+
+    def _reap(self, *, blocking: bool = False) -> list[int]:
+        """Reap exited workers; return their pids."""
+        done = []
+        with self._lock:
+            for pid in list(self._pids):
+                try:
+                    reaped, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
+                except ChildProcessError:
+                    reaped = pid  # reaped by someone else: forget it
+                if reaped:
+                    pidfd = self._pids.pop(pid)
+                    if pidfd >= 0:
+                        os.close(pidfd)
+                    done.append(pid)
+        return done
+
+    def _stop_workers(self) -> None:
+        """SIGTERM every worker, wait up to stop_timeout, SIGKILL the rest, reap all."""
+        for pid in self.pids:
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while self.pids and time.monotonic() < deadline:
+            self._reap()
+            if self.pids:
+                time.sleep(0.01)
+        for pid in self.pids:
+            _kill(pid, signal.SIGKILL)
+        self._reap(blocking=True)
+
+    def _spawn(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            self._worker_main()  # never returns
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            pidfd = -1
+        with self._lock:
+            self._pids[pid] = pidfd
+            self._started += 1
+
+    def _install_signal_handlers(self) -> dict[signal.Signals, _Handler] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous: dict[signal.Signals, _Handler] = {}
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.stop()
+
+        for signum in _STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict[signal.Signals, _Handler] | None) -> None:
+        if previous is None:
+            return
+        for signum, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, cannot be restored
+                signal.signal(signum, handler)
+
+    # -- the worker -----------------------------------------------------------------
+
+    def _worker_main(self) -> None:
+        """Run in a freshly forked worker; leaves with ``os._exit``."""
+        status = 1
+        try:
+            parent = os.getppid()
+            # The supervisor's state is the parent's business.
+            self._waker.close()
+            for pidfd in self._pids.values():
+                if pidfd >= 0:
+                    os.close(pidfd)
+            self._pids.clear()
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            # Block the stop signals before any thread starts, so that they
+            # all inherit the mask and only sigtimedwait below sees them.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            server = self.make_server(self.transport)
+            failed: list[BaseException] = []
+
+            def serve() -> None:
+                try:
+                    server.serve_forever(self.poll_interval)
+                except BaseException as exc:
+                    failed.append(exc)
+                    traceback.print_exc()
+                    os.kill(os.getpid(), signal.SIGTERM)  # wake the waiting thread
+
+            thread = threading.Thread(target=serve, name="composable_server prefork worker")
+            thread.start()
+            while thread.is_alive():
+                if signal.sigtimedwait(_STOP_SIGNALS, _PARENT_CHECK) is not None:
+                    break
+                if os.getppid() != parent:
+                    break  # the supervisor is gone: stop
+            server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+            thread.join()
+            # Not server_close(): the transport belongs to the parent (closing
+            # a Unix transport would unlink the path the others still serve).
+            server.dispatcher.close()
+            status = 1 if failed else 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                for stream in (sys.stdout, sys.stderr):
+                    if stream is not None:
+                        stream.flush()
+            finally:
+                os._exit(status)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
