@@ -1,0 +1,239 @@
+"""The echo servers the benchmark runs, one per subprocess.
+
+    python -m tests.bench.bench_servers KIND FAMILY ADDRESS
+
+KIND is a key of :data:`KINDS`; FAMILY is ``tcp``, ``udp`` or ``unix``;
+ADDRESS is ``host:port`` (port 0 picks one) or a Unix socket path.  The
+process binds, prints ``{"address": ...}`` as one JSON line on stdout, and
+serves a 32-byte line echo until SIGTERM.
+
+Every server answers each line it reads with the same line, with the
+idiomatic code of its framework: a ``StreamRequestHandler`` looping over
+``rfile`` for socketserver and composable_server, a ``DatagramRequestHandler``
+for datagrams, asyncio streams and a ``DatagramProtocol`` for asyncio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from collections.abc import Callable
+from typing import Final
+
+from composable_server import (
+    Server,
+    StreamAcceptor,
+    TCPTransport,
+    ThreadingDispatcher,
+    ThreadPoolDispatcher,
+    UnixStreamTransport,
+    compat,
+)
+from composable_server.dispatchers import ForkingDispatcher, SyncDispatcher
+from composable_server.factories import make_tcp_server, make_udp_server, make_unix_stream_server
+from composable_server.handlers import DatagramRequestHandler, StreamRequestHandler
+from composable_server.interfaces import Dispatcher, InetAddress, Transport
+from composable_server.prefork import Prefork
+
+__all__ = ("KINDS", "announce", "main", "parse_inet")
+
+# Pool size: persistent connections each hold a worker for their lifetime,
+# so a pool serving 128 of them needs at least 128 workers.
+POOL_WORKERS: Final = 160
+# stdlib ForkingMixIn.max_children is 40; the native forking server gets the
+# same limit so that the comparison is like for like.
+MAX_CHILDREN: Final = 40
+
+
+class _StdlibStreamEcho(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class _StdlibDatagramEcho(socketserver.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+class _StreamEcho(StreamRequestHandler[object]):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class _DatagramEcho(DatagramRequestHandler[object]):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+class _CompatStreamEcho(compat.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class _CompatDatagramEcho(compat.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+def parse_inet(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def announce(address: object) -> None:
+    """Print the bound address as the one JSON line the runner waits for."""
+    if isinstance(address, bytes):
+        address = address.decode()
+    print(json.dumps({"address": address if isinstance(address, str) else list(address)}), flush=True)  # type: ignore[call-overload]  # a str or a (host, port) tuple
+
+
+def _serve(server: Server[object, object] | socketserver.BaseServer) -> None:
+    """Serve until SIGTERM; the handler stops the loop from another thread."""
+
+    def on_term(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    announce(server.server_address)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+
+
+# -- stdlib ------------------------------------------------------------------------
+
+
+def _stdlib(cls: type[socketserver.BaseServer], family: str, address: str) -> None:
+    if family == "unix":
+        server: socketserver.BaseServer = cls(address, _StdlibStreamEcho)
+    else:
+        handler = _StdlibDatagramEcho if family == "udp" else _StdlibStreamEcho
+        server = cls(parse_inet(address), handler)
+    _serve(server)
+
+
+# -- composable_server: the compat twins ----------------------------------------------
+
+
+def _compat(cls: type[compat.BaseServer], family: str, address: str) -> None:
+    handler = _CompatDatagramEcho if family == "udp" else _CompatStreamEcho
+    server = cls(address if family == "unix" else parse_inet(address), handler)
+    _serve(server)
+
+
+# -- composable_server: the native API ----------------------------------------------------
+
+
+def _native(make_dispatcher: Callable[[], Dispatcher], family: str, address: str) -> None:
+    server: Server[object, object]
+    if family == "udp":
+        server = make_udp_server(parse_inet(address), _DatagramEcho, dispatcher=make_dispatcher())  # type: ignore[assignment]  # Server is invariant; the loop needs no more than object
+    elif family == "unix":
+        server = make_unix_stream_server(address, _StreamEcho, dispatcher=make_dispatcher())  # type: ignore[assignment]  # as above
+    else:
+        server = make_tcp_server(parse_inet(address), _StreamEcho, dispatcher=make_dispatcher())  # type: ignore[assignment]  # as above
+    _serve(server)
+
+
+def _prefork(family: str, address: str) -> None:
+    transport: Transport[socket.socket, object]
+    if family == "unix":
+        transport = UnixStreamTransport(address)
+    elif family == "tcp":
+        transport = TCPTransport(parse_inet(address))
+    else:
+        raise SystemExit("prefork serves stream families only")
+
+    def make_server(transport: Transport[socket.socket, object]) -> Server[socket.socket, object]:
+        return Server(
+            transport=transport,
+            acceptor=StreamAcceptor(),
+            handler=_StreamEcho,
+            dispatcher=ThreadPoolDispatcher(POOL_WORKERS, queue_size=256),
+            bind_and_activate=False,
+        )
+
+    # One worker per CPU this process may use (the benchmark pins it to one).
+    prefork: Prefork[socket.socket, object] = Prefork(
+        transport, make_server, workers=len(os.sched_getaffinity(0))
+    )
+    with prefork:
+        announce(prefork.server_address)
+        prefork.serve_forever()  # SIGTERM stops it (main thread)
+
+
+# -- asyncio -------------------------------------------------------------------------------
+
+
+def _asyncio(family: str, address: str, *, uvloop: bool = False) -> None:
+    # Imported here, so that the other kinds' RSS does not include asyncio.
+    from .bench_asyncio import run
+
+    run(family, address, uvloop=uvloop)
+
+
+_Runner = Callable[[str, str], None]
+
+KINDS: Final[dict[str, _Runner]] = {
+    # stdlib socketserver
+    "stdlib-sync": lambda f, a: _stdlib(
+        {"tcp": socketserver.TCPServer, "udp": socketserver.UDPServer, "unix": socketserver.UnixStreamServer}[f], f, a
+    ),
+    "stdlib-threading": lambda f, a: _stdlib(
+        {
+            "tcp": socketserver.ThreadingTCPServer,
+            "udp": socketserver.ThreadingUDPServer,
+            "unix": socketserver.ThreadingUnixStreamServer,
+        }[f],
+        f,
+        a,
+    ),
+    "stdlib-forking": lambda f, a: _stdlib(socketserver.ForkingTCPServer, f, a),
+    # composable_server.compat (the drop-in twins)
+    "compat-sync": lambda f, a: _compat(
+        {"tcp": compat.TCPServer, "udp": compat.UDPServer, "unix": compat.UnixStreamServer}[f], f, a
+    ),
+    "compat-threading": lambda f, a: _compat(
+        {
+            "tcp": compat.ThreadingTCPServer,
+            "udp": compat.ThreadingUDPServer,
+            "unix": compat.ThreadingUnixStreamServer,
+        }[f],
+        f,
+        a,
+    ),
+    "compat-forking": lambda f, a: _compat(compat.ForkingTCPServer, f, a),
+    # composable_server native API
+    "native-sync": lambda f, a: _native(SyncDispatcher, f, a),
+    "native-threading": lambda f, a: _native(ThreadingDispatcher, f, a),
+    "native-pool": lambda f, a: _native(lambda: ThreadPoolDispatcher(POOL_WORKERS, queue_size=256), f, a),
+    "native-forking": lambda f, a: _native(lambda: ForkingDispatcher(MAX_CHILDREN), f, a),
+    "prefork": _prefork,
+    # event loops
+    "asyncio": _asyncio,
+    "uvloop": lambda f, a: _asyncio(f, a, uvloop=True),
+}
+"""Server kind -> runner(family, address)."""
+
+
+def main(argv: list[str]) -> None:
+    kind, family, address = argv
+    if family not in ("tcp", "udp", "unix"):
+        raise SystemExit(f"family must be tcp, udp or unix, got {family!r}")
+    cpu = os.environ.get("BENCH_SERVER_CPU")
+    if cpu is not None:
+        os.sched_setaffinity(0, {int(cpu)})
+    KINDS[kind](family, address)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

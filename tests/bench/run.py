@@ -1,0 +1,577 @@
+"""The composable_server benchmark (issue 7): one command, interleaved rounds.
+
+    .venv/bin/python -m tests.bench [--quick] [--rounds N] [--duration S] [--only SCENARIO ...]
+
+For each scenario, each round runs every server kind once, in the same order
+(A B C A B C ...), so slow drift of the machine hits every kind alike; the
+report quotes the median of the rounds.  Each server runs in its own
+subprocess pinned to one core (``BENCH_SERVER_CPU``); the compiled
+closed-loop load generator (``loadgen.c``, built with gcc into a cache
+directory) is pinned to the other.  Peak RSS is sampled from ``/proc``: the
+server process plus all its descendants, summed, maximum over the run.
+
+Writes ``tests/bench/results/latest.json`` and ``latest.md`` (not committed)
+and prints the Markdown.  Every target of issue 7 is one line of the report,
+``met`` or ``NOT met``, with its figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import socketserver
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+__all__ = ("SCENARIOS", "Scenario", "build_loadgen", "main", "run_one")
+
+HERE: Final = Path(__file__).resolve().parent
+ROOT: Final = HERE.parent.parent
+RESULTS: Final = HERE / "results"
+SOURCE: Final = HERE / "loadgen.c"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of issue 7's table."""
+
+    name: str
+    title: str
+    family: str  # tcp, udp, unix (bench_servers FAMILY)
+    mode: str  # loadgen MODE
+    clients: int
+    kinds: tuple[str, ...]
+
+
+_PERSISTENT: Final = ("stdlib-threading", "compat-threading", "native-threading", "native-pool", "prefork")
+_EVENT_LOOPS: Final = ("asyncio", "uvloop")
+_FORKING: Final = ("stdlib-forking", "compat-forking", "native-forking")
+
+SCENARIOS: Final = (
+    Scenario("tcp16", "TCP persistent, 16 connections", "tcp", "tcp", 16, _PERSISTENT + _EVENT_LOOPS),
+    Scenario(
+        "tcp128", "TCP persistent, 128 connections", "tcp", "tcp", 128, _PERSISTENT + _FORKING + _EVENT_LOOPS
+    ),
+    Scenario(
+        "cpr16",
+        "TCP new connection per request, 16 clients",
+        "tcp",
+        "tcp-cpr",
+        16,
+        ("stdlib-sync", "compat-sync", "native-sync", "stdlib-threading", "compat-threading", "native-threading",
+         "native-pool", "prefork") + _EVENT_LOOPS,
+    ),
+    Scenario("cprfork", "TCP new connection per request, forking, 16 clients", "tcp", "tcp-cpr", 16,
+             _FORKING + ("prefork",)),
+    Scenario(
+        "udp16",
+        "UDP request/response, 16 clients",
+        "udp",
+        "udp",
+        16,
+        ("stdlib-sync", "compat-sync", "native-sync", "stdlib-threading", "compat-threading", "native-threading",
+         "native-pool") + _EVENT_LOOPS,
+    ),
+    Scenario(
+        "unix16",
+        "Unix stream persistent, 16 connections",
+        "unix",
+        "unix",
+        16,
+        ("stdlib-threading", "compat-threading", "native-threading", "native-pool", "prefork") + _EVENT_LOOPS,
+    ),
+)
+
+# The stdlib class each composable_server kind replaces (its "twin").
+TWINS: Final = {
+    "compat-sync": "stdlib-sync",
+    "native-sync": "stdlib-sync",
+    "compat-threading": "stdlib-threading",
+    "native-threading": "stdlib-threading",
+    "native-pool": "stdlib-threading",
+    "compat-forking": "stdlib-forking",
+    "native-forking": "stdlib-forking",
+    "prefork": "stdlib-forking",
+}
+
+
+def _is_ours(kind: str) -> bool:
+    return kind.startswith(("compat-", "native-")) or kind == "prefork"
+
+
+# -- the load generator --------------------------------------------------------------
+
+
+def build_loadgen() -> Path:
+    """Compile loadgen.c (once per source version) into a cache directory."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "composable_server_bench"
+    binary = cache / f"loadgen-{digest}"
+    if not binary.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        gcc = shutil.which("gcc") or shutil.which("cc")
+        if gcc is None:
+            raise SystemExit("the benchmark needs gcc (or cc) to build its load generator")
+        tmp = binary.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([gcc, "-O2", "-Wall", "-o", str(tmp), str(SOURCE)], check=True)
+        tmp.replace(binary)
+    return binary
+
+
+# -- one measurement --------------------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class _RSSSampler:
+    """Samples the summed RSS of a process tree every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.sample()
+
+    def sample(self) -> None:
+        total = sum(_status_kib(p, "VmRSS:") for p in _descendants(self.pid))
+        self.peak_kib = max(self.peak_kib, total, _status_kib(self.pid, "VmHWM:"))
+
+    def stop(self) -> int:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib
+
+
+@dataclass
+class _Cpus:
+    server: int | None
+    client: int | None
+
+
+def _cpus() -> _Cpus:
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return _Cpus(None, None)
+    if len(available) < 2:
+        return _Cpus(None, None)
+    return _Cpus(available[0], available[1])
+
+
+def _start_server(kind: str, scenario: Scenario, address: str, cpus: _Cpus) -> tuple[subprocess.Popen[str], str]:
+    env = dict(os.environ)
+    if cpus.server is not None:
+        env["BENCH_SERVER_CPU"] = str(cpus.server)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.bench_servers", kind, scenario.family, address],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: one killpg reaches forked children
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 15.0)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        _stop_server(proc)
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"{kind} did not start: {err.strip()[-2000:]}")
+    bound = json.loads(line)["address"]
+    return proc, bound if isinstance(bound, str) else f"{bound[0]}:{bound[1]}"
+
+
+def _stop_server(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10.0)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of a forking server, if any
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def run_one(
+    loadgen: Path, kind: str, scenario: Scenario, *, duration: float, warmup: float, cpus: _Cpus, tmpdir: str
+) -> dict[str, object]:
+    """Start *kind*, load it for *duration* seconds, stop it; the measurement."""
+    address = os.path.join(tmpdir, f"{kind}.sock") if scenario.family == "unix" else "127.0.0.1:0"
+    proc, target = _start_server(kind, scenario, address, cpus)
+    sampler = _RSSSampler(proc.pid)
+    try:
+        cmd = [str(loadgen), scenario.mode, target, str(scenario.clients), str(duration), str(warmup)]
+        client_cpu = cpus.client
+
+        def pin() -> None:
+            if client_cpu is not None:
+                os.sched_setaffinity(0, {client_cpu})
+
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 30, preexec_fn=pin)
+        if out.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {out.stderr.strip()}")
+        result: dict[str, object] = json.loads(out.stdout)
+    finally:
+        result_rss = sampler.stop()
+        _stop_server(proc)
+    result["rss_kib"] = result_rss
+    result["kind"] = kind
+    return result
+
+
+# -- shutdown latency -------------------------------------------------------------------------
+
+
+def _shutdown_latency(make: Callable[[], socketserver.BaseServer | object], reps: int) -> float:
+    """Median milliseconds ``shutdown()`` takes on an idle ``serve_forever(0.5)``."""
+    times = []
+    for _ in range(reps):
+        server = make()
+        thread = threading.Thread(target=server.serve_forever, args=(0.5,))  # type: ignore[attr-defined]  # both server families have it
+        thread.start()
+        time.sleep(0.05)  # let the loop reach its wait
+        t0 = time.perf_counter()
+        server.shutdown()  # type: ignore[attr-defined]  # as above
+        times.append((time.perf_counter() - t0) * 1000.0)
+        thread.join()
+        server.server_close()  # type: ignore[attr-defined]  # as above
+    return statistics.median(times)
+
+
+def measure_shutdown(reps: int) -> dict[str, float]:
+    """Shutdown latency of stdlib, compat and native TCP servers."""
+    from composable_server import compat
+    from composable_server.factories import make_tcp_server
+    from composable_server.handlers import BaseRequestHandler
+
+    address = ("127.0.0.1", 0)
+    return {
+        "stdlib TCPServer": _shutdown_latency(
+            lambda: socketserver.TCPServer(address, socketserver.BaseRequestHandler), reps
+        ),
+        "compat TCPServer": _shutdown_latency(lambda: compat.TCPServer(address, compat.BaseRequestHandler), reps),
+        "native make_tcp_server": _shutdown_latency(lambda: make_tcp_server(address, BaseRequestHandler), reps),
+    }
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Summary:
+    rps: float
+    p50_us: float
+    p99_us: float
+    rss_kib: float
+    errors: float
+    served: float
+    rounds: list[float] = field(default_factory=list)
+
+
+def _summarise(runs: list[dict[str, object]]) -> _Summary:
+    def med(key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]  # JSON numbers
+
+    return _Summary(
+        rps=med("rps"),
+        p50_us=med("p50_us"),
+        p99_us=med("p99_us"),
+        rss_kib=med("rss_kib"),
+        errors=med("errors"),
+        served=med("clients_served"),
+        rounds=[float(r["rps"]) for r in runs],  # type: ignore[arg-type]  # JSON numbers
+    )
+
+
+def _fmt_rps(rps: float) -> str:
+    return f"{rps / 1000:.1f}k" if rps >= 1000 else f"{rps:.0f}"
+
+
+def _fmt_us(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us < 1_000_000 else f"{us / 1_000_000:.2f} s"
+
+
+def _targets(
+    table: dict[str, dict[str, _Summary]], shutdown: dict[str, float]
+) -> list[tuple[str, bool | None, str]]:
+    """(target, met (None: not measured), figure) for every target of issue 7."""
+    lines: list[tuple[str, bool | None, str]] = []
+
+    def get(scenario: str, kind: str) -> _Summary | None:
+        return table.get(scenario, {}).get(kind)
+
+    # 1. every kind >= 1.0x its stdlib twin in every scenario.
+    for scenario in SCENARIOS:
+        for kind in scenario.kinds:
+            twin_kind = TWINS.get(kind)
+            ours, twin = get(scenario.name, kind), get(scenario.name, twin_kind or "")
+            if twin_kind is None or ours is None or twin is None or twin_kind not in scenario.kinds:
+                continue
+            ratio = ours.rps / twin.rps if twin.rps else float("inf")
+            lines.append(
+                (
+                    f"{scenario.name}: {kind} >= 1.0x {twin_kind}",
+                    ratio >= 1.0,
+                    f"{ratio:.2f}x ({_fmt_rps(ours.rps)} vs {_fmt_rps(twin.rps)} req/s)",
+                )
+            )
+
+    def best(scenario: str, kinds: Sequence[str]) -> tuple[str, _Summary] | None:
+        found = [(k, s) for k in kinds if (s := get(scenario, k)) is not None]
+        return max(found, key=lambda ks: ks[1].rps) if found else None
+
+    ours_all = [k for k in TWINS]
+    # 2. TCP connect-per-request: best mode >= 2.5x stdlib threading.
+    b, ref = best("cpr16", ours_all), get("cpr16", "stdlib-threading")
+    if b and ref:
+        r = b[1].rps / ref.rps
+        lines.append(("cpr16: best mode >= 2.5x stdlib threading", r >= 2.5, f"{r:.2f}x ({b[0]} {_fmt_rps(b[1].rps)})"))
+    else:
+        lines.append(("cpr16: best mode >= 2.5x stdlib threading", None, "not measured"))
+    # 3. UDP with a concurrent dispatcher >= 5x stdlib ThreadingUDPServer.
+    b, ref = best("udp16", ["compat-threading", "native-threading", "native-pool"]), get("udp16", "stdlib-threading")
+    if b and ref:
+        r = b[1].rps / ref.rps
+        lines.append(
+            ("udp16: concurrent dispatcher >= 5x stdlib ThreadingUDPServer", r >= 5, f"{r:.2f}x ({b[0]} {_fmt_rps(b[1].rps)})")
+        )
+    else:
+        lines.append(("udp16: concurrent dispatcher >= 5x stdlib ThreadingUDPServer", None, "not measured"))
+    # 4. prefork connect-per-request >= 20x stdlib ForkingTCPServer, p99 < 10 ms.
+    p, ref = get("cprfork", "prefork"), get("cprfork", "stdlib-forking")
+    if p and ref:
+        r = p.rps / ref.rps
+        lines.append(("cprfork: prefork >= 20x stdlib ForkingTCPServer", r >= 20, f"{r:.1f}x ({_fmt_rps(p.rps)} vs {_fmt_rps(ref.rps)})"))
+        lines.append(("cprfork: prefork p99 < 10 ms", p.p99_us < 10_000, _fmt_us(p.p99_us)))
+    else:
+        lines.append(("cprfork: prefork >= 20x stdlib ForkingTCPServer", None, "not measured"))
+    # 5. TCP persistent 16/128: best mode >= 1.0x uvloop.
+    for name in ("tcp16", "tcp128"):
+        b, ref = best(name, ours_all), get(name, "uvloop")
+        if b and ref:
+            r = b[1].rps / ref.rps
+            lines.append((f"{name}: best mode >= 1.0x uvloop", r >= 1.0, f"{r:.2f}x ({b[0]} {_fmt_rps(b[1].rps)} vs {_fmt_rps(ref.rps)})"))
+        else:
+            lines.append((f"{name}: best mode >= 1.0x uvloop", None, "not measured (uvloop not installed?)"))
+    # 6. peak RSS at 128 connections, process-isolated mode <= 1/4 stdlib forking.
+    p, ref = get("tcp128", "prefork"), get("tcp128", "stdlib-forking")
+    if p and ref:
+        r = p.rss_kib / ref.rss_kib
+        lines.append(
+            ("tcp128: prefork peak RSS <= 1/4 stdlib forking", r <= 0.25,
+             f"{r:.2f} ({p.rss_kib / 1024:.0f} MiB vs {ref.rss_kib / 1024:.0f} MiB)")
+        )
+    else:
+        lines.append(("tcp128: prefork peak RSS <= 1/4 stdlib forking", None, "not measured"))
+    # 7. shutdown() latency in milliseconds.
+    if shutdown:
+        worst = max(v for k, v in shutdown.items() if not k.startswith("stdlib"))
+        lines.append(
+            ("shutdown() latency in milliseconds (< 10 ms)", worst < 10,
+             ", ".join(f"{k} {v:.2f} ms" for k, v in shutdown.items()))
+        )
+    return lines
+
+
+def _markdown(
+    meta: dict[str, object], table: dict[str, dict[str, _Summary]], shutdown: dict[str, float], rounds: int
+) -> str:
+    out = [
+        "# composable_server benchmark",
+        "",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}",
+        f"- pinning: {meta['pinning']}",
+        f"- {rounds} interleaved rounds of {meta['duration']} s (+{meta['warmup']} s warm-up) per kind; "
+        "medians; 32-byte line echo; closed loop",
+        f"- load average at start: {meta['loadavg']}",
+        "",
+    ]
+    for scenario in SCENARIOS:
+        rows = table.get(scenario.name)
+        if not rows:
+            continue
+        out += [
+            f"## {scenario.title} (`{scenario.name}`)",
+            "",
+            "| kind | req/s | p50 | p99 | peak RSS | vs stdlib twin | clients served | rounds (req/s) |",
+            "|---|--:|--:|--:|--:|--:|--:|---|",
+        ]
+        for kind, s in rows.items():
+            twin_kind = TWINS.get(kind)
+            twin = rows.get(twin_kind) if twin_kind else None
+            ratio = f"{s.rps / twin.rps:.2f}x {twin_kind}" if twin and twin.rps else ""
+            out.append(
+                f"| {kind} | {_fmt_rps(s.rps)} | {_fmt_us(s.p50_us)} | {_fmt_us(s.p99_us)} | "
+                f"{s.rss_kib / 1024:.1f} MiB | {ratio} | {s.served:.0f}/{scenario.clients} | "
+                f"{', '.join(_fmt_rps(r) for r in s.rounds)} |"
+            )
+        out.append("")
+    if shutdown:
+        out += ["## shutdown() latency (idle serve_forever(poll_interval=0.5), median)", ""]
+        out += [f"- {k}: {v:.2f} ms" for k, v in shutdown.items()]
+        out.append("")
+    out += ["## Targets (issue 7)", ""]
+    for target, met, figure in _targets(table, shutdown):
+        state = "not measured" if met is None else "met" if met else "NOT met"
+        out.append(f"- [{state}] {target}: {figure}")
+    out.append("")
+    return "\n".join(out)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario (default 3)")
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per run (default 2)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per run (default 0.5)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 0.5 s")
+    parser.add_argument("--only", nargs="*", default=None, help="scenario names (tcp16 tcp128 cpr16 cprfork udp16 unix16)")
+    parser.add_argument("--kinds", nargs="*", default=None, help="only these server kinds")
+    parser.add_argument("--no-shutdown", action="store_true", help="skip the shutdown latency measurement")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 0.5, 0.2
+    if not 1 <= args.rounds <= 20 or not 0 < args.duration <= 60 or not 0 <= args.warmup <= 10:
+        parser.error("rounds must be 1..20, duration 0..60 s, warmup 0..10 s")
+
+    loadgen = build_loadgen()
+    cpus = _cpus()
+    if cpus.client is not None:
+        os.sched_setaffinity(0, {cpus.client})  # keep this process off the server's core
+    try:
+        import uvloop  # noqa: F401
+
+        have_uvloop = True
+    except ImportError:
+        have_uvloop = False
+    scenarios = [s for s in SCENARIOS if args.only is None or s.name in args.only]
+    meta: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": _machine(),
+        "pinning": "none (fewer than 2 CPUs)" if cpus.server is None
+        else f"server on CPU {cpus.server}, load generator on CPU {cpus.client}",
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "loadavg": open("/proc/loadavg").read().split()[:3],
+        "uvloop": have_uvloop,
+    }
+    raw: dict[str, dict[str, list[dict[str, object]]]] = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmpdir:
+        for scenario in scenarios:
+            kinds = [k for k in scenario.kinds if (k != "uvloop" or have_uvloop)]
+            if args.kinds is not None:
+                kinds = [k for k in kinds if k in args.kinds]
+            per_kind = raw.setdefault(scenario.name, {k: [] for k in kinds})
+            for rnd in range(args.rounds):
+                for kind in kinds:
+                    try:
+                        result = run_one(
+                            loadgen, kind, scenario, duration=args.duration, warmup=args.warmup, cpus=cpus,
+                            tmpdir=tmpdir,
+                        )
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        print(f"  {scenario.name} {kind}: FAILED: {exc}", file=sys.stderr)
+                        continue
+                    per_kind[kind].append(result)
+                    print(
+                        f"  [{time.monotonic() - started:5.0f} s] {scenario.name} round {rnd + 1} {kind:17} "
+                        f"{_fmt_rps(float(result['rps'])):>7} req/s  p99 {_fmt_us(float(result['p99_us']))}"  # type: ignore[arg-type]  # JSON numbers
+                        f"  rss {int(result['rss_kib']) / 1024:.0f} MiB  errors {result['errors']}",  # type: ignore[call-overload]  # JSON numbers
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    shutdown = {} if args.no_shutdown else measure_shutdown(3 if args.quick else 7)
+    table = {name: {k: _summarise(runs) for k, runs in kinds.items() if runs} for name, kinds in raw.items()}
+    md = _markdown(meta, table, shutdown, args.rounds)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "latest.md").write_text(md)
+    (args.output / "latest.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "runs": raw,
+                "shutdown_ms": shutdown,
+                "targets": [
+                    {"target": t, "met": m, "figure": f} for t, m, f in _targets(table, shutdown)
+                ],
+            },
+            indent=1,
+        )
+    )
+    print(md)
+    print(f"(written to {args.output / 'latest.md'} in {time.monotonic() - started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
