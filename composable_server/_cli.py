@@ -1,0 +1,380 @@
+"""The command line: ``python -m composable_server serve|demo``.
+
+Theory of operation (``serve``)
+-------------------------------
+
+The server loop runs in a worker thread; the main thread only waits for a
+signal.  ``shutdown()`` and ``drain()`` must not be called from the serving
+thread (they would wait for themselves), and Python runs signal handlers in
+the main thread, so this split keeps both sides simple:
+
+1. SIGTERM or SIGINT: the handler writes one byte to a pipe the main thread
+   is reading (a pipe rather than ``threading.Event.set()``, whose lock is
+   not safe to take from a signal handler that interrupted ``wait()``).
+2. The main thread starts ``server.drain(grace)`` in a helper thread: stop
+   accepting, wait up to *grace* seconds for the requests in flight, cut the
+   rest (threads: their sockets are shut down; children: SIGTERM).
+3. With the synchronous dispatcher the request in flight runs in the serving
+   thread itself, and ``drain()`` waits in ``shutdown()`` for it; so the
+   main thread bounds the helper too, and at the deadline shuts down the
+   connections :class:`~composable_server._services.RequestLog` knows of.
+4. Close the server and exit 0.
+
+Errors a user can fix (a bad option, a taken port, a bad CIDR, a path that
+is too long) end the process with one line on stderr and a non-zero status:
+2 for usage errors (argparse's convention), 1 for an address that cannot be
+bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Final, NoReturn, TypeAlias
+
+from ._services import DATAGRAM_SERVICES, STREAM_SERVICES, RequestLog, format_address, http_handler
+from .acceptors import DatagramAcceptor, StreamAcceptor
+from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
+from .exceptions import AddressError, BindError
+from .interfaces import Address, DatagramRequest, Dispatcher, Transport, Verifier
+from .policies import LoggingErrorPolicy
+from .server import Server
+from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
+from .verifiers import AllowAll, all_of, allow_networks, deny_networks
+
+__all__ = ("DISPATCHERS", "TRANSPORTS", "build_parser", "build_server", "main")
+
+_logger = logging.getLogger("composable_server.cli")
+
+PROG: Final = "composable-server"
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 9999
+DEFAULT_GRACE: Final = 10.0
+
+# --dispatch: one line per mode.  Threads are daemonic and children are not
+# waited for on close, because drain() has already bounded the wait: a
+# straggler cut at the deadline must not hold the exit up a second time.
+DISPATCHERS: Final[dict[str, Callable[[], Dispatcher]]] = {
+    "sync": SyncDispatcher,
+    "threading": functools.partial(ThreadingDispatcher, daemon=True),
+    "forking": functools.partial(ForkingDispatcher, block_on_close=False),
+}
+
+TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
+STREAM_TRANSPORTS: Final = frozenset({"tcp", "unix"})
+SERVICES: Final = ("upper", "echo", "http")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+AnyServer: TypeAlias = "Server[socket.socket, Address] | Server[DatagramRequest, Address]"
+
+_EPILOG: Final = """\
+examples:
+  composable-server serve
+      upper-case echo on 127.0.0.1:9999; try: printf 'hello\\n' | nc 127.0.0.1 9999
+  composable-server serve --port 0 --dispatch threading --log-level debug
+      a free port (printed as "listening on tcp 127.0.0.1:PORT"), a thread per request
+  composable-server serve --transport udp --port 9999
+      one datagram in, its upper-case copy back
+  composable-server serve --transport unix --path /tmp/upper.sock --dispatch forking
+  composable-server serve --service http --port 8000 --directory ./public
+  composable-server serve --allow 127.0.0.0/8 --allow ::1 --host ::
+  composable-server demo
+      every server kind in turn, with a table of the results
+
+SIGTERM or SIGINT stops accepting, lets requests in flight finish (at most
+--grace seconds), and exits 0.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer in 0..65535, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``composable-server``."""
+    parser = _Parser(
+        prog=PROG,
+        description="Python's socketserver, assembled from typed components.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{serve,demo}")
+    serve = commands.add_parser(
+        "serve",
+        help="run a server until SIGINT/SIGTERM",
+        description="Run a server until SIGINT or SIGTERM, then stop gracefully.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--transport", choices=TRANSPORTS, default="tcp", help="socket kind (default: tcp)")
+    serve.add_argument("--host", help=f"IP address or name to bind (default: {DEFAULT_HOST}; '::1' or '::' for IPv6)")
+    serve.add_argument("--port", type=_port, help=f"port to bind; 0 picks a free one (default: {DEFAULT_PORT})")
+    serve.add_argument("--path", help="socket path, for --transport unix and unix-dgram")
+    serve.add_argument(
+        "--dispatch", choices=tuple(DISPATCHERS), default="sync", help="where requests run (default: sync)"
+    )
+    serve.add_argument(
+        "--service",
+        choices=SERVICES,
+        default="upper",
+        help="upper: one line or datagram in, upper-cased back (default); echo: unchanged; "
+        "http: files of --directory (stream transports only)",
+    )
+    serve.add_argument("--directory", help="directory served by --service http (default: the current one)")
+    serve.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="admit only clients in this network (repeatable), e.g. 127.0.0.0/8 or ::1",
+    )
+    serve.add_argument(
+        "--deny", action="append", default=[], metavar="CIDR", help="refuse clients in this network (repeatable)"
+    )
+    serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower, help="default: info")
+    serve.add_argument(
+        "--grace",
+        type=_seconds,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"on SIGTERM/SIGINT, wait this long for requests in flight (default: {DEFAULT_GRACE:g})",
+    )
+    demo = commands.add_parser(
+        "demo",
+        help="start every server kind in turn, send requests, print a table",
+        description="Start every server kind (TCP/UDP/Unix stream/Unix datagram x sync/threading/forking) "
+        "on free local addresses, send a few requests to each, print a table; exit 0 if every reply is correct.",
+    )
+    demo.add_argument("--requests", type=int, default=3, help="requests per server kind (default: 3)")
+    demo.add_argument("--timeout", type=_seconds, default=5.0, help="client timeout in seconds (default: 5)")
+    return parser
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject option combinations that cannot work, with one line each."""
+    unix = args.transport in ("unix", "unix-dgram")
+    if unix:
+        if args.path is None:
+            parser.error(f"--transport {args.transport} needs --path")
+        for option in ("host", "port"):
+            if getattr(args, option) is not None:
+                parser.error(f"--{option} does not apply to --transport {args.transport}; use --path")
+    elif args.path is not None:
+        parser.error(f"--path applies to the unix transports, not --transport {args.transport}")
+    if args.service == "http" and args.transport not in STREAM_TRANSPORTS:
+        parser.error(f"--service http needs a stream transport (tcp or unix), not {args.transport}")
+    if args.directory is not None:
+        if args.service != "http":
+            parser.error("--directory applies only to --service http")
+        if not os.path.isdir(args.directory):
+            parser.error(f"--directory {args.directory!r} is not a directory")
+
+
+def _verifier(args: argparse.Namespace) -> Verifier[object, object]:
+    """The admission policy of --deny and --allow (AddressError on a bad CIDR)."""
+    parts: list[Verifier[object, object]] = []
+    if args.deny:
+        parts.append(deny_networks(*args.deny))
+    if args.allow:
+        parts.append(allow_networks(*args.allow))
+    if not parts:
+        return AllowAll()
+    return parts[0] if len(parts) == 1 else all_of(*parts)
+
+
+def build_server(args: argparse.Namespace) -> tuple[AnyServer, RequestLog[socket.socket] | RequestLog[DatagramRequest]]:
+    """Build, bind and activate the server the options describe.
+
+    Raises:
+        AddressError: a bad address, path or CIDR.
+        BindError: the address cannot be bound.
+    """
+    verifier = _verifier(args)
+    dispatcher = DISPATCHERS[args.dispatch]()
+    error_policy = LoggingErrorPolicy()
+    if args.transport in STREAM_TRANSPORTS:
+        stream: Transport[socket.socket, Address]
+        if args.transport == "tcp":
+            stream = TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
+        else:
+            stream = UnixStreamTransport(args.path)
+        if args.service == "http":
+            handler = http_handler(os.path.abspath(args.directory or os.getcwd()))
+        else:
+            handler = STREAM_SERVICES[args.service]
+        stream_log = RequestLog(handler, args.service)
+        stream_server: Server[socket.socket, Address] = Server(
+            transport=stream,
+            acceptor=StreamAcceptor(),
+            handler=stream_log,
+            verifier=verifier,
+            dispatcher=dispatcher,
+            error_policy=error_policy,
+        )
+        return stream_server, stream_log
+    datagram: Transport[DatagramRequest, Address]
+    if args.transport == "udp":
+        datagram = UDPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
+    else:
+        datagram = UnixDatagramTransport(args.path)
+    datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
+    datagram_server: Server[DatagramRequest, Address] = Server(
+        transport=datagram,
+        acceptor=DatagramAcceptor(),
+        handler=datagram_log,
+        verifier=verifier,
+        dispatcher=dispatcher,
+        error_policy=error_policy,
+    )
+    return datagram_server, datagram_log
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    _check_usage(parser, args)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        server, request_log = build_server(args)
+    except AddressError as exc:
+        parser.error(_one_line(exc))
+    except OSError as exc:
+        # BindError names the address and the reason (in use, permission
+        # denied, unknown host); anything else from the OS is shown as it is.
+        reason = str(exc) if isinstance(exc, BindError) else f"{type(exc).__name__}: {exc}"
+        print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
+        return 1
+    return _run(server, request_log, args)
+
+
+def _run(
+    server: AnyServer, request_log: RequestLog[socket.socket] | RequestLog[DatagramRequest], args: argparse.Namespace
+) -> int:
+    wake_r, wake_w = os.pipe()
+    received: list[int] = []
+    crashed: list[BaseException] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        os.write(wake_w, b"s")
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except BaseException as exc:
+            crashed.append(exc)
+            _logger.exception("the server loop failed")
+        finally:
+            os.write(wake_w, b"x")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    loop = threading.Thread(target=serve, name="serve_forever", daemon=True)
+    try:
+        loop.start()
+        _logger.info(
+            "listening on %s %s (service %s, dispatch %s, pid %d)",
+            args.transport,
+            format_address(server.server_address),
+            args.service,
+            args.dispatch,
+            os.getpid(),
+        )
+        os.read(wake_r, 1)  # a signal or the end of the loop; PEP 475 retries after handlers
+        if crashed or not received:
+            return 1
+        name = signal.Signals(received[0]).name
+        _logger.info("%s: stopping; waiting up to %g s for requests in flight", name, args.grace)
+        return _drain(server, request_log, loop, args.grace)
+    finally:
+        if not loop.is_alive():
+            # Not while the loop runs: server_close() would wait for it.
+            server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _drain(
+    server: AnyServer,
+    request_log: RequestLog[socket.socket] | RequestLog[DatagramRequest],
+    loop: threading.Thread,
+    grace: float,
+) -> int:
+    reports: list[str] = []
+
+    def drain() -> None:
+        report = server.drain(grace)
+        if not report.finished:
+            reports.append(f"cut {len(report.cut)} request(s) at the deadline: {', '.join(map(format_address, report.cut))}")
+
+    helper = threading.Thread(target=drain, name="drain", daemon=True)
+    helper.start()
+    # drain() bounds its own wait, except for a request running in the
+    # serving thread (sync dispatch): shutdown() waits for it.  Bound that too.
+    helper.join(grace + 0.5)
+    if helper.is_alive():
+        cut = request_log.cut()
+        reports.append(f"cut {cut} connection(s) still open after {grace:g} s")
+        helper.join(5.0)
+    for line in reports:
+        _logger.warning("grace period over: %s", line)
+    # shutdown() returns when serve_forever() has; the thread ends just after.
+    loop.join(1.0)
+    if loop.is_alive():
+        _logger.error("the server loop did not stop; exiting anyway")
+        return 1
+    _logger.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(parser, args)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        return run_demo(requests=args.requests, timeout=args.timeout)
+    parser.print_help(sys.stderr)
+    return 2

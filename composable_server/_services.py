@@ -1,0 +1,204 @@
+"""The services of the command line: upper, echo and http.
+
+``upper`` is the upper-case echo of the stdlib ``socketserver`` documentation
+(``MyTCPHandler`` / ``MyUDPHandler``): one request is one line on a stream
+connection, or one datagram, and the reply is that line upper-cased.  ``echo``
+replies with the line unchanged.  ``http`` is the stdlib
+:class:`http.server.SimpleHTTPRequestHandler`, running on a composable server
+as it is.
+
+:class:`RequestLog` wraps any handler: one DEBUG line per request, and a
+register of the stream connections in flight, so the command line can cut
+them when the grace period of a shutdown runs out.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import logging
+import threading
+import time
+from socket import SHUT_RDWR
+from socket import socket as Socket
+from typing import Final, cast, Generic, TypeAlias, TypeVar, final
+
+from .handlers import BaseRequestHandler, StreamRequestHandler
+from .interfaces import Address, DatagramRequest, HandlerFactory
+
+__all__ = (
+    "DATAGRAM_SERVICES",
+    "MAX_LINE",
+    "STREAM_SERVICES",
+    "RequestLog",
+    "format_address",
+    "http_handler",
+)
+
+_logger = logging.getLogger("composable_server.cli")
+
+# The longest line read as one request.  A client that never sends a newline
+# gets a reply after this many bytes instead of growing our buffer forever.
+MAX_LINE: Final = 64 * 1024
+
+StreamHandler: TypeAlias = HandlerFactory[Socket, Address]
+DatagramHandler: TypeAlias = HandlerFactory[DatagramRequest, Address]
+
+RequestT = TypeVar("RequestT")
+
+
+def format_address(address: object) -> str:
+    """``host:port``, ``[v6host]:port``, a Unix path, or ``(unnamed)``."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(address, bytes):
+        return repr(address)  # a Linux abstract name starts with NUL
+    if not address:
+        return "(unnamed)"
+    return str(address)
+
+
+class _LineHandler(StreamRequestHandler[Address]):
+    """Read one line, reply with it transformed, close (``MyTCPHandler``)."""
+
+    def transform(self, data: bytes) -> bytes:
+        """The reply to *data*."""
+        return data.upper()
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_LINE)
+        self.wfile.write(self.transform(line))
+
+
+class UpperStreamHandler(_LineHandler):
+    """Reply to one line with the line in upper case."""
+
+    def transform(self, data: bytes) -> bytes:
+        """*data* in upper case."""
+        return data.upper()
+
+
+class EchoStreamHandler(_LineHandler):
+    """Reply to one line with the same line."""
+
+    def transform(self, data: bytes) -> bytes:
+        """*data* unchanged."""
+        return data
+
+
+class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
+    """Reply to one datagram with it transformed (``MyUDPHandler``)."""
+
+    def transform(self, data: bytes) -> bytes:
+        """The reply to *data*."""
+        return data.upper()
+
+    def handle(self) -> None:
+        data, sock = self.request
+        address = self.client_address
+        # Typed as Address, but an unbound Unix datagram client reports None.
+        if not cast(object, address):
+            # An unbound Unix datagram client has no address to answer to.
+            _logger.debug("datagram from an unnamed Unix client: no reply possible")
+            return
+        sock.sendto(self.transform(data), address)
+
+
+class UpperDatagramHandler(_DatagramHandler):
+    """Reply to a datagram with its upper-case copy."""
+
+    def transform(self, data: bytes) -> bytes:
+        """*data* in upper case."""
+        return data.upper()
+
+
+class EchoDatagramHandler(_DatagramHandler):
+    """Reply to a datagram with the same bytes."""
+
+    def transform(self, data: bytes) -> bytes:
+        """*data* unchanged."""
+        return data
+
+
+class _LoggingHTTPRequestHandler(http.server.SimpleHTTPRequestHandler):
+    """SimpleHTTPRequestHandler whose access log goes to :mod:`logging`."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002  # stdlib's name
+        # The stdlib writes to stderr and uses client_address[0], which is ''
+        # for a Unix client; log the formatted address instead.
+        _logger.info("%s %s", format_address(self.client_address), format % args)
+
+
+def http_handler(directory: str) -> StreamHandler:
+    """A handler factory serving the files under *directory* over HTTP."""
+    return functools.partial(_LoggingHTTPRequestHandler, directory=directory)
+
+
+STREAM_SERVICES: Final[dict[str, StreamHandler]] = {
+    "upper": UpperStreamHandler,
+    "echo": EchoStreamHandler,
+}
+DATAGRAM_SERVICES: Final[dict[str, DatagramHandler]] = {
+    "upper": UpperDatagramHandler,
+    "echo": EchoDatagramHandler,
+}
+
+
+@final
+class RequestLog(Generic[RequestT]):
+    """Wraps a handler: a DEBUG line per request, and the stream connections
+    in flight, which :meth:`cut` can shut down.
+
+    In a forked child the register is the child's own copy; the parent's
+    stays empty, and children are stopped by the dispatcher's drain instead.
+    """
+
+    __slots__ = ("_active", "_lock", "handler", "name")
+
+    def __init__(self, handler: HandlerFactory[RequestT, Address], name: str) -> None:
+        self.handler = handler
+        self.name = name
+        self._lock = threading.Lock()
+        self._active: set[Socket] = set()
+
+    def __call__(self, request: RequestT, client_address: Address, server: object) -> None:
+        """Run the wrapped handler for one request and log it."""
+        started = time.perf_counter()
+        req: object = request
+        conn = req if isinstance(req, Socket) else None
+        if conn is not None:
+            with self._lock:
+                self._active.add(conn)
+        ok = False
+        try:
+            self.handler(request, client_address, server)
+            ok = True
+        finally:
+            if conn is not None:
+                with self._lock:
+                    self._active.discard(conn)
+            _logger.debug(
+                "%s request from %s %s in %.1f ms",
+                self.name,
+                format_address(client_address),
+                "served" if ok else "failed",
+                (time.perf_counter() - started) * 1000.0,
+            )
+
+    def in_flight(self) -> int:
+        """The number of stream connections being served in this process."""
+        with self._lock:
+            return len(self._active)
+
+    def cut(self) -> int:
+        """Shut down every stream connection in flight, so its handler wakes
+        up with EOF; return how many there were."""
+        with self._lock:
+            active = list(self._active)
+        for conn in active:
+            try:
+                conn.shutdown(SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler
+        return len(active)
