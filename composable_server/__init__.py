@@ -27,9 +27,12 @@ from .dispatchers import ThreadingDispatcher as ThreadingDispatcher
 from .dispatchers import ThreadPoolDispatcher as ThreadPoolDispatcher
 from .exceptions import AddressError as AddressError
 from .exceptions import BindError as BindError
+from .exceptions import DatagramTooLargeError as DatagramTooLargeError
+from .exceptions import LineTooLongError as LineTooLongError
 from .exceptions import ServerClosedError as ServerClosedError
 from .exceptions import ServerError as ServerError
 from .exceptions import ServerStateError as ServerStateError
+from .exceptions import TLSHandshakeError as TLSHandshakeError
 from .handlers import BaseRequestHandler as BaseRequestHandler
 from .handlers import DatagramRequestHandler as DatagramRequestHandler
 from .handlers import StreamRequestHandler as StreamRequestHandler
@@ -44,6 +47,7 @@ from .interfaces import InetAddress as InetAddress
 from .interfaces import IPv4Address as IPv4Address
 from .interfaces import IPv6Address as IPv6Address
 from .interfaces import Job as Job
+from .interfaces import ReleasingVerifier as ReleasingVerifier
 from .interfaces import TimeoutPolicy as TimeoutPolicy
 from .interfaces import Transport as Transport
 from .interfaces import UnixAddress as UnixAddress
@@ -60,16 +64,27 @@ from .policies import RetryImmediately as RetryImmediately
 from .server import DrainReport as DrainReport
 from .server import Server as Server
 from .transports import TCPTransport as TCPTransport
+from .transports import TLSStatistics as TLSStatistics
+from .transports import TLSTransport as TLSTransport
 from .transports import UDPTransport as UDPTransport
 from .transports import UnixDatagramTransport as UnixDatagramTransport
 from .transports import UnixStreamTransport as UnixStreamTransport
 from .verifiers import AllowAll as AllowAll
 from .verifiers import CIDRVerifier as CIDRVerifier
+from .verifiers import ConnectionCapStatistics as ConnectionCapStatistics
+from .verifiers import ConnectionCapVerifier as ConnectionCapVerifier
+from .verifiers import PeerCredentials as PeerCredentials
+from .verifiers import PeerCredentialsVerifier as PeerCredentialsVerifier
+from .verifiers import RateLimitStatistics as RateLimitStatistics
+from .verifiers import RateLimitVerifier as RateLimitVerifier
 from .verifiers import all_of as all_of
 from .verifiers import allow_networks as allow_networks
 from .verifiers import any_of as any_of
 from .verifiers import client_ip as client_ip
 from .verifiers import deny_networks as deny_networks
+from .verifiers import peer_credentials as peer_credentials
+from .verifiers import per_ip_cap as per_ip_cap
+from .verifiers import rate_limit as rate_limit
 
 __all__ = (
     "AcceptBackoff",
@@ -124,4 +139,19 @@ __all__ = (
     "any_of",
     "client_ip",
     "deny_networks",
+    "ConnectionCapStatistics",
+    "ConnectionCapVerifier",
+    "DatagramTooLargeError",
+    "LineTooLongError",
+    "PeerCredentials",
+    "PeerCredentialsVerifier",
+    "RateLimitStatistics",
+    "RateLimitVerifier",
+    "ReleasingVerifier",
+    "TLSHandshakeError",
+    "TLSStatistics",
+    "TLSTransport",
+    "peer_credentials",
+    "per_ip_cap",
+    "rate_limit",
 )

@@ -36,8 +36,9 @@ FAMILY_NAMES: Final[dict[int, str]] = {
 
 # Errors on accept() that mean "this one connection went away", not "the
 # listener is broken": skip them and go on (accept(2), "Error handling").
+# EMSGSIZE: one datagram was too large and was dropped (DatagramTooLargeError).
 ACCEPT_TRANSIENT_ERRNOS: Final = frozenset(
-    {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK}
+    {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK, errno.EMSGSIZE}
 )
 # Errors on accept() that mean "out of a resource": retrying at once spins.
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

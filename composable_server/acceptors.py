@@ -1,7 +1,9 @@
 """Acceptors: from "the listening socket is readable" to one request.
 
 * :class:`StreamAcceptor` - ``accept()``: the request is the connected socket;
-* :class:`DatagramAcceptor` - ``recvfrom()``: the request is ``(data, socket)``.
+* :class:`DatagramAcceptor` - ``recvmsg()``: the request is ``(data, socket)``;
+  an oversized datagram is detected (``MSG_TRUNC``) and dropped, never
+  handed over truncated.
 
 Both are generic over the address type through their ``accept`` method, so
 one instance fits any transport of its socket type, and a stream acceptor
@@ -10,14 +12,21 @@ wired to a datagram transport is a type error.
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from socket import socket as Socket
-from typing import Final, TypeVar, cast, final
+from typing import Final, Literal, TypeAlias, TypeVar, cast, final
 
 import attrs
 
+from .exceptions import DatagramTooLargeError
 from .interfaces import DatagramRequest, Transport
 
-__all__ = ("DEFAULT_MAX_PACKET_SIZE", "DatagramAcceptor", "StreamAcceptor")
+__all__ = ("DEFAULT_MAX_PACKET_SIZE", "OVERSIZE_LOG_INTERVAL", "DatagramAcceptor", "Oversize", "StreamAcceptor")
+
+_logger = logging.getLogger("composable_server")
 
 AddressT = TypeVar("AddressT")
 
@@ -43,24 +52,81 @@ class StreamAcceptor:
         return conn, cast(AddressT, address)
 
 
+Oversize: TypeAlias = Literal["drop", "truncate"]
+"""What :class:`DatagramAcceptor` does with a datagram larger than its maximum size."""
+
+# At most one log record about dropped datagrams per this many seconds.
+OVERSIZE_LOG_INTERVAL: Final = 10.0
+
+_MSG_TRUNC: Final = socket.MSG_TRUNC
+
+
 @final
 @attrs.define(eq=False)
 class DatagramAcceptor:
     """Receives one datagram: the request is ``(data, listening_socket)``.
 
+    A datagram larger than *max_packet_size* is never handed to the handler
+    as if it were whole: ``recvmsg(2)`` reports ``MSG_TRUNC``, the datagram is
+    dropped, counted (:attr:`dropped`), logged at WARNING at most once per
+    :data:`OVERSIZE_LOG_INTERVAL` seconds, and :meth:`accept` raises
+    :class:`~composable_server.exceptions.DatagramTooLargeError` (``EMSGSIZE``,
+    which the server skips without pausing accepts).
+
     Args:
-        max_packet_size: the largest datagram read whole; a longer one is
-            truncated by the kernel (``recvfrom(2)``).
+        max_packet_size: the largest datagram accepted (default 65535: any
+            UDP datagram).
+        oversize: ``"drop"`` (above), or ``"truncate"``: hand the first
+            *max_packet_size* bytes to the handler, silently, as stdlib
+            ``UDPServer`` does (``recvfrom(2)``; the compat classes use it).
+        logger: where drops are logged.
     """
 
     max_packet_size: int = attrs.field(default=DEFAULT_MAX_PACKET_SIZE, validator=attrs.validators.ge(1))
+    oversize: Oversize = attrs.field(
+        default="drop", kw_only=True, validator=attrs.validators.in_(("drop", "truncate"))
+    )
+    logger: logging.Logger = attrs.field(default=_logger, kw_only=True, repr=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _dropped: int = attrs.field(init=False, default=0)
+    _unlogged: int = attrs.field(init=False, default=0, repr=False)
+    _last_log: float | None = attrs.field(init=False, default=None, repr=False)
+
+    @property
+    def dropped(self) -> int:
+        """How many oversized datagrams were dropped."""
+        return self._dropped
 
     def accept(self, transport: Transport[DatagramRequest, AddressT]) -> tuple[DatagramRequest, AddressT]:
-        """``transport.socket.recvfrom(max_packet_size)``.
+        """Receive one datagram: ``recvmsg(max_packet_size)`` (``recvfrom`` to truncate).
 
         Raises:
-            OSError: from ``recvfrom(2)``.
+            DatagramTooLargeError: the datagram was larger than
+                *max_packet_size* and was dropped (``oversize="drop"``).
+            OSError: from ``recvmsg(2)``/``recvfrom(2)``.
         """
         sock = transport.socket
-        data, address = sock.recvfrom(self.max_packet_size)
+        if self.oversize == "truncate":
+            data, address = sock.recvfrom(self.max_packet_size)
+            return (data, sock), cast(AddressT, address)
+        data, _, flags, address = sock.recvmsg(self.max_packet_size)
+        if flags & _MSG_TRUNC:
+            self._drop(address)
+            raise DatagramTooLargeError(client_address=address, limit=self.max_packet_size)
         return (data, sock), cast(AddressT, address)
+
+    def _drop(self, address: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._dropped += 1
+            if self._last_log is not None and now - self._last_log < OVERSIZE_LOG_INTERVAL:
+                self._unlogged += 1
+                return
+            unlogged, self._unlogged, self._last_log = self._unlogged, 0, now
+        more = f" ({unlogged} more since the last report)" if unlogged else ""
+        self.logger.warning(
+            "dropped a datagram from %s: larger than max_packet_size=%d bytes%s",
+            address,
+            self.max_packet_size,
+            more,
+        )

@@ -248,7 +248,7 @@ class BaseServer(Server[Any, Any]):
             if isinstance(transport, _NullTransport)
             else StreamAcceptor()
             if self._compat_stream
-            else DatagramAcceptor(getattr(self, "max_packet_size", 8192))
+            else DatagramAcceptor(getattr(self, "max_packet_size", 8192), oversize="truncate")
         )
         self._compat_datagram = acceptor if isinstance(acceptor, DatagramAcceptor) else None
         Server.__init__(

@@ -9,12 +9,17 @@ address and ``except OSError`` for a failed bind.  "We closed it"
 
 from __future__ import annotations
 
+import errno as _errno
+
 __all__ = (
     "AddressError",
     "BindError",
+    "DatagramTooLargeError",
+    "LineTooLongError",
     "ServerClosedError",
     "ServerError",
     "ServerStateError",
+    "TLSHandshakeError",
 )
 
 
@@ -63,3 +68,69 @@ class ServerStateError(ServerError, RuntimeError):
     """A lifecycle method was called in a state where it cannot work, e.g.
     ``shutdown()`` from the thread running ``serve_forever()``, which would
     deadlock, or ``serve_forever()`` while it is already running."""
+
+
+class TLSHandshakeError(ServerError, OSError):
+    """A TLS handshake failed or ran out of time; the connection is closed.
+
+    Raised by :meth:`TLSTransport.start_request
+    <composable_server.transports.TLSTransport.start_request>` in the worker,
+    ``from`` the original :class:`ssl.SSLError`, :class:`TimeoutError` or
+    :class:`OSError`, so the error policy logs who and why.  An
+    :class:`OSError` (with the original ``errno`` when there was one), as the
+    ``Transport.start_request`` contract requires.
+
+    Attributes:
+        client_address: the peer (None if it had already gone).
+        reason: what went wrong, e.g. ``"timed out after 30.0 s"`` or
+            ``"[SSL: WRONG_VERSION_NUMBER] wrong version number"``.
+        timed_out: True if the deadline ran out.
+    """
+
+    def __init__(
+        self, reason: str, *, client_address: object, timed_out: bool = False, errno: int | None = None
+    ) -> None:
+        super().__init__(errno, reason)
+        self.client_address = client_address
+        self.reason = reason
+        self.timed_out = timed_out
+
+    def __str__(self) -> str:
+        return f"TLS handshake with {self.client_address!r} failed: {self.reason}"
+
+
+class LineTooLongError(ServerError, ValueError):
+    """A line read with a bound was longer than the bound.
+
+    Raised by :meth:`StreamRequestHandler.read_line
+    <composable_server.handlers.StreamRequestHandler.read_line>` once
+    ``limit + 1`` bytes arrived without a newline; the rest of the line is
+    still unread, so the connection is best closed.
+
+    Attributes:
+        limit: the bound, in bytes (newline included).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"line longer than {limit} bytes (newline included)")
+        self.limit = limit
+
+
+class DatagramTooLargeError(ServerError, OSError):
+    """A datagram was larger than the acceptor's maximum size and was dropped.
+
+    Raised by :meth:`DatagramAcceptor.accept
+    <composable_server.acceptors.DatagramAcceptor.accept>` when the kernel
+    reports ``MSG_TRUNC``.  Its ``errno`` is ``EMSGSIZE``, which the accept
+    path treats as transient (that one datagram is lost, the socket is fine),
+    so it never triggers an accept back-off.
+
+    Attributes:
+        client_address: the sender.
+        limit: the maximum size, in bytes.
+    """
+
+    def __init__(self, *, client_address: object, limit: int) -> None:
+        super().__init__(_errno.EMSGSIZE, f"datagram from {client_address!r} larger than {limit} bytes, dropped")
+        self.client_address = client_address
+        self.limit = limit

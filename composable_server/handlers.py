@@ -6,6 +6,7 @@ and ``finish()`` (the last even when ``handle()`` raised).
 * :class:`BaseRequestHandler` - generic over request and address;
 * :class:`StreamRequestHandler` - ``rfile``/``wfile`` over a connected socket;
   ``wfile.write`` sends every byte (``sendall``) when unbuffered;
+  :meth:`~StreamRequestHandler.read_line` reads a line with a bound;
 * :class:`DatagramRequestHandler` - ``rfile`` over the datagram, ``wfile``
   collected and sent back as one datagram by ``finish()``.
 
@@ -19,8 +20,9 @@ from __future__ import annotations
 import io
 import socket
 from socket import socket as Socket
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
+from .exceptions import LineTooLongError
 from .interfaces import DatagramRequest
 
 if TYPE_CHECKING:
@@ -28,7 +30,17 @@ if TYPE_CHECKING:
 
     from .server import Server
 
-__all__ = ("BaseRequestHandler", "DatagramRequestHandler", "SocketWriter", "StreamRequestHandler")
+__all__ = (
+    "DEFAULT_MAX_LINE_LENGTH",
+    "BaseRequestHandler",
+    "DatagramRequestHandler",
+    "SocketWriter",
+    "StreamRequestHandler",
+)
+
+DEFAULT_MAX_LINE_LENGTH: Final = 65536
+"""The default bound of :meth:`StreamRequestHandler.read_line`
+(``http.server`` limits its request line to 65536 bytes too)."""
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
@@ -96,12 +108,15 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
         wbufsize: ``wfile`` buffer size (0: unbuffered, every write is sent).
         timeout: socket timeout in seconds for this connection (None: none).
         disable_nagle_algorithm: set ``TCP_NODELAY``.
+        max_line_length: the bound of :meth:`read_line`, in bytes, newline
+            included (default 65536, as ``http.server``'s request line).
     """
 
     rbufsize: ClassVar[int] = -1
     wbufsize: ClassVar[int] = 0
     timeout: ClassVar[float | None] = None
     disable_nagle_algorithm: ClassVar[bool] = False
+    max_line_length: ClassVar[int] = DEFAULT_MAX_LINE_LENGTH
 
     connection: Socket
     rfile: io.BufferedIOBase
@@ -121,6 +136,29 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
             self.wfile = SocketWriter(self.connection)
         else:
             self.wfile = cast(io.BufferedIOBase, self.connection.makefile("wb", self.wbufsize))
+
+    def read_line(self) -> bytes:
+        """Read one line from ``rfile``, at most :attr:`max_line_length` bytes.
+
+        ``rfile.readline()`` (and iterating over ``rfile``) keeps reading
+        until a newline arrives, so a client that never sends one grows the
+        server's memory without limit; this reads at most one byte past the
+        bound.
+
+        Returns:
+            The line, newline included; shorter and without a newline at EOF;
+            ``b""`` at EOF.
+
+        Raises:
+            LineTooLongError: more than :attr:`max_line_length` bytes came
+                without a newline.  The rest of the line is unread: close the
+                connection (returning from ``handle`` does).
+        """
+        limit = self.max_line_length
+        line = self.rfile.readline(limit + 1)
+        if len(line) > limit:
+            raise LineTooLongError(limit)
+        return line
 
     def finish(self) -> None:
         """Flush ``wfile`` (a vanished peer is not an error here), close both files."""

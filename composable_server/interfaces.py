@@ -45,6 +45,7 @@ __all__ = (
     "IPv4Address",
     "IPv6Address",
     "Job",
+    "ReleasingVerifier",
     "TimeoutPolicy",
     "Transport",
     "UnixAddress",
@@ -222,6 +223,32 @@ class Verifier(Protocol[RequestT_contra, AddressT_contra]):
         Must not block for long (it runs in the accept loop) and must not
         close the request: the server does that.  An exception raised here is
         handled like a handler exception (ErrorPolicy) and the request closed.
+        """
+        ...
+
+
+class ReleasingVerifier(Verifier[RequestT_contra, AddressT_contra], Protocol[RequestT_contra, AddressT_contra]):
+    """A verifier that must learn when each request ends (a per-client
+    connection cap counts requests in flight).
+
+    Optional: the server looks for ``release`` once, when it is built
+    (``composable_server.verifiers.releaser``), and a server whose verifier
+    has none pays nothing per request.
+    """
+
+    __slots__ = ()
+
+    def release(self, request: RequestT_contra) -> None:
+        """Called when the server is finished with a request this verifier
+        was asked about, whatever the verdict: from ``Server.shutdown_request``
+        and ``Server.close_request``, before the request's socket is closed.
+
+        *request* may be what ``Transport.start_request`` returned (the TLS
+        socket) rather than what :meth:`verify` saw, and this may be called
+        for requests the verifier never counted, or twice for one request;
+        both must be ignored.  Called from worker threads: must be
+        thread-safe, quick, and never raise.  Under a forking dispatcher the
+        parent calls it when it closes its copy, right after the fork.
         """
         ...
 

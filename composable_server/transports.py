@@ -13,21 +13,29 @@ the transport is built, so a wrong shape fails there with an
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import socket
+import ssl
 import stat
+import threading
+import time
 from socket import socket as Socket  # `socket` is also a property name below
 from typing import ClassVar, Final, Generic, TypeVar, cast, final
 
 import attrs
 
 from ._socketutil import check_inet_address, check_unix_address, family_name, inet_family_for
-from .exceptions import AddressError, BindError, ServerClosedError
-from .interfaces import DatagramRequest, InetAddress, UnixAddress
+from .exceptions import AddressError, BindError, ServerClosedError, TLSHandshakeError
+from .interfaces import DatagramRequest, InetAddress, Transport, UnixAddress
 
 __all__ = (
     "DEFAULT_BACKLOG",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "TCPTransport",
+    "TLSStatistics",
+    "TLSTransport",
     "UDPTransport",
     "UnixDatagramTransport",
     "UnixStreamTransport",
@@ -96,10 +104,7 @@ class _SocketTransport(Generic[AddressT]):
         if self.reuse_port and hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._before_bind(sock)
-        try:
-            sock.bind(self.address)
-        except OSError as exc:
-            raise BindError(exc.errno, exc.strerror or str(exc), address=self.address) from exc
+        self._bind_socket(sock)
         self._bound = cast(AddressT, sock.getsockname())
         self._after_bind(sock)
 
@@ -128,6 +133,12 @@ class _SocketTransport(Generic[AddressT]):
 
     def _before_bind(self, sock: Socket) -> None:
         pass
+
+    def _bind_socket(self, sock: Socket) -> None:
+        try:
+            sock.bind(self.address)
+        except OSError as exc:
+            raise BindError(exc.errno, exc.strerror or str(exc), address=self.address) from exc
 
     def _after_bind(self, sock: Socket) -> None:
         pass
@@ -235,6 +246,130 @@ def _unlink_created(created: _Created | None) -> None:
         pass
 
 
+def _is_abstract(address: UnixAddress) -> bool:
+    return os.fsencode(address)[:1] == b"\0"
+
+
+def _validate_mode(
+    instance: _SocketTransport[UnixAddress], attribute: attrs.Attribute[int | None], mode: int | None
+) -> None:
+    if mode is None:
+        return
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be None or permission bits in 0o000..0o777, got {mode!r}")
+    if _is_abstract(instance.address):
+        raise AddressError(
+            f"mode={mode:#o} has no effect on the abstract name {instance.address!r} (there is no file)",
+            address=instance.address,
+            family=socket.AF_UNIX,
+        )
+
+
+def _restrict_mode(sock: Socket, mode: int | None) -> None:
+    """Give the socket's inode *mode* before ``bind()`` creates the file.
+
+    Linux creates the socket file with the socket inode's mode masked by the
+    umask (``unix_bind`` in net/unix/af_unix.c), so after this ``fchmod`` the
+    file never exists with wider permissions than *mode*: no window in which
+    anyone may connect.  :func:`_apply_mode` then sets exactly *mode* (the
+    umask may have removed bits).  Unlike changing the umask, this touches no
+    process-wide state.
+    """
+    if mode is not None:
+        try:
+            os.fchmod(sock.fileno(), mode)
+        except OSError:
+            pass  # not supported here: _apply_mode still sets the mode, after bind
+
+
+def _apply_mode(created: _Created | None, mode: int | None) -> None:
+    if mode is not None and created is not None:
+        os.chmod(created[0], mode)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return f"file type {stat.S_IFMT(mode):#o}"
+
+
+def _why_in_use(sock: Socket, path: str | bytes) -> str | None:
+    """Why *path* cannot be taken over, or None if it held a stale socket
+    (no one listening) that has now been removed.
+
+    A socket file outlives its server when the server died without
+    unlinking it; ``bind()`` then fails with ``EADDRINUSE`` although no one
+    uses the address.  A non-blocking ``connect()`` tells the cases apart
+    (unix(7)): ``ECONNREFUSED`` means no socket is bound to that file any
+    more.  A live server sees (and drops) one empty connection from the probe.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None  # removed meanwhile: bind again
+    except OSError as exc:
+        return f"cannot inspect the path: {exc.strerror}"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"the path exists and is {_file_kind(st.st_mode)}, not a socket; refusing to replace it"
+    probe = socket.socket(socket.AF_UNIX, sock.type)
+    try:
+        probe.setblocking(False)
+        code = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if code == 0 or code in (errno.EAGAIN, errno.EWOULDBLOCK):
+        return "a live server is bound to it"
+    if code == errno.EPROTOTYPE:
+        return "a live socket of another type is bound to it"
+    if code != errno.ECONNREFUSED:
+        return f"cannot tell whether it is in use: connect() failed with {errno.errorcode.get(code, code)}"
+    try:
+        again = os.lstat(path)
+        # Remove only the stale file we probed, not one a racing server just created.
+        if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"a stale socket file that cannot be removed: {exc.strerror}"
+    return None
+
+
+def _bind_unix(sock: Socket, address: UnixAddress) -> None:
+    """Bind *sock* to *address*, replacing a stale socket file.
+
+    * a stale socket file (its server died without removing it) is removed
+      and the bind retried once;
+    * a path held by a live server, or by anything that is not a socket
+      (a regular file, a directory, ...), is refused: :class:`BindError`
+      with ``EADDRINUSE`` and the reason.
+
+    Abstract names have no file and are bound as they are.
+    """
+    try:
+        sock.bind(address)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or _is_abstract(address):
+            raise BindError(exc.errno, exc.strerror or str(exc), address=address) from exc
+        first = exc
+    reason = _why_in_use(sock, address)
+    if reason is not None:
+        raise BindError(errno.EADDRINUSE, f"address in use: {reason}", address=address) from first
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        raise BindError(exc.errno, exc.strerror or str(exc), address=address) from exc
+
+
 @final
 @attrs.define(eq=False, repr=False)
 class TCPTransport(_StreamTransport[InetAddress]):
@@ -296,18 +431,31 @@ class UnixStreamTransport(_StreamTransport[UnixAddress]):
         backlog: ``listen()`` backlog.
         unlink_on_close: remove the socket file this transport created when it
             closes (only that file, identified by device and inode).
+        mode: permissions of the socket file (e.g. ``0o660``: owner and
+            group may connect); None leaves them to the umask.  See
+            :func:`_bind_unix` for how a stale file is replaced and a live or
+            foreign one refused.
 
     Raises:
-        AddressError: not a path, or longer than ``sun_path`` allows.
+        AddressError: not a path, longer than ``sun_path`` allows, or a
+            *mode* for an abstract name (which has no file).
     """
 
     address: UnixAddress = attrs.field(converter=_unix_path, validator=_validate_unix)
     family: socket.AddressFamily = attrs.field(kw_only=True, default=socket.AF_UNIX, init=False)
     unlink_on_close: bool = attrs.field(kw_only=True, default=True)
+    mode: int | None = attrs.field(kw_only=True, default=None, validator=_validate_mode)
     _created: _Created | None = attrs.field(init=False, default=None)
+
+    def _before_bind(self, sock: Socket) -> None:
+        _restrict_mode(sock, self.mode)
+
+    def _bind_socket(self, sock: Socket) -> None:
+        _bind_unix(sock, self.address)
 
     def _after_bind(self, sock: Socket) -> None:
         self._created = _remember_path(sock)
+        _apply_mode(self._created, self.mode)
 
     def _after_close(self) -> None:
         if self.unlink_on_close:
@@ -320,19 +468,236 @@ class UnixStreamTransport(_StreamTransport[UnixAddress]):
 class UnixDatagramTransport(_DatagramTransport[UnixAddress]):
     """A Unix datagram socket on a path (or a Linux abstract name).
 
-    Args: as :class:`UnixStreamTransport`, without a backlog.  Clients must
+    Args: as :class:`UnixStreamTransport` (including *mode* and the
+        handling of stale socket files), without a backlog.  Clients must
         bind a socket of their own to be answered.
     """
 
     address: UnixAddress = attrs.field(converter=_unix_path, validator=_validate_unix)
     family: socket.AddressFamily = attrs.field(kw_only=True, default=socket.AF_UNIX, init=False)
     unlink_on_close: bool = attrs.field(kw_only=True, default=True)
+    mode: int | None = attrs.field(kw_only=True, default=None, validator=_validate_mode)
     _created: _Created | None = attrs.field(init=False, default=None)
+
+    def _before_bind(self, sock: Socket) -> None:
+        _restrict_mode(sock, self.mode)
+
+    def _bind_socket(self, sock: Socket) -> None:
+        _bind_unix(sock, self.address)
 
     def _after_bind(self, sock: Socket) -> None:
         self._created = _remember_path(sock)
+        _apply_mode(self._created, self.mode)
 
     def _after_close(self) -> None:
         if self.unlink_on_close:
             _unlink_created(self._created)
         self._created = None
+
+
+# -- TLS ----------------------------------------------------------------------------
+
+StreamAddressT = TypeVar("StreamAddressT")
+
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
+"""Seconds a client has to complete the TLS handshake (nginx's
+``ssl_handshake_timeout`` default is 60 s; 30 s is plenty on any real link)."""
+
+
+def _check_handshake_timeout(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"handshake_timeout must be a number of seconds > 0, got {value!r}")
+
+
+def _peer(sock: Socket) -> object:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None  # the client has gone already
+
+
+@final
+@attrs.frozen
+class TLSStatistics:
+    """A snapshot of a :class:`TLSTransport`'s handshakes (this process only:
+    under the forking dispatcher, handshakes happen in the children).
+
+    Attributes:
+        completed: handshakes that succeeded.
+        failed: handshakes that failed, the timed-out ones included.
+        timed_out: handshakes cut at the deadline.
+    """
+
+    completed: int
+    failed: int
+    timed_out: int
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class TLSTransport(Generic[StreamAddressT]):
+    """TLS over any stream transport (TCP, Unix stream, ...).
+
+    Everything but the handshake is delegated to *inner*: it owns the
+    listening socket, the accept loop sees plain sockets.  The handshake runs
+    in :meth:`start_request`, which the server calls in the worker (thread or
+    child) just before the handler, never in the accept loop: a client that
+    connects and says nothing, or sends garbage, occupies one worker for at
+    most *handshake_timeout* seconds and delays no one else.
+
+    SNI (``context.sni_callback``), ALPN (``context.set_alpn_protocols``)
+    and client certificates (``context.verify_mode = ssl.CERT_REQUIRED``)
+    work through the context as usual.  Handlers get the
+    :class:`ssl.SSLSocket` as their request: ``getpeercert()``,
+    ``selected_alpn_protocol()``, ``version()``.
+
+    Plain transports are untouched: their requests never pass through here.
+
+    Args:
+        inner: the stream transport to wrap.
+        context: a server-side context (``ssl.create_default_context(
+            ssl.Purpose.CLIENT_AUTH)`` with ``load_cert_chain(...)``).
+        handshake_timeout: seconds the whole handshake may take: a deadline,
+            not a per-read timeout, so a client dribbling one byte at a time
+            cannot stretch it.
+    """
+
+    inner: Transport[Socket, StreamAddressT]
+    context: ssl.SSLContext
+    handshake_timeout: float = attrs.field(
+        default=DEFAULT_HANDSHAKE_TIMEOUT, kw_only=True, validator=_check_handshake_timeout
+    )
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _completed: int = attrs.field(init=False, default=0)
+    _failed: int = attrs.field(init=False, default=0)
+    _timed_out: int = attrs.field(init=False, default=0)
+
+    # -- delegated ------------------------------------------------------------------
+
+    @property
+    def server_address(self) -> StreamAddressT:
+        """The inner transport's address."""
+        return self.inner.server_address
+
+    @property
+    def socket(self) -> Socket:
+        """The inner transport's (plain) listening socket."""
+        return self.inner.socket
+
+    def bind(self) -> None:
+        """Bind the inner transport."""
+        self.inner.bind()
+
+    def activate(self) -> None:
+        """Listen on the inner transport."""
+        self.inner.activate()
+
+    def close(self) -> None:
+        """Close the inner transport.  Idempotent; never raises OSError."""
+        self.inner.close()
+
+    def fileno(self) -> int:
+        """The inner transport's descriptor (-1 once closed)."""
+        return self.inner.fileno()
+
+    def close_request(self, request: Socket) -> None:
+        """Close the connection without a shutdown (idempotent)."""
+        self.inner.close_request(request)
+
+    # -- TLS ------------------------------------------------------------------------
+
+    def shutdown_request(self, request: Socket) -> None:
+        """Send a TLS ``close_notify`` (best effort, never blocking), then let
+        the inner transport shut the connection down.  Never raises OSError."""
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                # Non-blocking: SSL_shutdown sends close_notify, then would wait
+                # for the peer's; we do not (RFC 8446 s. 6.1 allows closing).
+                request.setblocking(False)
+                request.unwrap()
+            except (OSError, ValueError):
+                pass  # SSLWantReadError (expected), or the peer is gone
+        self.inner.shutdown_request(request)
+
+    def start_request(self, request: Socket) -> ssl.SSLSocket:
+        """Perform the server side of the TLS handshake on *request*, with the deadline.
+
+        Returns:
+            The :class:`ssl.SSLSocket`, with the socket timeout *request* had.
+
+        Raises:
+            TLSHandshakeError: the handshake failed (bad or missing
+                certificate, not TLS at all, the client left) or did not
+                finish within *handshake_timeout*; raised ``from`` the
+                original error.  The TLS socket is closed; *request* is left
+                detached, for the server to release.
+        """
+        peer = _peer(request)
+        previous = request.gettimeout()
+        try:
+            tls = self.context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            raise self._failure(f"cannot start TLS: {exc}", peer, exc) from exc
+        try:
+            self._handshake(tls, peer)
+            tls.settimeout(previous)
+        except BaseException:
+            tls.close()
+            raise
+        with self._lock:
+            self._completed += 1
+        return tls
+
+    def _handshake(self, tls: ssl.SSLSocket, peer: object) -> None:
+        deadline = time.monotonic() + self.handshake_timeout
+        tls.setblocking(False)
+        poller = select.poll()
+        registered = False
+        while True:
+            try:
+                tls.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                events = select.POLLIN
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
+            except OSError as exc:  # SSLError (bad certificate, not TLS), EOF, reset
+                raise self._failure(_reason(exc), peer, exc) from exc
+            remaining = deadline - time.monotonic()
+            if registered:
+                poller.modify(tls, events)
+            else:
+                poller.register(tls, events)
+                registered = True
+            if remaining <= 0 or not poller.poll(remaining * 1000.0):
+                timeout = TimeoutError(errno.ETIMEDOUT, f"TLS handshake timed out after {self.handshake_timeout} s")
+                raise self._failure(
+                    f"timed out after {self.handshake_timeout} s", peer, timeout, timed_out=True
+                ) from timeout
+
+    def _failure(
+        self, reason: str, peer: object, exc: BaseException, *, timed_out: bool = False
+    ) -> TLSHandshakeError:
+        with self._lock:
+            self._failed += 1
+            self._timed_out += timed_out
+        code = exc.errno if isinstance(exc, OSError) and isinstance(exc.errno, int) else None
+        return TLSHandshakeError(reason, client_address=peer, timed_out=timed_out, errno=code)
+
+    def statistics(self) -> TLSStatistics:
+        """A snapshot of the handshake counts (this process)."""
+        with self._lock:
+            return TLSStatistics(completed=self._completed, failed=self._failed, timed_out=self._timed_out)
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        return (
+            f"<TLSTransport over {self.inner!r} handshake_timeout={self.handshake_timeout} "
+            f"[completed: {stats.completed}, failed: {stats.failed}, timed out: {stats.timed_out}]>"
+        )
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"{exc.reason or type(exc).__name__}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc.strerror or exc}"

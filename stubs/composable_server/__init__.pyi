@@ -12,9 +12,12 @@ from composable_server.dispatchers import ThreadingDispatcher as ThreadingDispat
 from composable_server.dispatchers import ThreadPoolDispatcher as ThreadPoolDispatcher
 from composable_server.exceptions import AddressError as AddressError
 from composable_server.exceptions import BindError as BindError
+from composable_server.exceptions import DatagramTooLargeError as DatagramTooLargeError
+from composable_server.exceptions import LineTooLongError as LineTooLongError
 from composable_server.exceptions import ServerClosedError as ServerClosedError
 from composable_server.exceptions import ServerError as ServerError
 from composable_server.exceptions import ServerStateError as ServerStateError
+from composable_server.exceptions import TLSHandshakeError as TLSHandshakeError
 from composable_server.handlers import BaseRequestHandler as BaseRequestHandler
 from composable_server.handlers import DatagramRequestHandler as DatagramRequestHandler
 from composable_server.handlers import StreamRequestHandler as StreamRequestHandler
@@ -29,6 +32,7 @@ from composable_server.interfaces import InetAddress as InetAddress
 from composable_server.interfaces import IPv4Address as IPv4Address
 from composable_server.interfaces import IPv6Address as IPv6Address
 from composable_server.interfaces import Job as Job
+from composable_server.interfaces import ReleasingVerifier as ReleasingVerifier
 from composable_server.interfaces import TimeoutPolicy as TimeoutPolicy
 from composable_server.interfaces import Transport as Transport
 from composable_server.interfaces import UnixAddress as UnixAddress
@@ -45,16 +49,27 @@ from composable_server.policies import RetryImmediately as RetryImmediately
 from composable_server.server import DrainReport as DrainReport
 from composable_server.server import Server as Server
 from composable_server.transports import TCPTransport as TCPTransport
+from composable_server.transports import TLSStatistics as TLSStatistics
+from composable_server.transports import TLSTransport as TLSTransport
 from composable_server.transports import UDPTransport as UDPTransport
 from composable_server.transports import UnixDatagramTransport as UnixDatagramTransport
 from composable_server.transports import UnixStreamTransport as UnixStreamTransport
 from composable_server.verifiers import AllowAll as AllowAll
 from composable_server.verifiers import CIDRVerifier as CIDRVerifier
+from composable_server.verifiers import ConnectionCapStatistics as ConnectionCapStatistics
+from composable_server.verifiers import ConnectionCapVerifier as ConnectionCapVerifier
+from composable_server.verifiers import PeerCredentials as PeerCredentials
+from composable_server.verifiers import PeerCredentialsVerifier as PeerCredentialsVerifier
+from composable_server.verifiers import RateLimitStatistics as RateLimitStatistics
+from composable_server.verifiers import RateLimitVerifier as RateLimitVerifier
 from composable_server.verifiers import all_of as all_of
 from composable_server.verifiers import allow_networks as allow_networks
 from composable_server.verifiers import any_of as any_of
 from composable_server.verifiers import client_ip as client_ip
 from composable_server.verifiers import deny_networks as deny_networks
+from composable_server.verifiers import peer_credentials as peer_credentials
+from composable_server.verifiers import per_ip_cap as per_ip_cap
+from composable_server.verifiers import rate_limit as rate_limit
 
 __all__ = (
     "AcceptBackoff",
@@ -109,4 +124,19 @@ __all__ = (
     "any_of",
     "client_ip",
     "deny_networks",
+    "ConnectionCapStatistics",
+    "ConnectionCapVerifier",
+    "DatagramTooLargeError",
+    "LineTooLongError",
+    "PeerCredentials",
+    "PeerCredentialsVerifier",
+    "RateLimitStatistics",
+    "RateLimitVerifier",
+    "ReleasingVerifier",
+    "TLSHandshakeError",
+    "TLSStatistics",
+    "TLSTransport",
+    "peer_credentials",
+    "per_ip_cap",
+    "rate_limit",
 )
