@@ -13,10 +13,12 @@ each delegates to its component, so the request pipeline is::
       -> get_request()            acceptor.accept(transport)
       -> verify_request()         verifier.verify(...)        False: shutdown_request()
       -> process_request()        dispatcher.dispatch(Job)
-           Job.run(), wherever the dispatcher runs it:
-             finish_request()     handler(request, client_address, server)
-             handle_error()       error_policy.handle_error(...), inside `except`
-             shutdown_request()   transport.shutdown_request(request)
+           Job.run(), wherever the dispatcher runs it (a thread, a child):
+             budget                timeout_policy.budget: first byte, lifetime
+             start_request()       transport.start_request (the TLS handshake)
+             finish_request()      handler(request, client_address, server)
+             handle_error()        error_policy.handle_error(...), inside `except`
+             shutdown_request()    transport.shutdown_request(request)
 
 The compat classes are subclasses that only build the components from
 stdlib-style class attributes; a user subclass may override any of these
@@ -27,6 +29,17 @@ and a self-pipe (:class:`~composable_server._socketutil.Waker`).
 ``shutdown()`` sets a flag and writes to the pipe, so the loop stops within
 microseconds instead of after ``poll_interval`` (stdlib bpo-12463 / gh-81707).
 ``poll_interval`` remains only as the cadence of ``service_actions()``.
+
+Silent connections.  With a first-byte budget, a new connection that has sent
+nothing yet (one ``MSG_PEEK`` decides) is *parked* in the loop's poll set
+instead of being dispatched: it costs no worker until it speaks, and is
+closed at its deadline.  A crowd of idle clients cannot starve the pool.
+
+Accept errors.  An ``OSError`` from ``get_request()`` goes to the
+AcceptErrorPolicy, which may ask for a pause (out of descriptors, the
+listening socket stays readable and retrying at once would spin).  While
+paused the loop polls only its waker; a finishing request wakes it early,
+since that freed a descriptor.
 
 Shutdown states.  A ``shutdown()`` request is consumed by the
 ``serve_forever`` it stops: the running one, or, when none runs yet, the next
@@ -67,7 +80,7 @@ from .interfaces import (
     Verifier,
 )
 from .policies import AcceptBackoff, ConnectionTimeouts, PrintTraceback
-from .verifiers import AllowAll
+from .verifiers import AllowAll, releaser
 
 __all__ = ("DrainReport", "Server")
 
@@ -301,6 +314,9 @@ class Server(Generic[RequestT, AddressT]):
         self.acceptor = acceptor
         self.handler = handler
         self.verifier: Verifier[RequestT, AddressT] = AllowAll() if verifier is None else verifier
+        # A verifier that counts requests in flight (per-client cap) is told
+        # when each one ends; None (no per-request cost) for all others.
+        self._release = releaser(self.verifier)
         self.dispatcher: Dispatcher = SyncDispatcher() if dispatcher is None else dispatcher
         self.error_policy: ErrorPolicy = PrintTraceback() if error_policy is None else error_policy
         self.timeout_policy: TimeoutPolicy = ConnectionTimeouts() if timeout_policy is None else timeout_policy
@@ -632,11 +648,15 @@ class Server(Generic[RequestT, AddressT]):
         self.handler(request, client_address, self)
 
     def shutdown_request(self, request: RequestT) -> None:
-        """Shut down and close a finished request."""
+        """Shut down and close a finished request (telling a releasing verifier first)."""
+        if self._release is not None:
+            self._release(request)
         self.transport.shutdown_request(request)
 
     def close_request(self, request: RequestT) -> None:
-        """Close a request without shutting it down."""
+        """Close a request without shutting it down (telling a releasing verifier first)."""
+        if self._release is not None:
+            self._release(request)
         self.transport.close_request(request)
 
     def handle_error(self, request: RequestT, client_address: AddressT) -> None:
