@@ -18,7 +18,6 @@ import functools
 import http.server
 import logging
 import threading
-import time
 from socket import SHUT_RDWR
 from socket import socket as Socket
 from typing import Final, cast, Generic, TypeAlias, TypeVar, final
@@ -147,7 +146,7 @@ DATAGRAM_SERVICES: Final[dict[str, DatagramHandler]] = {
 
 @final
 class RequestLog(Generic[RequestT]):
-    """Wraps a handler: a DEBUG line per request, and the stream connections
+    """Wraps a handler: a DEBUG line as each request starts, and the stream connections
     in flight, which :meth:`cut` can shut down.
 
     In a forked child the register is the child's own copy; the parent's
@@ -163,28 +162,23 @@ class RequestLog(Generic[RequestT]):
         self._active: set[Socket] = set()
 
     def __call__(self, request: RequestT, client_address: Address, server: object) -> None:
-        """Run the wrapped handler for one request and log it."""
-        started = time.perf_counter()
+        """Log the request, then run the wrapped handler for it."""
+        # One line per request, when it starts: a request that hangs or
+        # fails is then visible too (a failure also gets the error policy's
+        # record, with the traceback).
+        _logger.debug("%s request from %s", self.name, format_address(client_address))
         req: object = request
         conn = req if isinstance(req, Socket) else None
-        if conn is not None:
-            with self._lock:
-                self._active.add(conn)
-        ok = False
+        if conn is None:
+            self.handler(request, client_address, server)
+            return
+        with self._lock:
+            self._active.add(conn)
         try:
             self.handler(request, client_address, server)
-            ok = True
         finally:
-            if conn is not None:
-                with self._lock:
-                    self._active.discard(conn)
-            _logger.debug(
-                "%s request from %s %s in %.1f ms",
-                self.name,
-                format_address(client_address),
-                "served" if ok else "failed",
-                (time.perf_counter() - started) * 1000.0,
-            )
+            with self._lock:
+                self._active.discard(conn)
 
     def in_flight(self) -> int:
         """The number of stream connections being served in this process."""
