@@ -161,6 +161,23 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
+_TICK: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of the process tree under *pid*: the live processes' own time
+    plus what their reaped children used (utime, stime, cutime, cstime)."""
+    total = 0
+    for p in _descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / _TICK
+
+
 class _RSSSampler:
     """Samples the summed RSS of a process tree every 50 ms."""
 
@@ -258,10 +275,22 @@ def run_one(
             if client_cpu is not None:
                 os.sched_setaffinity(0, {client_cpu})
 
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 30, preexec_fn=pin)
-        if out.returncode != 0:
-            raise RuntimeError(f"loadgen failed: {out.stderr.strip()}")
-        result: dict[str, object] = json.loads(out.stdout)
+        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin)
+        time.sleep(warmup)
+        cpu0 = _cpu_seconds(proc.pid)
+        try:
+            stdout, stderr = gen.communicate(timeout=duration + 30)
+        except subprocess.TimeoutExpired:
+            gen.kill()
+            gen.communicate()
+            raise
+        cpu1 = _cpu_seconds(proc.pid)
+        if gen.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {stderr.strip()}")
+        result: dict[str, object] = json.loads(stdout)
+        requests = int(result["requests"])  # type: ignore[call-overload]  # a JSON number
+        # Server CPU time per request: unlike req/s, hardly moved by other load on the machine.
+        result["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / requests if requests else 0.0
     finally:
         result_rss = sampler.stop()
         _stop_server(proc)
@@ -316,6 +345,7 @@ class _Summary:
     rss_kib: float
     errors: float
     served: float
+    cpu_us: float
     rounds: list[float] = field(default_factory=list)
 
 
@@ -330,6 +360,7 @@ def _summarise(runs: list[dict[str, object]]) -> _Summary:
         rss_kib=med("rss_kib"),
         errors=med("errors"),
         served=med("clients_served"),
+        cpu_us=med("cpu_us_per_req"),
         rounds=[float(r["rps"]) for r in runs],  # type: ignore[arg-type]  # JSON numbers
     )
 
@@ -435,6 +466,8 @@ def _markdown(
         f"- pinning: {meta['pinning']}",
         f"- {rounds} interleaved rounds of {meta['duration']} s (+{meta['warmup']} s warm-up) per kind; "
         "medians; 32-byte line echo; closed loop",
+        "- server CPU/req: CPU time of the server's process tree per request (robust to other load on the",
+        "  machine, unlike req/s); clients served: connections that completed at least one request",
         f"- load average at start: {meta['loadavg']}",
         "",
     ]
@@ -445,8 +478,8 @@ def _markdown(
         out += [
             f"## {scenario.title} (`{scenario.name}`)",
             "",
-            "| kind | req/s | p50 | p99 | peak RSS | vs stdlib twin | clients served | rounds (req/s) |",
-            "|---|--:|--:|--:|--:|--:|--:|---|",
+            "| kind | req/s | p50 | p99 | peak RSS | server CPU/req | vs stdlib twin | clients served | rounds (req/s) |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         for kind, s in rows.items():
             twin_kind = TWINS.get(kind)
@@ -454,7 +487,7 @@ def _markdown(
             ratio = f"{s.rps / twin.rps:.2f}x {twin_kind}" if twin and twin.rps else ""
             out.append(
                 f"| {kind} | {_fmt_rps(s.rps)} | {_fmt_us(s.p50_us)} | {_fmt_us(s.p99_us)} | "
-                f"{s.rss_kib / 1024:.1f} MiB | {ratio} | {s.served:.0f}/{scenario.clients} | "
+                f"{s.rss_kib / 1024:.1f} MiB | {s.cpu_us:.1f} µs | {ratio} | {s.served:.0f}/{scenario.clients} | "
                 f"{', '.join(_fmt_rps(r) for r in s.rounds)} |"
             )
         out.append("")
