@@ -54,9 +54,13 @@ class Watchdog:
     def add(self, delay: float, callback: Callable[[], object]) -> _Entry:
         """Run *callback* in *delay* seconds unless cancelled; return the entry."""
         entry = _Entry(self._clock() + delay, next(self._seq), callback)
+        if self._pid != os.getpid():
+            # Forked: the parent's thread is not here, and it may have held
+            # the lock at fork time, so start over with a fresh one (the
+            # child is single-threaded at this point).
+            self._cond = threading.Condition(threading.Lock())
+            self._pid, self._thread, self._heap, self._dead = os.getpid(), None, [], 0
         with self._cond:
-            if self._pid != os.getpid():  # forked: the parent's thread is not here
-                self._pid, self._thread, self._heap, self._dead = os.getpid(), None, [], 0
             heapq.heappush(self._heap, entry)
             if self._heap[0] is entry:
                 self._cond.notify()

@@ -308,7 +308,7 @@ class AcceptBackoff:
         if exc.errno in ACCEPT_TRANSIENT_ERRNOS:
             return 0.0
         self._failures += 1
-        self._delay = self.initial if self._delay == 0 else min(self._delay * 2, self.maximum)
+        self._delay = min(self.initial if self._delay == 0 else self._delay * 2, self.maximum)
         now = self.clock()
         if self._last_log is None or now - self._last_log >= self.log_interval:
             suppressed = f" ({self._suppressed} similar failures not logged)" if self._suppressed else ""
