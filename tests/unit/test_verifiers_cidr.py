@@ -170,3 +170,14 @@ class TestCIDRVerifier:
         caplog.set_level("DEBUG", logger="composable_server.verifiers")
         deny_networks("10.0.0.0/8").verify(None, ("10.0.0.1", 1))
         assert "refused 10.0.0.1: in denied network 10.0.0.0/8" in caplog.text
+
+
+class TestMappedProperty:
+    @given(st.ip_addresses(v=4), st.integers(min_value=0, max_value=32))
+    def test_mapped_client_is_judged_like_its_ipv4(self, ip: ipaddress.IPv4Address, prefix: int) -> None:
+        """A ::ffff:a.b.c.d client gets the same verdict as a.b.c.d, for allow and deny lists."""
+        network = ipaddress.IPv4Network((ip, prefix), strict=False)
+        for other in ("192.0.2.0/24", str(network)):
+            for make in (allow_networks, deny_networks):
+                v = make(other)
+                assert v.verify(None, (f"::ffff:{ip}", 1, 0, 0)) == v.verify(None, (str(ip), 1))
