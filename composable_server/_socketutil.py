@@ -134,7 +134,8 @@ def check_unix_address(address: object) -> str | bytes:
         The address as ``str`` (paths) or ``bytes`` (as given).
 
     Raises:
-        AddressError: wrong type, empty, or longer than ``sun_path`` allows.
+        AddressError: wrong type, empty, longer than ``sun_path`` allows,
+            or not encodable as a file name.
     """
     if isinstance(address, os.PathLike):
         address = os.fspath(address)
@@ -144,7 +145,14 @@ def check_unix_address(address: object) -> str | bytes:
             address=address,
             family=socket.AF_UNIX,
         )
-    raw = os.fsencode(address)
+    try:
+        raw = os.fsencode(address)
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file name can hold it
+        raise AddressError(
+            f"AF_UNIX path cannot be encoded for the file system: {address!r} ({exc.reason})",
+            address=address,
+            family=socket.AF_UNIX,
+        ) from exc
     if not raw:
         raise AddressError("AF_UNIX path must not be empty", address=address, family=socket.AF_UNIX)
     abstract = raw[0] == 0
