@@ -8,9 +8,11 @@ signal.  ``shutdown()`` and ``drain()`` must not be called from the serving
 thread (they would wait for themselves), and Python runs signal handlers in
 the main thread, so this split keeps both sides simple:
 
-1. SIGTERM or SIGINT: the handler writes one byte to a pipe the main thread
-   is reading (a pipe rather than ``threading.Event.set()``, whose lock is
-   not safe to take from a signal handler that interrupted ``wait()``).
+1. SIGTERM or SIGINT: a byte arrives on a pipe the main thread is reading,
+   written by the C-level handler (``signal.set_wakeup_fd``: the kernel may
+   interrupt any thread, and only the main thread runs Python handlers) and
+   by the Python handler (a pipe rather than ``threading.Event.set()``, whose
+   lock is not safe to take from a handler that interrupted ``wait()``).
 2. The main thread starts ``server.drain(grace)`` in a helper thread: stop
    accepting, wait up to *grace* seconds for the requests in flight, cut the
    rest (threads: their sockets are shut down; children: SIGTERM).
@@ -18,6 +20,7 @@ the main thread, so this split keeps both sides simple:
    thread itself, and ``drain()`` waits in ``shutdown()`` for it; so the
    main thread bounds the helper too, and at the deadline shuts down the
    connections :class:`~composable_server._services.RequestLog` knows of.
+   A second signal during the wait cuts them at once (exit status 1).
 4. Close the server and exit 0.
 
 Errors a user can fix (a bad option, a taken port, a bad CIDR, a path that
@@ -32,10 +35,12 @@ import argparse
 import functools
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Final, NoReturn, TypeAlias
@@ -305,8 +310,15 @@ def _run(
         finally:
             os.write(wake_w, b"x")
 
+    # The kernel may deliver a signal to any thread; the Python handler runs
+    # only in the main thread, and only once it runs bytecode.  The wakeup fd
+    # makes the C-level handler write a byte whichever thread it interrupts,
+    # so the main thread, blocked reading the pipe, always wakes up.
+    os.set_blocking(wake_w, False)
+    previous_wakeup_fd = signal.set_wakeup_fd(wake_w)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     loop = threading.Thread(target=serve, name="serve_forever", daemon=True)
+    threads = [loop]
     try:
         loop.start()
         _logger.info(
@@ -317,50 +329,83 @@ def _run(
             args.dispatch,
             os.getpid(),
         )
-        os.read(wake_r, 1)  # a signal or the end of the loop; PEP 475 retries after handlers
+        # Until the handler has run (b"s") or the loop has ended (b"x"); the
+        # wakeup fd's signal-number byte may come first.
+        while not any(byte in b"sx" for byte in os.read(wake_r, 64)):
+            pass
         if crashed or not received:
             return 1
         name = signal.Signals(received[0]).name
         _logger.info("%s: stopping; waiting up to %g s for requests in flight", name, args.grace)
-        return _drain(server, request_log, loop, args.grace)
+        return _drain(server, request_log, threads, args.grace, wake_r, wake_w)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_wakeup_fd)
         if not loop.is_alive():
             # Not while the loop runs: server_close() would wait for it.
             server.server_close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(wake_r)
-        os.close(wake_w)
+        if not any(thread.is_alive() for thread in threads):
+            # A thread still running writes to the pipe when it ends.
+            os.close(wake_r)
+            os.close(wake_w)
 
 
 def _drain(
     server: AnyServer,
     request_log: RequestLog[socket.socket] | RequestLog[DatagramRequest],
-    loop: threading.Thread,
+    threads: list[threading.Thread],
     grace: float,
+    wake_r: int,
+    wake_w: int,
 ) -> int:
     reports: list[str] = []
 
     def drain() -> None:
-        report = server.drain(grace)
-        if not report.finished:
-            reports.append(f"cut {len(report.cut)} request(s) at the deadline: {', '.join(map(format_address, report.cut))}")
+        try:
+            report = server.drain(grace)
+            if not report.finished:
+                cut = ", ".join(map(format_address, report.cut))
+                reports.append(f"cut {len(report.cut)} request(s) at the deadline: {cut}")
+        finally:
+            os.write(wake_w, b"d")
 
+    loop = threads[0]
     helper = threading.Thread(target=drain, name="drain", daemon=True)
+    threads.append(helper)
     helper.start()
     # drain() bounds its own wait, except for a request running in the
-    # serving thread (sync dispatch): shutdown() waits for it.  Bound that too.
-    helper.join(grace + 0.5)
+    # serving thread (sync dispatch): shutdown() waits for it.  Bound that
+    # too, and let a second signal cut the requests in flight at once.
+    deadline = time.monotonic() + grace + 0.5
+    forced = drained = False
+    while not (forced or drained):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if select.select([wake_r], [], [], remaining)[0]:
+            # b"d": drained, b"x": the loop ended; anything else is a signal
+            # (b"s" from the handler, or the signal number from the wakeup fd).
+            data = os.read(wake_r, 64)
+            forced, drained = any(byte not in b"dx" for byte in data), b"d" in data
+    if drained:
+        helper.join(5.0)  # it has written its last byte and is returning
     if helper.is_alive():
+        if forced:
+            _logger.warning("second signal: cutting the requests in flight now")
         cut = request_log.cut()
-        reports.append(f"cut {cut} connection(s) still open after {grace:g} s")
-        helper.join(5.0)
+        if cut:
+            reports.append(f"cut {cut} connection(s) still open")
+        helper.join(0.5 if forced else 5.0)
     for line in reports:
         _logger.warning("grace period over: %s", line)
     # shutdown() returns when serve_forever() has; the thread ends just after.
     loop.join(1.0)
     if loop.is_alive():
         _logger.error("the server loop did not stop; exiting anyway")
+        return 1
+    if forced:
+        _logger.info("stopped without waiting for every request")
         return 1
     _logger.info("stopped")
     return 0

@@ -76,7 +76,10 @@ class ServeProcess:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Send *sig* and return the exit status (bounded wait)."""
         self.proc.send_signal(sig)
-        return self.proc.wait(WAIT)
+        try:
+            return self.proc.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {WAIT} s after {signal.Signals(sig).name}: {self.lines}") from None
 
     def close(self) -> None:
         """Kill the process if it still runs and reap it."""
@@ -238,6 +241,22 @@ class TestGracefulStop:
                 assert proc.stop() == 0
                 assert read_to_eof(sock) in (b"", b"NEVER FINISHED")  # cut: EOF, maybe after a partial reply
         assert any("grace period over" in line for line in proc.lines)
+
+
+    @pytest.mark.parametrize("dispatch", ["sync", "threading"])
+    def test_second_signal_cuts_at_once(self, dispatch: str) -> None:
+        """A second signal during the grace period cuts the requests in flight now and exits 1."""
+        with serve("--port", "0", "--dispatch", dispatch, "--grace", "60") as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            with socket.create_connection(address, timeout=WAIT) as sock:
+                sock.sendall(b"slow")
+                proc.wait_for("upper request from")
+                proc.proc.send_signal(signal.SIGTERM)
+                proc.wait_for("SIGTERM: stopping")
+                assert proc.stop(signal.SIGINT) == 1  # well before the 60 s grace
+                assert read_to_eof(sock) in (b"", b"SLOW")
+        assert any("second signal" in line for line in proc.lines)
 
 
 class TestAdmission:
