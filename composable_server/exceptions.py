@@ -120,8 +120,8 @@ class DatagramTooLargeError(ServerError, OSError):
     """A datagram was larger than the acceptor's maximum size and was dropped.
 
     Raised by :meth:`DatagramAcceptor.accept
-    <composable_server.acceptors.DatagramAcceptor.accept>` when the kernel
-    reports ``MSG_TRUNC``.  Its ``errno`` is ``EMSGSIZE``, which the accept
+    <composable_server.acceptors.DatagramAcceptor.accept>` when a datagram
+    did not fit (it would have been truncated).  Its ``errno`` is ``EMSGSIZE``, which the accept
     path treats as transient (that one datagram is lost, the socket is fine),
     so it never triggers an accept back-off.
 
