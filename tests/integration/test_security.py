@@ -52,6 +52,8 @@ from composable_server import (
     rate_limit,
 )
 
+from composable_server.testing import check_acceptor, check_transport
+
 from ._support import CLIENT_TIMEOUT, Background, RecordingErrorPolicy, read_to_eof, running
 
 LOCAL = "127.0.0.1"
@@ -303,6 +305,22 @@ class TestTLSTransport:
                 assert reply == b""
             assert errors.wait_for(2)
         assert len(handshake_errors(errors)) == 2
+
+    @pytest.mark.timeout(10)
+    def test_transport_and_acceptor_contracts(self, server_cert: trustme.LeafCert) -> None:
+        """TLSTransport keeps the Transport contract, and StreamAcceptor's over it."""
+        context = server_context(server_cert)
+
+        def make() -> TLSTransport[Any]:
+            return TLSTransport(TCPTransport((LOCAL, 0)), context)
+
+        @contextlib.contextmanager
+        def pending(transport: Any) -> Iterator[socket.socket]:
+            with connect(transport.server_address) as client:
+                yield client
+
+        check_transport(make)
+        check_acceptor(make, StreamAcceptor, pending)
 
     @pytest.mark.timeout(10)
     def test_tls_over_unix_stream(self, ca: trustme.CA, server_cert: trustme.LeafCert, short_tmp_path: Path) -> None:
