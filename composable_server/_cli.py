@@ -47,7 +47,7 @@ from typing import Final, NoReturn, TypeAlias
 
 from ._services import DATAGRAM_SERVICES, STREAM_SERVICES, RequestLog, format_address, http_handler
 from .acceptors import DatagramAcceptor, StreamAcceptor
-from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
+from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher, ThreadPoolDispatcher
 from .exceptions import AddressError, BindError
 from .interfaces import Address, DatagramRequest, Dispatcher, Transport, Verifier
 from .policies import LoggingErrorPolicy
@@ -71,6 +71,8 @@ DISPATCHERS: Final[dict[str, Callable[[], Dispatcher]]] = {
     "sync": SyncDispatcher,
     "threading": functools.partial(ThreadingDispatcher, daemon=True),
     "forking": functools.partial(ForkingDispatcher, block_on_close=False),
+    # 16 reused workers, 64 queued connections, then backpressure.
+    "pool": functools.partial(ThreadPoolDispatcher, 16, daemon=True),
 }
 
 TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")

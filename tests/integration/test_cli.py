@@ -21,7 +21,7 @@ import pytest
 WAIT: Final = 10.0  # seconds: every wait for the child is bounded by this
 LISTENING: Final = re.compile(r"listening on (\S+) (\S+)")
 TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
-DISPATCH: Final = ("sync", "threading", "forking")
+DISPATCH: Final = ("sync", "threading", "forking", "pool")
 
 ClientAddress = tuple[str, int] | str
 
@@ -372,7 +372,7 @@ class TestDemo:
         assert result.returncode == 0, result.stdout + result.stderr
         rows = {line.split("  ")[0].strip(): line.split() for line in result.stdout.splitlines()}
         for transport in TRANSPORTS:
-            for dispatch in DISPATCH:
+            for dispatch in ("sync", "threading", "forking"):  # the classic kinds, each with its stdlib twin
                 row = rows[f"{transport} {dispatch}"]
                 assert row[3:5] == ["3", "3"], row  # kind (2 words), stdlib name, sent, correct
         assert "12 server kinds, 36/36 replies correct: OK" in result.stdout
