@@ -53,6 +53,7 @@ struct client {
     int connecting;
     uint32_t seq;
     double sent;        /* when the current request started */
+    double retry_at;    /* a Unix connect found the backlog full: retry then */
     char buf[MSG];
     int served;         /* completed at least one request */
 };
@@ -142,7 +143,15 @@ static void start(struct client *c, int index) {
     c->fd = open_socket();
     c->sent = now();
     if (connect(c->fd, (struct sockaddr *)&addr, addrlen) < 0) {
-        if (errno != EINPROGRESS && errno != EAGAIN) {
+        if (errno == EAGAIN && addr.ss_family == AF_UNIX) {
+            /* unix(7): the listen backlog is full; a TCP SYN would be retried
+               by the kernel, a Unix connect must be retried by us. */
+            close(c->fd);
+            c->fd = -1;
+            c->retry_at = now() + 0.001;
+            return;
+        }
+        if (errno != EINPROGRESS) {
             errors++;
             close(c->fd);
             c->fd = -1;
@@ -296,10 +305,18 @@ int main(int argc, char **argv) {
         }
         if (t >= t_end) break;
         int wait_ms = (int)((t_end - t) * 1000) + 1;
-        if (mode == UDP && wait_ms > 10) wait_ms = 10;
+        if ((mode == UDP || addr.ss_family == AF_UNIX) && wait_ms > 10) wait_ms = 10;
         if (wait_ms > 50) wait_ms = 50;
         int k = epoll_wait(ep, events, 512, wait_ms);
         for (int i = 0; i < k; i++) on_event(clients, (int)events[i].data.u32, events[i].events);
+        if (addr.ss_family == AF_UNIX) {
+            t = now();
+            for (int i = 0; i < n; i++)
+                if (clients[i].fd < 0 && clients[i].retry_at && t >= clients[i].retry_at) {
+                    clients[i].retry_at = 0;
+                    start(&clients[i], i);
+                }
+        }
         if (mode == UDP && (t = now()) >= next_scan) {
             next_scan = t + timeout / 4;
             for (int i = 0; i < n; i++) {

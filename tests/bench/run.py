@@ -236,8 +236,10 @@ def _start_server(kind: str, scenario: Scenario, address: str, cpus: _Cpus) -> t
     ready, _, _ = select.select([proc.stdout], [], [], 15.0)
     line = proc.stdout.readline() if ready else ""
     if not line:
-        _stop_server(proc)
+        if proc.poll() is None:
+            proc.kill()
         err = proc.stderr.read() if proc.stderr else ""
+        _stop_server(proc)
         raise RuntimeError(f"{kind} did not start: {err.strip()[-2000:]}")
     bound = json.loads(line)["address"]
     return proc, bound if isinstance(bound, str) else f"{bound[0]}:{bound[1]}"
@@ -264,7 +266,10 @@ def run_one(
     loadgen: Path, kind: str, scenario: Scenario, *, duration: float, warmup: float, cpus: _Cpus, tmpdir: str
 ) -> dict[str, object]:
     """Start *kind*, load it for *duration* seconds, stop it; the measurement."""
-    address = os.path.join(tmpdir, f"{kind}.sock") if scenario.family == "unix" else "127.0.0.1:0"
+    # A fresh path each run: stdlib UnixStreamServer leaves its socket file behind.
+    address = (
+        tempfile.mktemp(prefix=f"{kind}-", suffix=".sock", dir=tmpdir) if scenario.family == "unix" else "127.0.0.1:0"
+    )
     proc, target = _start_server(kind, scenario, address, cpus)
     sampler = _RSSSampler(proc.pid)
     try:
@@ -572,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             loadgen, kind, scenario, duration=args.duration, warmup=args.warmup, cpus=cpus,
                             tmpdir=tmpdir,
                         )
-                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    except Exception as exc:  # one failed run must not lose the others
                         print(f"  {scenario.name} {kind}: FAILED: {exc}", file=sys.stderr)
                         continue
                     per_kind[kind].append(result)
