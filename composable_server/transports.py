@@ -553,6 +553,13 @@ class TLSTransport(Generic[StreamAddressT]):
 
     Plain transports are untouched: their requests never pass through here.
 
+    Each handshake in progress holds a worker.  With a bounded pool, a crowd
+    of silent clients could hold them all for *handshake_timeout*; set a
+    first-byte budget (``ConnectionTimeouts(Budget(first_byte=...))``) and
+    silent connections wait in the serving loop instead, costing no worker
+    (a TLS client speaks first).  With ``SyncDispatcher`` the worker is the
+    serving thread itself: one handshake at a time.
+
     Args:
         inner: the stream transport to wrap.
         context: a server-side context (``ssl.create_default_context(

@@ -26,6 +26,8 @@ import trustme
 from composable_server import (
     AcceptBackoff,
     BindError,
+    Budget,
+    ConnectionTimeouts,
     DatagramAcceptor,
     DatagramRequestHandler,
     Dispatcher,
@@ -240,6 +242,27 @@ class TestTLSTransport:
         assert not failure.timed_out
         assert "TLS handshake with ('127.0.0.1'," in str(failure)
         assert isinstance(failure.__cause__, ssl.SSLError)
+
+    @pytest.mark.timeout(15)
+    def test_crowd_of_silent_clients_cannot_starve_a_small_pool(
+        self, ca: trustme.CA, server_cert: trustme.LeafCert
+    ) -> None:
+        """With a first-byte budget, silent TLS clients wait in the serving loop,
+        not in workers: twenty of them leave a two-worker pool free to serve."""
+        server = Server(
+            transport=TLSTransport(TCPTransport((LOCAL, 0)), server_context(server_cert)),
+            acceptor=StreamAcceptor(),
+            handler=line_handler(),
+            dispatcher=ThreadPoolDispatcher(2),
+            error_policy=RecordingErrorPolicy(),
+            timeout_policy=ConnectionTimeouts(Budget(first_byte=10.0)),
+        )
+        with running(server), contextlib.ExitStack() as crowd:
+            for _ in range(20):
+                crowd.enter_context(connect(server.server_address))
+            started = time.monotonic()
+            assert tls_request(server.server_address, client_context(ca), b"through\n") == b"THROUGH\n"
+            assert time.monotonic() - started < 2.0
 
     @pytest.mark.timeout(10)
     def test_silent_client_is_cut_at_the_deadline(self, server_cert: trustme.LeafCert) -> None:
