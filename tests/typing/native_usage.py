@@ -1,0 +1,107 @@
+"""Type tests for the native (composition) API; checked by mypy, never run.
+
+Passing cases use ``assert_type``; each misuse carries a
+``# type: ignore[code]`` that ``warn_unused_ignores`` turns into an
+assertion: if mypy stopped rejecting the line, the ignore would be unused
+and the check would fail.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import assert_type
+
+from composable_server import (
+    AcceptErrorPolicy,
+    Acceptor,
+    AllowAll,
+    DatagramAcceptor,
+    DatagramRequest,
+    DatagramRequestHandler,
+    Dispatcher,
+    ErrorPolicy,
+    ForkingDispatcher,
+    InetAddress,
+    Server,
+    StreamAcceptor,
+    StreamRequestHandler,
+    SyncDispatcher,
+    TCPTransport,
+    ThreadingDispatcher,
+    ThreadPoolDispatcher,
+    TimeoutPolicy,
+    Transport,
+    UDPTransport,
+    UnixAddress,
+    UnixStreamTransport,
+    Verifier,
+    all_of,
+    allow_networks,
+    per_ip_cap,
+)
+from composable_server.policies import AcceptBackoff, ConnectionTimeouts, LoggingErrorPolicy, NoTimeout, PrintTraceback
+
+
+class Upper(StreamRequestHandler[InetAddress]):
+    def handle(self) -> None:
+        assert_type(self.request, socket.socket)
+        assert_type(self.client_address, InetAddress)
+        self.wfile.write(self.rfile.readline().upper())
+
+
+class UnixUpper(StreamRequestHandler[UnixAddress]):
+    def handle(self) -> None:
+        assert_type(self.client_address, UnixAddress)
+
+
+class Reply(DatagramRequestHandler[InetAddress]):
+    def handle(self) -> None:
+        data, sock = self.request
+        assert_type(data, bytes)
+        assert_type(sock, socket.socket)
+
+
+def composition_infers_precise_types() -> None:
+    tcp = Server(transport=TCPTransport(("127.0.0.1", 0)), acceptor=StreamAcceptor(), handler=Upper)
+    assert_type(tcp, Server[socket.socket, InetAddress])
+    udp = Server(transport=UDPTransport(("127.0.0.1", 0)), acceptor=DatagramAcceptor(), handler=Reply)
+    assert_type(udp, Server[DatagramRequest, InetAddress])
+    unix = Server(transport=UnixStreamTransport("/tmp/s"), acceptor=StreamAcceptor(), handler=UnixUpper)
+    assert_type(unix, Server[socket.socket, UnixAddress])
+    assert_type(tcp.server_address, InetAddress)
+
+
+def every_component_fits_its_protocol() -> None:
+    transports: list[Transport[socket.socket, InetAddress]] = [TCPTransport(("::1", 0))]
+    acceptors: list[Acceptor[DatagramRequest, InetAddress]] = [DatagramAcceptor(65535)]
+    dispatchers: list[Dispatcher] = [
+        SyncDispatcher(),
+        ThreadingDispatcher(max_threads=8),
+        ThreadPoolDispatcher(4),
+        ForkingDispatcher(),
+    ]
+    verifiers: list[Verifier[socket.socket, InetAddress]] = [
+        AllowAll(),
+        all_of(allow_networks("127.0.0.0/8"), per_ip_cap(4)),
+    ]
+    errors: list[ErrorPolicy] = [PrintTraceback(), LoggingErrorPolicy()]
+    timeouts: list[TimeoutPolicy] = [NoTimeout(), ConnectionTimeouts()]
+    accept_errors: list[AcceptErrorPolicy] = [AcceptBackoff()]
+    del transports, acceptors, dispatchers, verifiers, errors, timeouts, accept_errors
+
+
+def miswiring_is_rejected() -> None:
+    # A stream handler on a datagram server.
+    Server(transport=UDPTransport(("127.0.0.1", 0)), acceptor=DatagramAcceptor(), handler=Upper)  # type: ignore[misc]
+    # A stream acceptor on a datagram transport: no request type fits both.
+    Server(transport=UDPTransport(("127.0.0.1", 0)), acceptor=StreamAcceptor(), handler=Reply)  # type: ignore[misc]
+    # An IP handler on a Unix transport: no address type fits both.
+    Server(transport=UnixStreamTransport("/tmp/s"), acceptor=StreamAcceptor(), handler=Upper)  # type: ignore[misc]
+    # A datagram handler on a stream server.
+    Server(transport=TCPTransport(("127.0.0.1", 0)), acceptor=StreamAcceptor(), handler=Reply)  # type: ignore[misc]
+
+
+def datagram_request_is_a_tuple() -> None:
+    class Wrong(DatagramRequestHandler[InetAddress]):
+        def handle(self) -> None:
+            self.request.recv(1)  # type: ignore[attr-defined]
