@@ -51,11 +51,12 @@ from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher,
 from .exceptions import AddressError, BindError
 from .interfaces import Address, DatagramRequest, Dispatcher, Transport, Verifier
 from .policies import LoggingErrorPolicy
+from .prefork import DEFAULT_WORKERS, Prefork, RestartLimitError
 from .server import Server
 from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 from .verifiers import AllowAll, all_of, allow_networks, deny_networks
 
-__all__ = ("DISPATCHERS", "TRANSPORTS", "build_parser", "build_server", "main")
+__all__ = ("DISPATCHERS", "DISPATCH_MODES", "TRANSPORTS", "build_parser", "build_prefork", "build_server", "main")
 
 _logger = logging.getLogger("composable_server.cli")
 
@@ -74,6 +75,10 @@ DISPATCHERS: Final[dict[str, Callable[[], Dispatcher]]] = {
     # 16 reused workers, 64 queued connections, then backpressure.
     "pool": functools.partial(ThreadPoolDispatcher, 16, daemon=True),
 }
+
+# --dispatch prefork: --workers processes (default: one per CPU), each with this pool.
+PREFORK_POOL: Final = DISPATCHERS["pool"]
+DISPATCH_MODES: Final = (*DISPATCHERS, "prefork")
 
 TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
 STREAM_TRANSPORTS: Final = frozenset({"tcp", "unix"})
@@ -150,7 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help=f"port to bind; 0 picks a free one (default: {DEFAULT_PORT})")
     serve.add_argument("--path", help="socket path, for --transport unix and unix-dgram")
     serve.add_argument(
-        "--dispatch", choices=tuple(DISPATCHERS), default="sync", help="where requests run (default: sync)"
+        "--dispatch",
+        choices=DISPATCH_MODES,
+        default="sync",
+        help="where requests run (default: sync; pool: 16 reused threads; prefork: --workers processes, "
+        "each with such a pool)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"worker processes for --dispatch prefork (default: one per CPU, here {DEFAULT_WORKERS})",
     )
     serve.add_argument(
         "--service",
@@ -202,6 +218,11 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--path applies to the unix transports, not --transport {args.transport}")
     if args.service == "http" and args.transport not in STREAM_TRANSPORTS:
         parser.error(f"--service http needs a stream transport (tcp or unix), not {args.transport}")
+    if args.workers is not None:
+        if args.dispatch != "prefork":
+            parser.error("--workers applies only to --dispatch prefork")
+        if args.workers < 1:
+            parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.directory is not None:
         if args.service != "http":
             parser.error("--directory applies only to --service http")
@@ -221,7 +242,27 @@ def _verifier(args: argparse.Namespace) -> Verifier[object, object]:
     return parts[0] if len(parts) == 1 else all_of(*parts)
 
 
-def build_server(args: argparse.Namespace) -> tuple[AnyServer, RequestLog[socket.socket] | RequestLog[DatagramRequest]]:
+def _stream_transport(args: argparse.Namespace) -> Transport[socket.socket, Address]:
+    if args.transport == "tcp":
+        return TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
+    return UnixStreamTransport(args.path)
+
+
+def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, Address]:
+    if args.transport == "udp":
+        return UDPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
+    return UnixDatagramTransport(args.path)
+
+
+def _stream_log(args: argparse.Namespace) -> RequestLog[socket.socket]:
+    if args.service == "http":
+        return RequestLog(http_handler(os.path.abspath(args.directory or os.getcwd())), args.service)
+    return RequestLog(STREAM_SERVICES[args.service], args.service)
+
+
+def build_server(
+    args: argparse.Namespace,
+) -> tuple[AnyServer, RequestLog[socket.socket] | RequestLog[DatagramRequest]]:
     """Build, bind and activate the server the options describe.
 
     Raises:
@@ -232,18 +273,9 @@ def build_server(args: argparse.Namespace) -> tuple[AnyServer, RequestLog[socket
     dispatcher = DISPATCHERS[args.dispatch]()
     error_policy = LoggingErrorPolicy()
     if args.transport in STREAM_TRANSPORTS:
-        stream: Transport[socket.socket, Address]
-        if args.transport == "tcp":
-            stream = TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
-        else:
-            stream = UnixStreamTransport(args.path)
-        if args.service == "http":
-            handler = http_handler(os.path.abspath(args.directory or os.getcwd()))
-        else:
-            handler = STREAM_SERVICES[args.service]
-        stream_log = RequestLog(handler, args.service)
+        stream_log = _stream_log(args)
         stream_server: Server[socket.socket, Address] = Server(
-            transport=stream,
+            transport=_stream_transport(args),
             acceptor=StreamAcceptor(),
             handler=stream_log,
             verifier=verifier,
@@ -251,14 +283,9 @@ def build_server(args: argparse.Namespace) -> tuple[AnyServer, RequestLog[socket
             error_policy=error_policy,
         )
         return stream_server, stream_log
-    datagram: Transport[DatagramRequest, Address]
-    if args.transport == "udp":
-        datagram = UDPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
-    else:
-        datagram = UnixDatagramTransport(args.path)
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
     datagram_server: Server[DatagramRequest, Address] = Server(
-        transport=datagram,
+        transport=_datagram_transport(args),
         acceptor=DatagramAcceptor(),
         handler=datagram_log,
         verifier=verifier,
@@ -266,6 +293,50 @@ def build_server(args: argparse.Namespace) -> tuple[AnyServer, RequestLog[socket
         error_policy=error_policy,
     )
     return datagram_server, datagram_log
+
+
+AnyPrefork: TypeAlias = "Prefork[socket.socket, Address] | Prefork[DatagramRequest, Address]"
+
+
+def build_prefork(args: argparse.Namespace) -> AnyPrefork:
+    """Build and bind a prefork supervisor: ``--workers`` processes, each a
+    server with its own pool (:data:`PREFORK_POOL`) on the shared socket.
+
+    Raises:
+        AddressError: a bad address, path or CIDR.
+        BindError: the address cannot be bound.
+    """
+    verifier = _verifier(args)  # checked (and CIDRs parsed) in the parent
+    workers = args.workers or DEFAULT_WORKERS
+    if args.transport in STREAM_TRANSPORTS:
+        stream_log = _stream_log(args)
+
+        def make_stream(transport: Transport[socket.socket, Address]) -> Server[socket.socket, Address]:
+            return Server(
+                transport=transport,
+                acceptor=StreamAcceptor(),
+                handler=stream_log,
+                verifier=verifier,
+                dispatcher=PREFORK_POOL(),
+                error_policy=LoggingErrorPolicy(),
+                bind_and_activate=False,
+            )
+
+        return Prefork(_stream_transport(args), make_stream, workers, drain_timeout=args.grace)
+    datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
+
+    def make_datagram(transport: Transport[DatagramRequest, Address]) -> Server[DatagramRequest, Address]:
+        return Server(
+            transport=transport,
+            acceptor=DatagramAcceptor(),
+            handler=datagram_log,
+            verifier=verifier,
+            dispatcher=PREFORK_POOL(),
+            error_policy=LoggingErrorPolicy(),
+            bind_and_activate=False,
+        )
+
+    return Prefork(_datagram_transport(args), make_datagram, workers, drain_timeout=args.grace)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -279,6 +350,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.dispatch == "prefork":
+        return _serve_prefork(parser, args)
     try:
         server, request_log = build_server(args)
     except AddressError as exc:
@@ -290,6 +363,35 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
         return 1
     return _run(server, request_log, args)
+
+
+def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        prefork = build_prefork(args)
+    except AddressError as exc:
+        parser.error(_one_line(exc))
+    except OSError as exc:
+        reason = str(exc) if isinstance(exc, BindError) else f"{type(exc).__name__}: {exc}"
+        print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
+        return 1
+    with prefork:
+        _logger.info(
+            "listening on %s %s (service %s, dispatch prefork, %d workers, pid %d)",
+            args.transport,
+            format_address(prefork.server_address),
+            args.service,
+            prefork.workers,
+            os.getpid(),
+        )
+        try:
+            # In the main thread: SIGTERM/SIGINT stop every worker, each
+            # draining its requests for up to --grace seconds.
+            prefork.serve_forever()
+        except RestartLimitError as exc:
+            _logger.error("%s", exc)
+            return 1
+    _logger.info("stopped")
+    return 0
 
 
 def _run(

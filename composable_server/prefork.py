@@ -40,6 +40,7 @@ socket, would unlink the file the other workers still serve).
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -58,6 +59,8 @@ from ._socketutil import Waker
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import Transport
 from .server import Server
+
+_logger = logging.getLogger("composable_server.prefork")
 
 __all__ = ("DEFAULT_WORKERS", "Prefork", "PreforkStatistics", "RestartLimitError")
 
@@ -383,6 +386,11 @@ class Prefork(Generic[RequestT, AddressT]):
         previous: dict[signal.Signals, _Handler] = {}
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
+            _logger.info(
+                "%s: stopping; each worker lets its requests in flight finish for up to %g s",
+                signal.Signals(signum).name,
+                self.drain_timeout,
+            )
             self.stop()
 
         for signum in _STOP_SIGNALS:
@@ -432,7 +440,14 @@ class Prefork(Generic[RequestT, AddressT]):
                     break
                 if os.getppid() != parent:
                     break  # the supervisor is gone: stop
-            server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+            report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+            if not report.finished:
+                _logger.warning(
+                    "grace period over: worker %d cut %d request(s) at the deadline: %s",
+                    os.getpid(),
+                    len(report.cut),
+                    ", ".join(map(repr, report.cut)),
+                )
             thread.join()
             # Not server_close(): the transport belongs to the parent (closing
             # a Unix transport would unlink the path the others still serve).

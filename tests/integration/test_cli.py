@@ -21,7 +21,7 @@ import pytest
 WAIT: Final = 10.0  # seconds: every wait for the child is bounded by this
 LISTENING: Final = re.compile(r"listening on (\S+) (\S+)")
 TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
-DISPATCH: Final = ("sync", "threading", "forking", "pool")
+DISPATCH: Final = ("sync", "threading", "forking", "pool", "prefork")
 
 ClientAddress = tuple[str, int] | str
 
