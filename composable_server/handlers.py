@@ -17,6 +17,7 @@ a :class:`~composable_server.server.Server` as they are: they only need the
 
 from __future__ import annotations
 
+import errno
 import io
 import socket
 from socket import socket as Socket
@@ -34,6 +35,7 @@ __all__ = (
     "DEFAULT_MAX_LINE_LENGTH",
     "BaseRequestHandler",
     "DatagramRequestHandler",
+    "SocketFile",
     "SocketWriter",
     "StreamRequestHandler",
 )
@@ -76,12 +78,73 @@ class BaseRequestHandler(Generic[RequestT, AddressT]):
         :meth:`setup` prepared."""
 
 
+def _kernel_timeout(sock: Socket, exc: BlockingIOError) -> OSError:
+    """The error a handler should see for *exc* raised by *sock*.
+
+    ``EAGAIN`` on a *blocking* socket can only mean that ``SO_RCVTIMEO`` or
+    ``SO_SNDTIMEO`` ran out (socket(7)): the server's idle budget.  Report it
+    as the ``TimeoutError`` a Python-level socket timeout raises.  On a
+    non-blocking socket ``EAGAIN`` keeps its usual meaning.
+    """
+    if sock.gettimeout() is None:
+        return TimeoutError(errno.ETIMEDOUT, "timed out (idle limit)")
+    return exc
+
+
+class SocketFile(io.RawIOBase):
+    """The raw binary file under ``rfile`` (and a buffered ``wfile``).
+
+    What ``socket.makefile()`` builds (stdlib ``socket.SocketIO``), at the
+    same cost, except that an expired kernel timeout (the server's idle
+    budget, set with ``SO_RCVTIMEO``/``SO_SNDTIMEO`` so that no read pays an
+    extra ``poll()``) raises ``TimeoutError`` instead of reading as "no data
+    yet", which a buffered ``readline()`` would return as a partial line.
+    Closing the file leaves the socket open: the server closes it.
+    """
+
+    def __init__(self, sock: Socket, *, readable: bool, writable: bool) -> None:
+        super().__init__()
+        self._sock = sock
+        self._readable = readable
+        self._writable = writable
+
+    def readable(self) -> bool:
+        return self._readable
+
+    def writable(self) -> bool:
+        return self._writable
+
+    def readinto(self, buffer: Buffer, /) -> int | None:
+        """Receive into *buffer*; None only on a non-blocking socket with no data."""
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError as exc:
+            error = _kernel_timeout(self._sock, exc)
+            if error is exc:
+                return None
+            raise error from None
+
+    def write(self, b: Buffer, /) -> int | None:
+        """Send what the kernel takes of *b*; None only on a non-blocking socket that is full."""
+        try:
+            return self._sock.send(b)
+        except BlockingIOError as exc:
+            error = _kernel_timeout(self._sock, exc)
+            if error is exc:
+                return None
+            raise error from None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
 class SocketWriter(io.BufferedIOBase):
     """A write-only file over a socket that sends every byte it is given.
 
     The unbuffered ``wfile`` of :class:`StreamRequestHandler`: ``write``
     calls ``sendall``, so a short send never loses data (stdlib
-    ``socketserver._SocketWriter``).
+    ``socketserver._SocketWriter``).  An expired kernel send timeout (the
+    idle budget) raises ``TimeoutError``.
     """
 
     def __init__(self, sock: Socket) -> None:
@@ -92,12 +155,20 @@ class SocketWriter(io.BufferedIOBase):
 
     def write(self, b: Buffer, /) -> int:
         """Send all of *b*; return its length in bytes."""
-        self._sock.sendall(b)
+        try:
+            self._sock.sendall(b)
+        except BlockingIOError as exc:
+            raise _kernel_timeout(self._sock, exc) from None
         with memoryview(b) as view:
             return view.nbytes
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+
+def _buffer_size(size: int) -> int:
+    # makefile(): a negative size means the default buffer.
+    return io.DEFAULT_BUFFER_SIZE if size < 0 else size
 
 
 class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
@@ -129,13 +200,18 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        # makefile() is typed IOBase for a non-literal buffer size; it is a
-        # buffered reader/writer (or a raw SocketIO for 0), as in stdlib.
-        self.rfile = cast(io.BufferedIOBase, self.connection.makefile("rb", self.rbufsize))
+        # As makefile("rb"/"wb", size) in stdlib, over SocketFile (see there).
+        reader = SocketFile(self.connection, readable=True, writable=False)
+        if self.rbufsize == 0:
+            # Unbuffered, as makefile("rb", 0); typed as the buffered file stdlib declares.
+            self.rfile = cast(io.BufferedIOBase, reader)
+        else:
+            self.rfile = io.BufferedReader(reader, _buffer_size(self.rbufsize))
         if self.wbufsize == 0:
             self.wfile = SocketWriter(self.connection)
         else:
-            self.wfile = cast(io.BufferedIOBase, self.connection.makefile("wb", self.wbufsize))
+            writer = SocketFile(self.connection, readable=False, writable=True)
+            self.wfile = io.BufferedWriter(writer, _buffer_size(self.wbufsize))
 
     def read_line(self) -> bytes:
         """Read one line from ``rfile``, at most :attr:`max_line_length` bytes.

@@ -51,14 +51,19 @@ serving thread itself, where waiting would deadlock.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import select
+import struct
 import sys
 import threading
 import time
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
 from socket import MSG_PEEK as _MSG_PEEK
 from socket import SHUT_RDWR
+from socket import SO_RCVTIMEO as _SO_RCVTIMEO
+from socket import SO_SNDTIMEO as _SO_SNDTIMEO
+from socket import SOL_SOCKET as _SOL_SOCKET
 from socket import socket as Socket
 from types import TracebackType
 from typing import Generic, Self, TypeVar, cast, final
@@ -69,6 +74,7 @@ from ._socketutil import Waker
 from ._watchdog import Watchdog
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
+from .handlers import StreamRequestHandler
 from .interfaces import (
     AcceptErrorPolicy,
     Acceptor,
@@ -133,7 +139,15 @@ class _Job(Generic[RequestT, AddressT]):
             # TLS handshakes happen here, in the worker, never in the accept loop.
             request = self.request = server.transport.start_request(request)
             if budget is not None and budget.idle is not None and isinstance(request, Socket):
-                request.settimeout(budget.idle)
+                if type(request) is Socket and _kernel_timeouts_fit(server.handler):
+                    # Kernel timeouts: no extra poll() before every read and
+                    # write, as settimeout() costs; our handlers' files turn
+                    # their expiry into TimeoutError (handlers.SocketFile).
+                    timeval = _timeval(budget.idle)
+                    request.setsockopt(_SOL_SOCKET, _SO_RCVTIMEO, timeval)
+                    request.setsockopt(_SOL_SOCKET, _SO_SNDTIMEO, timeval)
+                else:
+                    request.settimeout(budget.idle)
             server.finish_request(request, self.client_address)
             return True
         except Exception:
@@ -201,6 +215,25 @@ class DrainReport:
     elapsed: float
     cut: tuple[object, ...] = ()
     remaining: tuple[object, ...] = ()
+
+
+@functools.lru_cache(maxsize=8)
+def _timeval(seconds: float) -> bytes:
+    """*seconds* as the ``struct timeval`` of ``SO_RCVTIMEO``/``SO_SNDTIMEO``."""
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+
+
+def _kernel_timeouts_fit(handler: object) -> bool:
+    """True if *handler* reads and writes only through :class:`SocketFile`-based
+    files, which report an expired kernel timeout as ``TimeoutError``.
+
+    Other handlers (stdlib ones, plain callables) get ``settimeout()``: with
+    kernel timeouts their buffered ``readline()`` would return a partial line.
+    """
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    return isinstance(handler, type) and issubclass(handler, StreamRequestHandler)
 
 
 def _has_data(sock: Socket) -> bool:

@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from composable_server import BaseRequestHandler, DatagramRequestHandler, NoTimeout, StreamRequestHandler
+from composable_server import (
+    BaseRequestHandler,
+    Budget,
+    ConnectionTimeouts,
+    DatagramRequestHandler,
+    NoTimeout,
+    StreamRequestHandler,
+)
 
 from ._support import (
     CLIENT_TIMEOUT,
@@ -263,3 +270,50 @@ class TestServerSpeaksFirst:
         kind = make_kind(Family.TCP4, Dispatch.THREADING)
         with running(kind.build(Greeter)) as server, kind.connect(server, timeout=1.0) as sock:
             assert read_to_eof(sock) == b"220 hello\n"
+
+
+class TestIdleBudget:
+    """The idle budget: kernel timeouts for this package's stream handlers
+    (no extra poll() per read), settimeout() for any other handler."""
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("wbufsize", [0, 8192], ids=["unbuffered", "buffered"])
+    @pytest.mark.parametrize("family", STREAM_FAMILIES, ids=_ids(STREAM_FAMILIES))
+    def test_idle_read_raises_timeout_error(self, family: Family, wbufsize: int, make_kind: MakeKind) -> None:
+        """A client silent mid-line past the idle budget makes rfile.readline() raise TimeoutError, not return a partial line."""
+        seen: list[tuple[float | None, bytes]] = []
+
+        class Echo(StreamRequestHandler[Any]):
+            def handle(self) -> None:
+                seen.append((self.request.gettimeout(), self.rfile.readline()))
+                self.rfile.readline()  # the client never finishes this line
+
+        Echo.wbufsize = wbufsize
+        errors = RecordingErrorPolicy()
+        kind = make_kind(family, Dispatch.THREADING)
+        budget = ConnectionTimeouts(Budget(idle=0.2))
+        server = kind.build(Echo, error_policy=errors, timeout_policy=budget)
+        with running(server), kind.connect(server) as sock:
+            sock.sendall(b"one\npart")
+            started = time.monotonic()
+            assert read_to_eof(sock) == b""
+            assert 0.15 < time.monotonic() - started < 5
+        assert errors.wait_for(1)
+        assert isinstance(errors.errors[0][1], TimeoutError)
+        # Kernel timeouts: the socket itself stays blocking (no poll per read).
+        assert seen == [(None, b"one\n")]
+
+    @pytest.mark.timeout(10)
+    def test_foreign_handler_gets_a_socket_timeout(self, make_kind: MakeKind) -> None:
+        """A handler that is not one of this package's stream handlers gets settimeout(idle) instead."""
+        timeouts: list[float | None] = []
+
+        def handler(request: socket.socket, client_address: object, server: object) -> None:
+            timeouts.append(request.gettimeout())
+
+        kind = make_kind(Family.TCP4, Dispatch.SYNC)
+        server = kind.build(handler, timeout_policy=ConnectionTimeouts(Budget(idle=7.0)))
+        with running(server), kind.connect(server) as sock:
+            sock.sendall(b"x")
+            assert read_to_eof(sock) == b""
+        assert timeouts == [7.0]
