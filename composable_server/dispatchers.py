@@ -21,6 +21,7 @@ after sending ``reject_message`` if one is set).
 from __future__ import annotations
 
 import os
+import queue
 import select
 import signal
 import sys
@@ -480,23 +481,28 @@ class ThreadPoolDispatcher:
     block_on_close: bool = attrs.field(default=True, kw_only=True)
 
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    # Workers wait on _work; dispatch (backpressure) waits on _room; join waits on _quiet.
-    _work: threading.Condition = attrs.field(init=False)
+    # Hand-off.  Jobs wait in _queue (under _lock, so join() and statistics()
+    # can see them); _wakeups carries a token for each waiting worker that a
+    # new job (or close) must wake, never more tokens than waiting workers.  An idle worker blocks in SimpleQueue.get(), a C-level
+    # wait: no lock is allocated per wait as threading.Condition does, which
+    # halves the cost of handing a datagram to a worker.
+    _queue: deque[Job] = attrs.field(init=False, factory=deque)
+    _wakeups: queue.SimpleQueue[None] = attrs.field(init=False, factory=queue.SimpleQueue)
+    # dispatch (backpressure) waits on _room, join on _quiet; each is
+    # notified only while someone waits on it.
     _room: threading.Condition = attrs.field(init=False)
     _quiet: threading.Condition = attrs.field(init=False)
-    _queue: deque[Job] = attrs.field(init=False, factory=deque)
+    _room_waiters: int = attrs.field(init=False, default=0)
+    _quiet_waiters: int = attrs.field(init=False, default=0)
     _workers: set[threading.Thread] = attrs.field(init=False, factory=set)
     _busy: dict[threading.Thread, Job] = attrs.field(init=False, factory=dict)
     _finished: list[threading.Thread] = attrs.field(init=False, factory=list)
     _idle: int = attrs.field(init=False, default=0)
+    _signalled: int = attrs.field(init=False, default=0)  # tokens in _wakeups
     _starting: int = attrs.field(init=False, default=0)
     _rejected: int = attrs.field(init=False, default=0)
     _completed: int = attrs.field(init=False, default=0)
     _closed: bool = attrs.field(init=False, default=False)
-
-    @_work.default
-    def _make_work(self) -> threading.Condition:
-        return threading.Condition(self._lock)
 
     @_room.default
     def _make_room(self) -> threading.Condition:
@@ -522,7 +528,7 @@ class ThreadPoolDispatcher:
             RuntimeError: a worker thread could not be started (the caller
                 still owns the job).
         """
-        reject = False
+        reject = wake = False
         with self._lock:
             if self._closed:
                 raise ServerClosedError("ThreadPoolDispatcher is closed")
@@ -538,17 +544,28 @@ class ThreadPoolDispatcher:
                     self._wait_for_room()
             if not reject:
                 self._queue.append(job)
-                self._work.notify()
+                # Wake a waiting worker unless every waiting one is already
+                # woken: a busy worker takes the job when it is done.
+                wake = self._idle > self._signalled
+                if wake:
+                    self._signalled += 1
         if reject:
             job.close(self.reject_message)
+            return
+        if wake:
+            self._wakeups.put(None)
         if self._finished:
             self._reap()
 
     def _wait_for_room(self) -> None:
         # Called with the lock held: backpressure.  The serving loop blocks
         # here, so it stops accepting until a worker frees.
-        while not self._closed and self._backlog() >= self.queue_size:
-            self._room.wait()
+        self._room_waiters += 1
+        try:
+            while not self._closed and self._backlog() >= self.queue_size:
+                self._room.wait()
+        finally:
+            self._room_waiters -= 1
         if self._closed:
             raise ServerClosedError("ThreadPoolDispatcher was closed while waiting for room")
 
@@ -569,25 +586,36 @@ class ThreadPoolDispatcher:
 
     def _worker(self) -> None:
         me = threading.current_thread()
-        lock, queue, busy = self._lock, self._queue, self._busy
+        lock, jobs, busy, get = self._lock, self._queue, self._busy, self._wakeups.get
         lock.acquire()
         self._starting -= 1
         try:
             while True:
-                if not queue:
+                if not jobs:
                     if self._closed:
                         break
                     self._idle += 1
-                    self._room.notify()  # an idle worker is room for one more job
+                    if self._room_waiters:
+                        self._room.notify()  # an idle worker is room for one more job
                     lingering = len(self._workers) > self.min_workers
-                    woken = self._work.wait(self.idle_timeout if lingering else None)
-                    self._idle -= 1
-                    if not queue and not woken and len(self._workers) > self.min_workers:
+                    lock.release()
+                    try:
+                        get(timeout=self.idle_timeout if lingering else None)
+                        woken = True
+                    except queue.Empty:
+                        woken = False
+                    finally:
+                        lock.acquire()
+                        self._idle -= 1
+                    if woken:
+                        self._signalled -= 1
+                    if not jobs and not woken and len(self._workers) > self.min_workers:
                         break  # idle too long: shrink
                     continue
-                job = queue.popleft()
+                job = jobs.popleft()
                 busy[me] = job
-                self._room.notify()
+                if self._room_waiters:
+                    self._room.notify()
                 lock.release()
                 try:
                     job.run()
@@ -595,7 +623,7 @@ class ThreadPoolDispatcher:
                     lock.acquire()
                     del busy[me]
                     self._completed += 1
-                    if not busy and not queue:
+                    if self._quiet_waiters and not busy and not jobs:
                         self._quiet.notify_all()
         finally:
             self._workers.discard(me)
@@ -625,11 +653,15 @@ class ThreadPoolDispatcher:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._busy or (len(self._queue) > 0 and self._workers):
-                remaining = _remaining(deadline)
-                if remaining == 0:
-                    break
-                self._quiet.wait(remaining)
+            self._quiet_waiters += 1
+            try:
+                while self._busy or (len(self._queue) > 0 and self._workers):
+                    remaining = _remaining(deadline)
+                    if remaining == 0:
+                        break
+                    self._quiet.wait(remaining)
+            finally:
+                self._quiet_waiters -= 1
             return (*self._busy.values(), *self._queue)
 
     def close(self) -> None:
@@ -637,9 +669,11 @@ class ThreadPoolDispatcher:
         *block_on_close*, wait for them.  Idempotent."""
         with self._lock:
             self._closed = True
-            self._work.notify_all()
             self._room.notify_all()
             workers = list(self._workers)
+            self._signalled += len(workers)
+        for _ in workers:
+            self._wakeups.put(None)  # wake every idle worker: it sees _closed
         if self.block_on_close:
             for thread in workers:
                 thread.join()
