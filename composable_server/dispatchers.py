@@ -251,15 +251,20 @@ class _Child:
         return f"<child {self.pid} serving {self.client_address!r}>"
 
 
-def _reset_signals_in_child() -> None:
+_CHILD_SIGNALS: Final = ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler))
+
+
+def _prepare_child() -> None:
+    """Make a freshly forked child fit to serve one request."""
     # A child must not run the parent's Python-level handlers (e.g. a
     # "SIGTERM -> shutdown the server" handler would wait forever on the
     # parent's serving loop).  SIGTERM ends the child; Ctrl-C raises as usual.
-    try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    except ValueError:  # not the main thread: cannot happen after fork
-        pass
+    for signum, handler in _CHILD_SIGNALS:
+        if signal.getsignal(signum) is not handler:
+            try:
+                signal.signal(signum, handler)
+            except ValueError:  # not the main thread: cannot happen after fork
+                pass
 
 
 @final
@@ -329,7 +334,7 @@ class ForkingDispatcher:
         # Child.  Whatever happens, never return into the parent's loop.
         status = 1
         try:
-            _reset_signals_in_child()
+            _prepare_child()
             status = 0 if job.run() else 1
         finally:
             try:
