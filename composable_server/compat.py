@@ -137,7 +137,7 @@ def _build_transport(server: object, address: Any) -> tuple[_SocketTransport | _
         # stdlib never removes the socket file; programs written for it
         # unlink it themselves (and would fail if it were already gone).
         if stream:
-            return UnixStreamTransport(address, unlink_on_close=False), True
+            return UnixStreamTransport(address, unlink_on_close=False, nonblocking=False), True
         return UnixDatagramTransport(address, unlink_on_close=False), False
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise ValueError(f"compat servers support AF_INET, AF_INET6 and AF_UNIX, got address_family={family!r}")
@@ -145,7 +145,12 @@ def _build_transport(server: object, address: Any) -> tuple[_SocketTransport | _
     reuse_address = bool(getattr(server, "allow_reuse_address", False))
     reuse_port = bool(getattr(server, "allow_reuse_port", False))
     if stream:
-        return TCPTransport(address, family=inet_family, reuse_address=reuse_address, reuse_port=reuse_port), True
+        return (
+            TCPTransport(
+                address, family=inet_family, reuse_address=reuse_address, reuse_port=reuse_port, nonblocking=False
+            ),
+            True,
+        )
     return UDPTransport(address, family=inet_family, reuse_address=reuse_address, reuse_port=reuse_port), False
 
 

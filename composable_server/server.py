@@ -66,7 +66,7 @@ from socket import SO_SNDTIMEO as _SO_SNDTIMEO
 from socket import SOL_SOCKET as _SOL_SOCKET
 from socket import socket as Socket
 from types import TracebackType
-from typing import Generic, Self, TypeVar, cast, final
+from typing import Final, Generic, Self, TypeVar, cast, final
 
 import attrs
 
@@ -92,6 +92,10 @@ __all__ = ("DrainReport", "Server")
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
+
+# Connections accepted per wake-up at most (nginx's multi_accept takes all;
+# a bound keeps shutdown and parked connections responsive under a flood).
+_ACCEPT_BATCH: Final = 32
 
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
@@ -408,6 +412,7 @@ class Server(Generic[RequestT, AddressT]):
             paused = select.poll()  # while accepting is paused: the waker only
             paused.register(waker_fd, _POLLIN)
             parking = self._parking = _Parking(poller)
+            batch = _ACCEPT_BATCH if self._listener_nonblocking() else 1
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
                 if self._resume_at:
@@ -428,8 +433,7 @@ class Server(Generic[RequestT, AddressT]):
                         if events & _POLL_DEAD:
                             # The listening descriptor was closed under us.
                             raise ServerClosedError("the listening socket was closed while serving")
-                        if not self._shutdown_requested:
-                            self._handle_request_noblock()
+                        self._accept_pending(batch)
                     elif fd == waker_fd:
                         waker.drain()
                     elif (taken := parking.take(fd)) is not None:
@@ -568,33 +572,54 @@ class Server(Generic[RequestT, AddressT]):
             socket_timeout = self.transport.socket.gettimeout()
         except TypeError:  # in-memory transports have no socket
             return timeout
-        if socket_timeout is None:
+        if not socket_timeout:
+            # None: blocking; 0.0: a non-blocking listener, not a wait limit.
             return timeout
         return socket_timeout if timeout is None else min(timeout, socket_timeout)
 
-    def _handle_request_noblock(self) -> None:
-        """Accept, verify and dispatch one request (stdlib's private method of the same name)."""
+    def _accept_pending(self, batch: int) -> None:
+        """Handle up to *batch* pending requests after one wake-up.
+
+        With a non-blocking listener (*batch* > 1) every pending connection
+        is taken, up to the batch, so the waker and parked connections still
+        get their turn under a flood; a blocking one gets exactly one accept.
+        """
+        for _ in range(batch):
+            if self._shutdown_requested or self._resume_at or not self._handle_request_noblock():
+                break
+
+    def _listener_nonblocking(self) -> bool:
+        try:
+            return self.transport.socket.gettimeout() == 0.0
+        except TypeError:  # in-memory transports have no socket
+            return False
+
+    def _handle_request_noblock(self) -> bool:
+        """Accept, verify and dispatch one request (stdlib's private method of
+        the same name).  Return True if a request was accepted."""
         try:
             request, client_address = self.get_request()
+        except BlockingIOError:
+            return False  # a non-blocking listener with nothing (left) pending
         except OSError as exc:
             self._accept_failing = True
             delay = self.accept_error_policy.accept_failed(exc)
             if delay > 0:
                 self._resume_at = time.monotonic() + delay
-            return
+            return False
         if self._accept_failing:
             self._accept_failing = False
             self.accept_error_policy.accepted()
         try:
             if not self.verify_request(request, client_address):
                 self.shutdown_request(request)
-                return
+                return True
             parking = self._parking
             if parking is not None and isinstance(request, Socket):
                 budget = self.timeout_policy.budget
                 if budget is not None and budget.first_byte is not None and not _has_data(request):
                     parking.park(request.fileno(), request, client_address, time.monotonic() + budget.first_byte)
-                    return
+                    return True
             self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
@@ -602,6 +627,7 @@ class Server(Generic[RequestT, AddressT]):
         except BaseException:
             self.shutdown_request(request)
             raise
+        return True
 
     def _process_guarded(self, request: RequestT, client_address: AddressT) -> None:
         """process_request() for a parked connection that became readable."""

@@ -164,10 +164,19 @@ def _stream_shutdown(request: Socket) -> None:
 class _StreamTransport(_SocketTransport[AddressT]):
     _kind: ClassVar[socket.SocketKind] = socket.SOCK_STREAM
     backlog: int = attrs.field(kw_only=True, default=DEFAULT_BACKLOG, validator=attrs.validators.ge(0))
+    # A non-blocking listener lets the serving loop accept every pending
+    # connection per wake-up, and a prefork worker that lost the race for a
+    # connection gets EAGAIN instead of blocking in accept() until the next
+    # one.  Accepted sockets are blocking all the same (accept4(2) without
+    # SOCK_NONBLOCK).  compat keeps stdlib's blocking socket.
+    nonblocking: bool = attrs.field(kw_only=True, default=True)
 
     def activate(self) -> None:
-        """Listen with :attr:`backlog`."""
-        self.socket.listen(self.backlog)
+        """Listen with :attr:`backlog`; make the socket non-blocking if :attr:`nonblocking`."""
+        sock = self.socket
+        sock.listen(self.backlog)
+        if self.nonblocking:
+            sock.setblocking(False)
 
     def shutdown_request(self, request: Socket) -> None:
         """``shutdown(SHUT_WR)`` then close; never raises OSError."""
@@ -384,6 +393,8 @@ class TCPTransport(_StreamTransport[InetAddress]):
             can bind while old connections sit in TIME_WAIT).
         reuse_port: set ``SO_REUSEPORT`` (several listeners share the port).
         backlog: ``listen()`` backlog.
+        nonblocking: make the listening socket non-blocking (default True),
+            so the serving loop accepts every pending connection per wake-up.
         dual_stack: for IPv6, accept IPv4 too (True), only IPv6 (False), or
             leave the system default (None).
 
@@ -429,6 +440,8 @@ class UnixStreamTransport(_StreamTransport[UnixAddress]):
     Args:
         address: the socket path (str, bytes or os.PathLike).
         backlog: ``listen()`` backlog.
+        nonblocking: make the listening socket non-blocking (default True),
+            so the serving loop accepts every pending connection per wake-up.
         unlink_on_close: remove the socket file this transport created when it
             closes (only that file, identified by device and inode).
         mode: permissions of the socket file (e.g. ``0o660``: owner and
