@@ -28,6 +28,8 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from types import FrameType
 from typing import Final, Literal, TypeAlias, final
 
 import attrs
@@ -251,20 +253,22 @@ class _Child:
         return f"<child {self.pid} serving {self.client_address!r}>"
 
 
-_CHILD_SIGNALS: Final = ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler))
+_SignalHandler: TypeAlias = "Callable[[int, FrameType | None], object] | int | signal.Handlers | None"
+_CHILD_SIGNALS: Final[tuple[tuple[signal.Signals, _SignalHandler], ...]] = (
+    (signal.SIGTERM, signal.SIG_DFL),
+    (signal.SIGINT, signal.default_int_handler),
+)
 
 
-def _prepare_child() -> None:
-    """Make a freshly forked child fit to serve one request."""
-    # A child must not run the parent's Python-level handlers (e.g. a
-    # "SIGTERM -> shutdown the server" handler would wait forever on the
-    # parent's serving loop).  SIGTERM ends the child; Ctrl-C raises as usual.
-    for signum, handler in _CHILD_SIGNALS:
-        if signal.getsignal(signum) is not handler:
-            try:
-                signal.signal(signum, handler)
-            except ValueError:  # not the main thread: cannot happen after fork
-                pass
+def _signals_to_reset() -> tuple[tuple[signal.Signals, _SignalHandler], ...]:
+    """The handlers a child must restore, decided in the parent before fork.
+
+    A child must not run the parent's Python-level handlers (e.g. a
+    "SIGTERM -> shut the server down" handler would wait forever on the
+    parent's serving loop): SIGTERM ends the child, Ctrl-C raises as usual.
+    Usually nothing is to be reset, and the child then touches nothing.
+    """
+    return tuple((signum, default) for signum, default in _CHILD_SIGNALS if signal.getsignal(signum) is not default)
 
 
 @final
@@ -314,18 +318,24 @@ class ForkingDispatcher:
         """
         if self._closed:
             raise ServerClosedError("ForkingDispatcher is closed")
-        self._reap(blocking=False)
-        if len(self._children) >= self.max_children and self.when_full == "reject":
-            self._rejected += 1
-            job.close(self.reject_message)
-            return
-        while len(self._children) >= self.max_children:
-            self._wait_any(None)
+        # Every object touched between two forks costs a copy-on-write page
+        # fault, in the parent or the child, so the fork path touches little:
+        # children are reaped by service() once per loop iteration (as stdlib),
+        # here only when the cap is reached.
+        if len(self._children) >= self.max_children:
+            self._reap(blocking=False)
+            if len(self._children) >= self.max_children and self.when_full == "reject":
+                self._rejected += 1
+                job.close(self.reject_message)
+                return
+            while len(self._children) >= self.max_children:
+                self._wait_any(None)
         # Flush our own buffers so the child does not inherit (and, if it
         # flushes, repeat) output the parent wrote before the fork.
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
+        reset = _signals_to_reset()
         pid = os.fork()
         if pid:
             self._children[pid] = _Child(pid, job.client_address)
@@ -334,7 +344,8 @@ class ForkingDispatcher:
         # Child.  Whatever happens, never return into the parent's loop.
         status = 1
         try:
-            _prepare_child()
+            for signum, handler in reset:
+                signal.signal(signum, handler)
             status = 0 if job.run() else 1
         finally:
             try:
