@@ -43,13 +43,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Final, NoReturn, TypeAlias
+from typing import Final, NoReturn, TypeAlias, TypeVar
 
 from ._services import DATAGRAM_SERVICES, STREAM_SERVICES, RequestLog, format_address, http_handler
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher, ThreadPoolDispatcher
 from .exceptions import AddressError, BindError
-from .interfaces import Address, DatagramRequest, Dispatcher, Transport, Verifier
+from .interfaces import Acceptor, Address, DatagramRequest, Dispatcher, HandlerFactory, Transport, Verifier
 from .policies import LoggingErrorPolicy
 from .prefork import DEFAULT_WORKERS, Prefork, RestartLimitError
 from .server import Server
@@ -84,6 +84,8 @@ TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
 STREAM_TRANSPORTS: Final = frozenset({"tcp", "unix"})
 SERVICES: Final = ("upper", "echo", "http")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+RequestT = TypeVar("RequestT")
 
 AnyServer: TypeAlias = "Server[socket.socket, Address] | Server[DatagramRequest, Address]"
 
@@ -260,6 +262,26 @@ def _stream_log(args: argparse.Namespace) -> RequestLog[socket.socket]:
     return RequestLog(STREAM_SERVICES[args.service], args.service)
 
 
+def _assemble(
+    transport: Transport[RequestT, Address],
+    acceptor: Acceptor[RequestT, Address],
+    handler: HandlerFactory[RequestT, Address],
+    verifier: Verifier[object, object],
+    dispatcher: Dispatcher,
+    *,
+    bind_and_activate: bool = True,
+) -> Server[RequestT, Address]:
+    return Server(
+        transport=transport,
+        acceptor=acceptor,
+        handler=handler,
+        verifier=verifier,
+        dispatcher=dispatcher,
+        error_policy=LoggingErrorPolicy(),
+        bind_and_activate=bind_and_activate,
+    )
+
+
 def build_server(
     args: argparse.Namespace,
 ) -> tuple[AnyServer, RequestLog[socket.socket] | RequestLog[DatagramRequest]]:
@@ -271,31 +293,25 @@ def build_server(
     """
     verifier = _verifier(args)
     dispatcher = DISPATCHERS[args.dispatch]()
-    error_policy = LoggingErrorPolicy()
     if args.transport in STREAM_TRANSPORTS:
         stream_log = _stream_log(args)
-        stream_server: Server[socket.socket, Address] = Server(
-            transport=_stream_transport(args),
-            acceptor=StreamAcceptor(),
-            handler=stream_log,
-            verifier=verifier,
-            dispatcher=dispatcher,
-            error_policy=error_policy,
-        )
-        return stream_server, stream_log
+        return _assemble(_stream_transport(args), StreamAcceptor(), stream_log, verifier, dispatcher), stream_log
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    datagram_server: Server[DatagramRequest, Address] = Server(
-        transport=_datagram_transport(args),
-        acceptor=DatagramAcceptor(),
-        handler=datagram_log,
-        verifier=verifier,
-        dispatcher=dispatcher,
-        error_policy=error_policy,
-    )
-    return datagram_server, datagram_log
+    return _assemble(_datagram_transport(args), DatagramAcceptor(), datagram_log, verifier, dispatcher), datagram_log
 
 
 AnyPrefork: TypeAlias = "Prefork[socket.socket, Address] | Prefork[DatagramRequest, Address]"
+
+
+def _worker_factory(
+    acceptor: Acceptor[RequestT, Address], handler: HandlerFactory[RequestT, Address], verifier: Verifier[object, object]
+) -> Callable[[Transport[RequestT, Address]], Server[RequestT, Address]]:
+    """What each prefork worker calls to build its server on the inherited socket."""
+
+    def make(transport: Transport[RequestT, Address]) -> Server[RequestT, Address]:
+        return _assemble(transport, acceptor, handler, verifier, PREFORK_POOL(), bind_and_activate=False)
+
+    return make
 
 
 def build_prefork(args: argparse.Namespace) -> AnyPrefork:
@@ -309,33 +325,10 @@ def build_prefork(args: argparse.Namespace) -> AnyPrefork:
     verifier = _verifier(args)  # checked (and CIDRs parsed) in the parent
     workers = args.workers or DEFAULT_WORKERS
     if args.transport in STREAM_TRANSPORTS:
-        stream_log = _stream_log(args)
-
-        def make_stream(transport: Transport[socket.socket, Address]) -> Server[socket.socket, Address]:
-            return Server(
-                transport=transport,
-                acceptor=StreamAcceptor(),
-                handler=stream_log,
-                verifier=verifier,
-                dispatcher=PREFORK_POOL(),
-                error_policy=LoggingErrorPolicy(),
-                bind_and_activate=False,
-            )
-
+        make_stream = _worker_factory(StreamAcceptor(), _stream_log(args), verifier)
         return Prefork(_stream_transport(args), make_stream, workers, drain_timeout=args.grace)
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-
-    def make_datagram(transport: Transport[DatagramRequest, Address]) -> Server[DatagramRequest, Address]:
-        return Server(
-            transport=transport,
-            acceptor=DatagramAcceptor(),
-            handler=datagram_log,
-            verifier=verifier,
-            dispatcher=PREFORK_POOL(),
-            error_policy=LoggingErrorPolicy(),
-            bind_and_activate=False,
-        )
-
+    make_datagram = _worker_factory(DatagramAcceptor(), datagram_log, verifier)
     return Prefork(_datagram_transport(args), make_datagram, workers, drain_timeout=args.grace)
 
 
