@@ -583,10 +583,22 @@ class Server(Generic[RequestT, AddressT]):
         With a non-blocking listener (*batch* > 1) every pending connection
         is taken, up to the batch, so the waker and parked connections still
         get their turn under a flood; a blocking one gets exactly one accept.
+        Only the first accept consults the AcceptErrorPolicy: at the
+        descriptor limit Linux fails accept() with EMFILE even when nothing is
+        pending (the descriptor is allocated first), so a follow-up failure
+        only ends the batch; if connections are really waiting, the listener
+        stays readable and the next wake-up's first accept reports it.
         """
-        for _ in range(batch):
-            if self._shutdown_requested or self._resume_at or not self._handle_request_noblock():
-                break
+        if not self._handle_request_noblock():
+            return
+        for _ in range(batch - 1):
+            if self._shutdown_requested or self._resume_at:
+                return
+            try:
+                request, client_address = self.get_request()
+            except OSError:
+                return
+            self._serve_accepted(request, client_address)
 
     def _listener_nonblocking(self) -> bool:
         try:
@@ -607,19 +619,24 @@ class Server(Generic[RequestT, AddressT]):
             if delay > 0:
                 self._resume_at = time.monotonic() + delay
             return False
+        self._serve_accepted(request, client_address)
+        return True
+
+    def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
+        """Verify, then park or dispatch an accepted request."""
         if self._accept_failing:
             self._accept_failing = False
             self.accept_error_policy.accepted()
         try:
             if not self.verify_request(request, client_address):
                 self.shutdown_request(request)
-                return True
+                return
             parking = self._parking
             if parking is not None and isinstance(request, Socket):
                 budget = self.timeout_policy.budget
                 if budget is not None and budget.first_byte is not None and not _has_data(request):
                     parking.park(request.fileno(), request, client_address, time.monotonic() + budget.first_byte)
-                    return True
+                    return
             self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
@@ -627,7 +644,6 @@ class Server(Generic[RequestT, AddressT]):
         except BaseException:
             self.shutdown_request(request)
             raise
-        return True
 
     def _process_guarded(self, request: RequestT, client_address: AddressT) -> None:
         """process_request() for a parked connection that became readable."""
