@@ -369,9 +369,20 @@ class Prefork(Generic[RequestT, AddressT]):
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
-        pid = os.fork()
+        # Fork with the stop signals blocked: a SIGTERM sent to a worker
+        # before it has installed its own handling must stay pending for its
+        # sigtimedwait, not run the parent's inherited Python handler (which
+        # would swallow it, leaving the worker deaf until SIGKILL).  The
+        # parent's own pending signals arrive when its mask is restored.
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            raise
         if pid == 0:
-            self._worker_main()  # never returns
+            self._worker_main()  # never returns; its signals stay blocked
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         try:
             pidfd = os.pidfd_open(pid)
         except (OSError, AttributeError):
