@@ -290,6 +290,29 @@ class TestPrefork:
                 proc.wait()
 
 
+class TestStopRace:
+    @pytest.mark.timeout(60)
+    def test_stop_while_workers_start_reaches_every_worker(self) -> None:
+        """A stop that lands while workers are being forked still reaches each of
+        them at once (a worker must never inherit the parent's handler and lose
+        the SIGTERM), so the supervisor never falls back to SIGKILL."""
+        if threading.current_thread() is not threading.main_thread():
+            pytest.skip("needs the main thread: the supervisor installs its signal handlers there")
+        stop_timeout = 3.0
+        worst = 0.0
+        for attempt in range(10):
+            prefork = _tcp(workers=2, stop_timeout=stop_timeout)
+            # From 0 to ~4.5 ms after the start: while the workers are forked.
+            timer = threading.Timer(attempt * 0.0005, prefork.stop)
+            with prefork:
+                timer.start()
+                started = time.monotonic()
+                prefork.serve_forever()
+                worst = max(worst, time.monotonic() - started)
+            timer.join()
+        assert worst < stop_timeout / 2, f"a worker needed SIGKILL: stop took {worst:.2f} s"
+
+
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in os.listdir(f"/proc/{pid}/task"):
