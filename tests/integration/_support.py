@@ -25,13 +25,16 @@ import enum
 import errno
 import itertools
 import os
+import queue
+import re
 import select
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from typing import IO, Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 import attrs
 
@@ -56,6 +59,7 @@ from composable_server import (
 )
 
 __all__ = (
+    "OutputProcess",
     "AnyServer",
     "Background",
     "CLIENT_TIMEOUT",
@@ -574,3 +578,60 @@ def assert_no_children() -> None:
     except ChildProcessError:
         return
     raise AssertionError(f"a child process is left behind (waitpid: pid {pid}, status {status})")
+
+
+class OutputProcess:
+    """A subprocess whose stdout or stderr is read line by line in a thread.
+
+    Every wait on it is bounded by *wait* seconds: a child that hangs fails
+    the test with what it printed, instead of hanging the run.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        read: Literal["stdout", "stderr"],
+        cwd: Path | None = None,
+        wait: float = 10.0,
+    ) -> None:
+        self.wait = wait
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        stream = self.proc.stdout if read == "stdout" else self.proc.stderr
+        assert stream is not None
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str | re.Pattern[str]) -> re.Match[str]:
+        """Wait (bounded) for an output line matching *pattern*."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        while True:
+            try:
+                line = self._queue.get(timeout=self.wait)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {regex.pattern!r} in {self.lines}") from None
+            if line is None:
+                raise AssertionError(f"exited ({self.proc.wait(self.wait)}) before {regex.pattern!r}: {self.lines}")
+            match = regex.search(line)
+            if match:
+                return match
+
+    def close(self) -> None:
+        """Kill the process if it still runs, reap it, close the pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(self.wait)
+        self._reader.join(self.wait)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()

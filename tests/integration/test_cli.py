@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 import pytest
+
+from ._support import OutputProcess
 
 WAIT: Final = 10.0  # seconds: every wait for the child is bounded by this
 LISTENING: Final = re.compile(r"listening on (\S+) (\S+)")
@@ -26,43 +26,11 @@ DISPATCH: Final = ("sync", "threading", "forking", "pool", "prefork")
 ClientAddress = tuple[str, int] | str
 
 
-class ServeProcess:
-    """A ``serve`` subprocess whose stderr is read line by line in a thread."""
+class ServeProcess(OutputProcess):
+    """A ``serve`` subprocess whose stderr (its log) is read line by line."""
 
     def __init__(self, args: list[str], cwd: Path | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "composable_server", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=cwd,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        assert self.proc.stderr is not None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str | re.Pattern[str]) -> re.Match[str]:
-        """Wait (bounded) for a stderr line matching *pattern*."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        while True:
-            try:
-                line = self._queue.get(timeout=WAIT)
-            except queue.Empty:
-                raise AssertionError(f"no line matching {regex.pattern!r} in {self.lines}") from None
-            if line is None:
-                raise AssertionError(f"exited ({self.proc.wait(WAIT)}) before {regex.pattern!r}: {self.lines}")
-            match = regex.search(line)
-            if match:
-                return match
+        super().__init__([sys.executable, "-m", "composable_server", *args], read="stderr", cwd=cwd, wait=WAIT)
 
     def address(self) -> tuple[str, ClientAddress]:
         """Wait for the startup line; return (transport, address to connect to)."""
@@ -80,16 +48,6 @@ class ServeProcess:
             return self.proc.wait(WAIT)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"still running {WAIT} s after {signal.Signals(sig).name}: {self.lines}") from None
-
-    def close(self) -> None:
-        """Kill the process if it still runs and reap it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        self._reader.join(WAIT)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @contextmanager

@@ -2,58 +2,34 @@
 
 from __future__ import annotations
 
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
+
+from ._support import OutputProcess
 
 EXAMPLES: Final = Path(__file__).resolve().parents[2] / "examples"
 WAIT: Final = 10.0  # seconds: every wait for a child is bounded by this
 ADDRESS: Final = re.compile(r"(?:listening on |at http://)([\d.]+):(\d+)")
 
 
-class Background:
-    """An example server in a subprocess; stdout is read line by line in a thread."""
+class Background(OutputProcess):
+    """An example server in a subprocess; stdout is read line by line."""
 
     def __init__(self, script: str, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        assert self.proc.stdout is not None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
+        super().__init__([sys.executable, str(EXAMPLES / script), *args], read="stdout", wait=WAIT)
 
     def address(self) -> tuple[str, int]:
         """Wait (bounded) for the line naming the bound address."""
-        while True:
-            try:
-                line = self._queue.get(timeout=WAIT)
-            except queue.Empty:
-                raise AssertionError(f"no address printed: {self.lines}") from None
-            assert line is not None, f"exited before printing its address: {self.lines}"
-            match = ADDRESS.search(line)
-            if match:
-                return match.group(1), int(match.group(2))
+        match = self.wait_for(ADDRESS)
+        return match.group(1), int(match.group(2))
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM; return the exit status and everything printed."""
@@ -61,16 +37,6 @@ class Background:
         status = self.proc.wait(WAIT)
         self._reader.join(WAIT)
         return status, "".join(self.lines)
-
-    def close(self) -> None:
-        """Kill if still running, reap, close the pipes."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        self._reader.join(WAIT)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @contextmanager
