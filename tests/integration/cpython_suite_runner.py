@@ -43,13 +43,13 @@ class RecordingResult(unittest.TextTestResult):
     """A text result that also records one outcome per test id."""
 
     outcomes: dict[str, Outcome]
-    durations: dict[str, float]
+    test_seconds: dict[str, float]
     details: dict[str, str]
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # forwarded as TextTestRunner passes them
         self.outcomes = {}
-        self.durations = {}
+        self.test_seconds = {}
         self.details = {}
         self._started: dict[str, float] = {}
 
@@ -70,7 +70,7 @@ class RecordingResult(unittest.TextTestResult):
         super().stopTest(test)
         started = self._started.pop(test.id(), None)
         if started is not None:
-            self.durations[test.id()] = round(time.monotonic() - started, 3)
+            self.test_seconds[test.id()] = round(time.monotonic() - started, 3)
 
     def addSuccess(self, test: unittest.TestCase) -> None:
         super().addSuccess(test)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "swapped": _bound_to(compat) if compat is not None else [],
         "compat_file": None if compat is None else compat.__file__,
         "outcomes": result.outcomes,
-        "durations": result.durations,
+        "durations": result.test_seconds,
         "details": result.details,
     }
     with open(args.output, "w", encoding="utf-8") as file:
