@@ -59,6 +59,7 @@ from ._socketutil import Waker
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import Transport
 from .server import Server
+from .systemd import Notifier, WatchdogHeartbeat
 
 _logger = logging.getLogger("composable_server.prefork")
 
@@ -145,6 +146,9 @@ class Prefork(Generic[RequestT, AddressT]):
             before it SIGKILLs them.
         poll_interval: each worker's ``serve_forever(poll_interval)``.
         bind_and_activate: bind and listen now.
+        notifier: tell systemd (sd_notify) ``READY=1`` once the workers are
+            forked, ``STOPPING=1`` when a stop begins, and ``WATCHDOG=1`` from
+            the supervisor's loop while it turns (when systemd asks for it).
 
     Raises:
         BindError: the address could not be bound.
@@ -159,6 +163,7 @@ class Prefork(Generic[RequestT, AddressT]):
     stop_timeout: float = attrs.field(default=10.0, kw_only=True, validator=attrs.validators.ge(0))
     poll_interval: float = attrs.field(default=0.5, kw_only=True, validator=attrs.validators.gt(0))
     bind_and_activate: bool = attrs.field(default=True, kw_only=True)
+    notifier: Notifier | None = attrs.field(default=None, kw_only=True)
 
     _waker: Waker = attrs.field(init=False, factory=Waker)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
@@ -229,9 +234,15 @@ class Prefork(Generic[RequestT, AddressT]):
         try:
             for _ in range(self.workers):
                 self._spawn()
+            if self.notifier is not None:
+                self.notifier.ready(f"{self.workers} workers serving {self.server_address!r}")
             self._supervise()
         finally:
             try:
+                if self.notifier is not None:
+                    # Here, not in stop(): that may run in a signal handler,
+                    # which must not wait for the notifier's lock.
+                    self.notifier.stopping(f"stopping {len(self.pids)} workers")
                 self._stop_workers()
             finally:
                 self._restore_signal_handlers(previous)
@@ -300,6 +311,8 @@ class Prefork(Generic[RequestT, AddressT]):
 
     def _supervise(self) -> None:
         waker_fd = self._waker.fileno()
+        # The watchdog pings from this loop, so they stop if it wedges.
+        heartbeat: WatchdogHeartbeat | None = None if self.notifier is None else self.notifier.heartbeat()
         while not self._stop_requested:
             poller = select.poll()
             poller.register(waker_fd, select.POLLIN)
@@ -310,7 +323,11 @@ class Prefork(Generic[RequestT, AddressT]):
                         poller.register(pidfd, select.POLLIN)
                     else:
                         sweep = True
-            poller.poll(_SWEEP_INTERVAL * 1000.0 if sweep else None)
+            timeout = _SWEEP_INTERVAL if sweep else None
+            if heartbeat is not None:
+                heartbeat.beat()
+                timeout = heartbeat.interval / 2 if timeout is None else min(timeout, heartbeat.interval / 2)
+            poller.poll(None if timeout is None else timeout * 1000.0)
             self._waker.drain()
             if self._stopping():
                 return
