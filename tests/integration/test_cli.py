@@ -343,3 +343,231 @@ def test_unix_socket_file_is_removed(tmp_path: Path) -> None:
         assert (tmp_path / "s.sock").exists()
         assert proc.stop() == 0
     assert not os.path.exists(tmp_path / "s.sock")
+
+
+# -- operations: TLS, budgets, pool size, pid file, privileges, version ---------------------
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Path]:
+    """A test-time CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client@example.org")
+    files = {
+        "ca": tmp_path / "ca.pem",
+        "cert": tmp_path / "server.pem",
+        "key": tmp_path / "server.key",
+        "client": tmp_path / "client.pem",
+    }
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    server.private_key_pem.write_to_path(str(files["key"]))
+    client.private_key_and_cert_chain_pem.write_to_path(str(files["client"]))
+    return files
+
+
+def curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A real client, bounded; no proxy from the environment."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    return subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", str(WAIT), *args, url],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+needs_curl = pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="curl is not installed")
+
+
+@needs_curl
+class TestTLS:
+    @pytest.mark.parametrize("dispatch", ["threading", "prefork"])
+    def test_https_with_curl(self, dispatch: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+        """`--certfile/--keyfile` serve HTTPS that curl verifies against the test CA."""
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "hello.txt").write_text("hello over tls\n")
+        tls = ["--certfile", str(tls_files["cert"]), "--keyfile", str(tls_files["key"])]
+        with serve("--port", "0", "--service", "http", "--directory", str(site), "--dispatch", dispatch, *tls) as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            result = curl(f"https://127.0.0.1:{address[1]}/hello.txt", "--cacert", str(tls_files["ca"]))
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == "hello over tls\n"
+            # Without the CA, curl refuses the certificate: it is really checked.
+            assert curl(f"https://127.0.0.1:{address[1]}/hello.txt").returncode != 0
+            assert proc.stop() == 0
+
+    def test_client_certificates_required(self, tls_files: dict[str, Path], tmp_path: Path) -> None:
+        """`--ca-certs` refuses a client without a certificate and serves one with a certificate from that CA."""
+        (tmp_path / "x.txt").write_text("mutual\n")
+        tls = ["--certfile", str(tls_files["cert"]), "--keyfile", str(tls_files["key"])]
+        site = ["--service", "http", "--directory", str(tmp_path), "--dispatch", "threading"]
+        with serve("--port", "0", *site, *tls, "--ca-certs", str(tls_files["ca"])) as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            url = f"https://127.0.0.1:{address[1]}/x.txt"
+            assert curl(url, "--cacert", str(tls_files["ca"])).returncode != 0
+            proc.wait_for("TLS handshake with .* failed")
+            result = curl(url, "--cacert", str(tls_files["ca"]), "--cert", str(tls_files["client"]))
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == "mutual\n"
+            assert proc.stop() == 0
+
+    def test_line_service_over_tls_with_openssl(self, tls_files: dict[str, Path]) -> None:
+        """`openssl s_client` gets the upper-cased line over TLS."""
+        with serve("--port", "0", "--certfile", str(tls_files["cert"]), "--keyfile", str(tls_files["key"])) as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            client = ["openssl", "s_client", "-quiet", "-verify_return_error", "-CAfile", str(tls_files["ca"])]
+            result = subprocess.run(
+                [*client, "-connect", f"127.0.0.1:{address[1]}"],
+                input="over tls\n",
+                capture_output=True,
+                text=True,
+                timeout=WAIT * 2,
+            )
+            assert "OVER TLS" in result.stdout, result.stderr
+            assert proc.stop() == 0
+
+    def test_unreadable_certificate_is_a_usage_error(self, tmp_path: Path) -> None:
+        """A certificate file that cannot be loaded: status 2 and one line."""
+        (tmp_path / "bad.pem").write_text("not a certificate\n")
+        result = run_cli("serve", "--port", "0", "--certfile", str(tmp_path / "bad.pem"))
+        assert result.returncode == 2
+        assert_one_line_error(result, "cannot load the TLS certificate or key")
+
+
+def _status_ids(pid: int) -> tuple[int, int]:
+    """The real uid and gid of process *pid* (from /proc)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+class TestOperations:
+    def test_version(self) -> None:
+        """`--version` prints the program name and the installed version."""
+        from importlib.metadata import version
+
+        result = run_cli("--version")
+        assert result.returncode == 0
+        assert result.stdout.strip() == f"composable-server {version('composable-server')}"
+
+    def test_max_line(self) -> None:
+        """`--max-line 4` reads at most four bytes as the request line."""
+        with serve("--port", "0", "--max-line", "4") as proc:
+            _, address = proc.address()
+            assert ask("tcp", address, b"hello\n") == b"HELL"
+            assert proc.stop() == 0
+
+    @pytest.mark.parametrize("dispatch", ["pool", "prefork"])
+    def test_threads(self, dispatch: str) -> None:
+        """`--threads 2` sizes the pool; every request of a small burst is answered."""
+        with serve("--port", "0", "--dispatch", dispatch, "--threads", "2", "--backlog", "16") as proc:
+            _, address = proc.address()
+            for i in range(8):
+                assert ask("tcp", address, b"n%d\n" % i) == b"N%d\n" % i
+            assert proc.stop() == 0
+
+    def test_first_byte_timeout(self) -> None:
+        """`--first-byte-timeout`: a silent connection is closed unanswered; a talking one is served."""
+        with serve("--port", "0", "--dispatch", "pool", "--first-byte-timeout", "0.3") as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            with socket.create_connection(address, timeout=WAIT) as silent:
+                assert read_to_eof(silent) == b""
+            proc.wait_for("first_byte limit of 0.3 s exceeded")
+            assert ask("tcp", address, b"talk\n") == b"TALK\n"
+            assert proc.stop() == 0
+
+    @pytest.mark.parametrize(("option", "limit"), [("--idle-timeout", "idle"), ("--lifetime", "lifetime")])
+    def test_idle_and_lifetime(self, option: str, limit: str) -> None:
+        """`--idle-timeout` and `--lifetime` cut a client that stops half-way through its line."""
+        with serve("--port", "0", "--dispatch", "threading", option, "0.3") as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            with socket.create_connection(address, timeout=WAIT) as sock:
+                sock.sendall(b"half a li")
+                assert read_to_eof(sock) == b""
+            if limit == "lifetime":
+                proc.wait_for("lifetime limit of 0.3 s exceeded")
+            else:
+                proc.wait_for("timed out")
+            assert proc.stop() == 0
+
+    @pytest.mark.parametrize("dispatch", ["sync", "prefork"])
+    def test_pid_file(self, dispatch: str, tmp_path: Path) -> None:
+        """`--pid-file` holds the server's pid while it runs and is removed on exit."""
+        pid_file = tmp_path / "server.pid"
+        with serve("--port", "0", "--dispatch", dispatch, "--pid-file", str(pid_file)) as proc:
+            proc.address()
+            assert pid_file.read_text() == f"{proc.proc.pid}\n"
+            assert proc.stop() == 0
+        assert not pid_file.exists()
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="only root can switch users")
+    @pytest.mark.parametrize("dispatch", ["threading", "prefork"])
+    def test_user_and_group(self, dispatch: str, tmp_path: Path) -> None:
+        """`--user nobody --group nogroup` binds as root, then serves as nobody, in prefork workers too."""
+        import grp
+        import pwd
+
+        try:
+            nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+        except KeyError:
+            pytest.skip("no nobody/nogroup here")
+        with serve("--port", "0", "--dispatch", dispatch, "--user", "nobody", "--group", "nogroup") as proc:
+            _, address = proc.address()
+            assert ask("tcp", address, b"who\n") == b"WHO\n"
+            assert _status_ids(proc.proc.pid) == (nobody, nogroup)
+            if dispatch == "prefork":
+                workers = _children(proc.proc.pid)
+                assert workers
+                assert all(_status_ids(pid) == (nobody, nogroup) for pid in workers)
+            assert proc.stop() == 0
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="only root can switch users")
+    def test_unix_socket_handed_to_the_user(self, short_tmp_path: Path) -> None:
+        """With `--user`, the Unix socket file the server created belongs to that user."""
+        import pwd
+
+        try:
+            nobody = pwd.getpwnam("nobody").pw_uid
+        except KeyError:
+            pytest.skip("no nobody here")
+        path = short_tmp_path / "s.sock"
+        with serve("--transport", "unix", "--path", str(path), "--user", "nobody") as proc:
+            proc.address()
+            assert path.stat().st_uid == nobody
+            assert proc.stop() == 0
+
+    @pytest.mark.parametrize(
+        ("args", "needle"),
+        [
+            (["--user", "no-such-user-here"], "no such user"),
+            (["--group", "no-such-group-here"], "no such group"),
+            (["--threads", "4"], "--threads applies only to --dispatch pool and prefork"),
+            (["--threads", "0"], ">= 1"),
+            (["--transport", "udp", "--idle-timeout", "1"], "--idle-timeout applies only to stream transports"),
+            (["--transport", "udp", "--backlog", "8"], "--backlog applies only to stream transports"),
+            (["--first-byte-timeout", "0"], "> 0"),
+            (["--keyfile", "k.pem"], "--keyfile needs --certfile"),
+            (["--service", "http", "--max-line", "10"], "--max-line applies to the line services"),
+            (["--systemd-name", "web"], "--systemd-name applies only to --systemd"),
+            (["--systemd", "--port", "80"], "--port does not apply to --systemd"),
+        ],
+    )
+    def test_bad_operation_options(self, args: list[str], needle: str) -> None:
+        """A bad operations option gives status 2 and one line naming it."""
+        result = run_cli("serve", *args)
+        assert result.returncode == 2
+        assert_one_line_error(result, needle)
