@@ -720,29 +720,36 @@ def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace, no
         parser.error(_one_line(exc))
     except OSError as exc:
         return _os_failure(exc)
-    with prefork:
-        try:
+    # Until serve_forever() installs its own handlers: a stop signal after
+    # the startup line (scripts wait for it, then may signal at once) makes
+    # serve_forever() return at once, instead of killing the process.
+    early = {sig: signal.signal(sig, lambda signum, frame: prefork.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with prefork:
             pid_file = _after_bind(args, prefork.server_address)
-        except OSError as exc:
-            return _os_failure(exc)
-        _logger.info(
-            "listening on %s %s (service %s, dispatch prefork, %d workers, pid %d)",
-            args.transport,
-            format_address(prefork.server_address),
-            args.service,
-            prefork.workers,
-            os.getpid(),
-        )
-        try:
-            # In the main thread: SIGTERM/SIGINT stop every worker, each
-            # draining its requests for up to --grace seconds.
-            prefork.serve_forever()
-        except RestartLimitError as exc:
-            _logger.error("%s", exc)
-            return 1
-        finally:
-            pid_file.remove()
-            notifier.close()
+            _logger.info(
+                "listening on %s %s (service %s, dispatch prefork, %d workers, pid %d)",
+                args.transport,
+                format_address(prefork.server_address),
+                args.service,
+                prefork.workers,
+                os.getpid(),
+            )
+            try:
+                # In the main thread: SIGTERM/SIGINT stop every worker, each
+                # draining its requests for up to --grace seconds.
+                prefork.serve_forever()
+            finally:
+                pid_file.remove()
+    except RestartLimitError as exc:
+        _logger.error("%s", exc)
+        return 1
+    except OSError as exc:  # from _after_bind: the pid file, or dropping privileges
+        return _os_failure(exc)
+    finally:
+        for sig, handler in early.items():
+            signal.signal(sig, handler)
+        notifier.close()
     _logger.info("stopped")
     return 0
 
