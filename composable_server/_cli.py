@@ -720,10 +720,18 @@ def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace, no
         parser.error(_one_line(exc))
     except OSError as exc:
         return _os_failure(exc)
-    # Until serve_forever() installs its own handlers: a stop signal after
-    # the startup line (scripts wait for it, then may signal at once) makes
-    # serve_forever() return at once, instead of killing the process.
-    early = {sig: signal.signal(sig, lambda signum, frame: prefork.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Until serve_forever() installs its own handlers: a signal after the
+    # startup line (scripts wait for it, then may signal at once) is acted
+    # on, instead of killing the process (SIGTERM/SIGINT: serve_forever()
+    # returns at once; SIGHUP, SIGTTIN, SIGTTOU: done once it runs).
+    actions: dict[signal.Signals, Callable[[], None]] = {
+        signal.SIGTERM: prefork.stop,
+        signal.SIGINT: prefork.stop,
+        signal.SIGHUP: prefork.reload,
+        signal.SIGTTIN: prefork.add_worker,
+        signal.SIGTTOU: prefork.remove_worker,
+    }
+    early = {sig: signal.signal(sig, lambda signum, frame: actions[signal.Signals(signum)]()) for sig in actions}
     try:
         with prefork:
             pid_file = _after_bind(args, prefork.server_address)

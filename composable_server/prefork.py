@@ -22,6 +22,15 @@ self-pipe that :meth:`Prefork.stop` writes to:
   seconds, in which case the supervisor stops every worker and
   :meth:`Prefork.serve_forever` raises :class:`RestartLimitError` (a crash
   loop must not become a fork bomb);
+* :meth:`Prefork.reload` (or SIGHUP): a rolling restart.  A fresh worker is
+  forked for each one running, then the old ones are sent SIGTERM and drain
+  (those requests in flight finish; nothing queued is lost, since every
+  generation polls the same listening socket and a connection waits in its
+  queue until some worker accepts it).  Retiring workers are not replaced
+  when they exit;
+* :meth:`Prefork.add_worker` / :meth:`Prefork.remove_worker` (or
+  SIGTTIN/SIGTTOU): one worker more, or one fewer (never below one; the
+  removed one drains);
 * :meth:`Prefork.stop` (or SIGTERM/SIGINT to the parent, when
   ``serve_forever`` runs in the main thread): every worker is sent SIGTERM;
   each drains (stops accepting, lets requests in flight finish for up to
@@ -76,6 +85,8 @@ _Handler: TypeAlias = Callable[[int, FrameType | None], object] | int | None
 
 # Signals that ask the supervisor (and each worker) to stop gracefully.
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
+# Signals the supervisor alone acts on: a rolling restart, one worker more or fewer.
+_CONTROL_SIGNALS: Final = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
 # How often a worker checks that its parent still exists.
 _PARENT_CHECK: Final = 0.5
 # Without pidfds, how often the supervisor sweeps its children.
@@ -173,6 +184,12 @@ class Prefork(Generic[RequestT, AddressT]):
     _restarts: int = attrs.field(init=False, default=0)
     _running: bool = attrs.field(init=False, default=False)
     _stop_requested: bool = attrs.field(init=False, default=False)
+    # Set from signal handlers and other threads, acted on by the supervisor loop.
+    _reload_requested: bool = attrs.field(init=False, default=False)
+    _resize_requested: int = attrs.field(init=False, default=0)
+    # Workers told to drain and exit (reload, remove_worker): not replaced.
+    _retiring: set[int] = attrs.field(init=False, factory=set)
+    _supervisor_pid: int = attrs.field(init=False, factory=os.getpid)
     _stopped: threading.Event = attrs.field(init=False, factory=threading.Event)
     _bound: bool = attrs.field(init=False, default=False)
     _closed: bool = attrs.field(init=False, default=False)
@@ -261,6 +278,24 @@ class Prefork(Generic[RequestT, AddressT]):
         self._stop_requested = True
         self._waker.wake()
 
+    def reload(self) -> None:
+        """Ask :meth:`serve_forever` for a rolling restart: new workers first,
+        then the old ones drain and exit.  Safe from any thread and from a
+        signal handler (SIGHUP); does not wait."""
+        self._reload_requested = True
+        self._waker.wake()
+
+    def add_worker(self) -> None:
+        """Ask for one worker more (SIGTTIN).  Safe from any thread and from a signal handler."""
+        self._resize_requested += 1
+        self._waker.wake()
+
+    def remove_worker(self) -> None:
+        """Ask for one worker fewer, never below one (SIGTTOU); it drains before
+        it exits.  Safe from any thread and from a signal handler."""
+        self._resize_requested -= 1
+        self._waker.wake()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until :meth:`serve_forever` is not running; True if so."""
         return self._stopped.wait(timeout)
@@ -332,7 +367,47 @@ class Prefork(Generic[RequestT, AddressT]):
             if self._stopping():
                 return
             for pid in self._reap():
-                self._replace(pid)
+                if pid in self._retiring:
+                    self._retiring.discard(pid)
+                elif len(self._serving()) < self.workers:
+                    self._replace(pid)
+            self._control()
+
+    def _serving(self) -> list[int]:
+        """The live workers that are not retiring."""
+        with self._lock:
+            return [pid for pid in self._pids if pid not in self._retiring]
+
+    def _control(self) -> None:
+        """Act on reload(), add_worker() and remove_worker() requests."""
+        resize, self._resize_requested = self._resize_requested, 0
+        if resize:
+            self.workers = max(1, self.workers + resize)
+            serving = self._serving()
+            for _ in range(self.workers - len(serving)):
+                self._spawn()
+            for pid in serving[: max(0, len(serving) - self.workers)]:
+                self._retire(pid)
+            _logger.info("now %d workers", self.workers)
+            if self.notifier is not None:
+                self.notifier.status(f"{self.workers} workers serving {self.server_address!r}")
+        if self._reload_requested:
+            self._reload_requested = False
+            old = self._serving()
+            _logger.info("reload: starting %d new workers, then retiring %d", self.workers, len(old))
+            if self.notifier is not None:
+                self.notifier.reloading(f"reloading: replacing {len(old)} workers")
+            for _ in range(self.workers):
+                self._spawn()
+            for pid in old:
+                self._retire(pid)
+            if self.notifier is not None:
+                self.notifier.ready(f"{self.workers} workers serving {self.server_address!r}")
+
+    def _retire(self, pid: int) -> None:
+        """Tell one worker to drain and exit, and not to be replaced."""
+        self._retiring.add(pid)
+        _kill(pid, signal.SIGTERM)
 
     def _stopping(self) -> bool:
         # A method, not the attribute: another thread (or a signal handler)
@@ -421,8 +496,20 @@ class Prefork(Generic[RequestT, AddressT]):
             )
             self.stop()
 
+        def on_control(signum: int, frame: FrameType | None) -> None:
+            if os.getpid() != self._supervisor_pid:
+                return  # inherited by a worker: the supervisor's business only
+            if signum == signal.SIGHUP:
+                self.reload()
+            elif signum == signal.SIGTTIN:
+                self.add_worker()
+            else:
+                self.remove_worker()
+
         for signum in _STOP_SIGNALS:
             previous[signum] = signal.signal(signum, on_signal)
+        for signum in _CONTROL_SIGNALS:
+            previous[signum] = signal.signal(signum, on_control)
         return previous
 
     def _restore_signal_handlers(self, previous: dict[signal.Signals, _Handler] | None) -> None:

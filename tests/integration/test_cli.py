@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -571,3 +573,115 @@ class TestOperations:
         result = run_cli("serve", *args)
         assert result.returncode == 2
         assert_one_line_error(result, needle)
+
+
+# -- prefork reloads under load -------------------------------------------------------------
+
+
+class Load:
+    """*clients* threads, each connecting once per request, until stopped;
+    every reply is checked, every failure recorded with its reason."""
+
+    def __init__(self, address: tuple[str, int], clients: int = 16) -> None:
+        self.address = address
+        self.ok = 0
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._progress = threading.Condition(self._lock)
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, client: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            payload = b"c%d r%d\n" % (client, n)
+            n += 1
+            try:
+                with socket.create_connection(self.address, timeout=WAIT) as sock:
+                    sock.sendall(payload)
+                    reply = read_to_eof(sock)
+                outcome = None if reply == payload.upper() else f"wrong reply {reply!r} to {payload!r}"
+            except OSError as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                if outcome is None:
+                    self.ok += 1
+                else:
+                    self.failures.append(outcome)
+                self._progress.notify_all()
+
+    def wait_for_more(self, count: int) -> None:
+        """Wait (bounded) until *count* more requests have been answered."""
+        with self._lock:
+            target = self.ok + count
+            assert self._progress.wait_for(lambda: self.ok >= target or bool(self.failures), WAIT), self.ok
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(WAIT * 2)
+
+
+def _child_states(pid: int) -> dict[int, str]:
+    """The supervisor's children and their states (``Z``: exited, not yet reaped)."""
+    states = {}
+    for child in _children(pid):
+        try:
+            states[child] = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            continue  # reaped between the two reads
+    return states
+
+
+def _workers_of(pid: int) -> set[int]:
+    """The supervisor's live children."""
+    return {child for child, state in _child_states(pid).items() if state != "Z"}
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) for a condition of /proc that nothing notifies us of."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {WAIT} s: {what}"
+        time.sleep(0.02)
+
+
+class TestPreforkReload:
+    @pytest.mark.timeout(120)
+    def test_sighup_sigttin_sigttou_under_load_drop_nothing(self) -> None:
+        """16 clients connecting per request through three SIGHUP rolling restarts,
+        a SIGTTIN and a SIGTTOU: every request answered, none failed, every old
+        worker gone and reaped, the worker count followed."""
+        with serve("--port", "0", "--dispatch", "prefork", "--workers", "2", "--grace", "20") as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            supervisor = proc.proc.pid
+            _until(lambda: len(_workers_of(supervisor)) == 2, "two workers")
+            load = Load(address)
+            try:
+                load.wait_for_more(100)
+                for _ in range(3):
+                    old = _workers_of(supervisor)
+                    proc.proc.send_signal(signal.SIGHUP)
+                    proc.wait_for("reload: starting 2 new workers, then retiring 2")
+                    _until(lambda: not old & _workers_of(supervisor), "the old generation exited")
+                    _until(lambda: len(_workers_of(supervisor)) == 2, "two new workers")
+                    load.wait_for_more(100)
+                proc.proc.send_signal(signal.SIGTTIN)
+                proc.wait_for("now 3 workers")
+                _until(lambda: len(_workers_of(supervisor)) == 3, "three workers")
+                load.wait_for_more(100)
+                proc.proc.send_signal(signal.SIGTTOU)
+                proc.wait_for("now 2 workers")
+                _until(lambda: len(_workers_of(supervisor)) == 2, "two workers again")
+                load.wait_for_more(100)
+                # An exited worker is a zombie until the supervisor reaps it: briefly.
+                _until(lambda: "Z" not in _child_states(supervisor).values(), "every exited worker reaped")
+            finally:
+                load.stop()
+            assert load.failures == []
+            assert load.ok >= 600
+            assert proc.stop() == 0
+        assert not any("Traceback" in line for line in proc.lines), proc.lines

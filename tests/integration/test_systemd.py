@@ -481,3 +481,29 @@ class TestNotify:
                 assert listener.next() == {"STOPPING": "1"}
             finally:
                 notifier.close()
+
+
+class TestNotifyReload:
+    @pytest.mark.timeout(30)
+    def test_sighup_reloading_then_ready(self, short_tmp_path: Path) -> None:
+        """A prefork SIGHUP sends RELOADING=1 with MONOTONIC_USEC= (CLOCK_MONOTONIC, now), then READY=1;
+        the order over the whole run is READY, RELOADING, READY, STOPPING."""
+        path = str(short_tmp_path / "notify.sock")
+        with notify_listener(path) as listener:
+            proc = notified(path, "--dispatch", "prefork", "--workers", "2")
+            try:
+                assert listener.next()["READY"] == "1"
+                proc.wait_for(LISTENING)
+                before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                proc.proc.send_signal(signal.SIGHUP)
+                reloading = listener.next()
+                after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                assert reloading["RELOADING"] == "1"
+                assert before <= int(reloading["MONOTONIC_USEC"]) <= after
+                assert listener.next()["READY"] == "1"
+                proc.proc.send_signal(signal.SIGTERM)
+                assert listener.next()["STOPPING"] == "1"
+                assert proc.proc.wait(WAIT) == 0
+            finally:
+                proc.close()
+        assert [next(iter(fields)) for _, fields in listener.messages] == ["READY", "RELOADING", "READY", "STOPPING"]
