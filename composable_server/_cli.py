@@ -71,7 +71,7 @@ from .interfaces import (
     Verifier,
 )
 from .policies import DEFAULT_BUDGET, Budget, ConnectionTimeouts, LoggingErrorPolicy
-from .prefork import DEFAULT_WORKERS, Prefork, RestartLimitError
+from .prefork import DEFAULT_WORKERS, HANDOVER_FDNAME, READY_FD_VARIABLE, Prefork, RestartLimitError
 from .server import Server
 from .systemd import (
     IP_FAMILIES,
@@ -369,6 +369,11 @@ def _activated(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject option combinations that cannot work, with one line each."""
     args.inherited = None
+    if os.environ.get("LISTEN_FDNAMES") == HANDOVER_FDNAME and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        # Re-executed by our predecessor (SIGUSR2): its socket is fd 3, and
+        # the address options describe what it bound.
+        args.systemd, args.systemd_name = True, HANDOVER_FDNAME
+        args.host = args.port = args.path = args.backlog = None
     if args.systemd_name is not None and not args.systemd:
         parser.error("--systemd-name applies only to --systemd")
     if args.systemd:
@@ -581,12 +586,28 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
     """
     verifier = _verifier(args)  # checked (and CIDRs parsed) in the parent
     workers = args.workers or DEFAULT_WORKERS
+    # SIGUSR2 runs this same command line again, on the handed-over socket.
+    reexec_argv = (sys.executable, *sys.orig_argv[1:])
     if args.transport in STREAM_TRANSPORTS:
         make_stream = _worker_factory(StreamAcceptor(), _stream_log(args), verifier, args)
-        return Prefork(_stream_transport(args), make_stream, workers, drain_timeout=args.grace, notifier=notifier)
+        return Prefork(
+            _stream_transport(args),
+            make_stream,
+            workers,
+            drain_timeout=args.grace,
+            notifier=notifier,
+            reexec_argv=reexec_argv,
+        )
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
     make_datagram = _worker_factory(DatagramAcceptor(), datagram_log, verifier, args)
-    return Prefork(_datagram_transport(args), make_datagram, workers, drain_timeout=args.grace, notifier=notifier)
+    return Prefork(
+        _datagram_transport(args),
+        make_datagram,
+        workers,
+        drain_timeout=args.grace,
+        notifier=notifier,
+        reexec_argv=reexec_argv,
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -690,6 +711,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     notifier = Notifier.from_environment()
+    ready_fd = os.environ.pop(READY_FD_VARIABLE, None)
+    if ready_fd is not None and ready_fd.isdigit():
+        notifier.ready_fd = int(ready_fd)  # our predecessor waits for "ready" on it
+        os.set_inheritable(notifier.ready_fd, False)
     if args.dispatch == "prefork":
         return _serve_prefork(parser, args, notifier)
     heartbeat = notifier.heartbeat()
@@ -730,6 +755,7 @@ def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace, no
         signal.SIGHUP: prefork.reload,
         signal.SIGTTIN: prefork.add_worker,
         signal.SIGTTOU: prefork.remove_worker,
+        signal.SIGUSR2: prefork.reexec,
     }
     early = {sig: signal.signal(sig, lambda signum, frame: actions[signal.Signals(signum)]()) for sig in actions}
     try:
@@ -758,7 +784,7 @@ def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace, no
         for sig, handler in early.items():
             signal.signal(sig, handler)
         notifier.close()
-    _logger.info("stopped")
+    _logger.info("handed over to the new generation; stopped" if prefork.handed_over else "stopped")
     return 0
 
 

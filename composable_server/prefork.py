@@ -31,6 +31,15 @@ self-pipe that :meth:`Prefork.stop` writes to:
 * :meth:`Prefork.add_worker` / :meth:`Prefork.remove_worker` (or
   SIGTTIN/SIGTTOU): one worker more, or one fewer (never below one; the
   removed one drains);
+* :meth:`Prefork.reexec` (or SIGUSR2), with *reexec_argv*: run the program
+  again (new code), handing the listening socket over as fd 3 with
+  ``LISTEN_FDS=1``, ``LISTEN_PID`` and ``LISTEN_FDNAMES=`` :data:`HANDOVER_FDNAME`
+  (socket activation by ourselves), and a pipe in :data:`READY_FD_VARIABLE`.
+  The new supervisor writes to that pipe once its workers are forked; the
+  old one then tells systemd ``MAINPID=`` (and ``READY=1``), stops its
+  workers (they drain) and returns.  A new generation that exits, or is not
+  ready within *handover_timeout* seconds, is reaped (killed first if need
+  be) and the old one keeps serving;
 * :meth:`Prefork.stop` (or SIGTERM/SIGINT to the parent, when
   ``serve_forever`` runs in the main thread): every worker is sent SIGTERM;
   each drains (stops accepting, lets requests in flight finish for up to
@@ -49,6 +58,7 @@ socket, would unlink the file the other workers still serve).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import select
@@ -72,7 +82,14 @@ from .systemd import Notifier, WatchdogHeartbeat
 
 _logger = logging.getLogger("composable_server.prefork")
 
-__all__ = ("DEFAULT_WORKERS", "Prefork", "PreforkStatistics", "RestartLimitError")
+__all__ = (
+    "DEFAULT_WORKERS",
+    "HANDOVER_FDNAME",
+    "READY_FD_VARIABLE",
+    "Prefork",
+    "PreforkStatistics",
+    "RestartLimitError",
+)
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
@@ -85,8 +102,15 @@ _Handler: TypeAlias = Callable[[int, FrameType | None], object] | int | None
 
 # Signals that ask the supervisor (and each worker) to stop gracefully.
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
-# Signals the supervisor alone acts on: a rolling restart, one worker more or fewer.
-_CONTROL_SIGNALS: Final = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
+# Signals the supervisor alone acts on: a rolling restart, one worker more or
+# fewer, a re-exec.
+_CONTROL_SIGNALS: Final = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2})
+
+HANDOVER_FDNAME: Final = "composable-server-handover"
+"""``LISTEN_FDNAMES`` of the socket a re-executing supervisor hands over."""
+
+READY_FD_VARIABLE: Final = "COMPOSABLE_SERVER_READY_FD"
+"""The variable naming the pipe a re-executed supervisor reports "ready" on."""
 # How often a worker checks that its parent still exists.
 _PARENT_CHECK: Final = 0.5
 # Without pidfds, how often the supervisor sweeps its children.
@@ -158,8 +182,14 @@ class Prefork(Generic[RequestT, AddressT]):
         poll_interval: each worker's ``serve_forever(poll_interval)``.
         bind_and_activate: bind and listen now.
         notifier: tell systemd (sd_notify) ``READY=1`` once the workers are
-            forked, ``STOPPING=1`` when a stop begins, and ``WATCHDOG=1`` from
-            the supervisor's loop while it turns (when systemd asks for it).
+            forked, ``STOPPING=1`` when a stop begins, ``RELOADING=1`` and
+            ``READY=1`` around a reload, ``MAINPID=`` after a re-exec, and
+            ``WATCHDOG=1`` from the supervisor's loop while it turns (when
+            systemd asks for it).
+        reexec_argv: the command that runs this program again for
+            :meth:`reexec` (e.g. ``[sys.executable, *sys.orig_argv[1:]]``);
+            None: SIGUSR2 is ignored (logged).
+        handover_timeout: seconds a re-executed generation has to report ready.
 
     Raises:
         BindError: the address could not be bound.
@@ -175,6 +205,8 @@ class Prefork(Generic[RequestT, AddressT]):
     poll_interval: float = attrs.field(default=0.5, kw_only=True, validator=attrs.validators.gt(0))
     bind_and_activate: bool = attrs.field(default=True, kw_only=True)
     notifier: Notifier | None = attrs.field(default=None, kw_only=True)
+    reexec_argv: tuple[str, ...] | None = attrs.field(default=None, kw_only=True)
+    handover_timeout: float = attrs.field(default=30.0, kw_only=True, validator=attrs.validators.gt(0))
 
     _waker: Waker = attrs.field(init=False, factory=Waker)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
@@ -190,6 +222,10 @@ class Prefork(Generic[RequestT, AddressT]):
     # Workers told to drain and exit (reload, remove_worker): not replaced.
     _retiring: set[int] = attrs.field(init=False, factory=set)
     _supervisor_pid: int = attrs.field(init=False, factory=os.getpid)
+    _reexec_requested: bool = attrs.field(init=False, default=False)
+    # The re-executed generation being started: (pid, read end of its ready pipe, deadline).
+    _successor: tuple[int, int, float] | None = attrs.field(init=False, default=None)
+    _handed_over: bool = attrs.field(init=False, default=False)
     _stopped: threading.Event = attrs.field(init=False, factory=threading.Event)
     _bound: bool = attrs.field(init=False, default=False)
     _closed: bool = attrs.field(init=False, default=False)
@@ -256,7 +292,7 @@ class Prefork(Generic[RequestT, AddressT]):
             self._supervise()
         finally:
             try:
-                if self.notifier is not None:
+                if self.notifier is not None and not self._handed_over:
                     # Here, not in stop(): that may run in a signal handler,
                     # which must not wait for the notifier's lock.
                     self.notifier.stopping(f"stopping {len(self.pids)} workers")
@@ -284,6 +320,19 @@ class Prefork(Generic[RequestT, AddressT]):
         signal handler (SIGHUP); does not wait."""
         self._reload_requested = True
         self._waker.wake()
+
+    def reexec(self) -> None:
+        """Ask :meth:`serve_forever` to run the program again (*reexec_argv*)
+        on the same listening socket, and to hand over once the new
+        generation is ready (SIGUSR2).  Safe from any thread and from a
+        signal handler; does not wait."""
+        self._reexec_requested = True
+        self._waker.wake()
+
+    @property
+    def handed_over(self) -> bool:
+        """True once a re-executed generation took over (serve_forever then returns)."""
+        return self._handed_over
 
     def add_worker(self) -> None:
         """Ask for one worker more (SIGTTIN).  Safe from any thread and from a signal handler."""
@@ -359,6 +408,10 @@ class Prefork(Generic[RequestT, AddressT]):
                     else:
                         sweep = True
             timeout = _SWEEP_INTERVAL if sweep else None
+            if self._successor is not None:
+                poller.register(self._successor[1], select.POLLIN)
+                until = max(0.0, self._successor[2] - time.monotonic())
+                timeout = until if timeout is None else min(timeout, until)
             if heartbeat is not None:
                 heartbeat.beat()
                 timeout = heartbeat.interval / 2 if timeout is None else min(timeout, heartbeat.interval / 2)
@@ -372,6 +425,70 @@ class Prefork(Generic[RequestT, AddressT]):
                 elif len(self._serving()) < self.workers:
                     self._replace(pid)
             self._control()
+            if self._successor is not None and self._successor_ready():
+                return
+
+    def _start_successor(self) -> None:
+        """Fork and exec *reexec_argv* with the listening socket as fd 3 (see :meth:`reexec`)."""
+        argv = self.reexec_argv
+        if not argv:
+            _logger.warning("SIGUSR2: no re-exec command (reexec_argv) configured: ignored")
+            return
+        if self._successor is not None:
+            _logger.warning("SIGUSR2: a new generation is already starting: ignored")
+            return
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES=HANDOVER_FDNAME)
+        env[READY_FD_VARIABLE] = "4"
+        # Above every descriptor the child's dup2()s could overwrite.
+        listen_fd = fcntl.fcntl(self.transport.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+        ready_fd = fcntl.fcntl(write_fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(write_fd)
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover  (replaced by exec)
+                try:
+                    os.dup2(listen_fd, 3)  # dup2 clears close-on-exec: inherited
+                    os.dup2(ready_fd, 4)
+                    env["LISTEN_PID"] = str(os.getpid())
+                    if "WATCHDOG_USEC" in env:
+                        env["WATCHDOG_PID"] = env["LISTEN_PID"]  # the watchdog is the new generation's now
+                    os.execve(argv[0], argv, env)
+                finally:
+                    os._exit(127)
+        finally:
+            os.close(listen_fd)
+            os.close(ready_fd)
+        _logger.info("SIGUSR2: started a new generation, pid %d: %s", pid, " ".join(argv))
+        self._successor = (pid, read_fd, time.monotonic() + self.handover_timeout)
+
+    def _successor_ready(self) -> bool:
+        """Check on the new generation; True once it is ready (we hand over)."""
+        assert self._successor is not None
+        pid, read_fd, deadline = self._successor
+        if select.select([read_fd], [], [], 0)[0]:
+            if os.read(read_fd, 64):
+                os.close(read_fd)
+                self._successor = None
+                self._handed_over = True
+                _logger.info("new generation %d is ready: handing over, stopping this one", pid)
+                if self.notifier is not None:
+                    self.notifier.notify(f"MAINPID={pid}", "READY=1")
+                return True
+            reason = "exited before it was ready"
+        elif time.monotonic() >= deadline:
+            reason = f"was not ready within {self.handover_timeout:g} s; killed"
+            _kill(pid, signal.SIGKILL)
+        else:
+            return False
+        os.close(read_fd)
+        self._successor = None
+        _, status = os.waitpid(pid, 0)
+        _logger.error("new generation %d %s (wait status %d): this one keeps serving", pid, reason, status)
+        return False
 
     def _serving(self) -> list[int]:
         """The live workers that are not retiring."""
@@ -379,7 +496,10 @@ class Prefork(Generic[RequestT, AddressT]):
             return [pid for pid in self._pids if pid not in self._retiring]
 
     def _control(self) -> None:
-        """Act on reload(), add_worker() and remove_worker() requests."""
+        """Act on reload(), add_worker(), remove_worker() and reexec() requests."""
+        if self._reexec_requested:
+            self._reexec_requested = False
+            self._start_successor()
         resize, self._resize_requested = self._resize_requested, 0
         if resize:
             self.workers = max(1, self.workers + resize)
@@ -501,6 +621,8 @@ class Prefork(Generic[RequestT, AddressT]):
                 return  # inherited by a worker: the supervisor's business only
             if signum == signal.SIGHUP:
                 self.reload()
+            elif signum == signal.SIGUSR2:
+                self.reexec()
             elif signum == signal.SIGTTIN:
                 self.add_worker()
             else:

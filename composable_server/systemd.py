@@ -532,10 +532,15 @@ class Notifier:
         address: the ``AF_UNIX`` datagram address (see :func:`notify_address`), or None.
         watchdog_interval: seconds between ``WATCHDOG=1`` pings, or None (see
             :func:`watchdog_interval`).
+        ready_fd: a pipe to tell "ready" too, once: the first :meth:`ready`
+            writes a line to it and closes it (how a re-executed prefork
+            supervisor tells its predecessor, see
+            :meth:`~composable_server.prefork.Prefork.reexec`).
     """
 
     address: str | bytes | None = None
     watchdog_interval: float | None = attrs.field(default=None, kw_only=True)
+    ready_fd: int | None = attrs.field(default=None, kw_only=True)
     _sock: Socket | None = attrs.field(init=False, default=None)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _failures: int = attrs.field(init=False, default=0)
@@ -592,6 +597,14 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> bool:
         """``READY=1``: startup (or a reload) is complete; with a ``STATUS=`` line."""
+        fd, self.ready_fd = self.ready_fd, None
+        if fd is not None:
+            try:
+                os.write(fd, b"READY\n")
+            except OSError as exc:
+                _logger.warning("cannot tell the previous generation we are ready: %s", exc)
+            finally:
+                os.close(fd)
         return self.notify("READY=1", *self._status(status))
 
     def status(self, text: str) -> bool:

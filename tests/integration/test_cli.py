@@ -685,3 +685,68 @@ class TestPreforkReload:
             assert load.ok >= 600
             assert proc.stop() == 0
         assert not any("Traceback" in line for line in proc.lines), proc.lines
+
+
+class TestPreforkReexec:
+    @staticmethod
+    def _start(pid_file: Path) -> OutputProcess:
+        # Its own session: the new generation outlives the old (its parent)
+        # and is killed with the group if the test fails.
+        argv = [sys.executable, "-m", "composable_server", "serve", "--log-level", "debug", "--port", "0"]
+        argv += ["--dispatch", "prefork", "--workers", "2", "--pid-file", str(pid_file)]
+        return OutputProcess(argv, read="stderr", wait=WAIT, new_session=True)
+
+    @pytest.mark.timeout(120)
+    def test_sigusr2_hands_over_under_load(self, tmp_path: Path) -> None:
+        """SIGUSR2 under 16 clients: a new generation starts on the same socket,
+        reports ready, the old one drains and exits 0; no request fails, and
+        the pid file names the new supervisor."""
+        pid_file = tmp_path / "server.pid"
+        proc = self._start(pid_file)
+        try:
+            host, _, port = proc.wait_for(LISTENING).group(2).rpartition(":")
+            load = Load((host, int(port)))
+            try:
+                load.wait_for_more(100)
+                proc.proc.send_signal(signal.SIGUSR2)
+                new = int(proc.wait_for(r"started a new generation, pid (\d+)").group(1))
+                proc.wait_for(rf"new generation {new} is ready: handing over")
+                assert proc.proc.wait(WAIT) == 0  # the old supervisor, after its workers drained
+                assert pid_file.read_text() == f"{new}\n"
+                load.wait_for_more(200)  # the new generation alone now
+            finally:
+                load.stop()
+            assert load.failures == []
+            os.kill(new, signal.SIGTERM)
+            proc.wait_for("stopped")
+            _until(lambda: not pid_file.exists(), "the new generation removed its pid file")
+        finally:
+            proc.close()
+
+    @pytest.mark.timeout(120)
+    def test_failed_new_generation_leaves_the_old_serving(self, tmp_path: Path) -> None:
+        """A new generation that cannot start (its pid file directory is gone) exits;
+        the old one logs it and keeps serving every request."""
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        pid_file = run_dir / "server.pid"
+        proc = self._start(pid_file)
+        try:
+            host, _, port = proc.wait_for(LISTENING).group(2).rpartition(":")
+            load = Load((host, int(port)))
+            try:
+                load.wait_for_more(100)
+                pid_file.unlink()
+                run_dir.rmdir()
+                proc.proc.send_signal(signal.SIGUSR2)
+                new = int(proc.wait_for(r"started a new generation, pid (\d+)").group(1))
+                proc.wait_for(rf"new generation {new} exited before it was ready .*this one keeps serving")
+                load.wait_for_more(200)
+            finally:
+                load.stop()
+            assert load.failures == []
+            assert proc.proc.poll() is None
+            proc.proc.send_signal(signal.SIGTERM)
+            assert proc.proc.wait(WAIT) == 0
+        finally:
+            proc.close()
