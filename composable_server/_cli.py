@@ -71,7 +71,14 @@ from .interfaces import (
     Verifier,
 )
 from .policies import DEFAULT_BUDGET, Budget, ConnectionTimeouts, LoggingErrorPolicy
-from .prefork import DEFAULT_WORKERS, HANDOVER_FDNAME, READY_FD_VARIABLE, Prefork, RestartLimitError
+from .prefork import (
+    DEFAULT_WORKERS,
+    HANDOVER_FDNAME,
+    READY_FD_VARIABLE,
+    Prefork,
+    RecyclingDispatcher,
+    RestartLimitError,
+)
 from .server import Server
 from .systemd import (
     IP_FAMILIES,
@@ -273,6 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads of --dispatch pool, and of each prefork worker's pool (default: 16)",
     )
     serve.add_argument(
+        "--max-requests",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="--dispatch prefork: recycle a worker after N requests (it drains first)",
+    )
+    serve.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add a random 0..J to --max-requests per worker, so workers do not recycle together (default: 0)",
+    )
+    serve.add_argument(
         "--backlog", type=_count, default=None, metavar="N", help="listen() backlog (default: the system's maximum)"
     )
     serve.add_argument(
@@ -408,6 +429,13 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def _check_operations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     stream = args.transport in STREAM_TRANSPORTS
+    if args.max_requests is not None and args.dispatch != "prefork":
+        parser.error("--max-requests applies only to --dispatch prefork")
+    if args.max_requests_jitter:
+        if args.max_requests is None:
+            parser.error("--max-requests-jitter needs --max-requests")
+        if args.max_requests_jitter < 0:
+            parser.error(f"--max-requests-jitter must be >= 0, got {args.max_requests_jitter}")
     if args.threads is not None and args.dispatch not in ("pool", "prefork"):
         parser.error("--threads applies only to --dispatch pool and prefork")
     if args.max_line is not None and args.service == "http":
@@ -566,9 +594,13 @@ def _worker_factory(
     """What each prefork worker calls to build its server on the inherited socket."""
     threads = None if args is None else args.threads
     timeout_policy = None if args is None else _timeout_policy(args)
+    max_requests = None if args is None else args.max_requests
+    jitter = 0 if args is None else args.max_requests_jitter
 
     def make(transport: Transport[RequestT, Address]) -> Server[RequestT, Address]:
         pool = PREFORK_POOL() if threads is None else ThreadPoolDispatcher(threads, daemon=True)
+        if max_requests is not None:
+            pool = RecyclingDispatcher(pool, max_requests, jitter)  # the jitter is drawn in each worker
         return _assemble(
             transport, acceptor, handler, verifier, pool, bind_and_activate=False, timeout_policy=timeout_policy
         )

@@ -61,6 +61,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import random
 import select
 import signal
 import sys
@@ -76,7 +77,7 @@ import attrs
 
 from ._socketutil import Waker
 from .exceptions import ServerClosedError, ServerError, ServerStateError
-from .interfaces import Transport
+from .interfaces import Dispatcher, Job, Transport
 from .server import Server
 from .systemd import Notifier, WatchdogHeartbeat
 
@@ -88,6 +89,7 @@ __all__ = (
     "READY_FD_VARIABLE",
     "Prefork",
     "PreforkStatistics",
+    "RecyclingDispatcher",
     "RestartLimitError",
 )
 
@@ -131,12 +133,14 @@ class PreforkStatistics:
         started: workers forked so far (initial ones and replacements).
         restarts: workers replaced after they exited on their own.
         pids: the pids of the live workers.
+        recycled: workers replaced after a clean exit (``RecyclingDispatcher``).
     """
 
     workers: int
     started: int
     restarts: int
     pids: tuple[int, ...]
+    recycled: int = 0
 
 
 def _check_workers(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -226,6 +230,8 @@ class Prefork(Generic[RequestT, AddressT]):
     # The re-executed generation being started: (pid, read end of its ready pipe, deadline).
     _successor: tuple[int, int, float] | None = attrs.field(init=False, default=None)
     _handed_over: bool = attrs.field(init=False, default=False)
+    _statuses: dict[int, int] = attrs.field(init=False, factory=dict)  # pid -> wait status, until handled
+    _recycled: int = attrs.field(init=False, default=0)
     _stopped: threading.Event = attrs.field(init=False, factory=threading.Event)
     _bound: bool = attrs.field(init=False, default=False)
     _closed: bool = attrs.field(init=False, default=False)
@@ -380,7 +386,11 @@ class Prefork(Generic[RequestT, AddressT]):
         """A consistent snapshot of the supervisor's counters."""
         with self._lock:
             return PreforkStatistics(
-                workers=len(self._pids), started=self._started, restarts=self._restarts, pids=tuple(self._pids)
+                workers=len(self._pids),
+                started=self._started,
+                restarts=self._restarts,
+                pids=tuple(self._pids),
+                recycled=self._recycled,
             )
 
     def __repr__(self) -> str:
@@ -420,9 +430,18 @@ class Prefork(Generic[RequestT, AddressT]):
             if self._stopping():
                 return
             for pid in self._reap():
+                status = self._statuses.pop(pid, -1)
                 if pid in self._retiring:
                     self._retiring.discard(pid)
-                elif len(self._serving()) < self.workers:
+                elif len(self._serving()) >= self.workers:
+                    pass
+                elif status == 0:
+                    # A clean exit after a drain: the worker was recycled
+                    # (RecyclingDispatcher) or stopped by hand, not a crash,
+                    # so it does not count against the restart budget.
+                    self._recycled += 1
+                    self._spawn()
+                else:
                     self._replace(pid)
             self._control()
             if self._successor is not None and self._successor_ready():
@@ -554,10 +573,11 @@ class Prefork(Generic[RequestT, AddressT]):
         with self._lock:
             for pid in list(self._pids):
                 try:
-                    reaped, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
+                    reaped, status = os.waitpid(pid, 0 if blocking else os.WNOHANG)
                 except ChildProcessError:
-                    reaped = pid  # reaped by someone else: forget it
+                    reaped, status = pid, -1  # reaped by someone else: forget it
                 if reaped:
+                    self._statuses[pid] = status
                     pidfd = self._pids.pop(pid)
                     if pidfd >= 0:
                         os.close(pidfd)
@@ -699,6 +719,64 @@ class Prefork(Generic[RequestT, AddressT]):
                         stream.flush()
             finally:
                 os._exit(status)
+
+
+@final
+class RecyclingDispatcher:
+    """A dispatcher for a prefork worker's server that retires its worker after
+    *max_requests* requests (``--max-requests``), bounding what a slow leak
+    in a handler can grow to.
+
+    Once the limit is reached it sends SIGTERM to its own process: the worker
+    drains as on any stop (the requests in flight, and any accepted
+    meanwhile, finish) and exits 0, which the supervisor takes as a recycle,
+    not a crash, and replaces it outside the restart budget.  Everything
+    else is delegated to *inner*.
+
+    Args:
+        inner: the worker's dispatcher.
+        max_requests: requests before the worker retires (>= 1); spread
+            them with *jitter*, so that workers started together do not all
+            retire together.
+        jitter: a random 0..*jitter* added to *max_requests*, drawn once.
+    """
+
+    __slots__ = ("_count", "_lock", "_signalled", "inner", "limit")
+
+    def __init__(self, inner: Dispatcher, max_requests: int, jitter: int = 0) -> None:
+        if max_requests < 1 or jitter < 0:
+            raise ValueError(f"need max_requests >= 1 and jitter >= 0, got {max_requests} and {jitter}")
+        self.inner = inner
+        self.limit = max_requests + (random.randint(0, jitter) if jitter else 0)
+        self._count = 0
+        self._signalled = False
+        self._lock = threading.Lock()
+
+    def dispatch(self, job: Job) -> None:
+        """Hand *job* to the inner dispatcher; at the limit, ask this worker to stop."""
+        self.inner.dispatch(job)
+        with self._lock:
+            self._count += 1
+            due = self._count >= self.limit and not self._signalled
+            self._signalled = self._signalled or due
+        if due:
+            _logger.info("worker %d served %d requests: recycling it", os.getpid(), self._count)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def service(self) -> None:
+        """The inner dispatcher's housekeeping."""
+        self.inner.service()
+
+    def join(self, timeout: float | None) -> tuple[Job, ...]:
+        """The inner dispatcher's join."""
+        return self.inner.join(timeout)
+
+    def close(self) -> None:
+        """Close the inner dispatcher."""
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"<RecyclingDispatcher {self.inner!r} [{self._count}/{self.limit} requests]>"
 
 
 def _kill(pid: int, signum: int) -> None:

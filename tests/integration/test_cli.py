@@ -687,6 +687,32 @@ class TestPreforkReload:
         assert not any("Traceback" in line for line in proc.lines), proc.lines
 
 
+class TestPreforkRecycling:
+    @pytest.mark.timeout(120)
+    def test_max_requests_under_load_drops_nothing(self) -> None:
+        """`--max-requests 50 --max-requests-jitter 10` under 16 clients: workers
+        retire again and again (far more often than the crash budget of 10 per
+        minute would allow), every request is answered, and no worker is left a zombie."""
+        args = ["--max-requests", "50", "--max-requests-jitter", "10", "--grace", "20"]
+        with serve("--port", "0", "--dispatch", "prefork", "--workers", "2", *args) as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            supervisor = proc.proc.pid
+            load = Load(address)
+            try:
+                load.wait_for_more(1500)
+                _until(lambda: len(_workers_of(supervisor)) == 2, "two workers")
+                _until(lambda: "Z" not in _child_states(supervisor).values(), "every exited worker reaped")
+            finally:
+                load.stop()
+            assert load.failures == []
+            recycled = sum("recycling it" in line for line in proc.lines)
+            assert recycled >= 15, recycled  # 1500 requests / at most 60 each, minus the last ones
+            assert proc.proc.poll() is None  # not stopped by the restart budget
+            assert proc.stop() == 0
+        assert not any("RestartLimitError" in line or "Traceback" in line for line in proc.lines)
+
+
 class TestPreforkReexec:
     @staticmethod
     def _start(pid_file: Path) -> OutputProcess:
