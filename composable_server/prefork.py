@@ -21,7 +21,9 @@ self-pipe that :meth:`Prefork.stop` writes to:
   more than *max_restarts* replacements happened within *restart_window*
   seconds, in which case the supervisor stops every worker and
   :meth:`Prefork.serve_forever` raises :class:`RestartLimitError` (a crash
-  loop must not become a fork bomb);
+  loop must not become a fork bomb).  Only failures count: a worker that
+  exits 0 after a drain (recycled by a :class:`RecyclingDispatcher`, or
+  stopped by hand) is replaced outside the budget;
 * :meth:`Prefork.reload` (or SIGHUP): a rolling restart.  A fresh worker is
   forked for each one running, then the old ones are sent SIGTERM and drain
   (those requests in flight finish; nothing queued is lost, since every
@@ -133,7 +135,9 @@ class PreforkStatistics:
         started: workers forked so far (initial ones and replacements).
         restarts: workers replaced after they exited on their own.
         pids: the pids of the live workers.
-        recycled: workers replaced after a clean exit (``RecyclingDispatcher``).
+        recycled: of the *restarts*, the workers that exited cleanly (status 0:
+            recycled by a ``RecyclingDispatcher``, or stopped by hand), which
+            do not count against the restart budget.
     """
 
     workers: int
@@ -439,6 +443,7 @@ class Prefork(Generic[RequestT, AddressT]):
                     # A clean exit after a drain: the worker was recycled
                     # (RecyclingDispatcher) or stopped by hand, not a crash,
                     # so it does not count against the restart budget.
+                    self._restarts += 1
                     self._recycled += 1
                     self._spawn()
                 else:
