@@ -33,7 +33,10 @@ passed by systemd; when ``NOTIFY_SOCKET`` is set, ``READY=1`` (with a
 ``STATUS=`` line) is sent once the loop runs, ``STOPPING=1`` when a stop
 begins, and ``WATCHDOG=1`` from the serving loop itself while it turns.  The
 order at start is: bind (or inherit), write ``--pid-file``, drop privileges
-(``--user``/``--group``), serve, notify.
+(``--user``/``--group``), serve, notify.  Prefork reloads (SIGHUP,
+SIGUSR2, SIGTTIN/SIGTTOU, ``--max-requests``) are the supervisor's: see
+:mod:`composable_server.prefork`; a re-executed generation finds the socket
+its predecessor handed over through the same activation variables.
 """
 
 from __future__ import annotations
@@ -155,7 +158,10 @@ examples:
       every server kind in turn, with a table of the results
 
 SIGTERM or SIGINT stops accepting, lets requests in flight finish (at most
---grace seconds), and exits 0.
+--grace seconds), and exits 0.  With --dispatch prefork, the supervisor also
+takes SIGHUP (rolling restart of the workers), SIGUSR2 (run this command
+again on the same socket, then hand over), SIGTTIN/SIGTTOU (one worker
+more/fewer).
 """
 
 
