@@ -32,7 +32,6 @@ bound.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import select
@@ -45,9 +44,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Final, NoReturn, TypeAlias, TypeVar
 
+from ._modes import DISPATCH_MODES, DISPATCHERS, PREFORK_POOL, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
 from ._services import DATAGRAM_SERVICES, STREAM_SERVICES, RequestLog, format_address, http_handler
 from .acceptors import DatagramAcceptor, StreamAcceptor
-from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher, ThreadPoolDispatcher
 from .exceptions import AddressError, BindError
 from .interfaces import Acceptor, Address, DatagramRequest, Dispatcher, HandlerFactory, Transport, Verifier
 from .policies import LoggingErrorPolicy
@@ -56,7 +55,7 @@ from .server import Server
 from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 from .verifiers import AllowAll, all_of, allow_networks, deny_networks
 
-__all__ = ("DISPATCHERS", "DISPATCH_MODES", "TRANSPORTS", "build_parser", "build_prefork", "build_server", "main")
+__all__ = ("build_parser", "build_prefork", "build_server", "main")
 
 _logger = logging.getLogger("composable_server.cli")
 
@@ -65,27 +64,11 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9999
 DEFAULT_GRACE: Final = 10.0
 
-# --dispatch: one line per mode.  Threads are daemonic and children are not
-# waited for on close, because drain() has already bounded the wait: a
-# straggler cut at the deadline must not hold the exit up a second time.
-DISPATCHERS: Final[dict[str, Callable[[], Dispatcher]]] = {
-    "sync": SyncDispatcher,
-    "threading": functools.partial(ThreadingDispatcher, daemon=True),
-    "forking": functools.partial(ForkingDispatcher, block_on_close=False),
-    # 16 reused workers, 64 queued connections, then backpressure.
-    "pool": functools.partial(ThreadPoolDispatcher, 16, daemon=True),
-}
-
-# --dispatch prefork: --workers processes (default: one per CPU), each with this pool.
-PREFORK_POOL: Final = DISPATCHERS["pool"]
-DISPATCH_MODES: Final = (*DISPATCHERS, "prefork")
-
-TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
-STREAM_TRANSPORTS: Final = frozenset({"tcp", "unix"})
 SERVICES: Final = ("upper", "echo", "http")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 RequestT = TypeVar("RequestT")
+BuiltT = TypeVar("BuiltT")  # what a build_* function returns
 
 AnyServer: TypeAlias = "Server[socket.socket, Address] | Server[DatagramRequest, Address]"
 
@@ -152,10 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--transport", choices=TRANSPORTS, default="tcp", help="socket kind (default: tcp)")
+    serve.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="tcp",
+        help="socket kind (default: tcp; unix-dgram is the older name of unix-datagram)",
+    )
     serve.add_argument("--host", help=f"IP address or name to bind (default: {DEFAULT_HOST}; '::1' or '::' for IPv6)")
     serve.add_argument("--port", type=_port, help=f"port to bind; 0 picks a free one (default: {DEFAULT_PORT})")
-    serve.add_argument("--path", help="socket path, for --transport unix and unix-dgram")
+    serve.add_argument("--path", help="socket path, for --transport unix and unix-datagram")
     serve.add_argument(
         "--dispatch",
         choices=DISPATCH_MODES,
@@ -209,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject option combinations that cannot work, with one line each."""
-    unix = args.transport in ("unix", "unix-dgram")
-    if unix:
+    if args.transport in UNIX_TRANSPORTS:
         if args.path is None:
             parser.error(f"--transport {args.transport} needs --path")
         for option in ("host", "port"):
@@ -344,9 +331,19 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     if args.dispatch == "prefork":
-        return _serve_prefork(parser, args)
+        prefork = _build(parser, build_prefork, args)
+        return 1 if prefork is None else _serve_prefork(prefork, args)
+    built = _build(parser, build_server, args)
+    return 1 if built is None else _run(*built, args)
+
+
+def _build(
+    parser: argparse.ArgumentParser, build: Callable[[argparse.Namespace], BuiltT], args: argparse.Namespace
+) -> BuiltT | None:
+    """``build(args)``; a bad address exits with a usage error, an OS error is
+    printed in one line and gives None."""
     try:
-        server, request_log = build_server(args)
+        return build(args)
     except AddressError as exc:
         parser.error(_one_line(exc))
     except OSError as exc:
@@ -354,19 +351,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # denied, unknown host); anything else from the OS is shown as it is.
         reason = str(exc) if isinstance(exc, BindError) else f"{type(exc).__name__}: {exc}"
         print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
-        return 1
-    return _run(server, request_log, args)
+        return None
 
 
-def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    try:
-        prefork = build_prefork(args)
-    except AddressError as exc:
-        parser.error(_one_line(exc))
-    except OSError as exc:
-        reason = str(exc) if isinstance(exc, BindError) else f"{type(exc).__name__}: {exc}"
-        print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
-        return 1
+def _serve_prefork(prefork: AnyPrefork, args: argparse.Namespace) -> int:
     with prefork:
         _logger.info(
             "listening on %s %s (service %s, dispatch prefork, %d workers, pid %d)",
