@@ -47,10 +47,10 @@ from typing import Final, NoReturn, TypeAlias, TypeVar
 from ._modes import DISPATCH_MODES, DISPATCHERS, PREFORK_POOL, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
 from ._services import DATAGRAM_SERVICES, STREAM_SERVICES, RequestLog, format_address, http_handler
 from .acceptors import DatagramAcceptor, StreamAcceptor
-from .exceptions import AddressError, BindError
+from .exceptions import AddressError, BindError, RestartLimitError
 from .interfaces import Acceptor, Address, DatagramRequest, Dispatcher, HandlerFactory, Transport, Verifier
 from .policies import LoggingErrorPolicy
-from .prefork import DEFAULT_WORKERS, Prefork, RestartLimitError
+from .prefork import DEFAULT_WORKERS, Prefork
 from .server import Server
 from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 from .verifiers import AllowAll, all_of, allow_networks, deny_networks
