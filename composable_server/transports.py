@@ -218,10 +218,17 @@ def _validate_unix(instance: object, attribute: attrs.Attribute[UnixAddress], ad
     check_unix_address(address)
 
 
-def _set_v6only(sock: socket.socket, dual_stack: bool | None) -> None:
-    if sock.family == socket.AF_INET6 and dual_stack is not None:
-        # IPV6_V6ONLY=0 also accepts IPv4 clients as ::ffff:a.b.c.d (ipv6(7)).
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+class _DualStack:
+    """The IPv6 half of the IP transports (a mixin: it adds no slots)."""
+
+    __slots__ = ()
+
+    dual_stack: bool | None
+
+    def _before_bind(self, sock: Socket) -> None:
+        if sock.family == socket.AF_INET6 and self.dual_stack is not None:
+            # IPV6_V6ONLY=0 also accepts IPv4 clients as ::ffff:a.b.c.d (ipv6(7)).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if self.dual_stack else 1)
 
 
 def _validate_mode(
@@ -254,7 +261,7 @@ class _UnixFile:
 
 @final
 @attrs.define(eq=False, repr=False)
-class TCPTransport(_StreamTransport[InetAddress]):
+class TCPTransport(_DualStack, _StreamTransport[InetAddress]):
     """A TCP listener on IPv4 or IPv6.
 
     Args:
@@ -282,13 +289,10 @@ class TCPTransport(_StreamTransport[InetAddress]):
     reuse_address: bool = attrs.field(kw_only=True, default=True)
     dual_stack: bool | None = attrs.field(kw_only=True, default=None)
 
-    def _before_bind(self, sock: Socket) -> None:
-        _set_v6only(sock, self.dual_stack)
-
 
 @final
 @attrs.define(eq=False, repr=False)
-class UDPTransport(_DatagramTransport[InetAddress]):
+class UDPTransport(_DualStack, _DatagramTransport[InetAddress]):
     """A UDP socket on IPv4 or IPv6; requests are ``(data, socket)``.
 
     Args: as :class:`TCPTransport`, without a backlog; *reuse_address*
@@ -300,9 +304,6 @@ class UDPTransport(_DatagramTransport[InetAddress]):
         kw_only=True, default=attrs.Factory(_default_inet_family, takes_self=True)
     )
     dual_stack: bool | None = attrs.field(kw_only=True, default=None)
-
-    def _before_bind(self, sock: Socket) -> None:
-        _set_v6only(sock, self.dual_stack)
 
 
 @final
