@@ -15,8 +15,10 @@ A server is built from small, swappable components (see
 
 The stdlib-compatible classes live in :mod:`composable_server.compat`; the
 in-memory fakes for unit tests in :mod:`composable_server.testing` (neither
-is imported here).  The prefork supervisor (:class:`Prefork`) is imported on
-first use of its name, so ``import composable_server`` does not pay for it.
+is imported here).  The ``make_*_server`` functions and the prefork
+supervisor (:class:`Prefork`) are imported on first use of their names, so
+``import composable_server`` (and ``composable_server.compat``, which loads
+the package first) does not pay for them.
 """
 
 import typing as _typing
@@ -37,10 +39,6 @@ from .exceptions import ServerClosedError as ServerClosedError
 from .exceptions import ServerError as ServerError
 from .exceptions import ServerStateError as ServerStateError
 from .exceptions import TLSHandshakeError as TLSHandshakeError
-from .factories import make_tcp_server as make_tcp_server
-from .factories import make_udp_server as make_udp_server
-from .factories import make_unix_datagram_server as make_unix_datagram_server
-from .factories import make_unix_stream_server as make_unix_stream_server
 from .handlers import BaseRequestHandler as BaseRequestHandler
 from .handlers import DatagramRequestHandler as DatagramRequestHandler
 from .handlers import StreamRequestHandler as StreamRequestHandler
@@ -97,6 +95,10 @@ from .verifiers import per_ip_cap as per_ip_cap
 from .verifiers import rate_limit as rate_limit
 
 if _typing.TYPE_CHECKING:
+    from .factories import make_tcp_server as make_tcp_server
+    from .factories import make_udp_server as make_udp_server
+    from .factories import make_unix_stream_server as make_unix_stream_server
+    from .factories import make_unix_datagram_server as make_unix_datagram_server
     from .prefork import Prefork as Prefork
     from .prefork import PreforkStatistics as PreforkStatistics
 
@@ -104,7 +106,7 @@ __all__ = (
     # the engine
     "Server",
     "DrainReport",
-    # convenience: a server for one family (composable_server.factories)
+    # convenience: a server for one family (composable_server.factories; loaded on first use)
     "make_tcp_server",
     "make_udp_server",
     "make_unix_stream_server",
@@ -195,7 +197,14 @@ __all__ = (
 
 # PEP 562: names loaded on first use (their modules cost import time that
 # most programs do not need); name -> module.
-_LAZY: dict[str, str] = {"Prefork": "prefork", "PreforkStatistics": "prefork"}
+_LAZY: dict[str, str] = {
+    "make_tcp_server": "factories",
+    "make_udp_server": "factories",
+    "make_unix_stream_server": "factories",
+    "make_unix_datagram_server": "factories",
+    "Prefork": "prefork",
+    "PreforkStatistics": "prefork",
+}
 
 
 def __getattr__(name: str) -> object:

@@ -53,6 +53,8 @@ from composable_server.policies import PrintTracebackErrorPolicy as PrintTraceba
 from composable_server.policies import ReRaise as ReRaise
 from composable_server.policies import ReRaiseErrorPolicy as ReRaiseErrorPolicy
 from composable_server.policies import RetryImmediately as RetryImmediately
+from composable_server.prefork import Prefork as Prefork
+from composable_server.prefork import PreforkStatistics as PreforkStatistics
 from composable_server.server import DrainReport as DrainReport
 from composable_server.server import Server as Server
 from composable_server.transports import TCPTransport as TCPTransport
@@ -77,14 +79,12 @@ from composable_server.verifiers import deny_networks as deny_networks
 from composable_server.verifiers import peer_credentials as peer_credentials
 from composable_server.verifiers import per_ip_cap as per_ip_cap
 from composable_server.verifiers import rate_limit as rate_limit
-from composable_server.prefork import Prefork as Prefork
-from composable_server.prefork import PreforkStatistics as PreforkStatistics
 
 __all__ = (
     # the engine
     "Server",
     "DrainReport",
-    # convenience: a server for one family (composable_server.factories)
+    # convenience: a server for one family (composable_server.factories; loaded on first use)
     "make_tcp_server",
     "make_udp_server",
     "make_unix_stream_server",
