@@ -42,7 +42,6 @@ its predecessor handed over through the same activation variables.
 from __future__ import annotations
 
 import argparse
-import functools
 import grp
 import importlib.metadata
 import logging
@@ -61,7 +60,8 @@ from typing import Final, NoReturn, TypeAlias, TypeVar
 
 from ._services import DATAGRAM_SERVICES, MAX_LINE, RequestLog, format_address, http_handler, line_service
 from .acceptors import DatagramAcceptor, StreamAcceptor
-from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher, ThreadPoolDispatcher
+from ._modes import DISPATCH_MODES, DISPATCHERS, PREFORK_POOL, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
+from .dispatchers import ThreadPoolDispatcher
 from .exceptions import ActivationError, AddressError, BindError, InheritedSocketError
 from .interfaces import (
     Acceptor,
@@ -97,7 +97,7 @@ from .systemd import (
 from .transports import TCPTransport, TLSTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 from .verifiers import AllowAll, all_of, allow_networks, deny_networks
 
-__all__ = ("DISPATCHERS", "DISPATCH_MODES", "TRANSPORTS", "build_parser", "build_prefork", "build_server", "main")
+__all__ = ("build_parser", "build_prefork", "build_server", "main")
 
 _logger = logging.getLogger("composable_server.cli")
 
@@ -106,32 +106,16 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9999
 DEFAULT_GRACE: Final = 10.0
 
-# --dispatch: one line per mode.  Threads are daemonic and children are not
-# waited for on close, because drain() has already bounded the wait: a
-# straggler cut at the deadline must not hold the exit up a second time.
-DISPATCHERS: Final[dict[str, Callable[[], Dispatcher]]] = {
-    "sync": SyncDispatcher,
-    "threading": functools.partial(ThreadingDispatcher, daemon=True),
-    "forking": functools.partial(ForkingDispatcher, block_on_close=False),
-    # 16 reused workers, 64 queued connections, then backpressure.
-    "pool": functools.partial(ThreadPoolDispatcher, 16, daemon=True),
-}
-
-# --dispatch prefork: --workers processes (default: one per CPU), each with this pool.
-PREFORK_POOL: Final = DISPATCHERS["pool"]
-DISPATCH_MODES: Final = (*DISPATCHERS, "prefork")
-
-TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
 # --systemd: the kernel's (family, type) of each transport name, to check an
 # inherited socket against --transport or to name it when none is given.
 _SOCKET_KINDS: Final = {
     "tcp": (IP_FAMILIES, socket.SOCK_STREAM),
     "udp": (IP_FAMILIES, socket.SOCK_DGRAM),
     "unix": (frozenset({socket.AF_UNIX}), socket.SOCK_STREAM),
-    "unix-dgram": (frozenset({socket.AF_UNIX}), socket.SOCK_DGRAM),
+    "unix-datagram": (frozenset({socket.AF_UNIX}), socket.SOCK_DGRAM),
+    "unix-dgram": (frozenset({socket.AF_UNIX}), socket.SOCK_DGRAM),  # the older name
 }
 _SERVABLE_FAMILIES: Final = frozenset({*IP_FAMILIES, socket.AF_UNIX})
-STREAM_TRANSPORTS: Final = frozenset({"tcp", "unix"})
 SERVICES: Final = ("upper", "echo", "http")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
@@ -241,11 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--transport",
         choices=TRANSPORTS,
         default=None,
-        help="socket kind (default: tcp; with --systemd, the kind of the passed socket, which must match if given)",
+        help="socket kind (default: tcp; with --systemd, the kind of the passed socket, which must match if given; "
+        "unix-dgram is the older name of unix-datagram)",
     )
     serve.add_argument("--host", help=f"IP address or name to bind (default: {DEFAULT_HOST}; '::1' or '::' for IPv6)")
     serve.add_argument("--port", type=_port, help=f"port to bind; 0 picks a free one (default: {DEFAULT_PORT})")
-    serve.add_argument("--path", help="socket path, for --transport unix and unix-dgram")
+    serve.add_argument("--path", help="socket path, for --transport unix and unix-datagram")
     serve.add_argument(
         "--dispatch",
         choices=DISPATCH_MODES,
@@ -407,7 +392,7 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         _activated(parser, args)
     elif args.transport is None:
         args.transport = "tcp"
-    unix = args.transport in ("unix", "unix-dgram")
+    unix = args.transport in UNIX_TRANSPORTS
     if args.inherited is not None:
         pass  # the address options were refused above
     elif unix:
@@ -692,7 +677,7 @@ def _drop_privileges(args: argparse.Namespace, address: object) -> None:
     uid, gid = args.uid, args.gid
     if uid is None and gid is None:
         return
-    if args.inherited is None and args.transport in ("unix", "unix-dgram") and isinstance(address, str):
+    if args.inherited is None and args.transport in UNIX_TRANSPORTS and isinstance(address, str):
         # The socket file we created belongs to root: hand it to the new
         # owner, so that its clients may connect and it may remove the file.
         os.chown(address, -1 if uid is None else uid, -1 if gid is None else gid)

@@ -20,7 +20,7 @@ import logging
 import threading
 from socket import SHUT_RDWR
 from socket import socket as Socket
-from typing import ClassVar, Final, cast, Generic, TypeAlias, TypeVar, final
+from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
@@ -35,7 +35,7 @@ __all__ = (
     "line_service",
 )
 
-_logger = logging.getLogger("composable_server.cli")
+_logger = logging.getLogger("composable_server.services")
 
 # The longest line read as one request.  A client that never sends a newline
 # gets a reply after this many bytes instead of growing our buffer forever.
@@ -60,42 +60,31 @@ def format_address(address: object) -> str:
 
 
 class _LineHandler(StreamRequestHandler[Address]):
-    """Read one line, reply with it transformed, close (``MyTCPHandler``)."""
+    """Read one line, reply with it (upper-cased if :attr:`upper`), close (``MyTCPHandler``)."""
 
+    upper: ClassVar[bool] = True
     # The most bytes read as one line (--max-line); see MAX_LINE.
     max_line: ClassVar[int] = MAX_LINE
 
-    def transform(self, data: bytes) -> bytes:
-        """The reply to *data*."""
-        return data.upper()
-
     def handle(self) -> None:
         line = self.rfile.readline(self.max_line)
-        self.wfile.write(self.transform(line))
+        self.wfile.write(line.upper() if self.upper else line)
 
 
 class UpperStreamHandler(_LineHandler):
     """Reply to one line with the line in upper case."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* in upper case."""
-        return data.upper()
-
 
 class EchoStreamHandler(_LineHandler):
     """Reply to one line with the same line."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* unchanged."""
-        return data
+    upper = False
 
 
 class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
-    """Reply to one datagram with it transformed (``MyUDPHandler``)."""
+    """Reply to one datagram (upper-cased if :attr:`upper`) (``MyUDPHandler``)."""
 
-    def transform(self, data: bytes) -> bytes:
-        """The reply to *data*."""
-        return data.upper()
+    upper: ClassVar[bool] = True
 
     def handle(self) -> None:
         data, sock = self.request
@@ -105,23 +94,17 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        sock.sendto(self.transform(data), address)
+        sock.sendto(data.upper() if self.upper else data, address)
 
 
 class UpperDatagramHandler(_DatagramHandler):
     """Reply to a datagram with its upper-case copy."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* in upper case."""
-        return data.upper()
-
 
 class EchoDatagramHandler(_DatagramHandler):
     """Reply to a datagram with the same bytes."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* unchanged."""
-        return data
+    upper = False
 
 
 class _LoggingHTTPRequestHandler(http.server.SimpleHTTPRequestHandler):

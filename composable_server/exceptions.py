@@ -19,6 +19,7 @@ __all__ = (
     "InheritedSocketError",
     "LineTooLongError",
     "PortRangeError",
+    "RestartLimitError",
     "ServerClosedError",
     "ServerError",
     "ServerStateError",
@@ -88,6 +89,15 @@ class ServerStateError(ServerError, RuntimeError):
     """A lifecycle method was called in a state where it cannot work, e.g.
     ``shutdown()`` from the thread running ``serve_forever()``, which would
     deadlock, or ``serve_forever()`` while it is already running."""
+
+
+class RestartLimitError(ServerError, RuntimeError):
+    """Prefork workers exited faster than the restart budget allows (a crash loop).
+
+    Raised by :meth:`Prefork.serve_forever
+    <composable_server.prefork.Prefork.serve_forever>` after it has stopped
+    every worker: a crash loop must not become a fork bomb.
+    """
 
 
 class TLSHandshakeError(ServerError, OSError):

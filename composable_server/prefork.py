@@ -66,7 +66,6 @@ import os
 import random
 import select
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -78,7 +77,9 @@ from typing import Final, Generic, Self, TypeAlias, TypeVar, final
 import attrs
 
 from ._socketutil import Waker
-from .exceptions import ServerClosedError, ServerError, ServerStateError
+from . import _fork
+from .exceptions import RestartLimitError as RestartLimitError
+from .exceptions import ServerClosedError, ServerStateError
 from .interfaces import Dispatcher, Job, Transport
 from .server import Server
 from .systemd import Notifier, WatchdogHeartbeat
@@ -119,10 +120,6 @@ READY_FD_VARIABLE: Final = "COMPOSABLE_SERVER_READY_FD"
 _PARENT_CHECK: Final = 0.5
 # Without pidfds, how often the supervisor sweeps its children.
 _SWEEP_INTERVAL: Final = 0.1
-
-
-class RestartLimitError(ServerError, RuntimeError):
-    """Workers died faster than the restart budget allows (a crash loop)."""
 
 
 @final
@@ -468,11 +465,8 @@ class Prefork(Generic[RequestT, AddressT]):
         listen_fd = fcntl.fcntl(self.transport.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         ready_fd = fcntl.fcntl(write_fd, fcntl.F_DUPFD_CLOEXEC, 10)
         os.close(write_fd)
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
         try:
-            pid = os.fork()
+            pid = _fork.fork()
             if pid == 0:  # pragma: no cover  (replaced by exec)
                 try:
                     os.dup2(listen_fd, 3)  # dup2 clears close-on-exec: inherited
@@ -505,7 +499,7 @@ class Prefork(Generic[RequestT, AddressT]):
             reason = "exited before it was ready"
         elif time.monotonic() >= deadline:
             reason = f"was not ready within {self.handover_timeout:g} s; killed"
-            _kill(pid, signal.SIGKILL)
+            _fork.kill(pid, signal.SIGKILL)
         else:
             return False
         os.close(read_fd)
@@ -551,7 +545,7 @@ class Prefork(Generic[RequestT, AddressT]):
     def _retire(self, pid: int) -> None:
         """Tell one worker to drain and exit, and not to be replaced."""
         self._retiring.add(pid)
-        _kill(pid, signal.SIGTERM)
+        _fork.kill(pid, signal.SIGTERM)
 
     def _stopping(self) -> bool:
         # A method, not the attribute: another thread (or a signal handler)
@@ -592,20 +586,17 @@ class Prefork(Generic[RequestT, AddressT]):
     def _stop_workers(self) -> None:
         """SIGTERM every worker, wait up to stop_timeout, SIGKILL the rest, reap all."""
         for pid in self.pids:
-            _kill(pid, signal.SIGTERM)
+            _fork.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
         while self.pids and time.monotonic() < deadline:
             self._reap()
             if self.pids:
                 time.sleep(0.01)
         for pid in self.pids:
-            _kill(pid, signal.SIGKILL)
+            _fork.kill(pid, signal.SIGKILL)
         self._reap(blocking=True)
 
     def _spawn(self) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
         # Fork with the stop signals blocked: a SIGTERM sent to a worker
         # before it has installed its own handling must stay pending for its
         # sigtimedwait, not run the parent's inherited Python handler (which
@@ -613,17 +604,14 @@ class Prefork(Generic[RequestT, AddressT]):
         # parent's own pending signals arrive when its mask is restored.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            pid = os.fork()
+            pid = _fork.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             raise
         if pid == 0:
-            self._worker_main()  # never returns; its signals stay blocked
+            _fork.run_child(self._worker_main)  # never returns; its signals stay blocked
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (OSError, AttributeError):
-            pidfd = -1
+        pidfd = _fork.open_pidfd(pid)
         with self._lock:
             self._pids[pid] = pidfd
             self._started += 1
@@ -668,62 +656,51 @@ class Prefork(Generic[RequestT, AddressT]):
 
     # -- the worker -----------------------------------------------------------------
 
-    def _worker_main(self) -> None:
-        """Run in a freshly forked worker; leaves with ``os._exit``."""
-        status = 1
-        try:
-            parent = os.getppid()
-            # The supervisor's state is the parent's business.
-            self._waker.close()
-            for pidfd in self._pids.values():
-                if pidfd >= 0:
-                    os.close(pidfd)
-            self._pids.clear()
-            for signum in _STOP_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            # Block the stop signals before any thread starts, so that they
-            # all inherit the mask and only sigtimedwait below sees them.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-            server = self.make_server(self.transport)
-            failed: list[BaseException] = []
+    def _worker_main(self) -> int:
+        """Run in a freshly forked worker (under ``_fork.run_child``); return its exit status."""
+        parent = os.getppid()
+        # The supervisor's state is the parent's business.
+        self._waker.close()
+        for pidfd in self._pids.values():
+            if pidfd >= 0:
+                os.close(pidfd)
+        self._pids.clear()
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        # Block the stop signals before any thread starts, so that they
+        # all inherit the mask and only sigtimedwait below sees them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        server = self.make_server(self.transport)
+        failed: list[BaseException] = []
 
-            def serve() -> None:
-                try:
-                    server.serve_forever(self.poll_interval)
-                except BaseException as exc:
-                    failed.append(exc)
-                    traceback.print_exc()
-                    os.kill(os.getpid(), signal.SIGTERM)  # wake the waiting thread
-
-            thread = threading.Thread(target=serve, name="composable_server prefork worker")
-            thread.start()
-            while thread.is_alive():
-                if signal.sigtimedwait(_STOP_SIGNALS, _PARENT_CHECK) is not None:
-                    break
-                if os.getppid() != parent:
-                    break  # the supervisor is gone: stop
-            report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
-            if not report.finished:
-                _logger.warning(
-                    "grace period over: worker %d cut %d request(s) at the deadline: %s",
-                    os.getpid(),
-                    len(report.cut),
-                    ", ".join(map(repr, report.cut)),
-                )
-            thread.join()
-            # Not server_close(): the transport belongs to the parent (closing
-            # a Unix transport would unlink the path the others still serve).
-            server.dispatcher.close()
-            status = 1 if failed else 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
+        def serve() -> None:
             try:
-                for stream in (sys.stdout, sys.stderr):
-                    if stream is not None:
-                        stream.flush()
-            finally:
-                os._exit(status)
+                server.serve_forever(self.poll_interval)
+            except BaseException as exc:
+                failed.append(exc)
+                traceback.print_exc()
+                os.kill(os.getpid(), signal.SIGTERM)  # wake the waiting thread
+
+        thread = threading.Thread(target=serve, name="composable_server prefork worker")
+        thread.start()
+        while thread.is_alive():
+            if signal.sigtimedwait(_STOP_SIGNALS, _PARENT_CHECK) is not None:
+                break
+            if os.getppid() != parent:
+                break  # the supervisor is gone: stop
+        report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+        if not report.finished:
+            _logger.warning(
+                "grace period over: worker %d cut %d request(s) at the deadline: %s",
+                os.getpid(),
+                len(report.cut),
+                ", ".join(map(repr, report.cut)),
+            )
+        thread.join()
+        # Not server_close(): the transport belongs to the parent (closing
+        # a Unix transport would unlink the path the others still serve).
+        server.dispatcher.close()
+        return 1 if failed else 0
 
 
 @final
@@ -782,10 +759,3 @@ class RecyclingDispatcher:
 
     def __repr__(self) -> str:
         return f"<RecyclingDispatcher {self.inner!r} [{self._count}/{self.limit} requests]>"
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass

@@ -22,7 +22,7 @@ from ._support import OutputProcess
 
 WAIT: Final = 10.0  # seconds: every wait for the child is bounded by this
 LISTENING: Final = re.compile(r"listening on (\S+) (\S+)")
-TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
+TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-datagram")
 DISPATCH: Final = ("sync", "threading", "forking", "pool", "prefork")
 
 ClientAddress = tuple[str, int] | str
@@ -38,7 +38,7 @@ class ServeProcess(OutputProcess):
         """Wait for the startup line; return (transport, address to connect to)."""
         match = self.wait_for(LISTENING)
         transport, text = match.group(1), match.group(2)
-        if transport in ("unix", "unix-dgram"):
+        if transport.startswith("unix"):
             return transport, text
         host, _, port = text.rpartition(":")
         return transport, (host.strip("[]"), int(port))
@@ -118,6 +118,14 @@ class TestServe:
             proc.wait_for("upper request from ")
             assert proc.stop() == 0
         assert any("stopped" in line for line in proc.lines)
+
+    def test_unix_dgram_is_unix_datagram(self, tmp_path: Path) -> None:
+        """`--transport unix-dgram`, the older name, still serves Unix datagrams."""
+        with serve(*transport_args("unix-dgram", tmp_path)) as proc:
+            kind, address = proc.address()
+            assert kind == "unix-dgram"
+            assert ask(kind, address, b"hello\n", tmp_path) == b"HELLO\n"
+            assert proc.stop() == 0
 
     def test_default_service_and_sigint(self) -> None:
         """SIGINT stops the server gracefully with status 0, like SIGTERM."""
