@@ -141,7 +141,7 @@ def proxy_errors(errors: RecordingErrorPolicy) -> list[BaseException]:
 
 # -- HAProxy ------------------------------------------------------------------------
 
-HAPROXY = shutil.which("haproxy")
+HAPROXY = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 
 
 def haproxy_config(frontend: int, server: tuple[str, int], stats: Path) -> str:
@@ -240,7 +240,7 @@ class TestHAProxy:
 
 # -- nginx --------------------------------------------------------------------------
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 
 
 def nginx_config(frontend: int, server: tuple[str, int], prefix: Path) -> str:
