@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Final, NoReturn, TypeAlias, TypeVar
+from typing import Final, NoReturn, TypeAlias, TypeVar, get_args
 
 from ._services import DATAGRAM_SERVICES, STREAM_SERVICES, RequestLog, format_address, http_handler
 from .acceptors import DatagramAcceptor, StreamAcceptor
@@ -52,6 +52,13 @@ from .exceptions import AddressError, BindError
 from .interfaces import Acceptor, Address, DatagramRequest, Dispatcher, HandlerFactory, Transport, Verifier
 from .policies import LoggingErrorPolicy
 from .prefork import DEFAULT_WORKERS, Prefork, RestartLimitError
+from .proxy import (
+    DEFAULT_TRUSTED,
+    ProxyMode,
+    ProxyProtocolDatagramAcceptor,
+    ProxyProtocolTransport,
+    proxied_client_address,
+)
 from .server import Server
 from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 from .verifiers import AllowAll, all_of, allow_networks, deny_networks
@@ -100,6 +107,8 @@ examples:
   composable-server serve --transport unix --path /tmp/upper.sock --dispatch forking
   composable-server serve --service http --port 8000 --directory ./public
   composable-server serve --allow 127.0.0.0/8 --allow ::1 --host ::
+  composable-server serve --proxy-protocol v2 --proxy-trust 10.0.0.5
+      behind HAProxy (send-proxy-v2) at 10.0.0.5: handlers and logs see the real client
   composable-server demo
       every server kind in turn, with a table of the results
 
@@ -188,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--deny", action="append", default=[], metavar="CIDR", help="refuse clients in this network (repeatable)"
     )
+    serve.add_argument(
+        "--proxy-protocol",
+        choices=get_args(ProxyMode),
+        help="require a PROXY protocol header (HAProxy send-proxy[-v2], nginx proxy_protocol) on every "
+        "connection or datagram, and serve the client it names; datagrams: v2 only",
+    )
+    serve.add_argument(
+        "--proxy-trust",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="proxies allowed to send the header (repeatable; default: " + ", ".join(DEFAULT_TRUSTED) + ")",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower, help="default: info")
     serve.add_argument(
         "--grace",
@@ -220,6 +242,10 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--path applies to the unix transports, not --transport {args.transport}")
     if args.service == "http" and args.transport not in STREAM_TRANSPORTS:
         parser.error(f"--service http needs a stream transport (tcp or unix), not {args.transport}")
+    if args.proxy_trust and args.proxy_protocol is None:
+        parser.error("--proxy-trust applies only with --proxy-protocol")
+    if args.proxy_protocol == "v1" and args.transport not in STREAM_TRANSPORTS:
+        parser.error(f"--proxy-protocol v1 is for stream transports; datagrams carry v2, not {args.transport}")
     if args.workers is not None:
         if args.dispatch != "prefork":
             parser.error("--workers applies only to --dispatch prefork")
@@ -245,9 +271,35 @@ def _verifier(args: argparse.Namespace) -> Verifier[object, object]:
 
 
 def _stream_transport(args: argparse.Namespace) -> Transport[socket.socket, Address]:
+    transport: Transport[socket.socket, Address]
     if args.transport == "tcp":
-        return TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
-    return UnixStreamTransport(args.path)
+        transport = TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
+    else:
+        transport = UnixStreamTransport(args.path)
+    if args.proxy_protocol is not None:
+        transport = ProxyProtocolTransport(transport, mode=args.proxy_protocol, trusted=_proxy_trust(args))
+    return transport
+
+
+def _proxy_trust(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.proxy_trust) or DEFAULT_TRUSTED
+
+
+def _datagram_acceptor(args: argparse.Namespace) -> Acceptor[DatagramRequest, Address]:
+    if args.proxy_protocol is not None:
+        return ProxyProtocolDatagramAcceptor(trusted=_proxy_trust(args))
+    return DatagramAcceptor()
+
+
+def _client_from_header(handler: HandlerFactory[socket.socket, Address]) -> HandlerFactory[socket.socket, Address]:
+    """*handler*, called with the client a PROXY header names (the request
+    log's debug line and the service see it), until the server's request
+    path does this itself."""
+
+    def call(request: socket.socket, client_address: Address, server: object) -> object:
+        return handler(request, proxied_client_address(request, client_address), server)
+
+    return call
 
 
 def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, Address]:
@@ -295,9 +347,11 @@ def build_server(
     dispatcher = DISPATCHERS[args.dispatch]()
     if args.transport in STREAM_TRANSPORTS:
         stream_log = _stream_log(args)
-        return _assemble(_stream_transport(args), StreamAcceptor(), stream_log, verifier, dispatcher), stream_log
+        handler = _client_from_header(stream_log)
+        return _assemble(_stream_transport(args), StreamAcceptor(), handler, verifier, dispatcher), stream_log
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    return _assemble(_datagram_transport(args), DatagramAcceptor(), datagram_log, verifier, dispatcher), datagram_log
+    datagram = _assemble(_datagram_transport(args), _datagram_acceptor(args), datagram_log, verifier, dispatcher)
+    return datagram, datagram_log
 
 
 AnyPrefork: TypeAlias = "Prefork[socket.socket, Address] | Prefork[DatagramRequest, Address]"
@@ -325,10 +379,10 @@ def build_prefork(args: argparse.Namespace) -> AnyPrefork:
     verifier = _verifier(args)  # checked (and CIDRs parsed) in the parent
     workers = args.workers or DEFAULT_WORKERS
     if args.transport in STREAM_TRANSPORTS:
-        make_stream = _worker_factory(StreamAcceptor(), _stream_log(args), verifier)
+        make_stream = _worker_factory(StreamAcceptor(), _client_from_header(_stream_log(args)), verifier)
         return Prefork(_stream_transport(args), make_stream, workers, drain_timeout=args.grace)
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    make_datagram = _worker_factory(DatagramAcceptor(), datagram_log, verifier)
+    make_datagram = _worker_factory(_datagram_acceptor(args), datagram_log, verifier)
     return Prefork(_datagram_transport(args), make_datagram, workers, drain_timeout=args.grace)
 
 

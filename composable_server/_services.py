@@ -24,6 +24,7 @@ from typing import Final, cast, Generic, TypeAlias, TypeVar, final
 
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
+from .proxy import reply_address
 
 __all__ = (
     "DATAGRAM_SERVICES",
@@ -101,7 +102,7 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        sock.sendto(self.transform(data), address)
+        sock.sendto(self.transform(data), reply_address(self.request, address))
 
 
 class UpperDatagramHandler(_DatagramHandler):

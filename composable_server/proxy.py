@@ -110,6 +110,7 @@ __all__ = (
     "crc32c",
     "proxied_client_address",
     "proxy_header_of",
+    "reply_address",
 )
 
 ProxyMode: TypeAlias = Literal["v1", "v2", "any"]
@@ -843,6 +844,15 @@ def proxied_client_address(request: object, client_address: AddressT) -> Address
     if address is None or proxy_header_of(request) is None:
         return client_address
     return cast(Address, address)
+
+
+def reply_address(request: object, client_address: AddressT) -> AddressT | Address:
+    """Where a datagram handler sends its reply: the proxy for a
+    :class:`ProxiedDatagram` (the client sent its datagram to the proxy, and
+    only the proxy can relay the answer), else *client_address*."""
+    if isinstance(request, ProxiedDatagram):
+        return request.proxy_address
+    return client_address
 
 
 # -- the stream transport -------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
+import logging
 import socket
 import ssl
 import struct
@@ -25,6 +26,7 @@ import trustme
 
 from composable_server import (
     BaseRequestHandler,
+    DatagramRequestHandler,
     NoTimeout,
     Server,
     StreamAcceptor,
@@ -34,6 +36,7 @@ from composable_server import (
     TLSTransport,
     UDPTransport,
 )
+from composable_server._cli import build_parser, build_server, main
 from composable_server.exceptions import ProxyProtocolError
 from composable_server.proxy import (
     V2_SIGNATURE,
@@ -368,3 +371,75 @@ class TestDatagrams:
         ]
         stats = acceptor.statistics()
         assert (stats.proxied, stats.local, stats.refused) == (2, 1, 1)
+
+    @pytest.mark.timeout(10)
+    def test_stdlib_style_handler_replies_to_the_proxy(self) -> None:
+        """A DatagramRequestHandler's reply goes to the proxy that relayed the datagram, not to the client it names."""
+
+        class Upper(DatagramRequestHandler[Any]):
+            def handle(self) -> None:
+                self.wfile.write(self.rfile.read().upper())
+
+        server: Server[Any, Any] = Server(
+            transport=UDPTransport((LOCAL, 0)),
+            acceptor=ProxyProtocolDatagramAcceptor(),
+            handler=Upper,
+            error_policy=RecordingErrorPolicy(),
+            timeout_policy=NoTimeout(),
+        )
+        header = V2_SIGNATURE + b"\x21\x12\x00\x0c" + socket.inet_aton("127.0.0.9") + socket.inet_aton(LOCAL)
+        with running(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as proxy:
+            proxy.settimeout(CLIENT_TIMEOUT)
+            proxy.bind((LOCAL, 0))
+            proxy.sendto(header + struct.pack("!HH", 6000, 53) + b"relayed", server.server_address)
+            assert proxy.recv(100) == b"RELAYED"
+
+
+class TestCommandLine:
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("transport", ["tcp", "udp"])
+    def test_serve_with_proxy_protocol(self, transport: str, caplog: pytest.LogCaptureFixture) -> None:
+        """``serve --proxy-protocol`` serves the proxied client and logs it on the debug request line."""
+        mode = "any" if transport == "tcp" else "v2"
+        args = build_parser().parse_args(
+            ["serve", "--transport", transport, "--port", "0", "--proxy-protocol", mode, "--proxy-trust", "127.0.0.0/8"]
+        )
+        server, _ = build_server(args)
+        caplog.set_level(logging.DEBUG, logger="composable_server.cli")
+        with running(server):
+            if transport == "tcp":
+                assert exchange(server.server_address, V1_LINE + b"hello\n") == b"HELLO\n"
+            else:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as proxy:
+                    proxy.settimeout(CLIENT_TIMEOUT)
+                    proxy.sendto(v2_udp4("203.0.113.7", 40001) + b"hello", server.server_address)
+                    assert proxy.recv(100) == b"HELLO"
+        assert "request from 203.0.113.7:40001" in caplog.text
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize(
+        ("argv", "message"),
+        [
+            (["--proxy-trust", "10.0.0.0/8"], "--proxy-trust applies only with --proxy-protocol"),
+            (["--transport", "udp", "--proxy-protocol", "v1"], "--proxy-protocol v1 is for stream transports"),
+            (["--proxy-protocol", "v3"], "invalid choice: 'v3'"),
+        ],
+    )
+    def test_bad_proxy_options_are_refused(
+        self, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Inconsistent PROXY options exit 2 with one line naming the problem."""
+        with pytest.raises(SystemExit) as info:
+            main(["serve", "--port", "0", *argv])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def v2_udp4(src: str, sport: int) -> bytes:
+    return (
+        V2_SIGNATURE
+        + b"\x21\x12\x00\x0c"
+        + socket.inet_aton(src)
+        + socket.inet_aton(LOCAL)
+        + struct.pack("!HH", sport, 9999)
+    )
