@@ -627,9 +627,15 @@ def _v1_ip(text: bytes, family: socket.AddressFamily) -> str:
     if _IPV6_V1.fullmatch(text) is None:
         raise ProxyProtocolError(f"v1: {text!r} is not an IPv6 address")
     try:
-        return str(ipaddress.IPv6Address(text.decode("ascii")))
+        return _ipv6_text(ipaddress.IPv6Address(text.decode("ascii")).packed)
     except ValueError as exc:
         raise ProxyProtocolError(f"v1: {text!r} is not an IPv6 address: {exc}") from None
+
+
+def _ipv6_text(packed: bytes) -> str:
+    # inet_ntop, as getpeername() reports a peer (an IPv4-mapped one as
+    # ::ffff:a.b.c.d), whatever the Python version's ipaddress.__str__ does.
+    return socket.inet_ntop(socket.AF_INET6, packed)
 
 
 def _v1_port(text: bytes) -> int:
@@ -675,9 +681,7 @@ def _addresses(block: bytes, family: socket.AddressFamily) -> tuple[Address, Add
         return (socket.inet_ntop(family, block[0:4]), sport), (socket.inet_ntop(family, block[4:8]), dport)
     if family == socket.AF_INET6:
         sport, dport = struct.unpack("!HH", block[32:36])
-        src = str(ipaddress.IPv6Address(block[0:16]))
-        dst = str(ipaddress.IPv6Address(block[16:32]))
-        return (src, sport, 0, 0), (dst, dport, 0, 0)
+        return (_ipv6_text(block[0:16]), sport, 0, 0), (_ipv6_text(block[16:32]), dport, 0, 0)
     return _unix_path(block[0:108]), _unix_path(block[108:216])
 
 
@@ -1037,10 +1041,15 @@ class ProxyProtocolTransport(Generic[StreamAddressT]):
             header = self._read(request)
         except ProxyProtocolError as exc:
             exc.peer = peer
-            raise self._counters.failed(exc) from exc.__cause__
+            self._counters.failed(exc)
+            raise
         self._counters.accepted(header)
         proxied = ProxiedSocket.adopt(request, header, peer)
-        started = self.inner.start_request(proxied)
+        try:
+            started = self.inner.start_request(proxied)
+        except BaseException:
+            proxied.close()  # the descriptor is in proxied now (a no-op if TLS took it over)
+            raise
         if started is not proxied:
             # TLS above us made a new socket object (an SSLSocket has a __dict__).
             started.proxy_header = header  # type: ignore[attr-defined]  # attached for proxy_header_of()
@@ -1180,7 +1189,8 @@ class ProxyProtocolDatagramAcceptor:
                 raise ProxyProtocolError(f"datagram of {len(data)} bytes ends inside its v2 header")
         except ProxyProtocolError as exc:
             exc.peer = peer
-            raise self._counters.failed(exc) from None
+            self._counters.failed(exc)
+            raise
         header = result.header
         self._counters.accepted(header)
         request = ProxiedDatagram(result.leftover, sock, header, cast(Address, peer))

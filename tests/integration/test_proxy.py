@@ -12,6 +12,7 @@ import array
 import contextlib
 import fcntl
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -33,6 +34,7 @@ from composable_server import (
     StreamRequestHandler,
     TCPTransport,
     ThreadingDispatcher,
+    TLSHandshakeError,
     TLSTransport,
     UDPTransport,
 )
@@ -211,6 +213,24 @@ class TestHeaderReading:
                     tls.sendall(b"secret\n")
                     reply = read_to_eof(tls)
         assert reply == b"('192.0.2.44', 7000)|tls|SECRET\n"
+
+
+class TestTLSInside:
+    @pytest.mark.timeout(15)
+    def test_failed_handshake_after_the_header_releases_the_connection(self) -> None:
+        """A valid header followed by something that is not TLS fails the handshake and closes the descriptor."""
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(context)
+        transport = ProxyProtocolTransport(TLSTransport(TCPTransport((LOCAL, 0)), context, handshake_timeout=5), mode="v1")
+        with connected_pair() as (client, accepted):
+            fd = accepted.fileno()
+            client.sendall(V1_LINE + b"GET / HTTP/1.0\r\n\r\n")
+            with pytest.raises(TLSHandshakeError):
+                transport.start_request(accepted)
+            with pytest.raises(OSError):
+                os.fstat(fd)  # closed, not leaked
+        assert transport.statistics().proxied == 1
 
 
 class TestRefusals:
