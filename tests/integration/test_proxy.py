@@ -52,6 +52,7 @@ from composable_server.proxy import (
     proxied_client_address,
     proxy_header_of,
 )
+from composable_server.testing import check_acceptor, check_transport
 
 from ._support import CLIENT_TIMEOUT, Background, RecordingErrorPolicy, read_to_eof, running
 
@@ -213,6 +214,23 @@ class TestHeaderReading:
                     tls.sendall(b"secret\n")
                     reply = read_to_eof(tls)
         assert reply == b"('192.0.2.44', 7000)|tls|SECRET\n"
+
+
+class TestContracts:
+    @pytest.mark.timeout(10)
+    def test_transport_and_acceptor_contracts(self) -> None:
+        """ProxyProtocolTransport keeps the Transport contract, and StreamAcceptor's over it."""
+
+        def make() -> ProxyProtocolTransport[Any]:
+            return ProxyProtocolTransport(TCPTransport((LOCAL, 0)), mode="any")
+
+        @contextlib.contextmanager
+        def pending(transport: Any) -> Iterator[socket.socket]:
+            with socket.create_connection(transport.server_address, timeout=CLIENT_TIMEOUT) as client:
+                yield client
+
+        check_transport(make)
+        check_acceptor(make, StreamAcceptor, pending)
 
 
 class TestTLSInside:
