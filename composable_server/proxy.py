@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 import os
 import re
 import select
@@ -75,7 +76,7 @@ from typing import ClassVar, Final, Generic, Literal, TypeAlias, TypeVar, cast, 
 
 import attrs
 
-from .acceptors import DatagramAcceptor
+from .acceptors import OVERSIZE_LOG_INTERVAL, DatagramAcceptor
 from .exceptions import ProxyProtocolError, ServerStateError
 from .interfaces import Acceptor, Address, DatagramRequest, Transport
 from .verifiers import CIDRVerifier, allow_networks
@@ -112,6 +113,8 @@ __all__ = (
     "proxy_header_of",
     "reply_address",
 )
+
+_logger = logging.getLogger("composable_server")
 
 ProxyMode: TypeAlias = Literal["v1", "v2", "any"]
 """Which header a listener requires: version 1, version 2, or either (never none)."""
@@ -1158,15 +1161,22 @@ class ProxyProtocolDatagramAcceptor:
         trusted: CIDR networks allowed to send a header (default loopback);
             Unix datagram senders are always trusted.
         max_v2_length: the largest declared v2 length accepted.
+        logger: where refused datagrams are logged.
 
     A refused datagram raises :class:`ProxyProtocolError`, an ``OSError``
-    with ``EPROTO``, which the server's accept path skips as transient.
+    with ``EPROTO``, which the server's accept path skips as transient (no
+    back-off); refusals are counted (:meth:`statistics`) and logged at
+    WARNING, with the sender and the reason, at most once per
+    :data:`~composable_server.acceptors.OVERSIZE_LOG_INTERVAL` seconds.
     """
 
     inner: Acceptor[DatagramRequest, object] = attrs.field(factory=DatagramAcceptor)
     trusted: CIDRVerifier = attrs.field(kw_only=True, factory=_default_trust, converter=_trust_list)
     max_v2_length: int = attrs.field(kw_only=True, default=DEFAULT_MAX_V2_LENGTH, validator=_check_max_v2_length)
+    logger: logging.Logger = attrs.field(default=_logger, kw_only=True, repr=False)
     _counters: _Counters = attrs.field(init=False, factory=_Counters, repr=False)
+    _last_log: float | None = attrs.field(init=False, default=None, repr=False)
+    _unlogged: int = attrs.field(init=False, default=0, repr=False)
 
     def accept(self, transport: Transport[DatagramRequest, AddressT]) -> tuple[DatagramRequest, AddressT]:
         """Receive one datagram and strip its v2 header.
@@ -1178,10 +1188,9 @@ class ProxyProtocolDatagramAcceptor:
         """
         (data, sock), peer = self.inner.accept(transport)
         if not _trusted(self.trusted, peer, sock.family):
-            raise self._counters.failed(
-                ProxyProtocolError(f"untrusted source: not in the trust list {self.trusted!r}", peer=peer),
-                untrusted=True,
-            )
+            exc = ProxyProtocolError(f"untrusted source: not in the trust list {self.trusted!r}", peer=peer)
+            self._refused(exc, untrusted=True)
+            raise exc
         parser = ProxyParser("v2", max_v2_length=self.max_v2_length)
         try:
             result = parser.feed(data)
@@ -1189,12 +1198,23 @@ class ProxyProtocolDatagramAcceptor:
                 raise ProxyProtocolError(f"datagram of {len(data)} bytes ends inside its v2 header")
         except ProxyProtocolError as exc:
             exc.peer = peer
-            self._counters.failed(exc)
+            self._refused(exc)
             raise
         header = result.header
         self._counters.accepted(header)
         request = ProxiedDatagram(result.leftover, sock, header, cast(Address, peer))
         return request, cast(AddressT, request.client_address)
+
+    def _refused(self, exc: ProxyProtocolError, *, untrusted: bool = False) -> None:
+        self._counters.failed(exc, untrusted=untrusted)
+        now = time.monotonic()
+        with self._counters.lock:
+            if self._last_log is not None and now - self._last_log < OVERSIZE_LOG_INTERVAL:
+                self._unlogged += 1
+                return
+            unlogged, self._unlogged, self._last_log = self._unlogged, 0, now
+        more = f" ({unlogged} more since the last report)" if unlogged else ""
+        self.logger.warning("dropped a datagram: %s%s", exc, more)
 
     def statistics(self) -> ProxyProtocolStatistics:
         """A snapshot of the header counts."""

@@ -364,7 +364,7 @@ class TestRefusals:
 
 class TestDatagrams:
     @pytest.mark.timeout(10)
-    def test_every_datagram_carries_its_header(self) -> None:
+    def test_every_datagram_carries_its_header(self, caplog: pytest.LogCaptureFixture) -> None:
         """Each datagram's v2 header is stripped; the handler sees the proxied client and replies to the proxy."""
         seen: list[tuple[object, bytes, object]] = []
         done = threading.Event()
@@ -409,6 +409,7 @@ class TestDatagrams:
         ]
         stats = acceptor.statistics()
         assert (stats.proxied, stats.local, stats.refused) == (2, 1, 1)
+        assert f"dropped a datagram: PROXY protocol from {me!r}: expected a v2 header" in caplog.text
 
     @pytest.mark.timeout(10)
     def test_stdlib_style_handler_replies_to_the_proxy(self) -> None:
