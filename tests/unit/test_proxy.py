@@ -33,6 +33,7 @@ from composable_server.proxy import (
     crc32c,
     proxied_client_address,
     proxy_header_of,
+    reply_address,
 )
 from composable_server.testing import MemoryTransport
 
@@ -492,9 +493,19 @@ class TestResults:
         assert not SSLInfo(client=SSLInfo.CLIENT_SSL, verify=0).verified
 
     def test_request_accessors(self) -> None:
-        """proxy_header_of and proxied_client_address fall back for a request without a header."""
+        """proxy_header_of, proxied_client_address and reply_address fall back for a request without a header."""
         assert proxy_header_of(object()) is None
         assert proxied_client_address(object(), ("1.2.3.4", 5)) == ("1.2.3.4", 5)
+        assert reply_address((b"data", object()), ("1.2.3.4", 5)) == ("1.2.3.4", 5)
+
+    def test_an_attribute_alone_is_not_a_header(self) -> None:
+        """A request with a client_address attribute but no ProxyHeader keeps the accepted address."""
+
+        class Lookalike:
+            client_address = ("6.6.6.6", 1)
+            proxy_header = "not a header"
+
+        assert proxied_client_address(Lookalike(), ("1.2.3.4", 5)) == ("1.2.3.4", 5)
 
 
 class TestProxyProtocolError:
