@@ -1,6 +1,6 @@
 """The PROXY protocol layer behind real senders: a private HAProxy 2.6 (v2
-with CRC32C and UNIQUE_ID TLVs, LOCAL health checks) and a private nginx
-stream proxy (v1).
+with CRC32C and UNIQUE_ID TLVs, LOCAL health checks; terminating TLS, with
+the ALPN, AUTHORITY and SSL TLVs) and a private nginx stream proxy (v1).
 
 Each test starts its own proxy on free loopback ports, in its own process
 group, and kills the group in ``finally``.  Clients connect from 127.0.0.2,
@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from composable_server import StreamAcceptor, StreamRequestHandler, TCPTransport, ThreadingDispatcher
 from composable_server.policies import NoTimeout
 from composable_server.exceptions import ProxyProtocolError
-from composable_server.proxy import CRC32C, Command, ProxyMode, ProxyProtocolTransport, proxy_header_of
+from composable_server.proxy import CRC32C, Command, ProxyHeader, ProxyMode, ProxyProtocolTransport, proxy_header_of
 
 from ._support import CLIENT_TIMEOUT, RecordingErrorPolicy, read_to_eof, running
 from .test_proxy import ProxiedServer
@@ -102,11 +104,11 @@ def handler_for(served: Served) -> type[StreamRequestHandler[Any]]:
     return Who
 
 
-def backend(mode: ProxyMode, served: Served, errors: RecordingErrorPolicy) -> ProxiedServer:
+def backend(mode: ProxyMode, served: Served, errors: RecordingErrorPolicy, handler: Any = None) -> ProxiedServer:
     return ProxiedServer(
         transport=ProxyProtocolTransport(TCPTransport((LOCAL, 0)), mode=mode),
         acceptor=StreamAcceptor(),
-        handler=handler_for(served),
+        handler=handler_for(served) if handler is None else handler,
         dispatcher=ThreadingDispatcher(daemon=True),
         error_policy=errors,
         timeout_policy=NoTimeout(),
@@ -144,7 +146,7 @@ def proxy_errors(errors: RecordingErrorPolicy) -> list[BaseException]:
 HAPROXY = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 
 
-def haproxy_config(frontend: int, server: tuple[str, int], stats: Path) -> str:
+def haproxy_config(frontend: int, server: tuple[str, int], stats: Path, tls: str = "") -> str:
     host, port = server
     return f"""
 global
@@ -169,7 +171,7 @@ backend pool
     tcp-check send "ping\\n"
     tcp-check expect string PING
     server app {host}:{port} send-proxy-v2 proxy-v2-options unique-id,crc32c check check-send-proxy inter 200ms
-"""
+{tls}"""
 
 
 def haproxy_stat(stats: Path, proxy: str, server: str) -> dict[str, str]:
@@ -188,14 +190,14 @@ def haproxy_stat(stats: Path, proxy: str, server: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def haproxy(server: tuple[str, int], served: Served, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def haproxy(server: tuple[str, int], served: Served, tmp_path: Path, tls: str = "") -> Iterator[tuple[int, Path]]:
     """A private HAProxy in front of *server*; started once its first health check was served
     (the frontend is bound before checks begin)."""
     assert HAPROXY is not None
     frontend = free_port()
     stats = tmp_path / "haproxy.sock"
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(haproxy_config(frontend, server, stats))
+    cfg.write_text(haproxy_config(frontend, server, stats, tls))
     log = tmp_path / "haproxy.log"
     with process_group([HAPROXY, "-f", str(cfg), "-db"], log) as proc:
         wait_started(lambda: served.wait_for(lambda e: e[1] is Command.LOCAL, 0.05), proc, log)
@@ -236,6 +238,65 @@ class TestHAProxy:
         # The real endpoint (HAProxy's own address), and a CRC32C TLV verified on each.
         assert all(isinstance(e[0], tuple) and e[0][0] == LOCAL and e[4] for e in local)
         assert transport.statistics().local >= 1 and transport.statistics().refused == 0
+
+
+TLS_FRONTEND = """
+frontend tls
+    bind {LOCAL}:{port} ssl crt {crt} ca-file {ca} verify optional alpn h2,http/1.1
+    default_backend tls_pool
+
+backend tls_pool
+    server app {host}:{server_port} send-proxy-v2 proxy-v2-options ssl,cert-cn,ssl-cipher,cert-sig,cert-key,authority,crc32c
+"""
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (.ci/run installs Debian's haproxy)")
+class TestHAProxyTLS:
+    @pytest.mark.timeout(40)
+    def test_tls_details_arrive_as_typed_tlvs(self, tmp_path: Path) -> None:
+        """HAProxy terminating TLS sends ALPN, AUTHORITY and the SSL TLV (version, CN, cipher, algorithms) typed."""
+        ca = trustme.CA()
+        crt, ca_file = tmp_path / "server.pem", tmp_path / "ca.pem"
+        ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(crt))
+        ca.cert_pem.write_to_path(str(ca_file))
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        ca.issue_cert("client.example", common_name="Zoë Client").configure_cert(client_ctx)
+        client_ctx.set_alpn_protocols(["h2"])
+        headers: list[ProxyHeader] = []
+        served, errors = Served(), RecordingErrorPolicy()
+
+        class Record(StreamRequestHandler[Any]):
+            def handle(self) -> None:
+                header = proxy_header_of(self.request)
+                line = self.read_line()
+                if header is not None and header.command is Command.PROXY:
+                    headers.append(header)
+                    self.wfile.write(line.upper())
+                else:  # a health check
+                    served.add((self.client_address, None if header is None else header.command, None, line, False))
+                    self.wfile.write(line.upper())
+
+        with running(backend("v2", served, errors, Record)) as server:
+            port = free_port()
+            host, server_port = server.server_address
+            tls = TLS_FRONTEND.format(LOCAL=LOCAL, port=port, crt=crt, ca=ca_file, host=host, server_port=server_port)
+            with haproxy(server.server_address, served, tmp_path, tls):
+                with socket.create_connection((LOCAL, port), timeout=CLIENT_TIMEOUT) as raw:
+                    with client_ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+                        conn.sendall(b"over tls\n")
+                        assert read_to_eof(conn) == b"OVER TLS\n"
+                        version, cipher = conn.version(), conn.cipher()
+        (header,) = headers
+        assert header.alpn == b"h2"
+        assert header.authority == "localhost"
+        assert header.find(CRC32C) is not None
+        info = header.ssl
+        assert info is not None and info.ssl and info.cert_in_connection and info.verified
+        assert info.version == version and cipher is not None and info.cipher == cipher[0]
+        assert info.cn == "Zoë Client"
+        assert (info.sig_alg, info.key_alg) == ("ecdsa-with-SHA256", "EC256")  # trustme's ECDSA P-256 leaf
+        assert not proxy_errors(errors)
 
 
 # -- nginx --------------------------------------------------------------------------
