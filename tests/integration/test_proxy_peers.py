@@ -32,7 +32,7 @@ from composable_server.policies import NoTimeout
 from composable_server.exceptions import ProxyProtocolError
 from composable_server.proxy import CRC32C, Command, ProxyHeader, ProxyMode, ProxyProtocolTransport, proxy_header_of
 
-from ._support import CLIENT_TIMEOUT, RecordingErrorPolicy, read_to_eof, running
+from ._support import CLIENT_TIMEOUT, RecordingErrorPolicy, ipv6_available, read_to_eof, running
 from .test_proxy import ProxiedServer
 
 LOCAL = "127.0.0.1"
@@ -41,10 +41,10 @@ NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 START_TIMEOUT = 15.0
 
 
-def free_port() -> int:
+def free_port(host: str = LOCAL) -> int:
     """A loopback port that was free a moment ago (for a proxy's config file)."""
-    with socket.socket() as sock:
-        sock.bind((LOCAL, 0))
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -115,13 +115,13 @@ def backend(mode: ProxyMode, served: Served, errors: RecordingErrorPolicy, handl
     )
 
 
-def request_from(host: str, port: int, line: bytes) -> tuple[tuple[str, int], bytes]:
-    """Send *line* from *host* (any free port) and return (our address, the reply)."""
-    with socket.socket() as sock:
+def request_from(host: str, port: int, line: bytes, target: str = LOCAL) -> tuple[tuple[Any, ...], bytes]:
+    """Send *line* from *host* (any free port) to *target* and return (our address, the reply)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.settimeout(CLIENT_TIMEOUT)
         sock.bind((host, 0))
-        sock.connect((LOCAL, port))
-        me: tuple[str, int] = sock.getsockname()
+        sock.connect((target, port))
+        me: tuple[Any, ...] = sock.getsockname()
         sock.sendall(line + b"\n")
         return me, read_to_eof(sock)
 
@@ -304,7 +304,7 @@ class TestHAProxyTLS:
 NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 
 
-def nginx_config(frontend: int, server: tuple[str, int], prefix: Path) -> str:
+def nginx_config(frontend: str, server: tuple[str, int], prefix: Path) -> str:
     host, port = server
     return f"""
 load_module {NGINX_STREAM_MODULE};
@@ -314,7 +314,7 @@ error_log stderr info;
 events {{ worker_connections 64; }}
 stream {{
     server {{
-        listen {LOCAL}:{frontend};
+        listen {frontend};
         proxy_pass {host}:{port};
         proxy_protocol on;
     }}
@@ -328,22 +328,30 @@ stream {{
 )
 class TestNginx:
     @pytest.mark.timeout(40)
-    @pytest.mark.parametrize("mode", ["v1", "any"])
-    def test_handler_sees_the_client(self, mode: ProxyMode, tmp_path: Path) -> None:
-        """Through nginx's stream proxy (``proxy_protocol on``: v1), the handler sees the client's own address and port."""
+    @pytest.mark.parametrize(
+        ("mode", "client"),
+        [("v1", CLIENT_HOST), ("any", CLIENT_HOST), pytest.param("v1", "::1", id="v1-ipv6-client")],
+    )
+    def test_handler_sees_the_client(self, mode: ProxyMode, client: str, tmp_path: Path) -> None:
+        """Through nginx's stream proxy (``proxy_protocol on``: v1), the handler sees the client's own address and
+        port (an IPv6 client through an IPv4 hop arrives as TCP6)."""
         assert NGINX is not None
+        if ":" in client and not ipv6_available():
+            pytest.skip("no IPv6 loopback")
         served, errors = Served(), RecordingErrorPolicy()
         with running(backend(mode, served, errors)) as server:
-            frontend = free_port()
+            target = "::1" if ":" in client else LOCAL
+            port = free_port(target)
             cfg = tmp_path / "nginx.conf"
-            cfg.write_text(nginx_config(frontend, server.server_address, tmp_path))
+            listen = f"[{target}]:{port}" if ":" in target else f"{target}:{port}"
+            cfg.write_text(nginx_config(listen, server.server_address, tmp_path))
             log = tmp_path / "nginx.log"
             argv = [NGINX, "-c", str(cfg), "-p", str(tmp_path), "-e", "stderr", "-g", "daemon off;"]
             with process_group(argv, log) as proc:
                 # nginx writes its pid file after it has opened its listening sockets.
                 wait_started((tmp_path / "nginx.pid").exists, proc, log)
                 for n in range(3):
-                    me, reply = request_from(CLIENT_HOST, frontend, b"hi %d" % n)
+                    me, reply = request_from(client, port, b"hi %d" % n, target)
                     assert reply == f"{me!r}|-|HI {n}\n".encode(), log.read_text(errors="replace")
         assert [e[1] for e in served.requests] == [Command.PROXY] * 3
         assert not proxy_errors(errors)
