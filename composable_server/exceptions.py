@@ -16,6 +16,7 @@ __all__ = (
     "BindError",
     "DatagramTooLargeError",
     "LineTooLongError",
+    "PortRangeError",
     "ProxyProtocolError",
     "ServerClosedError",
     "ServerError",
@@ -41,6 +42,23 @@ class AddressError(ServerError, ValueError):
         super().__init__(message)
         self.address = address
         self.family = family
+
+
+class PortRangeError(AddressError, OverflowError):
+    """A port number outside 0..65535.
+
+    Also an :class:`OverflowError`, which is what ``socket.bind`` raises for
+    such a port (``bind(): port must be 0-65535.``), so code written against
+    stdlib ``socketserver`` that catches it keeps working; and an
+    :class:`AddressError` (a ``ValueError``) like every other bad address.
+
+    Attributes:
+        port: the offending port.
+    """
+
+    def __init__(self, message: str, *, address: object, family: object = None, port: int) -> None:
+        super().__init__(message, address=address, family=family)
+        self.port = port
 
 
 class BindError(ServerError, OSError):
@@ -152,7 +170,7 @@ class ProxyProtocolError(ServerError, OSError, ValueError):
     transient receive error.
 
     Attributes:
-        reason: what was wrong, e.g. ``"v1: leading zero in port '080'"``.
+        reason: what was wrong, e.g. ``"v2: CRC32C mismatch: header says 0x12345678, computed 0x4caeac6a"``.
         peer: the connection's real peer address (the proxy), or None when
             not known (the parser alone, or the peer already gone).
         timed_out: True if the header did not arrive before the deadline.
