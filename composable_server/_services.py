@@ -24,6 +24,8 @@ from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
+from .proxy import reply_address
+from .proxy import reply_address
 
 __all__ = (
     "DATAGRAM_SERVICES",
@@ -94,7 +96,7 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        sock.sendto(data.upper() if self.upper else data, address)
+        sock.sendto(data.upper() if self.upper else data, reply_address(self.request, address))
 
 
 class UpperDatagramHandler(_DatagramHandler):
