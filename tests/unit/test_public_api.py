@@ -9,7 +9,6 @@ import inspect
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
@@ -112,21 +111,3 @@ class TestTestingKit:
 
         assert not set(testing.__all__) & set(composable_server.__all__)
 
-
-class TestPackageStub:
-    @pytest.mark.timeout(10)
-    def test_stub_mirrors_package_exports(self) -> None:
-        """stubs/composable_server/__init__.pyi re-exports exactly what the package's __init__ does."""
-        root = Path(composable_server.__file__).resolve().parent
-        runtime = ast.parse((root / "__init__.py").read_text())
-        stub = ast.parse((root.parent / "stubs" / "composable_server" / "__init__.pyi").read_text())
-
-        def exports(tree: ast.Module) -> set[tuple[str, str]]:
-            names: set[tuple[str, str]] = set()
-            for node in tree.body:
-                if isinstance(node, ast.ImportFrom):
-                    module = (node.module or "").removeprefix("composable_server.")
-                    names.update((module, alias.asname or alias.name) for alias in node.names)
-            return names
-
-        assert exports(stub) == exports(runtime)
