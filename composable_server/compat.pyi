@@ -1,7 +1,7 @@
 # The static interface of composable_server.compat, whose server classes are
 # built at run time by composable_server.factories (mypy cannot see those).
-# It sits next to compat.py (PEP 561: mypy prefers the .pyi), so it reaches
-# mypy in every install mode: wheel, sdist and editable alike.
+# It sits next to compat.py (type checkers prefer a .pyi to the .py beside it),
+# so it reaches mypy in every install mode: wheel, sdist and editable alike.
 # It mirrors typeshed's stdlib/socketserver.pyi, so that code written for
 # stdlib socketserver type-checks unchanged, with deliberate differences:
 #   * every server class is a subclass of the engine Server[Any, Any];
