@@ -20,7 +20,7 @@ import logging
 import threading
 from socket import SHUT_RDWR
 from socket import socket as Socket
-from typing import Final, cast, Generic, TypeAlias, TypeVar, final
+from typing import ClassVar, Final, cast, Generic, TypeAlias, TypeVar, final
 
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
@@ -32,6 +32,7 @@ __all__ = (
     "RequestLog",
     "format_address",
     "http_handler",
+    "line_service",
 )
 
 _logger = logging.getLogger("composable_server.cli")
@@ -61,12 +62,15 @@ def format_address(address: object) -> str:
 class _LineHandler(StreamRequestHandler[Address]):
     """Read one line, reply with it transformed, close (``MyTCPHandler``)."""
 
+    # The most bytes read as one line (--max-line); see MAX_LINE.
+    max_line: ClassVar[int] = MAX_LINE
+
     def transform(self, data: bytes) -> bytes:
         """The reply to *data*."""
         return data.upper()
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_LINE)
+        line = self.rfile.readline(self.max_line)
         self.wfile.write(self.transform(line))
 
 
@@ -134,10 +138,25 @@ def http_handler(directory: str) -> StreamHandler:
     return functools.partial(_LoggingHTTPRequestHandler, directory=directory)
 
 
-STREAM_SERVICES: Final[dict[str, StreamHandler]] = {
+_LINE_HANDLERS: Final[dict[str, type[_LineHandler]]] = {
     "upper": UpperStreamHandler,
     "echo": EchoStreamHandler,
 }
+STREAM_SERVICES: Final[dict[str, StreamHandler]] = dict(_LINE_HANDLERS)
+
+
+def line_service(name: str, max_line: int = MAX_LINE) -> StreamHandler:
+    """The line service *name* (``upper``, ``echo``) reading lines of at most *max_line* bytes.
+
+    Raises:
+        KeyError: no such line service.
+    """
+    base = _LINE_HANDLERS[name]
+    if max_line == base.max_line:
+        return base
+    # A subclass per bound: the handler class itself stays the factory, so
+    # the server still sees a StreamRequestHandler (kernel idle timeouts).
+    return type(base.__name__, (base,), {"max_line": max_line, "__module__": __name__})
 DATAGRAM_SERVICES: Final[dict[str, DatagramHandler]] = {
     "upper": UpperDatagramHandler,
     "echo": EchoDatagramHandler,
