@@ -185,26 +185,32 @@ class Served(Generic[RequestT, AddressT]):
         server = self.server
         original_finish = server.finish_request
         original_error = server.handle_error
-        local = threading.local()  # the error this thread recorded last
+        # The client address of the request whose finish_request just raised
+        # in this thread: it counts as finished once its error is recorded.
+        local = threading.local()
 
         def finish_request(request: RequestT, client_address: AddressT) -> None:
+            local.failed = None
             try:
                 original_finish(request, client_address)
-            except Exception as exc:
-                local.exc = exc
-                self._record(exc)
+            except BaseException:
+                local.failed = (client_address,)
                 raise
-            finally:
-                self._finished(client_address)
+            self._finished(client_address)
 
         def handle_error(request: RequestT, client_address: AddressT) -> None:
+            # Not called for a request the server cut (drain deadline,
+            # lifetime budget): its BrokenPipe is a consequence, not an error.
             exc = sys.exc_info()[1]
             try:
                 original_error(request, client_address)
             finally:
-                if exc is not None and exc is not getattr(local, "exc", None):
+                if exc is not None:
                     self._record(exc)
-                local.exc = None
+                failed: tuple[object] | None = getattr(local, "failed", None)
+                local.failed = None
+                if failed is not None:
+                    self._finished(failed[0])
 
         # Instance attributes shadow the methods (mypy forbids assigning a
         # method; setattr states the intent); stop() removes them again.
@@ -265,6 +271,12 @@ class Served(Generic[RequestT, AddressT]):
         with self._stop_lock:
             if self._report is not None:
                 return self._report
+            # Our clients say they are done (EOF for a handler reading until
+            # it), and still receive what the handlers send before finishing.
+            for client in self._clients:
+                if client.type == socket.SOCK_STREAM:
+                    with contextlib.suppress(OSError):
+                        client.shutdown(socket.SHUT_WR)
             try:
                 report = self.server.drain(self.drain_timeout, grace=_GRACE)
             finally:
