@@ -176,6 +176,7 @@ class Served(Generic[RequestT, AddressT]):
     _names: Iterator[int] = attrs.field(init=False, factory=itertools.count)
     _report: DrainReport | None = attrs.field(init=False, default=None)
     _finished_counts: dict[object, int] = attrs.field(init=False, factory=dict)
+    _shadowed: dict[str, object] = attrs.field(init=False, factory=dict)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -213,7 +214,9 @@ class Served(Generic[RequestT, AddressT]):
                     self._finished(failed[0])
 
         # Instance attributes shadow the methods (mypy forbids assigning a
-        # method; setattr states the intent); stop() removes them again.
+        # method; setattr states the intent); stop() puts back what was there.
+        own = vars(server)
+        self._shadowed = {name: own[name] for name in ("finish_request", "handle_error") if name in own}
         setattr(server, "finish_request", finish_request)
         setattr(server, "handle_error", handle_error)
         self._thread = threading.Thread(target=self._serve, name=f"serve {self.address!r}", daemon=True)
@@ -287,8 +290,9 @@ class Served(Generic[RequestT, AddressT]):
                 if thread.is_alive():
                     self._record(RuntimeError(f"serve_forever of {self.server!r} did not return after drain()"))
             self._collect()
-            vars(self.server).pop("handle_error", None)
-            vars(self.server).pop("finish_request", None)
+            for name in ("finish_request", "handle_error"):
+                vars(self.server).pop(name, None)
+            vars(self.server).update(self._shadowed)
             for client in self._clients:
                 client.close()
             self._clients.clear()
@@ -834,7 +838,9 @@ def check_contracts(
             ran.append("check_acceptor")
     if "acceptor" in roles:
         make_acceptor = cast("Callable[[], Acceptor[object, object]]", make)
-        transports = transport or cast("Callable[[], Transport[object, object]]", lambda: TCPTransport(("127.0.0.1", 0)))
+        transports = transport or cast(
+            "Callable[[], Transport[object, object]]", lambda: TCPTransport(("127.0.0.1", 0))
+        )
         testing.check_acceptor(transports, make_acceptor, _socket_client)
         ran.append("check_acceptor")
     if "verifier" in roles:

@@ -31,13 +31,16 @@ filterwarnings =
 """
 
 USAGE: Final = Path(__file__).parent.parent / "typing" / "plugin_usage.py"
+README: Final = Path(__file__).parent.parent.parent / "README.md"
 
 HANDLERS: Final = """
 import socket
 
 import pytest
 
-from composable_server import DatagramRequestHandler, ForkingDispatcher, StreamRequestHandler, ThreadingDispatcher, compat
+from composable_server import (
+    DatagramRequestHandler, ForkingDispatcher, StreamRequestHandler, ThreadingDispatcher, compat,
+)
 
 
 class HandlerBroke(Exception):
@@ -81,7 +84,8 @@ class TestActivation:
         assert points.get("composable_server") == "composable_server.pytest_plugin"
 
     def test_active_when_installed_without_loading_its_machinery(self, pytester: pytest.Pytester) -> None:
-        """An installed package's plugin provides ``serve``; a run that uses no fixture never imports the engine part."""
+        """An installed package's plugin provides ``serve``; a run that uses no
+        fixture never imports the plugin's support module or the testing kit."""
         source = """
             import sys
 
@@ -117,6 +121,14 @@ class TestUserFile:
         """tests/typing/plugin_usage.py (the mypy-checked user file) passes as a user's test module."""
         result = run(pytester, USAGE.read_text())
         result.assert_outcomes(passed=11)
+
+    def test_readme_example(self, pytester: pytest.Pytester) -> None:
+        """The README's "Testing your server" example passes as it is printed."""
+        section = README.read_text().split("## Testing your server", 1)[1]
+        example = section.split("```python\n", 1)[1].split("```", 1)[0]
+        assert example.startswith("# test_upper.py")
+        result = run(pytester, example)
+        result.assert_outcomes(passed=5)
 
 
 class TestHandlerErrors:

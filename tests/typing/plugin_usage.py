@@ -30,7 +30,13 @@ from composable_server import (
 )
 from composable_server.interfaces import Address
 from composable_server.pytest_plugin import ServeFactory, Served, check_contracts
-from composable_server.testing import MemoryAcceptor, MemoryRequest, MemoryTransport, RecordingErrorPolicy, RecordingHandler
+from composable_server.testing import (
+    MemoryAcceptor,
+    MemoryRequest,
+    MemoryTransport,
+    RecordingErrorPolicy,
+    RecordingHandler,
+)
 
 
 class Upper(StreamRequestHandler[Address]):
