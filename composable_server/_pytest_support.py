@@ -177,6 +177,7 @@ class Served(Generic[RequestT, AddressT]):
     _report: DrainReport | None = attrs.field(init=False, default=None)
     _finished_counts: dict[object, int] = attrs.field(init=False, factory=dict)
     _shadowed: dict[str, object] = attrs.field(init=False, factory=dict)
+    _datagram: bool = attrs.field(init=False, default=False)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -184,6 +185,10 @@ class Served(Generic[RequestT, AddressT]):
         self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._child_dir = tempfile.mkdtemp(prefix="composable-server-errors-")
         server = self.server
+        try:
+            self._datagram = server.transport.socket.type == socket.SOCK_DGRAM
+        except TypeError:  # an in-memory transport: no socket, no clients of ours
+            pass
         original_finish = server.finish_request
         original_error = server.handle_error
         # The client address of the request whose finish_request just raised
@@ -237,8 +242,9 @@ class Served(Generic[RequestT, AddressT]):
         self._wake()
 
     def _finished(self, client_address: object) -> None:
-        """Count a request from *client_address* as finished (see :meth:`request`)."""
-        if not _hashable(client_address):
+        """Count a datagram request from *client_address* as finished (see
+        :meth:`_datagram_exchange`); stream clients see the end as EOF."""
+        if not self._datagram or not _hashable(client_address):
             return
         if os.getpid() == self._pid:
             with self._lock:
