@@ -93,6 +93,7 @@ cutting them (then at most :data:`_GRACE` more)."""
 
 _GRACE: Final = 1.0
 
+
 # sun_path holds 108 bytes on Linux (unix(7)); leave room for the file name.
 _MAX_SOCKET_DIR: Final = 90
 
@@ -452,11 +453,20 @@ class Served(Generic[RequestT, AddressT]):
 
     @staticmethod
     def _stream_exchange(sock: Socket, data: bytes) -> bytes:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        # A server may close (or reset) before it has read everything, e.g.
+        # a handler that failed at once: the reply is then what arrived.
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:  # shutdown() after the peer's reset
+                raise
         chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
         return b"".join(chunks)
 
     def _datagram_exchange(self, sock: Socket, data: bytes, timeout: float) -> bytes:

@@ -116,19 +116,17 @@ class TestActivation:
         assert out.stdout.strip() == "[]"
 
 
-class TestUserFile:
-    def test_every_fixture_in_a_users_file(self, pytester: pytest.Pytester) -> None:
-        """tests/typing/plugin_usage.py (the mypy-checked user file) passes as a user's test module."""
-        result = run(pytester, USAGE.read_text())
-        result.assert_outcomes(passed=11)
-
-    def test_readme_example(self, pytester: pytest.Pytester) -> None:
-        """The README's "Testing your server" example passes as it is printed."""
+class TestUserFiles:
+    def test_every_fixture_in_users_files(self, pytester: pytest.Pytester) -> None:
+        """tests/typing/plugin_usage.py (the mypy-checked user file) and the
+        README's "Testing your server" example, as printed, pass as a user's test modules."""
         section = README.read_text().split("## Testing your server", 1)[1]
         example = section.split("```python\n", 1)[1].split("```", 1)[0]
         assert example.startswith("# test_upper.py")
-        result = run(pytester, example)
-        result.assert_outcomes(passed=5)
+        pytester.makepyfile(test_upper=example)
+        result = run(pytester, USAGE.read_text())
+        result.assert_outcomes(passed=11 + 5)
+        result.stdout.fnmatch_lines_random(["PASSED test_upper.py::test_shared", "PASSED test_user.py::test_fakes"])
 
 
 class TestHandlerErrors:
