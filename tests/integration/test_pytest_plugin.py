@@ -13,6 +13,18 @@ from typing import Final
 
 import pytest
 
+from composable_server import (
+    AcceptBackoff,
+    NoTimeout,
+    ReRaise,
+    StreamAcceptor,
+    SyncDispatcher,
+    ThreadingDispatcher,
+    UDPTransport,
+    allow_networks,
+)
+from composable_server.pytest_plugin import check_contracts
+
 pytest_plugins = ["pytester"]
 
 pytestmark = pytest.mark.timeout(120)
@@ -249,3 +261,35 @@ class TestTeardown:
         )
         result = run(pytester, source)
         result.assert_outcomes(passed=15)
+
+
+class TestCheckContracts:
+    def test_runs_the_suites_of_each_role(self) -> None:
+        """Each built-in component is recognised by its methods and passes its role's suites."""
+        assert check_contracts(lambda: UDPTransport(("127.0.0.1", 0))) == ("check_transport", "check_acceptor")
+        assert check_contracts(StreamAcceptor) == ("check_acceptor",)
+        assert check_contracts(SyncDispatcher, concurrent=False) == ("check_dispatcher",)
+        assert check_contracts(ReRaise, reraises=True) == ("check_error_policy",)
+        assert check_contracts(NoTimeout) == ("check_timeout_policy",)
+        assert check_contracts(AcceptBackoff) == ("check_accept_error_policy",)
+        assert check_contracts(lambda: allow_networks("127.0.0.0/8")) == ("check_verifier",)
+
+    def test_a_broken_component_fails(self) -> None:
+        """A verifier that answers something other than a bool fails its contract."""
+
+        class Maybe:
+            def verify(self, request: object, client_address: object) -> object:
+                return "maybe"
+
+        with pytest.raises(AssertionError, match="not a bool"):
+            check_contracts(Maybe)
+
+    def test_a_dispatcher_needs_concurrent(self) -> None:
+        """A Dispatcher without ``concurrent=`` is refused with an error saying what to pass."""
+        with pytest.raises(TypeError, match="concurrent=True"):
+            check_contracts(ThreadingDispatcher)
+
+    def test_no_role(self) -> None:
+        """An object with no component's methods is refused with the roles' methods listed."""
+        with pytest.raises(TypeError, match="verifier: verify"):
+            check_contracts(object)
