@@ -22,8 +22,10 @@ Fixtures (annotate them with the types below; mypy --strict then sees no ``Any``
     which it happened.
 ``free_tcp_port: Callable[[], int]``, ``free_udp_port: Callable[[], int]``
     A loopback port number free now and never handed out before in the
-    session (see :class:`~composable_server._pytest_support.FreePorts` for
-    the race inherent in any port picker).
+    session.  Any port picker races: another process may bind the port
+    between the pick and the test's own bind; rare, and the price of knowing
+    a number in advance (for a config file or a command line).  A server the
+    test builds should bind port 0 instead, as ``serve`` does: no race.
 ``memory_transport: MemoryTransport[MemoryRequest, str]``, ``recording_handler:
 RecordingHandler[MemoryRequest, str]``, ``recording_error_policy: RecordingErrorPolicy``
     The :mod:`composable_server.testing` fakes, closed at teardown.
