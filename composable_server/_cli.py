@@ -15,7 +15,11 @@ the main thread, so this split keeps both sides simple:
    lock is not safe to take from a handler that interrupted ``wait()``).
 2. The main thread starts ``server.drain(grace)`` in a helper thread: stop
    accepting, wait up to *grace* seconds for the requests in flight, cut the
-   rest (threads: their sockets are shut down; children: SIGTERM).
+   rest (threads: their sockets are shut down; children: SIGTERM).  A stream
+   listener is closed first, once the connections already in the kernel's
+   backlog are taken: from then on a connect is refused (a load balancer
+   retries it on another instance) instead of waiting, unserved, in a
+   backlog that the exit resets.
 3. With the synchronous dispatcher the request in flight runs in the serving
    thread itself, and ``drain()`` waits in ``shutdown()`` for it; so the
    main thread bounds the helper too, and at the deadline shuts down the
@@ -924,7 +928,8 @@ def _run(
         _logger.info("%s: stopping; waiting up to %g s for requests in flight", name, args.grace)
         if notifier is not None:
             notifier.stopping(f"{name}: stopping; waiting up to {args.grace:g} s for requests in flight")
-        return _drain(server, request_log, threads, args.grace, wake_r, wake_w)
+        stream = args.transport in STREAM_TRANSPORTS
+        return _drain(server, request_log, threads, args.grace, wake_r, wake_w, close_listener=stream)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -938,6 +943,27 @@ def _run(
             os.close(wake_w)
 
 
+def _close_listener(server: AnyServer) -> None:
+    """Serve the connections waiting in the listener's backlog, then close it.
+
+    Called once the loop has stopped.  A connection the kernel completed is
+    one a client (or HAProxy) has already sent its request on: left in the
+    backlog it would be reset at exit, a lost request.  Closed, the listener
+    refuses what comes next, which a load balancer retries elsewhere.  Only
+    a connect that completes between the last accept and the close (a few
+    microseconds) is still reset.
+    """
+    poller = select.poll()
+    poller.register(server.fileno(), select.POLLIN)
+    # Bounded: an accept that keeps failing (EMFILE) leaves the listener readable.
+    taken = 0
+    while taken < socket.SOMAXCONN and poller.poll(0):
+        server.handle_request()
+        taken += 1
+    server.transport.close()
+    _logger.debug("listener closed; %d connection(s) taken from its backlog first", taken)
+
+
 def _drain(
     server: AnyServer,
     request_log: RequestLog[socket.socket] | RequestLog[DatagramRequest],
@@ -945,11 +971,16 @@ def _drain(
     grace: float,
     wake_r: int,
     wake_w: int,
+    *,
+    close_listener: bool = False,
 ) -> int:
     reports: list[str] = []
 
     def drain() -> None:
         try:
+            if close_listener:
+                server.shutdown()  # bounded by the wait below: at the deadline, the cut frees the loop
+                _close_listener(server)
             report = server.drain(grace)
             if not report.finished:
                 cut = ", ".join(map(format_address, report.cut))
