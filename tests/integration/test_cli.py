@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -210,6 +211,29 @@ class TestGracefulStop:
                 assert read_to_eof(sock) in (b"", b"NEVER FINISHED")  # cut: EOF, maybe after a partial reply
         assert any("grace period over" in line for line in proc.lines)
 
+
+    def test_backlog_is_served_then_connects_are_refused(self) -> None:
+        """Connections waiting in the backlog at SIGTERM are served, then the listener is closed so a new
+        connect is refused (a load balancer retries it elsewhere) rather than reset unserved at exit."""
+        with serve("--port", "0", "--dispatch", "sync", "--grace", "20") as proc:
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            with contextlib.ExitStack() as stack:
+                busy = stack.enter_context(socket.create_connection(address, timeout=WAIT))
+                busy.sendall(b"busy")
+                proc.wait_for("upper request from")  # the sync loop is held by this request
+                waiting = [stack.enter_context(socket.create_connection(address, timeout=WAIT)) for _ in range(2)]
+                for n, sock in enumerate(waiting):
+                    sock.sendall(b"waiting %d\n" % n)  # complete in the kernel's backlog, not accepted
+                proc.proc.send_signal(signal.SIGTERM)
+                proc.wait_for("SIGTERM: stopping")
+                busy.sendall(b"\n")
+                assert read_to_eof(busy) == b"BUSY\n"
+                assert [read_to_eof(sock) for sock in waiting] == [b"WAITING 0\n", b"WAITING 1\n"]
+                proc.wait_for("listener closed; 2 connection")
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(address, timeout=WAIT).close()
+            assert proc.proc.wait(WAIT) == 0
 
     @pytest.mark.parametrize("dispatch", ["sync", "threading"])
     def test_second_signal_cuts_at_once(self, dispatch: str) -> None:
