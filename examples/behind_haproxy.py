@@ -112,8 +112,8 @@ backend pool
 """
 
 
-def haproxy_status(stats: Path) -> dict[str, str]:
-    """The status (UP, DOWN, ...) of each server of backend ``pool``."""
+def haproxy_stats(stats: Path) -> dict[str, dict[str, str]]:
+    """HAProxy's ``show stat`` rows of backend ``pool`` (its servers, and ``BACKEND``), by column name."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(CLIENT_TIMEOUT)
         sock.connect(str(stats))
@@ -122,7 +122,12 @@ def haproxy_status(stats: Path) -> dict[str, str]:
     lines = text.splitlines()
     names = lines[0].lstrip("# ").split(",")
     rows = (dict(zip(names, line.split(","))) for line in lines[1:])
-    return {row["svname"]: row["status"] for row in rows if row.get("pxname") == "pool" and row["svname"] in BACKENDS}
+    return {row["svname"]: row for row in rows if row.get("pxname") == "pool"}
+
+
+def haproxy_status(stats: Path) -> dict[str, str]:
+    """The status (UP, DOWN, ...) of each server of backend ``pool``."""
+    return {name: row["status"] for name, row in haproxy_stats(stats).items() if name in BACKENDS}
 
 
 def wait_until(ready: Callable[[], bool], what: str, procs: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -197,7 +202,7 @@ def run(args: argparse.Namespace, haproxy: str, tmp: Path) -> dict[str, object]:
         procs: dict[str, subprocess.Popen[bytes]] = {}
         for name, host in BACKENDS.items():
             argv = [sys.executable, "-m", "composable_server", "serve", "--host", host, "--port", str(ports[name])]
-            argv += ["--proxy-protocol", "v2", "--dispatch", "threading", "--log-level", "debug"]
+            argv += ["--proxy-protocol", "v2", "--dispatch", args.dispatch, "--log-level", "debug"]
             argv += ["--grace", str(args.grace)]
             procs[name] = stack.enter_context(process_group(argv, logs[name]))
         for name in BACKENDS:
@@ -226,7 +231,10 @@ def run(args: argparse.Namespace, haproxy: str, tmp: Path) -> dict[str, object]:
         elapsed = time.monotonic() - started
         # A request is logged as it starts: every answered one is in a log by now.
         seen = {name: served(logs[name]) for name in BACKENDS}
+        # The health check notices (bounded wait; it ran every 100 ms meanwhile).
+        wait_until(lambda: haproxy_status(stats)["a"] == "DOWN", "a DOWN", {"haproxy": procs["haproxy"]})
         states = haproxy_status(stats)
+        pool = haproxy_stats(stats)["BACKEND"]
     everyone = sum(seen.values(), collections.Counter[tuple[str, int]]())
     from_clients = {addr: n for addr, n in everyone.items() if addr[0] == CLIENT_HOST}
     checks = collections.Counter(addr[0] for addr in everyone.elements() if addr[0] != CLIENT_HOST)
@@ -244,6 +252,9 @@ def run(args: argparse.Namespace, haproxy: str, tmp: Path) -> dict[str, object]:
         "stopped_status": status,
         "stopped_exit_seconds": round(exit_after, 3),
         "haproxy_after": states,
+        # Connects refused by the stopped instance, retried (on the other one) by HAProxy.
+        "haproxy_retries": int(pool["wretr"] or 0),
+        "haproxy_redispatches": int(pool["wredis"] or 0),
         "seconds": round(elapsed, 3),
     }
 
@@ -253,6 +264,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="total requests (default: 2000)")
     parser.add_argument("--clients", type=int, default=12, help="concurrent clients (default: 12)")
     parser.add_argument("--grace", type=float, default=5.0, help="the instances' --grace (default: 5)")
+    parser.add_argument("--dispatch", default="threading", help="the instances' --dispatch (default: threading)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
     haproxy = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
@@ -268,6 +280,7 @@ def main() -> int:
         print(f"served per backend: {result['per_backend']}")
         print(f"client addresses the handlers saw: {result['client_hosts_seen']} (real: {result['real_clients_seen']})")
         print(f"health checks from: {result['health_checks_from']}")
+        print(f"HAProxy retried {result['haproxy_retries']} connect(s), redispatched {result['haproxy_redispatches']}")
         print(f"stopped instance: status {result['stopped_status']} after {result['stopped_exit_seconds']} s")
         for failure in cast(list[str], result["failures"]):
             print(f"  {failure}")
