@@ -85,6 +85,7 @@ from .prefork import (
     Prefork,
     RecyclingDispatcher,
     RestartLimitError,
+    take_backlog,
 )
 from .proxy import (
     DEFAULT_TRUSTED,
@@ -946,20 +947,11 @@ def _run(
 def _close_listener(server: AnyServer) -> None:
     """Serve the connections waiting in the listener's backlog, then close it.
 
-    Called once the loop has stopped.  A connection the kernel completed is
-    one a client (or HAProxy) has already sent its request on: left in the
-    backlog it would be reset at exit, a lost request.  Closed, the listener
-    refuses what comes next, which a load balancer retries elsewhere.  Only
-    a connect that completes between the last accept and the close (a few
-    microseconds) is still reset.
+    Called once the loop has stopped (see :func:`~composable_server.prefork.take_backlog`).
+    Only a connect that completes between the last accept and the close (a
+    few microseconds) is still reset.
     """
-    poller = select.poll()
-    poller.register(server.fileno(), select.POLLIN)
-    # Bounded: an accept that keeps failing (EMFILE) leaves the listener readable.
-    taken = 0
-    while taken < socket.SOMAXCONN and poller.poll(0):
-        server.handle_request()
-        taken += 1
+    taken = take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see take_backlog
     server.transport.close()
     _logger.debug("listener closed; %d connection(s) taken from its backlog first", taken)
 
@@ -979,6 +971,7 @@ def _drain(
     def drain() -> None:
         try:
             if close_listener:
+                _logger.debug("stopping the loop; then the listener closes, once its backlog is taken")
                 server.shutdown()  # bounded by the wait below: at the deadline, the cut frees the loop
                 _close_listener(server)
             report = server.drain(grace)

@@ -66,6 +66,7 @@ import os
 import random
 import select
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -587,6 +588,10 @@ class Prefork(Generic[RequestT, AddressT]):
         """SIGTERM every worker, wait up to stop_timeout, SIGKILL the rest, reap all."""
         for pid in self.pids:
             _fork.kill(pid, signal.SIGTERM)
+        # Drop our copy of the listening descriptor (not the transport: a Unix
+        # path stays for close(), or for a successor): the last worker to
+        # close its own, after taking the backlog, makes new connects refused.
+        self.transport.socket.close()
         deadline = time.monotonic() + self.stop_timeout
         while self.pids and time.monotonic() < deadline:
             self._reap()
@@ -688,7 +693,16 @@ class Prefork(Generic[RequestT, AddressT]):
                 break
             if os.getppid() != parent:
                 break  # the supervisor is gone: stop
-        report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+        started = time.monotonic()
+        # Stop the loop (bounded: under backpressure it may be stuck until
+        # the drain cuts), take what waits in the backlog, close our copy.
+        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+        thread.join(self.drain_timeout)
+        if not thread.is_alive() and not failed:
+            take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see take_backlog
+            self.transport.socket.close()
+        remaining = max(0.0, self.drain_timeout - (time.monotonic() - started))
+        report = server.drain(remaining, grace=min(1.0, self.stop_timeout))
         if not report.finished:
             _logger.warning(
                 "grace period over: worker %d cut %d request(s) at the deadline: %s",
@@ -701,6 +715,29 @@ class Prefork(Generic[RequestT, AddressT]):
         # a Unix transport would unlink the path the others still serve).
         server.dispatcher.close()
         return 1 if failed else 0
+
+
+def take_backlog(listener: int, accept_one: Callable[[], bool]) -> int:
+    """Serve the connections waiting in a stopped server's backlog; return how many.
+
+    *listener* is the server's listening descriptor; *accept_one* accepts and
+    dispatches one connection without blocking, False if none was taken (the
+    server's ``_handle_request_noblock``: ``handle_request()`` would block
+    when another process took the connection first).
+
+    A connection the kernel completed is one a client (or HAProxy) may have
+    sent its request on already: left in the backlog, it is reset when the
+    listener closes, a lost request; a connect refused instead is one a load
+    balancer retries elsewhere.  So a stopping server takes the backlog, then
+    closes its listener at once.  Bounded: an accept that keeps failing
+    (EMFILE) ends it.
+    """
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    taken = 0
+    while taken < socket.SOMAXCONN and poller.poll(0) and accept_one():
+        taken += 1
+    return taken
 
 
 @final

@@ -28,9 +28,10 @@ REQUESTS: Final = 600
 GRACE: Final = 5.0
 
 
-def run_scenario() -> dict[str, Any]:
+def run_scenario(dispatch: str) -> dict[str, Any]:
     """Run the example (bounded) and return its figures."""
     argv = [sys.executable, str(EXAMPLE), "--requests", str(REQUESTS), "--clients", "8", "--grace", str(GRACE)]
+    argv += ["--dispatch", dispatch]
     proc = subprocess.Popen(
         [*argv, "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
     )
@@ -49,10 +50,11 @@ def run_scenario() -> dict[str, Any]:
 
 @pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (.ci/run installs Debian's haproxy)")
 @pytest.mark.timeout(120)
-def test_sigterm_to_one_instance_loses_no_request() -> None:
+@pytest.mark.parametrize("dispatch", ["threading", "prefork"])
+def test_sigterm_to_one_instance_loses_no_request(dispatch: str) -> None:
     """Under load through HAProxy, SIGTERM to one of two instances loses no request, the stopped one exits 0
     within its grace, both served before the stop, and the handlers saw the real client throughout."""
-    figures = run_scenario()
+    figures = run_scenario(dispatch)
     assert (figures["sent"], figures["failed"]) == (REQUESTS, 0), figures["failures"]
     before = figures["per_backend_before_stop"]
     assert before["a"] > 0 and before["b"] > 0, before
