@@ -349,17 +349,14 @@ class RequestJob(Generic[RequestT, AddressT]):
 
     def run(self) -> bool:
         """Serve the request (see the class); True if the handler returned."""
-        try:
-            body = self._body
-            if body is None:
-                return self._serve()
-            body(self.request, self.client_address)
-            return True
-        finally:
-            self._path.finished()
-
-    def _serve(self) -> bool:
         path = self._path
+        body = self._body
+        if body is not None:
+            try:
+                body(self.request, self.client_address)
+                return True
+            finally:
+                path.finished()
         host = path.host
         transport = host.transport
         ops = transport.request_ops
@@ -382,7 +379,10 @@ class RequestJob(Generic[RequestT, AddressT]):
         finally:
             if entry is not None:
                 path.watchdog.cancel(entry)
-            host.shutdown_request(request)
+            try:
+                host.shutdown_request(request)
+            finally:
+                path.finished()
 
     def _expire(self) -> None:
         # Runs on the watchdog thread: the lifetime budget ran out.

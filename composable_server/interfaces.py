@@ -466,8 +466,10 @@ class TimeoutPolicy(Protocol):
 
     @property
     def budget(self) -> ConnectionBudget | None:
-        """Time limits for each stream connection, applied by the server in the
-        worker before the handler runs; None for no limits (stdlib)."""
+        """Time limits for each connection (requests whose transport's
+        ``request_ops.connections`` is True): the first byte is awaited in
+        the serving loop, the idle and lifetime limits are set in the worker
+        before the handler runs; None for no limits (stdlib)."""
         ...
 
     def budget_exceeded(self, client_address: object, limit: str) -> None:

@@ -66,7 +66,7 @@ from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
-from ._request import Parking, RequestPath
+from ._request import Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -532,7 +532,8 @@ class Server(Generic[RequestT, AddressT]):
 
     def process_request(self, request: RequestT, client_address: AddressT) -> None:
         """Hand the request to the dispatcher."""
-        self.dispatcher.dispatch(self._requests.job(request, client_address))
+        job: RequestJob[RequestT, AddressT] = RequestJob(self._requests, request, client_address)
+        self.dispatcher.dispatch(job)
 
     def finish_request(self, request: RequestT, client_address: AddressT) -> None:
         """Run the handler for one request."""
