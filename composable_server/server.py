@@ -388,7 +388,9 @@ class Server(Generic[RequestT, AddressT]):
     def _handle_request_parking(self) -> None:
         """One accept for handle_request(); a silent connection is parked in
         a poll set of its own until it speaks or its first byte is overdue."""
-        if self._parking is not None:  # serve_forever runs: its parking takes it
+        budget = self.timeout_policy.budget
+        if self._parking is not None or budget is None or budget.first_byte is None:
+            # Nothing to park, or serve_forever runs and its parking takes it.
             self._handle_request_noblock()
             return
         parking = self._parking = Parking(self, select.poll(), self._process_guarded)
