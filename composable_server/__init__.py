@@ -29,6 +29,7 @@ from .exceptions import AddressError as AddressError
 from .exceptions import BindError as BindError
 from .exceptions import DatagramTooLargeError as DatagramTooLargeError
 from .exceptions import LineTooLongError as LineTooLongError
+from .exceptions import PortRangeError as PortRangeError
 from .exceptions import ServerClosedError as ServerClosedError
 from .exceptions import ServerError as ServerError
 from .exceptions import ServerStateError as ServerStateError
@@ -145,6 +146,7 @@ __all__ = (
     "LineTooLongError",
     "PeerCredentials",
     "PeerCredentialsVerifier",
+    "PortRangeError",
     "RateLimitStatistics",
     "RateLimitVerifier",
     "ReleasingVerifier",

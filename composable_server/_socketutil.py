@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Final
 
-from .exceptions import AddressError
+from .exceptions import AddressError, PortRangeError
 
 __all__ = (
     "FAMILY_NAMES",
@@ -56,7 +56,13 @@ def _shape(value: object) -> str:
 
 
 def check_port(port: object, address: object, family: int) -> int:
-    """Return *port* if it is an int in 0..65535, else raise AddressError."""
+    """Return *port* if it is an int in 0..65535.
+
+    Raises:
+        AddressError: *port* is not an int.
+        PortRangeError: *port* is outside 0..65535 (an AddressError that is
+            also the OverflowError ``socket.bind`` raises for it).
+    """
     if isinstance(port, bool) or not isinstance(port, int):
         raise AddressError(
             f"port must be an int in 0..65535, got {_shape(port)} in {address!r}",
@@ -64,8 +70,8 @@ def check_port(port: object, address: object, family: int) -> int:
             family=family,
         )
     if not 0 <= port <= 65535:
-        raise AddressError(
-            f"port must be in 0..65535, got {port} in {address!r}", address=address, family=family
+        raise PortRangeError(
+            f"port must be in 0..65535, got {port} in {address!r}", address=address, family=family, port=port
         )
     return port
 

@@ -218,6 +218,13 @@ class ThreadingDispatcher:
         """Jobs rejected at the cap so far."""
         return self._rejected
 
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The threads not yet joined: those running a job, and those whose
+        job ended that the next dispatch (or :meth:`service`) joins."""
+        with self._lock:
+            return (*self._active, *self._finished)
+
     def __repr__(self) -> str:
         flags = "daemon" if self.daemon else "non-daemon"
         cap = "" if self.max_threads is None else f"/{self.max_threads}"

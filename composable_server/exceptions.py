@@ -16,6 +16,7 @@ __all__ = (
     "BindError",
     "DatagramTooLargeError",
     "LineTooLongError",
+    "PortRangeError",
     "ServerClosedError",
     "ServerError",
     "ServerStateError",
@@ -40,6 +41,23 @@ class AddressError(ServerError, ValueError):
         super().__init__(message)
         self.address = address
         self.family = family
+
+
+class PortRangeError(AddressError, OverflowError):
+    """A port number outside 0..65535.
+
+    Also an :class:`OverflowError`, which is what ``socket.bind`` raises for
+    such a port (``bind(): port must be 0-65535.``), so code written against
+    stdlib ``socketserver`` that catches it keeps working; and an
+    :class:`AddressError` (a ``ValueError``) like every other bad address.
+
+    Attributes:
+        port: the offending port.
+    """
+
+    def __init__(self, message: str, *, address: object, family: object = None, port: int) -> None:
+        super().__init__(message, address=address, family=family)
+        self.port = port
 
 
 class BindError(ServerError, OSError):

@@ -14,6 +14,7 @@ from composable_server.exceptions import AddressError as AddressError
 from composable_server.exceptions import BindError as BindError
 from composable_server.exceptions import DatagramTooLargeError as DatagramTooLargeError
 from composable_server.exceptions import LineTooLongError as LineTooLongError
+from composable_server.exceptions import PortRangeError as PortRangeError
 from composable_server.exceptions import ServerClosedError as ServerClosedError
 from composable_server.exceptions import ServerError as ServerError
 from composable_server.exceptions import ServerStateError as ServerStateError
@@ -128,6 +129,7 @@ __all__ = (
     "ConnectionCapVerifier",
     "DatagramTooLargeError",
     "LineTooLongError",
+    "PortRangeError",
     "PeerCredentials",
     "PeerCredentialsVerifier",
     "RateLimitStatistics",
