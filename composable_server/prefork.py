@@ -60,6 +60,7 @@ socket, would unlink the file the other workers still serve).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -591,7 +592,7 @@ class Prefork(Generic[RequestT, AddressT]):
         # Drop our copy of the listening descriptor (not the transport: a Unix
         # path stays for close(), or for a successor): the last worker to
         # close its own, after taking the backlog, makes new connects refused.
-        self.transport.socket.close()
+        _close_descriptor(self.transport)
         deadline = time.monotonic() + self.stop_timeout
         while self.pids and time.monotonic() < deadline:
             self._reap()
@@ -700,7 +701,7 @@ class Prefork(Generic[RequestT, AddressT]):
         thread.join(self.drain_timeout)
         if not thread.is_alive() and not failed:
             take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see take_backlog
-            self.transport.socket.close()
+            _close_descriptor(self.transport)
         remaining = max(0.0, self.drain_timeout - (time.monotonic() - started))
         report = server.drain(remaining, grace=min(1.0, self.stop_timeout))
         if not report.finished:
@@ -715,6 +716,12 @@ class Prefork(Generic[RequestT, AddressT]):
         # a Unix transport would unlink the path the others still serve).
         server.dispatcher.close()
         return 1 if failed else 0
+
+
+def _close_descriptor(transport: Transport[RequestT, AddressT]) -> None:
+    """Close this process's copy of *transport*'s listening socket, leaving the transport (and a Unix path) be."""
+    with contextlib.suppress(TypeError, ServerClosedError):  # no real socket (a fake), or closed already
+        transport.socket.close()
 
 
 def take_backlog(listener: int, accept_one: Callable[[], bool]) -> int:
