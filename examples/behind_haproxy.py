@@ -267,6 +267,8 @@ def main() -> int:
     parser.add_argument("--dispatch", default="threading", help="the instances' --dispatch (default: threading)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C: the finally blocks kill what was started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     haproxy = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if haproxy is None:
         print("haproxy is not installed", file=sys.stderr)

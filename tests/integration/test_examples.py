@@ -13,7 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+import pytest
+
 from ._support import OutputProcess
+from .test_proxy_peers import HAPROXY
+from .test_scaleout import run_example
 
 EXAMPLES: Final = Path(__file__).resolve().parents[2] / "examples"
 WAIT: Final = 10.0  # seconds: every wait for a child is bounded by this
@@ -156,6 +160,18 @@ def test_rate_limit_verifier_unit_tests() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (.ci/run installs Debian's haproxy)")
+@pytest.mark.timeout(120)
+def test_behind_haproxy() -> None:
+    """Two instances behind HAProxy, one stopped under load: the summary reports no failure and the real
+    client (the figures are checked in test_scaleout)."""
+    status, out, err = run_example(EXAMPLES / "behind_haproxy.py", "--requests", "200", "--clients", "4")
+    assert status == 0, out + err
+    assert "requests sent: 200 " in out and ", failed: 0\n" in out
+    assert "client addresses the handlers saw: ['127.0.0.10'] (real: True)" in out
+    assert "stopped instance: status 0 after" in out
 
 
 def test_every_example_is_tested() -> None:

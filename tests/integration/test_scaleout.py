@@ -10,7 +10,6 @@ the figures.  Skipped, with the reason, where haproxy is missing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -28,23 +27,37 @@ REQUESTS: Final = 600
 GRACE: Final = 5.0
 
 
-def run_scenario(dispatch: str) -> dict[str, Any]:
-    """Run the example (bounded) and return its figures."""
-    argv = [sys.executable, str(EXAMPLE), "--requests", str(REQUESTS), "--clients", "8", "--grace", str(GRACE)]
-    argv += ["--dispatch", dispatch]
+def run_example(script: Path, *args: str) -> tuple[int, str, str]:
+    """Run the example *script* (bounded); return its status, stdout and stderr."""
     proc = subprocess.Popen(
-        [*argv, "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
+        [sys.executable, str(script), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
     )
     try:
         out, err = proc.communicate(timeout=90)
     finally:
-        # The example kills what it started; this is for a hung example.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    assert out, f"no figures (status {proc.returncode}): {err.decode(errors='replace')}"
+        if proc.poll() is None:
+            # Hung: SIGTERM unwinds its finally blocks, which kill the servers and HAProxy.
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+    return proc.returncode, out, err
+
+
+def run_scenario(dispatch: str) -> dict[str, Any]:
+    """Run the example with ``--json`` and return its figures."""
+    args = ["--requests", str(REQUESTS), "--clients", "8", "--grace", str(GRACE), "--dispatch", dispatch, "--json"]
+    status, out, err = run_example(EXAMPLE, *args)
+    assert out, f"no figures (status {status}): {err}"
     figures: dict[str, Any] = json.loads(out)
-    figures["status"] = proc.returncode
+    figures["status"] = status
     return figures
 
 
