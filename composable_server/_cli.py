@@ -85,7 +85,7 @@ from .prefork import (
     Prefork,
     RecyclingDispatcher,
     RestartLimitError,
-    take_backlog,
+    _take_backlog,
 )
 from .proxy import (
     DEFAULT_TRUSTED,
@@ -947,11 +947,11 @@ def _run(
 def _close_listener(server: AnyServer) -> None:
     """Serve the connections waiting in the listener's backlog, then close it.
 
-    Called once the loop has stopped (see :func:`~composable_server.prefork.take_backlog`).
+    Called once the loop has stopped (see :func:`~composable_server.prefork._take_backlog`).
     Only a connect that completes between the last accept and the close (a
     few microseconds) is still reset.
     """
-    taken = take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see take_backlog
+    taken = _take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see _take_backlog
     server.transport.close()
     _logger.debug("listener closed; %d connection(s) taken from its backlog first", taken)
 

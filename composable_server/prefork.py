@@ -700,7 +700,7 @@ class Prefork(Generic[RequestT, AddressT]):
         threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
         thread.join(self.drain_timeout)
         if not thread.is_alive() and not failed:
-            take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see take_backlog
+            _take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see _take_backlog
             _close_descriptor(self.transport)
         remaining = max(0.0, self.drain_timeout - (time.monotonic() - started))
         report = server.drain(remaining, grace=min(1.0, self.stop_timeout))
@@ -724,7 +724,7 @@ def _close_descriptor(transport: Transport[RequestT, AddressT]) -> None:
         transport.socket.close()
 
 
-def take_backlog(listener: int, accept_one: Callable[[], bool]) -> int:
+def _take_backlog(listener: int, accept_one: Callable[[], bool]) -> int:
     """Serve the connections waiting in a stopped server's backlog; return how many.
 
     *listener* is the server's listening descriptor; *accept_one* accepts and
