@@ -22,6 +22,7 @@ from socket import SHUT_RDWR
 from socket import socket as Socket
 from typing import Final, cast, Generic, TypeAlias, TypeVar, final
 
+from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
 
@@ -101,7 +102,8 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        sock.sendto(self.transform(data), address)
+        if not send_datagram(sock, self.transform(data), address):
+            _logger.warning("dropped the reply to %s: its queue stayed full for %g s", address, DATAGRAM_SEND_TIMEOUT)
 
 
 class UpperDatagramHandler(_DatagramHandler):

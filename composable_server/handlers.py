@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import socket
 from socket import socket as Socket
 from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
+from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
-from .interfaces import DatagramRequest
+from .interfaces import Address, DatagramRequest
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -46,6 +48,8 @@ DEFAULT_MAX_LINE_LENGTH: Final = 65536
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
+
+_logger = logging.getLogger("composable_server")
 
 
 class BaseRequestHandler(Generic[RequestT, AddressT]):
@@ -268,5 +272,18 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
         self.wfile = io.BytesIO()
 
     def finish(self) -> None:
-        """Send what was written to ``wfile`` to the client."""
-        self.socket.sendto(self.wfile.getvalue(), cast("tuple[str, int] | str", self.client_address))
+        """Send what was written to ``wfile`` to the client.
+
+        On a non-blocking socket (the native datagram transports) a reply the
+        kernel cannot queue is retried for up to
+        :data:`~composable_server._socketutil.DATAGRAM_SEND_TIMEOUT` seconds,
+        then dropped and logged (see :func:`~composable_server._socketutil.send_datagram`).
+        """
+        reply = self.wfile.getvalue()
+        if not send_datagram(self.socket, reply, cast("Address", self.client_address)):
+            _logger.warning(
+                "dropped a %d-byte reply to %s: its queue stayed full for %g s",
+                len(reply),
+                self.client_address,
+                DATAGRAM_SEND_TIMEOUT,
+            )

@@ -31,15 +31,28 @@ self-pipe that :meth:`Prefork.stop` writes to:
 
 Worker side: the forking thread blocks SIGTERM/SIGINT, starts the serving
 thread (which inherits the mask, as do the handler threads) and waits in
-``sigtimedwait``; it also checks every half second that its parent is alive,
-so workers of a SIGKILLed supervisor do not linger.  A worker leaves with
-``os._exit``: it never returns into the parent's code, never runs its
-``atexit`` handlers, and never closes the transport (which, for a Unix
-socket, would unlink the file the other workers still serve).
+``sigtimedwait``.  A stop reaches it as a SIGTERM, from the supervisor, or
+from the kernel when the supervisor dies, even SIGKILLed
+(``prctl(PR_SET_PDEATHSIG)`` on Linux); it also checks every 0.1 s that its
+parent is still the supervisor (elsewhere, and in case the supervisor died
+before the worker could ask for that signal).
+
+A stopping worker is gone within *drain_timeout* + 1 s of the stop, whatever
+its handlers do: it drains (:meth:`Server.drain`, at most *drain_timeout* +
+0.5 s), joins the serving thread with what is left of that budget, and a
+timer armed when the stop arrived (``setitimer(ITIMER_REAL)``, SIGALRM at its
+default action) has the kernel end the process at the deadline if anything
+still holds it up: a handler stuck in ``sleep`` or on a lock the exit path
+needs.  That backstop depends on no thread of the worker, nor on the GIL.
+
+A worker leaves with ``os._exit``: it never returns into the parent's code,
+never runs its ``atexit`` handlers, and never closes the transport (which,
+for a Unix socket, would unlink the file the other workers still serve).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -75,8 +88,15 @@ _Handler: TypeAlias = Callable[[int, FrameType | None], object] | int | None
 
 # Signals that ask the supervisor (and each worker) to stop gracefully.
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
-# How often a worker checks that its parent still exists.
-_PARENT_CHECK: Final = 0.5
+# How often a worker checks that its parent is still the supervisor.
+_PARENT_CHECK: Final = 0.1
+# A stopping worker's budget beyond drain_timeout: the drain's grace for the
+# requests it cut, and the deadline of the backstop timer that ends the
+# worker if its exit is held up (both counted from the stop).
+_DRAIN_GRACE: Final = 0.5
+_EXIT_MARGIN: Final = 0.9
+# prctl(2) option: the signal a process gets when its parent thread exits.
+_PR_SET_PDEATHSIG: Final = 1
 # Without pidfds, how often the supervisor sweeps its children.
 _SWEEP_INTERVAL: Final = 0.1
 
@@ -375,13 +395,14 @@ class Prefork(Generic[RequestT, AddressT]):
         # would swallow it, leaving the worker deaf until SIGKILL).  The
         # parent's own pending signals arrive when its mask is restored.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        supervisor = os.getpid()
         try:
             pid = os.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             raise
         if pid == 0:
-            self._worker_main()  # never returns; its signals stay blocked
+            self._worker_main(supervisor)  # never returns; its signals stay blocked
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         try:
             pidfd = os.pidfd_open(pid)
@@ -417,22 +438,26 @@ class Prefork(Generic[RequestT, AddressT]):
 
     # -- the worker -----------------------------------------------------------------
 
-    def _worker_main(self) -> None:
-        """Run in a freshly forked worker; leaves with ``os._exit``."""
+    def _worker_main(self, supervisor: int) -> None:
+        """Run in a freshly forked worker of *supervisor* (a pid); leaves with ``os._exit``."""
         status = 1
         try:
-            parent = os.getppid()
             # The supervisor's state is the parent's business.
             self._waker.close()
             for pidfd in self._pids.values():
                 if pidfd >= 0:
                     os.close(pidfd)
             self._pids.clear()
-            for signum in _STOP_SIGNALS:
+            # SIGALRM too: the backstop timer's default action ends the
+            # process (the parent's handler, e.g. pytest-timeout's, must not run).
+            for signum in (*_STOP_SIGNALS, signal.SIGALRM):
                 signal.signal(signum, signal.SIG_DFL)
             # Block the stop signals before any thread starts, so that they
             # all inherit the mask and only sigtimedwait below sees them.
             signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            _die_with_parent(signal.SIGTERM)
+            # The supervisor may have died before that: then nobody will signal.
+            orphaned = os.getppid() != supervisor
             server = self.make_server(self.transport)
             failed: list[BaseException] = []
 
@@ -444,14 +469,17 @@ class Prefork(Generic[RequestT, AddressT]):
                     traceback.print_exc()
                     os.kill(os.getpid(), signal.SIGTERM)  # wake the waiting thread
 
-            thread = threading.Thread(target=serve, name="composable_server prefork worker")
+            thread = threading.Thread(target=serve, name="composable_server prefork worker", daemon=True)
             thread.start()
-            while thread.is_alive():
+            while thread.is_alive() and not orphaned:
                 if signal.sigtimedwait(_STOP_SIGNALS, _PARENT_CHECK) is not None:
                     break
-                if os.getppid() != parent:
-                    break  # the supervisor is gone: stop
-            report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+                orphaned = os.getppid() != supervisor  # the supervisor is gone: stop
+            # From the stop on, the worker has drain_timeout + 1 s to live,
+            # whatever its threads do: the kernel ends it at the deadline.
+            exit_deadline = time.monotonic() + self.drain_timeout + _EXIT_MARGIN
+            signal.setitimer(signal.ITIMER_REAL, self.drain_timeout + _EXIT_MARGIN)
+            report = server.drain(self.drain_timeout, grace=min(_DRAIN_GRACE, self.stop_timeout))
             if not report.finished:
                 _logger.warning(
                     "grace period over: worker %d cut %d request(s) at the deadline: %s",
@@ -459,7 +487,9 @@ class Prefork(Generic[RequestT, AddressT]):
                     len(report.cut),
                     ", ".join(map(repr, report.cut)),
                 )
-            thread.join()
+            # Bounded: a loop running a handler inline (the sync dispatcher)
+            # may still be in it; as a daemon thread it does not hold the exit.
+            thread.join(max(0.0, exit_deadline - time.monotonic() - 0.1))
             # Not server_close(): the transport belongs to the parent (closing
             # a Unix transport would unlink the path the others still serve).
             server.dispatcher.close()
@@ -473,6 +503,20 @@ class Prefork(Generic[RequestT, AddressT]):
                         stream.flush()
             finally:
                 os._exit(status)
+
+
+def _die_with_parent(signum: int) -> None:
+    """Have the kernel send *signum* to this process when its parent thread
+    exits (``prctl(PR_SET_PDEATHSIG)``, Linux); elsewhere do nothing, and the
+    worker's parent check is what notices."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if int(libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)) != 0:
+            _logger.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:  # no libc symbol table, no prctl
+        _logger.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
 
 
 def _kill(pid: int, signum: int) -> None:
