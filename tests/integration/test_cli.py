@@ -16,6 +16,7 @@ from typing import Final
 
 import pytest
 
+from .._process import run_process
 from ._support import OutputProcess
 
 WAIT: Final = 10.0  # seconds: every wait for the child is bounded by this
@@ -62,13 +63,7 @@ def serve(*args: str, cwd: Path | None = None) -> Iterator[ServeProcess]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the command line to completion (bounded) and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "composable_server", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_process([sys.executable, "-m", "composable_server", *args], timeout=60)
 
 
 def ask(transport: str, address: ClientAddress, payload: bytes, client_dir: Path | None = None) -> bytes:
@@ -318,7 +313,7 @@ class TestHelpAndScript:
         script = Path(sys.executable).parent / "composable-server"
         if not script.exists():
             pytest.skip("the console script is not installed next to this interpreter")
-        result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+        result = run_process([str(script), "--help"], timeout=60)
         assert result.returncode == 0
         assert "serve" in result.stdout and "demo" in result.stdout
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+from .._process import run_process
 from ._support import OutputProcess
 
 EXAMPLES: Final = Path(__file__).resolve().parents[2] / "examples"
@@ -51,13 +52,7 @@ def background(script: str, *args: str) -> Iterator[Background]:
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run an example to completion (bounded); fail on a non-zero status."""
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_process([sys.executable, str(EXAMPLES / script), *args], timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -146,13 +141,10 @@ def test_rate_limit_verifier_demo() -> None:
 
 def test_rate_limit_verifier_unit_tests() -> None:
     """The example's own unit tests (composable_server.testing, no sockets) pass."""
-    result = subprocess.run(
+    result = run_process(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_rate_limit_verifier.py"],
-        capture_output=True,
-        text=True,
         timeout=60,
         cwd=EXAMPLES,
-        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout

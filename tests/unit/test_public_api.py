@@ -7,7 +7,6 @@ import ast
 import importlib
 import inspect
 import pkgutil
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +15,8 @@ from typing import TypeVar
 import pytest
 
 import composable_server
+
+from .._process import run_process
 
 PUBLIC_MODULES = sorted(
     f"composable_server.{info.name}"
@@ -102,7 +103,8 @@ class TestTestingKit:
     def test_package_does_not_import_testing(self) -> None:
         """Importing composable_server (in a fresh interpreter) does not import composable_server.testing."""
         code = "import sys, composable_server; print('composable_server.testing' in sys.modules)"
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=True)
+        result = run_process([sys.executable, "-c", code], timeout=25)
+        assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "False"
 
     @pytest.mark.timeout(10)
