@@ -19,6 +19,10 @@ import pytest
 from .._process import run_process
 from ._support import OutputProcess
 
+# The thread method: these tests wait on children and their pipes, where a
+# hang may sit in C code that the signal method cannot interrupt.
+pytestmark = pytest.mark.timeout(60, method="thread")
+
 WAIT: Final = 10.0  # seconds: every wait for the child is bounded by this
 LISTENING: Final = re.compile(r"listening on (\S+) (\S+)")
 TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")

@@ -13,8 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+import pytest
+
 from .._process import run_process
 from ._support import OutputProcess
+
+# The thread method: these tests wait on children and their pipes, where a
+# hang may sit in C code that the signal method cannot interrupt.
+pytestmark = pytest.mark.timeout(60, method="thread")
 
 EXAMPLES: Final = Path(__file__).resolve().parents[2] / "examples"
 WAIT: Final = 10.0  # seconds: every wait for a child is bounded by this
