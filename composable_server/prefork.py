@@ -160,7 +160,9 @@ class Prefork(Generic[RequestT, AddressT]):
         restart_window: ... within this many seconds; beyond it, the
             supervisor stops and raises :class:`RestartLimitError`.
         drain_timeout: seconds a stopping worker lets its requests in flight
-            finish before cutting them (:meth:`Server.drain`).
+            finish before cutting them (:meth:`Server.drain`); whatever its
+            handlers do, it is gone within *drain_timeout* + 1 s of the stop
+            (or of the supervisor's death).
         stop_timeout: seconds the supervisor waits for stopping workers
             before it SIGKILLs them.
         poll_interval: each worker's ``serve_forever(poll_interval)``.
@@ -490,9 +492,18 @@ class Prefork(Generic[RequestT, AddressT]):
             # Bounded: a loop running a handler inline (the sync dispatcher)
             # may still be in it; as a daemon thread it does not hold the exit.
             thread.join(max(0.0, exit_deadline - time.monotonic() - 0.1))
-            # Not server_close(): the transport belongs to the parent (closing
-            # a Unix transport would unlink the path the others still serve).
-            server.dispatcher.close()
+            if report.remaining:
+                # Closing the dispatcher would wait for them (a pool joins its threads).
+                _logger.warning(
+                    "worker %d exits with %d request(s) still running: %s",
+                    os.getpid(),
+                    len(report.remaining),
+                    ", ".join(map(repr, report.remaining)),
+                )
+            else:
+                # Not server_close(): the transport belongs to the parent (closing
+                # a Unix transport would unlink the path the others still serve).
+                server.dispatcher.close()
             status = 1 if failed else 0
         except BaseException:
             traceback.print_exc()

@@ -445,10 +445,12 @@ class TestDatagramWorkers:
 
 # A supervisor in its own process, so that the test can SIGKILL it; its one
 # worker answers a connection with its pid, then gets stuck: on a lock, in
-# the serving thread itself (sync), or asleep in a pool thread.
+# the serving thread itself (sync), or asleep in a pool thread, or asleep
+# holding the log handler's lock, which the worker's exit path needs (it
+# logs the requests it cut).
 STUCK_SUPERVISOR = textwrap.dedent(
     """
-    import os, sys, threading, time
+    import logging, os, sys, threading, time
     from composable_server import (Server, StreamAcceptor, StreamRequestHandler, SyncDispatcher,
                                    TCPTransport, ThreadPoolDispatcher)
     from composable_server.prefork import Prefork
@@ -456,6 +458,7 @@ STUCK_SUPERVISOR = textwrap.dedent(
     mode, drain_timeout = sys.argv[1], float(sys.argv[2])
     never_released = threading.Lock()
     never_released.acquire()
+    logging.basicConfig()
 
     class Stuck(StreamRequestHandler):
         def handle(self):
@@ -463,6 +466,9 @@ STUCK_SUPERVISOR = textwrap.dedent(
             self.wfile.flush()
             if mode == "lock":
                 never_released.acquire()
+            elif mode == "log-lock":
+                logging.getLogger().handlers[0].acquire()
+                time.sleep(3600)
             else:
                 time.sleep(3600)
 
@@ -479,11 +485,11 @@ STUCK_SUPERVISOR = textwrap.dedent(
 
 
 class TestOrphanedWorker:
-    @pytest.mark.parametrize("mode", ["lock", "sleep"])
+    @pytest.mark.parametrize("mode", ["lock", "sleep", "log-lock"])
     def test_worker_dies_with_its_supervisor_whatever_its_handler_does(self, mode: str) -> None:
-        """A worker whose handler is stuck (on a lock in the serving thread, or
-        asleep in a pool thread) is gone within drain_timeout + 1 s of its
-        supervisor's SIGKILL."""
+        """A worker whose handler is stuck (on a lock in the serving thread,
+        asleep in a pool thread, or asleep holding a lock the worker's exit
+        needs) is gone within drain_timeout + 1 s of its supervisor's SIGKILL."""
         drain_timeout = 0.5
         supervisor = OutputProcess(
             [sys.executable, "-c", STUCK_SUPERVISOR, mode, str(drain_timeout)], read="stdout", wait=TIMEOUT
