@@ -236,8 +236,11 @@ def _start_server(kind: str, scenario: Scenario, address: str, cpus: _Cpus) -> t
     ready, _, _ = select.select([proc.stdout], [], [], 15.0)
     line = proc.stdout.readline() if ready else ""
     if not line:
-        if proc.poll() is None:
-            proc.kill()
+        # The whole group: a forked child holding stderr would make the read endless.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         err = proc.stderr.read() if proc.stderr else ""
         _stop_server(proc)
         raise RuntimeError(f"{kind} did not start: {err.strip()[-2000:]}")
@@ -280,7 +283,9 @@ def run_one(
             if client_cpu is not None:
                 os.sched_setaffinity(0, {client_cpu})
 
-        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin)
+        gen = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin, start_new_session=True
+        )
         time.sleep(warmup)
         cpu0 = _cpu_seconds(proc.pid)
         try:

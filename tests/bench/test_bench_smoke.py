@@ -9,7 +9,8 @@ import pytest
 
 from tests.bench.run import SCENARIOS, _Cpus, build_loadgen, run_one
 
-pytestmark = pytest.mark.timeout(30)
+# The thread method: the run waits on child processes and their pipes.
+pytestmark = pytest.mark.timeout(30, method="thread")
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
