@@ -195,7 +195,7 @@ class _DatagramTransport(_SocketTransport[AddressT]):
     # must get EAGAIN and return to its poll loop (where it sees a stop), not
     # block in recvfrom() until the next datagram.  Replies go out through
     # the same socket, so a sendto() may now fail with EAGAIN when the
-    # kernel cannot queue it (see send_datagram in handlers).  compat keeps
+    # kernel cannot queue it (see _socketutil.send_datagram).  compat keeps
     # stdlib's blocking socket.
     nonblocking: bool = attrs.field(kw_only=True, default=True)
 
@@ -435,6 +435,10 @@ class UDPTransport(_DatagramTransport[InetAddress]):
         defaults to False, as stdlib ``UDPServer``.  *nonblocking* (default
         True) makes the socket non-blocking at :meth:`activate`, so a process
         that lost the race for a datagram gets ``EAGAIN`` instead of blocking.
+        Replies share the socket: a handler calling ``sendto`` itself may get
+        ``BlockingIOError`` when the kernel cannot queue a reply right now;
+        :class:`~composable_server.handlers.DatagramRequestHandler` retries
+        for up to a second, then drops it and logs.
     """
 
     address: InetAddress = attrs.field(validator=_validate_inet)
