@@ -13,7 +13,7 @@ import socket
 import time
 from typing import Final
 
-from .exceptions import AddressError
+from .exceptions import AddressError, PortRangeError
 from .interfaces import Address
 
 __all__ = (
@@ -44,8 +44,6 @@ FAMILY_NAMES: Final[dict[int, str]] = {
 ACCEPT_TRANSIENT_ERRNOS: Final = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK, errno.EMSGSIZE}
 )
-# Errors on accept() that mean "out of a resource": retrying at once spins.
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 # How long send_datagram() retries a reply the kernel cannot queue yet.
@@ -103,7 +101,13 @@ def _shape(value: object) -> str:
 
 
 def check_port(port: object, address: object, family: int) -> int:
-    """Return *port* if it is an int in 0..65535, else raise AddressError."""
+    """Return *port* if it is an int in 0..65535.
+
+    Raises:
+        AddressError: *port* is not an int.
+        PortRangeError: *port* is outside 0..65535 (an AddressError that is
+            also the OverflowError ``socket.bind`` raises for it).
+    """
     if isinstance(port, bool) or not isinstance(port, int):
         raise AddressError(
             f"port must be an int in 0..65535, got {_shape(port)} in {address!r}",
@@ -111,8 +115,8 @@ def check_port(port: object, address: object, family: int) -> int:
             family=family,
         )
     if not 0 <= port <= 65535:
-        raise AddressError(
-            f"port must be in 0..65535, got {port} in {address!r}", address=address, family=family
+        raise PortRangeError(
+            f"port must be in 0..65535, got {port} in {address!r}", address=address, family=family, port=port
         )
     return port
 

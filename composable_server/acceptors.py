@@ -15,16 +15,17 @@ import logging
 import threading
 import time
 from socket import socket as Socket
-from typing import Final, Literal, TypeAlias, TypeVar, cast, final
+from typing import Final, TypeVar, cast, final
 
 import attrs
 
+from ._util import LogLimiter
 from .exceptions import DatagramTooLargeError
 from .interfaces import DatagramRequest, Transport
 
-__all__ = ("DEFAULT_MAX_PACKET_SIZE", "OVERSIZE_LOG_INTERVAL", "DatagramAcceptor", "Oversize", "StreamAcceptor")
+__all__ = ("DEFAULT_MAX_PACKET_SIZE", "OVERSIZE_LOG_INTERVAL", "DatagramAcceptor", "StreamAcceptor")
 
-_logger = logging.getLogger("composable_server")
+_logger = logging.getLogger("composable_server.acceptors")
 
 AddressT = TypeVar("AddressT")
 
@@ -50,9 +51,6 @@ class StreamAcceptor:
         return conn, cast(AddressT, address)
 
 
-Oversize: TypeAlias = Literal["drop", "truncate"]
-"""What :class:`DatagramAcceptor` does with a datagram larger than its maximum size."""
-
 # At most one log record about dropped datagrams per this many seconds.
 OVERSIZE_LOG_INTERVAL: Final = 10.0
 
@@ -73,22 +71,16 @@ class DatagramAcceptor:
 
     Args:
         max_packet_size: the largest datagram accepted (default 65535: any
-            UDP datagram).
-        oversize: ``"drop"`` (above), or ``"truncate"``: hand the first
-            *max_packet_size* bytes to the handler, silently, as stdlib
-            ``UDPServer`` does (``recvfrom(2)``; the compat classes use it).
+            UDP datagram; the compat classes pass their ``max_packet_size``,
+            stdlib's 8192, where stdlib ``UDPServer`` truncates silently).
         logger: where drops are logged.
     """
 
     max_packet_size: int = attrs.field(default=DEFAULT_MAX_PACKET_SIZE, validator=attrs.validators.ge(1))
-    oversize: Oversize = attrs.field(
-        default="drop", kw_only=True, validator=attrs.validators.in_(("drop", "truncate"))
-    )
     logger: logging.Logger = attrs.field(default=_logger, kw_only=True, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
     _dropped: int = attrs.field(init=False, default=0)
-    _unlogged: int = attrs.field(init=False, default=0, repr=False)
-    _last_log: float | None = attrs.field(init=False, default=None, repr=False)
+    _log: LogLimiter = attrs.field(init=False, factory=lambda: LogLimiter(OVERSIZE_LOG_INTERVAL), repr=False)
 
     @property
     def dropped(self) -> int:
@@ -96,17 +88,14 @@ class DatagramAcceptor:
         return self._dropped
 
     def accept(self, transport: Transport[DatagramRequest, AddressT]) -> tuple[DatagramRequest, AddressT]:
-        """Receive one datagram: ``recvfrom(max_packet_size + 1)`` (``max_packet_size`` to truncate).
+        """Receive one datagram: ``recvfrom(max_packet_size + 1)``.
 
         Raises:
             DatagramTooLargeError: the datagram was larger than
-                *max_packet_size* and was dropped (``oversize="drop"``).
+                *max_packet_size* and was dropped.
             OSError: from ``recvfrom(2)``.
         """
         sock = transport.socket
-        if self.oversize == "truncate":
-            data, address = sock.recvfrom(self.max_packet_size)
-            return (data, sock), cast(AddressT, address)
         # One byte more than the limit: a datagram that fills it is too large.
         # Same verdict as recvmsg()'s MSG_TRUNC flag, at recvfrom()'s cost
         # (recvmsg measured ~0.27 us slower per datagram on loopback).
@@ -121,10 +110,9 @@ class DatagramAcceptor:
         now = time.monotonic()
         with self._lock:
             self._dropped += 1
-            if self._last_log is not None and now - self._last_log < OVERSIZE_LOG_INTERVAL:
-                self._unlogged += 1
-                return
-            unlogged, self._unlogged, self._last_log = self._unlogged, 0, now
+            unlogged = self._log.due(now)
+        if unlogged is None:
+            return
         more = f" ({unlogged} more since the last report)" if unlogged else ""
         self.logger.warning(
             "dropped a datagram from %s: larger than max_packet_size=%d bytes%s",

@@ -32,19 +32,23 @@ Override points (as documented for stdlib ``BaseServer``):
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import sys
+import threading
 from socket import socket as Socket
 from typing import Any, Protocol, cast, overload
 
 import attrs
 
 from . import handlers as _handlers
+from ._socketutil import Waker
+from ._watchdog import Watchdog
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
 from .exceptions import ServerClosedError
-from .factories import build_classic_servers
+from ._classes import build_classic_servers
 from .interfaces import Dispatcher, ErrorPolicy, HandlerFactory, Verifier
 from .policies import NoTimeout
 from .server import Server
@@ -258,7 +262,9 @@ class BaseServer(Server[Any, Any]):
             if isinstance(transport, _NullTransport)
             else StreamAcceptor()
             if self._compat_stream
-            else DatagramAcceptor(getattr(self, "max_packet_size", 8192), oversize="truncate")
+            # stdlib's size (8192), read per request; a larger datagram is
+            # dropped and reported, never handed over cut (stdlib truncates).
+            else DatagramAcceptor(getattr(self, "max_packet_size", 8192))
         )
         self._compat_datagram = acceptor if isinstance(acceptor, DatagramAcceptor) else None
         Server.__init__(
@@ -317,8 +323,30 @@ class BaseServer(Server[Any, Any]):
 
     @socket.setter
     def socket(self, value: Socket) -> None:
+        if self._closed:
+            self._reopen()
         self._compat_transport.socket = value
         self._compat_socket = value
+
+    def _reopen(self) -> None:
+        """Make a closed server usable again, for a socket about to be assigned.
+
+        stdlib's ``server_close()`` only closes the listening socket, and code
+        built on it relies on that: werkzeug's development server (under its
+        reloader) calls ``server_close()`` on a new server, assigns a socket
+        made from an inherited descriptor to ``socket``, and serves.  So a
+        socket assigned after ``server_close()`` gets a fresh transport,
+        dispatcher, waker and watchdog around it.
+        """
+        with self._state_lock:
+            if not self._closed or self._serving_thread is not None:
+                return
+            transport, _ = _build_transport(self, self.server_address)
+            self.transport = self._compat_transport = transport
+            self.dispatcher = self._compat_dispatcher()
+            self._waker = Waker()
+            self._watchdog = Watchdog()
+            self._closed = False
 
     # -- hooks ---------------------------------------------------------------
 
@@ -421,6 +449,14 @@ class ThreadingMixIn:
 
     def _compat_dispatcher(self) -> Dispatcher:
         return ThreadingDispatcher(daemon=bool(self.daemon_threads), block_on_close=bool(self.block_on_close))
+
+    @property
+    def _threads(self) -> list[threading.Thread]:
+        """stdlib's record of the request threads not yet joined (CPython's
+        ``test_threads_reaped`` checks that it does not grow with every
+        request): here, a snapshot of the dispatcher's."""
+        dispatcher = getattr(self, "dispatcher", None)
+        return list(dispatcher.threads) if isinstance(dispatcher, ThreadingDispatcher) else []
 
     def process_request_thread(self: _ThreadingHost, request: Any, client_address: Any) -> None:
         """Same as in BaseServer but as a thread.  In addition, exception handling is done here."""
@@ -544,6 +580,29 @@ class BaseRequestHandler(_handlers.BaseRequestHandler[Any, Any]):
 
 class StreamRequestHandler(_handlers.StreamRequestHandler[Any], BaseRequestHandler):
     """Define ``self.rfile`` and ``self.wfile`` for stream sockets."""
+
+    # setup() below makes stdlib's files, which read an expired kernel
+    # timeout as "no data yet": the engine must use settimeout() for it.
+    _kernel_timeouts = False
+
+    def setup(self) -> None:
+        """stdlib's setup: the files come from the request's own ``makefile()``.
+
+        So a request that is socket-like but not a ``socket.socket`` (a test
+        double, a wrapper) works as with stdlib; the native handler reads
+        through :class:`~composable_server.handlers.SocketFile` instead.
+        """
+        self.connection = self.request
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        # Typed as the buffered files stdlib declares (makefile("rb", 0) is raw).
+        self.rfile = cast(io.BufferedIOBase, self.connection.makefile("rb", self.rbufsize))
+        if self.wbufsize == 0:
+            self.wfile = _handlers.SocketWriter(self.connection)
+        else:
+            self.wfile = cast(io.BufferedIOBase, self.connection.makefile("wb", self.wbufsize))
 
 
 class DatagramRequestHandler(_handlers.DatagramRequestHandler[Any], BaseRequestHandler):

@@ -12,10 +12,14 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = (
+    "ActivationError",
     "AddressError",
     "BindError",
     "DatagramTooLargeError",
+    "InheritedSocketError",
     "LineTooLongError",
+    "PortRangeError",
+    "RestartLimitError",
     "ServerClosedError",
     "ServerError",
     "ServerStateError",
@@ -40,6 +44,23 @@ class AddressError(ServerError, ValueError):
         super().__init__(message)
         self.address = address
         self.family = family
+
+
+class PortRangeError(AddressError, OverflowError):
+    """A port number outside 0..65535.
+
+    Also an :class:`OverflowError`, which is what ``socket.bind`` raises for
+    such a port (``bind(): port must be 0-65535.``), so code written against
+    stdlib ``socketserver`` that catches it keeps working; and an
+    :class:`AddressError` (a ``ValueError``) like every other bad address.
+
+    Attributes:
+        port: the offending port.
+    """
+
+    def __init__(self, message: str, *, address: object, family: object = None, port: int) -> None:
+        super().__init__(message, address=address, family=family)
+        self.port = port
 
 
 class BindError(ServerError, OSError):
@@ -68,6 +89,15 @@ class ServerStateError(ServerError, RuntimeError):
     """A lifecycle method was called in a state where it cannot work, e.g.
     ``shutdown()`` from the thread running ``serve_forever()``, which would
     deadlock, or ``serve_forever()`` while it is already running."""
+
+
+class RestartLimitError(ServerError, RuntimeError):
+    """Prefork workers exited faster than the restart budget allows (a crash loop).
+
+    Raised by :meth:`Prefork.serve_forever
+    <composable_server.prefork.Prefork.serve_forever>` after it has stopped
+    every worker: a crash loop must not become a fork bomb.
+    """
 
 
 class TLSHandshakeError(ServerError, OSError):
@@ -134,3 +164,44 @@ class DatagramTooLargeError(ServerError, OSError):
         super().__init__(_errno.EMSGSIZE, f"datagram from {client_address!r} larger than {limit} bytes, dropped")
         self.client_address = client_address
         self.limit = limit
+
+
+class ActivationError(ServerError, RuntimeError):
+    """No usable socket-activation environment where one was required.
+
+    Raised by :func:`composable_server.systemd.listen_fds` (with
+    ``required=True``) and :func:`~composable_server.systemd.select_socket`:
+    ``LISTEN_FDS`` unset, ``LISTEN_PID`` naming another process (the variables
+    were meant for a parent or were inherited by mistake), malformed values,
+    or no socket of the requested name.
+
+    Attributes:
+        reason: what was found, e.g. ``"LISTEN_PID is 41, not this process (42)"``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"no socket activation: {reason}")
+        self.reason = reason
+
+
+class InheritedSocketError(ServerError, ValueError):
+    """An inherited descriptor is not the socket it was expected to be.
+
+    Raised when a socket passed by systemd (or given as a plain descriptor)
+    has another address family or socket type than the caller asked for, is
+    not a socket at all, or is a stream socket that is not listening.
+
+    Attributes:
+        fd: the descriptor.
+        name: its ``LISTEN_FDNAMES`` name, or None.
+        expected: what was asked for, e.g. ``"AF_INET/AF_INET6 SOCK_STREAM"``.
+        found: what the descriptor is, e.g. ``"AF_UNIX SOCK_DGRAM"``.
+    """
+
+    def __init__(self, fd: int, *, expected: str, found: str, name: str | None = None) -> None:
+        label = f"fd {fd}" if name is None else f"fd {fd} ({name!r})"
+        super().__init__(f"{label}: expected {expected}, found {found}")
+        self.fd = fd
+        self.name = name
+        self.expected = expected
+        self.found = found

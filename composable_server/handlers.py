@@ -192,6 +192,10 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
     timeout: ClassVar[float | None] = None
     disable_nagle_algorithm: ClassVar[bool] = False
     max_line_length: ClassVar[int] = DEFAULT_MAX_LINE_LENGTH
+    # The files of setup() report an expired kernel timeout (SO_RCVTIMEO,
+    # the server's idle budget) as TimeoutError, so the engine may use
+    # kernel timeouts; a subclass whose files do not sets this False.
+    _kernel_timeouts: ClassVar[bool] = True
 
     connection: Socket
     rfile: io.BufferedIOBase

@@ -237,7 +237,7 @@ def _kernel_timeouts_fit(handler: object) -> bool:
     """
     while isinstance(handler, functools.partial):
         handler = handler.func
-    return isinstance(handler, type) and issubclass(handler, StreamRequestHandler)
+    return isinstance(handler, type) and issubclass(handler, StreamRequestHandler) and handler._kernel_timeouts
 
 
 def _has_data(sock: Socket) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ("kill_group", "run_process")
@@ -27,11 +27,17 @@ def kill_group(proc: subprocess.Popen[str]) -> None:
 
 
 def run_process(
-    argv: Sequence[str], *, timeout: float, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run *argv* to completion in its own session and capture its output (text).
 
-    As ``subprocess.run(capture_output=True, timeout=...)``, except that at the
+    As ``subprocess.run(capture_output=True, text=True, timeout=...)`` (stdin:
+    *input*, else ``/dev/null``), except that at the
     deadline, and on the way out whatever happens, the whole process group is
     killed, so a grandchild holding the pipes cannot make the wait endless.
 
@@ -40,16 +46,17 @@ def run_process(
     """
     proc = subprocess.Popen(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=cwd,
+        env=env,
         start_new_session=True,
     )
     with proc:
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             kill_group(proc)
             # Every writer of the pipes is in the group: they reach EOF now.

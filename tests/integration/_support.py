@@ -28,6 +28,7 @@ import os
 import queue
 import re
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -598,6 +599,7 @@ class OutputProcess:
         read: Literal["stdout", "stderr"],
         cwd: Path | None = None,
         wait: float = 10.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.wait = wait
         self.proc = subprocess.Popen(
@@ -607,6 +609,7 @@ class OutputProcess:
             stderr=subprocess.PIPE if read == "stderr" else subprocess.DEVNULL,
             text=True,
             cwd=cwd,
+            env=env,
             start_new_session=True,
         )
         self.lines: list[str] = []

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from composable_server import compat
 from composable_server import (
     BaseRequestHandler,
     Budget,
@@ -331,6 +332,28 @@ class TestIdleBudget:
         assert isinstance(errors.errors[0][1], TimeoutError)
         # Kernel timeouts: the socket itself stays blocking (no poll per read).
         assert seen == [(None, b"one\n")]
+
+    @pytest.mark.timeout(10)
+    def test_compat_handler_gets_a_socket_timeout(self, make_kind: MakeKind) -> None:
+        """compat's StreamRequestHandler (stdlib's makefile() files, which would
+        read an expired kernel timeout as a partial line) gets settimeout(idle):
+        a client silent mid-line still makes readline() raise TimeoutError."""
+        seen: list[tuple[float | None, bytes]] = []
+
+        class Echo(compat.StreamRequestHandler):
+            def handle(self) -> None:
+                seen.append((self.request.gettimeout(), self.rfile.readline()))
+                self.rfile.readline()  # the client never finishes this line
+
+        errors = RecordingErrorPolicy()
+        kind = make_kind(Family.TCP4, Dispatch.THREADING)
+        server = kind.build(Echo, error_policy=errors, timeout_policy=ConnectionTimeouts(Budget(idle=0.2)))
+        with running(server), kind.connect(server) as sock:
+            sock.sendall(b"one\npart")
+            assert read_to_eof(sock) == b""
+        assert errors.wait_for(1)
+        assert isinstance(errors.errors[0][1], TimeoutError)
+        assert seen == [(0.2, b"one\n")]
 
     @pytest.mark.timeout(10)
     def test_foreign_handler_gets_a_socket_timeout(self, make_kind: MakeKind) -> None:

@@ -7,13 +7,14 @@ its socket only when something uses it.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import socket
 import socketserver
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -336,3 +337,55 @@ class TestInstanceAttributes:
                 server.fileno()
         finally:
             server.server_close()
+
+
+class _Sink(io.BytesIO):
+    """A write file that keeps what it held when closed."""
+
+    value = b""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.value = self.getvalue()
+        super().close()
+
+
+class _SocketLike:
+    """A request that is not a socket.socket: what stdlib's StreamRequestHandler
+    uses of it (``makefile``, ``sendall``), recorded."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.makefile_calls: list[tuple[str, int]] = []
+        self.sent: list[bytes] = []
+        self.written = _Sink()
+
+    def makefile(self, mode: str, buffering: int) -> io.BytesIO:
+        self.makefile_calls.append((mode, buffering))
+        return io.BytesIO(self.data) if mode == "rb" else self.written
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+
+@pytest.mark.parametrize("module", [socketserver, compat], ids=["stdlib", "compat"])
+class TestStreamRequestHandlerSetup:
+    @pytest.mark.parametrize("wbufsize", [0, 4096])
+    def test_files_come_from_the_request(self, module: Any, wbufsize: int) -> None:
+        """rfile is the request's ``makefile('rb', rbufsize)``; wfile sends through
+        its ``sendall`` (unbuffered) or is its ``makefile('wb', wbufsize)``, as
+        in stdlib, so a socket-like request serves."""
+
+        class Upper(module.StreamRequestHandler):  # type: ignore[misc]  # a module chosen at run time (Any)
+            def handle(self) -> None:
+                self.wfile.write(self.rfile.readline().upper())
+
+        Upper.wbufsize = wbufsize
+        request = _SocketLike(b"ping\n")
+        Upper(request, ("peer", 1), None)
+        if wbufsize == 0:
+            assert request.makefile_calls == [("rb", -1)]
+            assert request.sent == [b"PING\n"]
+        else:
+            assert request.makefile_calls == [("rb", -1), ("wb", 4096)]
+            assert request.written.value == b"PING\n"  # finish() flushed and closed it

@@ -7,12 +7,12 @@ import socket
 
 import pytest
 
-from composable_server import AddressError, BindError, ServerClosedError, ServerError, ServerStateError
+from composable_server import AddressError, BindError, PortRangeError, ServerClosedError, ServerError, ServerStateError
 
 
 class TestServerError:
     @pytest.mark.timeout(5)
-    @pytest.mark.parametrize("cls", [AddressError, BindError, ServerClosedError, ServerStateError])
+    @pytest.mark.parametrize("cls", [AddressError, BindError, PortRangeError, ServerClosedError, ServerStateError])
     def test_every_error_is_a_server_error(self, cls: type[ServerError]) -> None:
         """Every error of the package derives from ServerError, which is an Exception."""
         assert issubclass(cls, ServerError)
@@ -33,6 +33,16 @@ class TestAddressError:
     def test_family_defaults_to_none(self) -> None:
         """The family is None when it could not be determined."""
         assert AddressError("bad", address=1).family is None
+
+
+class TestPortRangeError:
+    @pytest.mark.timeout(5)
+    def test_is_address_error_and_overflow_error(self) -> None:
+        """PortRangeError is an AddressError (a ValueError) and the OverflowError
+        that ``socket.bind`` raises for such a port, and carries the port."""
+        exc = PortRangeError("bad port", address=("h", -1), family=socket.AF_INET, port=-1)
+        assert {AddressError, ValueError, OverflowError} <= set(type(exc).__mro__)
+        assert (exc.address, exc.family, exc.port) == (("h", -1), socket.AF_INET, -1)
 
 
 class TestBindError:
@@ -69,3 +79,14 @@ class TestServerStateError:
         """ServerStateError is a RuntimeError, distinct from ServerClosedError."""
         assert issubclass(ServerStateError, RuntimeError)
         assert not issubclass(ServerStateError, ServerClosedError)
+
+
+class TestRestartLimitError:
+    @pytest.mark.timeout(5)
+    def test_is_runtime_error_importable_from_prefork(self) -> None:
+        """RestartLimitError is a ServerError and a RuntimeError, the same class from exceptions and prefork."""
+        from composable_server import RestartLimitError
+        from composable_server.prefork import RestartLimitError as from_prefork
+
+        assert from_prefork is RestartLimitError
+        assert issubclass(RestartLimitError, ServerError) and issubclass(RestartLimitError, RuntimeError)

@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from composable_server import AddressError
+from composable_server import AddressError, PortRangeError
 from composable_server._socketutil import (
     UNIX_PATH_MAX,
     Waker,
@@ -77,6 +77,17 @@ class TestCheckInetAddress:
         """A bad port message also shows the address it came in."""
         with pytest.raises(AddressError, match=r"in \('127\.0\.0\.1', 70000\)"):
             check_inet_address(("127.0.0.1", 70000), socket.AF_INET)
+
+    @pytest.mark.timeout(5)
+    @pytest.mark.parametrize("port", [-1, 65536])
+    def test_out_of_range_port_is_overflow_error(self, port: int) -> None:
+        """A port outside 0..65535 raises PortRangeError, an OverflowError as
+        from ``socket.bind`` (CPython's test_tcpserver_bind_leak expects it)."""
+        with pytest.raises(OverflowError) as info:
+            check_inet_address(("127.0.0.1", port), socket.AF_INET)
+        assert isinstance(info.value, PortRangeError)
+        assert info.value.port == port
+        assert f"port must be in 0..65535, got {port}" in str(info.value)
 
     @pytest.mark.timeout(5)
     def test_address_error_is_value_error(self) -> None:
