@@ -56,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Final, NoReturn, TypeAlias, TypeVar
+from typing import Final, NoReturn, TypeAlias, TypeVar, get_args
 
 from ._services import DATAGRAM_SERVICES, MAX_LINE, RequestLog, format_address, http_handler, line_service
 from .acceptors import DatagramAcceptor, StreamAcceptor
@@ -81,6 +81,13 @@ from .prefork import (
     Prefork,
     RecyclingDispatcher,
     RestartLimitError,
+)
+from .proxy import (
+    DEFAULT_TRUSTED,
+    ProxyMode,
+    ProxyProtocolDatagramAcceptor,
+    ProxyProtocolTransport,
+    proxied_client_address,
 )
 from .server import Server
 from .systemd import (
@@ -138,6 +145,8 @@ examples:
       HTTPS (add --ca-certs ca.pem to require client certificates)
   systemd-socket-activate -l 127.0.0.1:8000 composable-server serve --systemd --service http
       serve on the socket systemd passed (see README, "Deploying")
+  composable-server serve --proxy-protocol v2 --proxy-trust 10.0.0.5
+      behind HAProxy (send-proxy-v2) at 10.0.0.5: handlers and logs see the real client
   composable-server demo
       every server kind in turn, with a table of the results
 
@@ -221,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Filled in by the usage checks (--systemd's socket); None for code that
+    # builds a server from parsed arguments directly.
+    serve.set_defaults(inherited=None)
     serve.add_argument(
         "--transport",
         choices=TRANSPORTS,
@@ -329,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--pid-file", metavar="PATH", help="write the server's pid here once bound; removed on exit")
     ops.add_argument("--user", help="after binding, switch to this user (and its groups)")
     ops.add_argument("--group", help="after binding, switch to this group (default: --user's primary group)")
+    proxy = serve.add_argument_group("behind a load balancer")
+    proxy.add_argument(
+        "--proxy-protocol",
+        choices=get_args(ProxyMode),
+        help="require a PROXY protocol header (HAProxy send-proxy[-v2], nginx proxy_protocol) on every "
+        "connection or datagram, and serve the client it names; datagrams: v2 only",
+    )
+    proxy.add_argument(
+        "--proxy-trust",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="proxies allowed to send the header (repeatable; default: " + ", ".join(DEFAULT_TRUSTED) + ")",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower, help="default: info")
     serve.add_argument(
         "--grace",
@@ -405,6 +431,10 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--path applies to the unix transports, not --transport {args.transport}")
     if args.service == "http" and args.transport not in STREAM_TRANSPORTS:
         parser.error(f"--service http needs a stream transport (tcp or unix), not {args.transport}")
+    if args.proxy_trust and args.proxy_protocol is None:
+        parser.error("--proxy-trust applies only with --proxy-protocol")
+    if args.proxy_protocol == "v1" and args.transport not in STREAM_TRANSPORTS:
+        parser.error(f"--proxy-protocol v1 is for stream transports; datagrams carry v2, not {args.transport}")
     if args.workers is not None:
         if args.dispatch != "prefork":
             parser.error("--workers applies only to --dispatch prefork")
@@ -487,9 +517,33 @@ def _stream_transport(args: argparse.Namespace) -> Transport[socket.socket, Addr
         plain = TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port), **backlog)
     else:
         plain = UnixStreamTransport(args.path, **backlog)
-    if args.certfile is None:
-        return plain
-    return TLSTransport(plain, args.tls_context)
+    transport = plain if args.certfile is None else TLSTransport(plain, args.tls_context)
+    if args.proxy_protocol is not None:
+        # The header comes first on the wire: the PROXY layer reads it, then
+        # hands the connection to the TLS handshake (if any) below it.
+        transport = ProxyProtocolTransport(transport, mode=args.proxy_protocol, trusted=_proxy_trust(args))
+    return transport
+
+
+def _proxy_trust(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.proxy_trust) or DEFAULT_TRUSTED
+
+
+def _datagram_acceptor(args: argparse.Namespace) -> Acceptor[DatagramRequest, Address]:
+    if args.proxy_protocol is not None:
+        return ProxyProtocolDatagramAcceptor(trusted=_proxy_trust(args))
+    return DatagramAcceptor()
+
+
+def _client_from_header(handler: HandlerFactory[socket.socket, Address]) -> HandlerFactory[socket.socket, Address]:
+    """*handler*, called with the client a PROXY header names (the request
+    log's debug line and the service see it), until the server's request
+    path does this itself."""
+
+    def call(request: socket.socket, client_address: Address, server: object) -> object:
+        return handler(request, proxied_client_address(request, client_address), server)
+
+    return call
 
 
 def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, Address]:
@@ -563,14 +617,15 @@ def build_server(
         server = _assemble(
             _stream_transport(args),
             StreamAcceptor(),
-            stream_log,
+            _client_from_header(stream_log),
             verifier,
             dispatcher,
             timeout_policy=_timeout_policy(args),
         )
         return server, stream_log
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    return _assemble(_datagram_transport(args), DatagramAcceptor(), datagram_log, verifier, dispatcher), datagram_log
+    datagram = _assemble(_datagram_transport(args), _datagram_acceptor(args), datagram_log, verifier, dispatcher)
+    return datagram, datagram_log
 
 
 AnyPrefork: TypeAlias = "Prefork[socket.socket, Address] | Prefork[DatagramRequest, Address]"
@@ -612,7 +667,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
     # SIGUSR2 runs this same command line again, on the handed-over socket.
     reexec_argv = (sys.executable, *sys.orig_argv[1:])
     if args.transport in STREAM_TRANSPORTS:
-        make_stream = _worker_factory(StreamAcceptor(), _stream_log(args), verifier, args)
+        make_stream = _worker_factory(StreamAcceptor(), _client_from_header(_stream_log(args)), verifier, args)
         return Prefork(
             _stream_transport(args),
             make_stream,
@@ -622,7 +677,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
             reexec_argv=reexec_argv,
         )
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    make_datagram = _worker_factory(DatagramAcceptor(), datagram_log, verifier, args)
+    make_datagram = _worker_factory(_datagram_acceptor(args), datagram_log, verifier, args)
     return Prefork(
         _datagram_transport(args),
         make_datagram,

@@ -25,6 +25,7 @@ from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
+from .proxy import reply_address
 
 __all__ = (
     "DATAGRAM_SERVICES",
@@ -95,8 +96,9 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        if not send_datagram(sock, data.upper() if self.upper else data, address):
-            _logger.warning("dropped the reply to %s: its queue stayed full for %g s", address, DATAGRAM_SEND_TIMEOUT)
+        to = reply_address(self.request, address)
+        if not send_datagram(sock, data.upper() if self.upper else data, to):
+            _logger.warning("dropped the reply to %s: its queue stayed full for %g s", to, DATAGRAM_SEND_TIMEOUT)
 
 
 class UpperDatagramHandler(_DatagramHandler):

@@ -19,6 +19,7 @@ __all__ = (
     "InheritedSocketError",
     "LineTooLongError",
     "PortRangeError",
+    "ProxyProtocolError",
     "RestartLimitError",
     "ServerClosedError",
     "ServerError",
@@ -205,3 +206,34 @@ class InheritedSocketError(ServerError, ValueError):
         self.name = name
         self.expected = expected
         self.found = found
+class ProxyProtocolError(ServerError, OSError, ValueError):
+    """A PROXY protocol header was missing, malformed, too slow, too long, or
+    came from a source that may not send one; the connection is refused.
+
+    Raised by the parser in :mod:`composable_server.proxy` for bad bytes, and
+    by :meth:`ProxyProtocolTransport.start_request
+    <composable_server.proxy.ProxyProtocolTransport.start_request>` in the
+    worker (then ``from`` the socket error, if there was one).  A
+    :class:`ValueError` (bad input, as :class:`AddressError`) and an
+    :class:`OSError` with ``errno`` ``EPROTO`` (``ETIMEDOUT`` for the
+    deadline), as the ``Transport.start_request`` contract requires and so
+    that a refused datagram is skipped by the accept path like any
+    transient receive error.
+
+    Attributes:
+        reason: what was wrong, e.g. ``"v2: CRC32C mismatch: header says 0x12345678, computed 0x4caeac6a"``.
+        peer: the connection's real peer address (the proxy), or None when
+            not known (the parser alone, or the peer already gone).
+        timed_out: True if the header did not arrive before the deadline.
+    """
+
+    def __init__(self, reason: str, *, peer: object = None, timed_out: bool = False) -> None:
+        super().__init__(_errno.ETIMEDOUT if timed_out else _errno.EPROTO, reason)
+        self.reason = reason
+        self.peer = peer
+        self.timed_out = timed_out
+
+    def __str__(self) -> str:
+        if self.peer is None:
+            return f"PROXY protocol: {self.reason}"
+        return f"PROXY protocol from {self.peer!r}: {self.reason}"

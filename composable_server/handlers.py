@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
 from .interfaces import Address, DatagramRequest
+from .proxy import reply_address
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -276,7 +277,8 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
         self.wfile = io.BytesIO()
 
     def finish(self) -> None:
-        """Send what was written to ``wfile`` to the client.
+        """Send what was written to ``wfile`` to the client (to the proxy,
+        for a datagram that came with a PROXY header).
 
         On a non-blocking socket (the native datagram transports) a reply the
         kernel cannot queue is retried for up to
@@ -284,10 +286,11 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
         then dropped and logged (see :func:`~composable_server._socketutil.send_datagram`).
         """
         reply = self.wfile.getvalue()
-        if not send_datagram(self.socket, reply, cast("Address", self.client_address)):
+        to = reply_address(self.request, self.client_address)
+        if not send_datagram(self.socket, reply, cast("Address", to)):
             _logger.warning(
                 "dropped a %d-byte reply to %s: its queue stayed full for %g s",
                 len(reply),
-                self.client_address,
+                to,
                 DATAGRAM_SEND_TIMEOUT,
             )
