@@ -17,7 +17,11 @@ The compat kinds replace ``sys.modules["socketserver"]`` with
 ``composable_server.compat`` *before* ``http.server`` is imported, the way a
 program switches: ``http.server.ThreadingHTTPServer`` itself then runs on
 compat.  Request logging is off in every kind (it would write one stderr line
-per request into the runner's pipe).
+per request into the runner's pipe), and every handler sets
+``disable_nagle_algorithm`` (TCP_NODELAY): http.server writes a response's
+head and body in two sends, so without it each keep-alive response waits
+for the client's delayed ACK (~40 ms) in every kind alike, and the scenario
+would measure that timer instead of the servers.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def _handler_classes(family: str) -> type[http.server.BaseHTTPRequestHandler]:
 
     class Quiet(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -72,6 +77,7 @@ def _handler_classes(family: str) -> type[http.server.BaseHTTPRequestHandler]:
 
     class QuietFiles(http.server.SimpleHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -84,7 +90,7 @@ def _handler_classes(family: str) -> type[http.server.BaseHTTPRequestHandler]:
 
     class InDirectory(QuietFiles):
         def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=directory, **kwargs)  # type: ignore[arg-type, misc]  # request, address, server as stdlib passes them
+            super().__init__(*args, directory=directory, **kwargs)  # type: ignore[arg-type]  # request, address, server as stdlib passes them
 
     return InDirectory
 
@@ -96,7 +102,7 @@ def _socketserver_http(kind: str, family: str, address: str) -> None:
 
         if "http.server" in sys.modules:
             raise SystemExit("http.server was imported before the swap")
-        sys.modules["socketserver"] = compat  # type: ignore[assignment]  # the drop-in swap
+        sys.modules["socketserver"] = compat  # the drop-in swap
     import http.server
 
     from .bench_servers import _serve, parse_inet
@@ -117,7 +123,6 @@ def _socketserver_http(kind: str, family: str, address: str) -> None:
         server: http.server.HTTPServer = TLSServer(parse_inet(address), handler)
     else:
         server = http.server.ThreadingHTTPServer(parse_inet(address), handler)
-    server.daemon_threads = True  # type: ignore[attr-defined]  # ThreadingMixIn's attribute
     _serve(server)
 
 
@@ -131,7 +136,7 @@ def _native_http(kind: str, family: str, address: str) -> None:
     from .bench_servers import POOL_WORKERS, _serve, announce, parse_inet
 
     handler = _handler_classes(family)
-    transport: Transport[socket.socket, object] = TCPTransport(parse_inet(address))  # type: ignore[assignment]  # Server is invariant; the loop needs no more than object
+    transport: Transport[socket.socket, object] = TCPTransport(parse_inet(address))
     if family == "https-min":
         transport = TLSTransport(transport, _server_context())
 
@@ -141,13 +146,13 @@ def _native_http(kind: str, family: str, address: str) -> None:
         return Server(
             transport=transport,
             acceptor=StreamAcceptor(),
-            handler=handler,  # type: ignore[arg-type]  # a socketserver handler class: called (request, address, server)
+            handler=handler,  # a socketserver handler class: called (request, address, server)
             dispatcher=ThreadPoolDispatcher(POOL_WORKERS, queue_size=256),
             bind_and_activate=bind_and_activate,
         )
 
     if kind == "native-pool":
-        _serve(make_server(transport, bind_and_activate=True))
+        _serve(make_server(transport, bind_and_activate=True))  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
         return
     prefork: Prefork[socket.socket, object] = Prefork(transport, make_server, workers=len(os.sched_getaffinity(0)))
     with prefork:
