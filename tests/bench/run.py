@@ -526,8 +526,11 @@ def _targets(
         target = f"{name}: best mode >= {want}x uvloop (server CPU per {'datagram' if name == 'udp16' else 'request'})"
         rows, ref = table.get(name, {}), get(name, "uvloop")
         full = [(k, s) for k, s in rows.items() if k in TWINS and s.cpu_us > 0 and s.served >= _clients(name)]
-        if not full or ref is None:
-            lines.append((target, None, "not measured (uvloop not installed?)"))
+        if not rows or ref is None:
+            lines.append((target, None, "not run" if not rows else "not measured (uvloop not installed?)"))
+            continue
+        if not full:
+            lines.append((target, None, f"not measured: no project mode served all {_clients(name)} clients"))
             continue
         k, s = min(full, key=lambda ks: ks[1].cpu_us)
         r = ref.cpu_us / s.cpu_us
@@ -545,7 +548,7 @@ def _targets(
             r = b[1].rps / ref.rps
             lines.append((target, r >= 2.0, f"{r:.2f}x ({b[0]} {_fmt_rps(b[1].rps)} vs {_fmt_rps(ref.rps)} req/s)"))
         else:
-            lines.append((target, None, "not measured (wrk not installed?)"))
+            lines.append((target, None, "not run" if name not in table else "not measured"))
     # Issue 18: TLS handshake rate >= stdlib's (wrapping in get_request).
     b, ref = best("tls-handshake", ours_all), get("tls-handshake", "stdlib-threading")
     target = "tls-handshake: best mode's handshake rate >= stdlib (ssl wrapped in get_request)"
@@ -554,7 +557,7 @@ def _targets(
         lines.append((target, r >= 1.0, f"{r:.2f}x ({b[0]} {b[1].rps:.0f} vs {ref.rps:.0f} handshakes/s; "
                                         f"{b[1].cpu_us:.0f} vs {ref.cpu_us:.0f} µs server CPU per handshake)"))
     else:
-        lines.append((target, None, "not measured (openssl or trustme missing?)"))
+        lines.append((target, None, "not run" if "tls-handshake" not in table else "not measured"))
     # 6. peak RSS at 128 connections, process-isolated mode <= 1/4 stdlib forking.
     p, ref = get("tcp128", "prefork"), get("tcp128", "stdlib-forking")
     if p and ref:
