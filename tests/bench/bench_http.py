@@ -21,7 +21,10 @@ per request into the runner's pipe), and every handler sets
 ``disable_nagle_algorithm`` (TCP_NODELAY): http.server writes a response's
 head and body in two sends, so without it each keep-alive response waits
 for the client's delayed ACK (~40 ms) in every kind alike, and the scenario
-would measure that timer instead of the servers.
+would measure that timer instead of the servers; and every handler answers
+a request's ``Connection: close`` with one (RFC 9112 s. 9.6; http.server
+does not), so wrk opens a new connection instead of writing into the
+closing one.
 """
 
 from __future__ import annotations
@@ -61,13 +64,22 @@ def _handler_classes(family: str) -> type[http.server.BaseHTTPRequestHandler]:
     """The handler class for *family*, built on whichever ``http.server`` is imported."""
     import http.server
 
-    class Quiet(http.server.BaseHTTPRequestHandler):
+    class Settings(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+        def end_headers(self) -> None:
+            # RFC 9112 s. 9.6: answer a request's "Connection: close" with
+            # one, or wrk (HTTP/1.1, no close in the answer) sends its next
+            # request on the closing connection and counts a read error.
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            super().end_headers()
+
+    class Quiet(Settings):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -75,12 +87,8 @@ def _handler_classes(family: str) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(MIN_BODY)
 
-    class QuietFiles(http.server.SimpleHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+    class QuietFiles(Settings, http.server.SimpleHTTPRequestHandler):
+        pass
 
     if family != "http-file":
         return Quiet

@@ -133,10 +133,12 @@ def _timer(python: str, runs: int, warmup: int) -> dict[str, float]:
 
 def measure(
     runs: int = 40, *, importtime_runs: int = 5, top: int = 12, python: str = sys.executable,
-    use_hyperfine: bool | None = None,
+    use_hyperfine: bool | None = None, warmup: int | None = None,
 ) -> ImportCost:
-    """Median wall milliseconds of each of :data:`COMMANDS`, and compat's top imports."""
-    warmup = max(2, runs // 10)
+    """Median wall milliseconds of each of :data:`COMMANDS` (after *warmup*
+    unmeasured runs, default a tenth of *runs*, at least 2), and compat's top imports."""
+    if warmup is None:
+        warmup = max(2, runs // 10)
     if use_hyperfine is None:
         use_hyperfine = shutil.which("hyperfine") is not None
     wall = _hyperfine(python, runs, warmup) if use_hyperfine else _timer(python, runs, warmup)
