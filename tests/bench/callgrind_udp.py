@@ -6,14 +6,16 @@ Instruction counts do not depend on other load on the machine.  Each kind
 (stdlib ``UDPServer``, compat ``UDPServer``, the native
 ``make_udp_server`` with the synchronous dispatcher; all with the benchmark's
 ``DatagramRequestHandler`` echo) serves a fixed number of echo round trips in
-one process and one thread: the client sends 32 bytes, the server runs
-``handle_request()``, the client reads the echo.  Each kind runs twice under
+one process: ``serve_forever()`` in a thread (the benchmark's path: stdlib's
+``handle_request()`` would build a selector per call), the client in the
+main thread sends 32 bytes and reads the echo.  Each kind runs twice under
 ``valgrind --tool=callgrind``, with *small* and *large* round trips; the
 difference divided by ``large - small`` is the cost of one datagram, with
 the interpreter's start and the imports cancelled out.  The same subtraction
 per C function (``callgrind_annotate``, self cost) gives the top functions
-per datagram, and a cProfile run (call counts are deterministic) gives the
-Python functions called per datagram.
+per datagram (the client's share is the same for every kind), and a
+cProfile run of the serving thread (call counts are deterministic) gives
+the Python functions called per datagram.
 
     python -m tests.bench.callgrind_udp --serve KIND N    # the workload itself
 """
@@ -31,9 +33,10 @@ import socketserver
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 __all__ = ("KINDS", "main", "parse_annotate", "serve")
 
@@ -42,51 +45,61 @@ KINDS: Final = ("stdlib", "compat", "native")
 MESSAGE: Final = b"00000000 0000000000 xxxxxxxxxxxx\n"[:31] + b"\n"
 
 
-def _make(kind: str) -> tuple[Callable[[], None], Callable[[], None], tuple[str, int]]:
-    """(handle_request, server_close, address) of a UDP echo server of *kind*."""
+class _Serving(Protocol):
+    @property
+    def server_address(self) -> object: ...
+
+    def serve_forever(self, poll_interval: float = ...) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def server_close(self) -> None: ...
+
+
+def _make(kind: str) -> _Serving:
+    """A UDP echo server of *kind* on an ephemeral loopback port."""
     address = ("127.0.0.1", 0)
     if kind == "stdlib":
         from .bench_servers import _StdlibDatagramEcho
 
-        s = socketserver.UDPServer(address, _StdlibDatagramEcho)
-        return s.handle_request, s.server_close, s.server_address  # type: ignore[return-value]  # (host, port) for AF_INET
+        return socketserver.UDPServer(address, _StdlibDatagramEcho)
     if kind == "compat":
         from composable_server import compat
 
         from .bench_servers import _CompatDatagramEcho
 
-        c = compat.UDPServer(address, _CompatDatagramEcho)
-        return c.handle_request, c.server_close, c.server_address
+        return compat.UDPServer(address, _CompatDatagramEcho)
     if kind == "native":
         from composable_server.dispatchers import SyncDispatcher
         from composable_server.factories import make_udp_server
 
         from .bench_servers import _DatagramEcho
 
-        n = make_udp_server(address, _DatagramEcho, dispatcher=SyncDispatcher())
-        return n.handle_request, n.server_close, n.server_address  # type: ignore[return-value]  # as above
+        return make_udp_server(address, _DatagramEcho, dispatcher=SyncDispatcher())
     raise SystemExit(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
 def serve(kind: str, round_trips: int, *, profile: cProfile.Profile | None = None) -> None:
-    """Serve *round_trips* echo round trips with a *kind* server, in this thread."""
-    handle, close, address = _make(kind)
+    """Serve *round_trips* echo round trips with a *kind* server's
+    ``serve_forever`` (the benchmark's path) in a thread; the client here."""
+    server = _make(kind)
+    thread = threading.Thread(
+        target=server.serve_forever if profile is None else lambda: profile.runcall(server.serve_forever, 0.5)
+    )
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    thread.start()
     try:
-        client.connect(address)
-        client.settimeout(10.0)
-        if profile is not None:
-            profile.enable()
+        client.connect(server.server_address)  # type: ignore[arg-type]  # (host, port) for AF_INET
+        client.settimeout(30.0)
         for _ in range(round_trips):
             client.send(MESSAGE)
-            handle()
             if client.recv(64) != MESSAGE:
                 raise RuntimeError("the echo differs from the request")
-        if profile is not None:
-            profile.disable()
     finally:
         client.close()
-        close()
+        server.shutdown()
+        thread.join()
+        server.server_close()
 
 
 _ANNOTATE_LINE: Final = re.compile(r"^\s*([\d,]+)\s+(?:\([\s\d.]+%\)\s+)?(\S.*?)\s*$")
