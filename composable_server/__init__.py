@@ -15,21 +15,27 @@ A server is built from small, swappable components (see
 
 The stdlib-compatible classes live in :mod:`composable_server.compat`; the
 in-memory fakes for unit tests in :mod:`composable_server.testing` (neither
-is imported here).
+is imported here).  The ``make_*_server`` functions and the prefork
+supervisor (:class:`Prefork`) are imported on first use of their names, so
+``import composable_server`` (and ``composable_server.compat``, which loads
+the package first) does not pay for them.
 """
+
+import typing as _typing
 
 from .acceptors import DatagramAcceptor as DatagramAcceptor
 from .acceptors import StreamAcceptor as StreamAcceptor
 from .dispatchers import ForkingDispatcher as ForkingDispatcher
 from .dispatchers import PoolStatistics as PoolStatistics
 from .dispatchers import SyncDispatcher as SyncDispatcher
-from .dispatchers import ThreadingDispatcher as ThreadingDispatcher
 from .dispatchers import ThreadPoolDispatcher as ThreadPoolDispatcher
+from .dispatchers import ThreadingDispatcher as ThreadingDispatcher
 from .exceptions import AddressError as AddressError
 from .exceptions import BindError as BindError
 from .exceptions import DatagramTooLargeError as DatagramTooLargeError
 from .exceptions import LineTooLongError as LineTooLongError
 from .exceptions import PortRangeError as PortRangeError
+from .exceptions import RestartLimitError as RestartLimitError
 from .exceptions import ServerClosedError as ServerClosedError
 from .exceptions import ServerError as ServerError
 from .exceptions import ServerStateError as ServerStateError
@@ -44,9 +50,9 @@ from .interfaces import DatagramRequest as DatagramRequest
 from .interfaces import Dispatcher as Dispatcher
 from .interfaces import ErrorPolicy as ErrorPolicy
 from .interfaces import HandlerFactory as HandlerFactory
-from .interfaces import InetAddress as InetAddress
 from .interfaces import IPv4Address as IPv4Address
 from .interfaces import IPv6Address as IPv6Address
+from .interfaces import InetAddress as InetAddress
 from .interfaces import Job as Job
 from .interfaces import ReleasingVerifier as ReleasingVerifier
 from .interfaces import TimeoutPolicy as TimeoutPolicy
@@ -60,7 +66,9 @@ from .policies import FixedTimeout as FixedTimeout
 from .policies import LoggingErrorPolicy as LoggingErrorPolicy
 from .policies import NoTimeout as NoTimeout
 from .policies import PrintTraceback as PrintTraceback
+from .policies import PrintTracebackErrorPolicy as PrintTracebackErrorPolicy
 from .policies import ReRaise as ReRaise
+from .policies import ReRaiseErrorPolicy as ReRaiseErrorPolicy
 from .policies import RetryImmediately as RetryImmediately
 from .server import DrainReport as DrainReport
 from .server import Server as Server
@@ -87,73 +95,130 @@ from .verifiers import peer_credentials as peer_credentials
 from .verifiers import per_ip_cap as per_ip_cap
 from .verifiers import rate_limit as rate_limit
 
+if _typing.TYPE_CHECKING:
+    from .factories import make_tcp_server as make_tcp_server
+    from .factories import make_udp_server as make_udp_server
+    from .factories import make_unix_stream_server as make_unix_stream_server
+    from .factories import make_unix_datagram_server as make_unix_datagram_server
+    from .prefork import Prefork as Prefork
+    from .prefork import PreforkStatistics as PreforkStatistics
+
 __all__ = (
-    "AcceptBackoff",
-    "AcceptErrorPolicy",
-    "Acceptor",
-    "AddressError",
-    "AllowAll",
-    "BaseRequestHandler",
-    "BindError",
-    "Budget",
-    "ConnectionBudget",
-    "ConnectionTimeouts",
-    "CIDRVerifier",
-    "DatagramAcceptor",
-    "DatagramRequest",
-    "DatagramRequestHandler",
+    # the engine
+    "Server",
     "DrainReport",
+    # convenience: a server for one family (composable_server.factories; loaded on first use)
+    "make_tcp_server",
+    "make_udp_server",
+    "make_unix_stream_server",
+    "make_unix_datagram_server",
+    # contracts: one Protocol per component role (composable_server.interfaces)
+    "Transport",
+    "Acceptor",
+    "Verifier",
+    "ReleasingVerifier",
     "Dispatcher",
+    "Job",
     "ErrorPolicy",
-    "FixedTimeout",
-    "ForkingDispatcher",
+    "TimeoutPolicy",
+    "ConnectionBudget",
+    "AcceptErrorPolicy",
     "HandlerFactory",
+    # request and address types
+    "DatagramRequest",
     "InetAddress",
     "IPv4Address",
     "IPv6Address",
-    "Job",
-    "LoggingErrorPolicy",
-    "NoTimeout",
-    "PoolStatistics",
-    "PrintTraceback",
-    "ReRaise",
-    "RetryImmediately",
-    "Server",
-    "ServerClosedError",
-    "ServerError",
-    "ServerStateError",
-    "StreamAcceptor",
-    "StreamRequestHandler",
-    "SyncDispatcher",
-    "TCPTransport",
-    "ThreadingDispatcher",
-    "ThreadPoolDispatcher",
-    "TimeoutPolicy",
-    "Transport",
-    "UDPTransport",
     "UnixAddress",
-    "UnixDatagramTransport",
+    # transports
+    "TCPTransport",
+    "UDPTransport",
     "UnixStreamTransport",
-    "Verifier",
-    "all_of",
-    "allow_networks",
-    "any_of",
-    "client_ip",
-    "deny_networks",
-    "ConnectionCapStatistics",
-    "ConnectionCapVerifier",
-    "DatagramTooLargeError",
-    "LineTooLongError",
-    "PeerCredentials",
-    "PeerCredentialsVerifier",
-    "PortRangeError",
-    "RateLimitStatistics",
-    "RateLimitVerifier",
-    "ReleasingVerifier",
-    "TLSHandshakeError",
-    "TLSStatistics",
+    "UnixDatagramTransport",
     "TLSTransport",
-    "peer_credentials",
+    "TLSStatistics",
+    # acceptors
+    "StreamAcceptor",
+    "DatagramAcceptor",
+    # verifiers
+    "AllowAll",
+    "CIDRVerifier",
+    "ConnectionCapVerifier",
+    "ConnectionCapStatistics",
+    "RateLimitVerifier",
+    "RateLimitStatistics",
+    "PeerCredentialsVerifier",
+    "PeerCredentials",
+    "all_of",
+    "any_of",
+    "allow_networks",
+    "deny_networks",
+    "client_ip",
     "per_ip_cap",
     "rate_limit",
+    "peer_credentials",
+    # dispatchers
+    "SyncDispatcher",
+    "ThreadingDispatcher",
+    "ThreadPoolDispatcher",
+    "PoolStatistics",
+    "ForkingDispatcher",
+    # prefork: worker processes on one socket (loaded on first use)
+    "Prefork",
+    "PreforkStatistics",
+    # error policies (PrintTraceback and ReRaise: the older names)
+    "PrintTracebackErrorPolicy",
+    "LoggingErrorPolicy",
+    "ReRaiseErrorPolicy",
+    "PrintTraceback",
+    "ReRaise",
+    # timeout policies
+    "NoTimeout",
+    "FixedTimeout",
+    "ConnectionTimeouts",
+    "Budget",
+    # accept-error policies
+    "AcceptBackoff",
+    "RetryImmediately",
+    # handlers
+    "BaseRequestHandler",
+    "StreamRequestHandler",
+    "DatagramRequestHandler",
+    # errors
+    "ServerError",
+    "AddressError",
+    "BindError",
+    "ServerClosedError",
+    "ServerStateError",
+    "TLSHandshakeError",
+    "LineTooLongError",
+    "DatagramTooLargeError",
+    "PortRangeError",
+    "RestartLimitError",
 )
+
+# PEP 562: names loaded on first use (their modules cost import time that
+# most programs do not need); name -> module.
+_LAZY: dict[str, str] = {
+    "make_tcp_server": "factories",
+    "make_udp_server": "factories",
+    "make_unix_stream_server": "factories",
+    "make_unix_datagram_server": "factories",
+    "Prefork": "prefork",
+    "PreforkStatistics": "prefork",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value: object = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

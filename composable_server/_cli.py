@@ -27,36 +27,84 @@ Errors a user can fix (a bad option, a taken port, a bad CIDR, a path that
 is too long) end the process with one line on stderr and a non-zero status:
 2 for usage errors (argparse's convention), 1 for an address that cannot be
 bound.
+
+Operations (``composable_server.systemd``): ``--systemd`` serves on a socket
+passed by systemd; when ``NOTIFY_SOCKET`` is set, ``READY=1`` (with a
+``STATUS=`` line) is sent once the loop runs, ``STOPPING=1`` when a stop
+begins, and ``WATCHDOG=1`` from the serving loop itself while it turns.  The
+order at start is: bind (or inherit), write ``--pid-file``, drop privileges
+(``--user``/``--group``), serve, notify.  Prefork reloads (SIGHUP,
+SIGUSR2, SIGTTIN/SIGTTOU, ``--max-requests``) are the supervisor's: see
+:mod:`composable_server.prefork`; a re-executed generation finds the socket
+its predecessor handed over through the same activation variables.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import grp
+import importlib.metadata
 import logging
 import os
+import pwd
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Final, NoReturn, TypeAlias, TypeVar
+from typing import Final, NoReturn, TypeAlias, TypeVar, get_args
 
-from ._services import DATAGRAM_SERVICES, STREAM_SERVICES, RequestLog, format_address, http_handler
+from ._services import DATAGRAM_SERVICES, MAX_LINE, RequestLog, format_address, http_handler, line_service
 from .acceptors import DatagramAcceptor, StreamAcceptor
-from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher, ThreadPoolDispatcher
-from .exceptions import AddressError, BindError
-from .interfaces import Acceptor, Address, DatagramRequest, Dispatcher, HandlerFactory, Transport, Verifier
-from .policies import LoggingErrorPolicy
-from .prefork import DEFAULT_WORKERS, Prefork, RestartLimitError
+from ._modes import DISPATCH_MODES, DISPATCHERS, PREFORK_POOL, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
+from .dispatchers import ThreadPoolDispatcher
+from .exceptions import ActivationError, AddressError, BindError, InheritedSocketError
+from .interfaces import (
+    Acceptor,
+    Address,
+    DatagramRequest,
+    Dispatcher,
+    HandlerFactory,
+    TimeoutPolicy,
+    Transport,
+    Verifier,
+)
+from .policies import DEFAULT_BUDGET, Budget, ConnectionTimeouts, LoggingErrorPolicy
+from .prefork import (
+    DEFAULT_WORKERS,
+    HANDOVER_FDNAME,
+    READY_FD_VARIABLE,
+    Prefork,
+    RecyclingDispatcher,
+    RestartLimitError,
+)
+from .proxy import (
+    DEFAULT_TRUSTED,
+    ProxyMode,
+    ProxyProtocolDatagramAcceptor,
+    ProxyProtocolTransport,
+    proxied_client_address,
+)
 from .server import Server
-from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
+from .systemd import (
+    IP_FAMILIES,
+    HeartbeatDispatcher,
+    InheritedDatagramTransport,
+    InheritedStreamTransport,
+    Notifier,
+    WatchdogHeartbeat,
+    check_socket,
+    listen_fds,
+    select_socket,
+)
+from .transports import TCPTransport, TLSTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 from .verifiers import AllowAll, all_of, allow_networks, deny_networks
 
-__all__ = ("DISPATCHERS", "DISPATCH_MODES", "TRANSPORTS", "build_parser", "build_prefork", "build_server", "main")
+__all__ = ("build_parser", "build_prefork", "build_server", "main")
 
 _logger = logging.getLogger("composable_server.cli")
 
@@ -65,23 +113,16 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9999
 DEFAULT_GRACE: Final = 10.0
 
-# --dispatch: one line per mode.  Threads are daemonic and children are not
-# waited for on close, because drain() has already bounded the wait: a
-# straggler cut at the deadline must not hold the exit up a second time.
-DISPATCHERS: Final[dict[str, Callable[[], Dispatcher]]] = {
-    "sync": SyncDispatcher,
-    "threading": functools.partial(ThreadingDispatcher, daemon=True),
-    "forking": functools.partial(ForkingDispatcher, block_on_close=False),
-    # 16 reused workers, 64 queued connections, then backpressure.
-    "pool": functools.partial(ThreadPoolDispatcher, 16, daemon=True),
+# --systemd: the kernel's (family, type) of each transport name, to check an
+# inherited socket against --transport or to name it when none is given.
+_SOCKET_KINDS: Final = {
+    "tcp": (IP_FAMILIES, socket.SOCK_STREAM),
+    "udp": (IP_FAMILIES, socket.SOCK_DGRAM),
+    "unix": (frozenset({socket.AF_UNIX}), socket.SOCK_STREAM),
+    "unix-datagram": (frozenset({socket.AF_UNIX}), socket.SOCK_DGRAM),
+    "unix-dgram": (frozenset({socket.AF_UNIX}), socket.SOCK_DGRAM),  # the older name
 }
-
-# --dispatch prefork: --workers processes (default: one per CPU), each with this pool.
-PREFORK_POOL: Final = DISPATCHERS["pool"]
-DISPATCH_MODES: Final = (*DISPATCHERS, "prefork")
-
-TRANSPORTS: Final = ("tcp", "udp", "unix", "unix-dgram")
-STREAM_TRANSPORTS: Final = frozenset({"tcp", "unix"})
+_SERVABLE_FAMILIES: Final = frozenset({*IP_FAMILIES, socket.AF_UNIX})
 SERVICES: Final = ("upper", "echo", "http")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
@@ -100,11 +141,20 @@ examples:
   composable-server serve --transport unix --path /tmp/upper.sock --dispatch forking
   composable-server serve --service http --port 8000 --directory ./public
   composable-server serve --allow 127.0.0.0/8 --allow ::1 --host ::
+  composable-server serve --service http --port 8443 --certfile cert.pem --keyfile key.pem
+      HTTPS (add --ca-certs ca.pem to require client certificates)
+  systemd-socket-activate -l 127.0.0.1:8000 composable-server serve --systemd --service http
+      serve on the socket systemd passed (see README, "Deploying")
+  composable-server serve --proxy-protocol v2 --proxy-trust 10.0.0.5
+      behind HAProxy (send-proxy-v2) at 10.0.0.5: handlers and logs see the real client
   composable-server demo
       every server kind in turn, with a table of the results
 
 SIGTERM or SIGINT stops accepting, lets requests in flight finish (at most
---grace seconds), and exits 0.
+--grace seconds), and exits 0.  With --dispatch prefork, the supervisor also
+takes SIGHUP (rolling restart of the workers), SIGUSR2 (run this command
+again on the same socket, then hand over), SIGTTIN/SIGTTOU (one worker
+more/fewer).
 """
 
 
@@ -126,6 +176,33 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _limit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("composable-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -144,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="{serve,demo}")
     serve = commands.add_parser(
         "serve",
@@ -152,10 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--transport", choices=TRANSPORTS, default="tcp", help="socket kind (default: tcp)")
+    serve.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=None,
+        help="socket kind (default: tcp; with --systemd, the kind of the passed socket, which must match if given; "
+        "unix-dgram is the older name of unix-datagram)",
+    )
     serve.add_argument("--host", help=f"IP address or name to bind (default: {DEFAULT_HOST}; '::1' or '::' for IPv6)")
     serve.add_argument("--port", type=_port, help=f"port to bind; 0 picks a free one (default: {DEFAULT_PORT})")
-    serve.add_argument("--path", help="socket path, for --transport unix and unix-dgram")
+    serve.add_argument("--path", help="socket path, for --transport unix and unix-datagram")
     serve.add_argument(
         "--dispatch",
         choices=DISPATCH_MODES,
@@ -188,6 +272,86 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--deny", action="append", default=[], metavar="CIDR", help="refuse clients in this network (repeatable)"
     )
+    serve.add_argument(
+        "--threads",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="threads of --dispatch pool, and of each prefork worker's pool (default: 16)",
+    )
+    serve.add_argument(
+        "--max-requests",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="--dispatch prefork: recycle a worker after N requests (it drains first)",
+    )
+    serve.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add a random 0..J to --max-requests per worker, so workers do not recycle together (default: 0)",
+    )
+    serve.add_argument(
+        "--backlog", type=_count, default=None, metavar="N", help="listen() backlog (default: the system's maximum)"
+    )
+    serve.add_argument(
+        "--max-line",
+        type=_count,
+        default=None,
+        metavar="BYTES",
+        help=f"upper/echo: the longest line read as one request (default: {MAX_LINE})",
+    )
+    budgets = serve.add_argument_group("per-connection time budgets (stream transports)")
+    budgets.add_argument(
+        "--first-byte-timeout",
+        type=_limit,
+        metavar="SECONDS",
+        help="close a connection silent this long before its handler runs (default: none)",
+    )
+    budgets.add_argument(
+        "--idle-timeout",
+        type=_limit,
+        metavar="SECONDS",
+        help=f"fail a read or write blocked this long (default: {DEFAULT_BUDGET.idle:g})",
+    )
+    budgets.add_argument(
+        "--lifetime", type=_limit, metavar="SECONDS", help="cut a connection older than this (default: none)"
+    )
+    tls = serve.add_argument_group("TLS (stream transports)")
+    tls.add_argument("--certfile", help="PEM certificate chain: serve TLS")
+    tls.add_argument("--keyfile", help="PEM private key (default: in --certfile)")
+    tls.add_argument("--ca-certs", metavar="FILE", help="PEM CA bundle: require client certificates signed by it")
+    ops = serve.add_argument_group("operations")
+    ops.add_argument(
+        "--systemd",
+        action="store_true",
+        help="serve on the socket passed by systemd socket activation (LISTEN_FDS); exit 2 without one",
+    )
+    ops.add_argument(
+        "--systemd-name",
+        metavar="NAME",
+        help="with --systemd: the socket named NAME (FileDescriptorName=, or a position 0, 1, ... "
+        "when the sockets have no names); default: the first",
+    )
+    ops.add_argument("--pid-file", metavar="PATH", help="write the server's pid here once bound; removed on exit")
+    ops.add_argument("--user", help="after binding, switch to this user (and its groups)")
+    ops.add_argument("--group", help="after binding, switch to this group (default: --user's primary group)")
+    proxy = serve.add_argument_group("behind a load balancer")
+    proxy.add_argument(
+        "--proxy-protocol",
+        choices=get_args(ProxyMode),
+        help="require a PROXY protocol header (HAProxy send-proxy[-v2], nginx proxy_protocol) on every "
+        "connection or datagram, and serve the client it names; datagrams: v2 only",
+    )
+    proxy.add_argument(
+        "--proxy-trust",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="proxies allowed to send the header (repeatable; default: " + ", ".join(DEFAULT_TRUSTED) + ")",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower, help="default: info")
     serve.add_argument(
         "--grace",
@@ -207,10 +371,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _activated(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--systemd: find the passed socket, check it against --transport, set
+    ``args.transport`` and ``args.inherited``; exit 2 with one line if none fits."""
+    for option in ("host", "port", "path", "backlog"):
+        if getattr(args, option) is not None:
+            parser.error(f"--{option} does not apply to --systemd (the socket unit decides)")
+    try:
+        chosen = select_socket(listen_fds(required=True), args.systemd_name)
+        sock = chosen.socket
+        if args.transport is None:
+            family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+            names = [name for name, fits in _SOCKET_KINDS.items() if family in fits[0] and kind == fits[1]]
+            if not names:
+                # No transport fits: let check_socket name what it is.
+                check_socket(sock, families=_SERVABLE_FAMILIES, name=chosen.name)
+                check_socket(sock, kind=socket.SOCK_STREAM, name=chosen.name)
+                parser.error(f"--systemd: {chosen.label} is not a socket this server can serve")
+            args.transport = names[0]
+        else:
+            families, kind = _SOCKET_KINDS[args.transport]
+            check_socket(sock, families=families, kind=kind, name=chosen.name)
+        if args.transport in STREAM_TRANSPORTS:
+            args.inherited = InheritedStreamTransport(sock, name=chosen.name)
+        else:
+            args.inherited = InheritedDatagramTransport(sock, name=chosen.name)
+    except (ActivationError, InheritedSocketError) as exc:
+        parser.error(f"--systemd: {_one_line(exc)}")
+
+
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject option combinations that cannot work, with one line each."""
-    unix = args.transport in ("unix", "unix-dgram")
-    if unix:
+    args.inherited = None
+    if os.environ.get("LISTEN_FDNAMES") == HANDOVER_FDNAME and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        # Re-executed by our predecessor (SIGUSR2): its socket is fd 3, and
+        # the address options describe what it bound.
+        args.systemd, args.systemd_name = True, HANDOVER_FDNAME
+        args.host = args.port = args.path = args.backlog = None
+    if args.systemd_name is not None and not args.systemd:
+        parser.error("--systemd-name applies only to --systemd")
+    if args.systemd:
+        _activated(parser, args)
+    elif args.transport is None:
+        args.transport = "tcp"
+    unix = args.transport in UNIX_TRANSPORTS
+    if args.inherited is not None:
+        pass  # the address options were refused above
+    elif unix:
         if args.path is None:
             parser.error(f"--transport {args.transport} needs --path")
         for option in ("host", "port"):
@@ -220,6 +428,10 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--path applies to the unix transports, not --transport {args.transport}")
     if args.service == "http" and args.transport not in STREAM_TRANSPORTS:
         parser.error(f"--service http needs a stream transport (tcp or unix), not {args.transport}")
+    if args.proxy_trust and args.proxy_protocol is None:
+        parser.error("--proxy-trust applies only with --proxy-protocol")
+    if args.proxy_protocol == "v1" and args.transport not in STREAM_TRANSPORTS:
+        parser.error(f"--proxy-protocol v1 is for stream transports; datagrams carry v2, not {args.transport}")
     if args.workers is not None:
         if args.dispatch != "prefork":
             parser.error("--workers applies only to --dispatch prefork")
@@ -230,6 +442,55 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error("--directory applies only to --service http")
         if not os.path.isdir(args.directory):
             parser.error(f"--directory {args.directory!r} is not a directory")
+    _check_operations(parser, args)
+
+
+def _check_operations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    stream = args.transport in STREAM_TRANSPORTS
+    if args.max_requests is not None and args.dispatch != "prefork":
+        parser.error("--max-requests applies only to --dispatch prefork")
+    if args.max_requests_jitter:
+        if args.max_requests is None:
+            parser.error("--max-requests-jitter needs --max-requests")
+        if args.max_requests_jitter < 0:
+            parser.error(f"--max-requests-jitter must be >= 0, got {args.max_requests_jitter}")
+    if args.threads is not None and args.dispatch not in ("pool", "prefork"):
+        parser.error("--threads applies only to --dispatch pool and prefork")
+    if args.max_line is not None and args.service == "http":
+        parser.error("--max-line applies to the line services (upper, echo); http.server has its own limit")
+    for option in ("max_line", "backlog", "first_byte_timeout", "idle_timeout", "lifetime", "certfile"):
+        if getattr(args, option) is not None and not stream:
+            parser.error(f"--{option.replace('_', '-')} applies only to stream transports, not {args.transport}")
+    if args.certfile is None:
+        for option in ("keyfile", "ca_certs"):
+            if getattr(args, option) is not None:
+                parser.error(f"--{option.replace('_', '-')} needs --certfile")
+    else:
+        try:
+            args.tls_context = _tls_context(args)
+        except (OSError, ssl.SSLError) as exc:
+            parser.error(f"cannot load the TLS certificate or key: {_one_line(exc)}")
+    args.uid = args.gid = None
+    if args.user is not None:
+        try:
+            entry = pwd.getpwnam(args.user)
+        except KeyError:
+            parser.error(f"--user {args.user!r}: no such user")
+        args.uid, args.gid = entry.pw_uid, entry.pw_gid
+    if args.group is not None:
+        try:
+            args.gid = grp.getgrnam(args.group).gr_gid
+        except KeyError:
+            parser.error(f"--group {args.group!r}: no such group")
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.certfile, args.keyfile)
+    if args.ca_certs is not None:
+        context.load_verify_locations(cafile=args.ca_certs)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _verifier(args: argparse.Namespace) -> Verifier[object, object]:
@@ -245,12 +506,47 @@ def _verifier(args: argparse.Namespace) -> Verifier[object, object]:
 
 
 def _stream_transport(args: argparse.Namespace) -> Transport[socket.socket, Address]:
-    if args.transport == "tcp":
-        return TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
-    return UnixStreamTransport(args.path)
+    plain: Transport[socket.socket, Address]
+    backlog = {} if args.backlog is None else {"backlog": args.backlog}
+    if args.inherited is not None:
+        plain = args.inherited
+    elif args.transport == "tcp":
+        plain = TCPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port), **backlog)
+    else:
+        plain = UnixStreamTransport(args.path, **backlog)
+    transport = plain if args.certfile is None else TLSTransport(plain, args.tls_context)
+    if args.proxy_protocol is not None:
+        # The header comes first on the wire: the PROXY layer reads it, then
+        # hands the connection to the TLS handshake (if any) below it.
+        transport = ProxyProtocolTransport(transport, mode=args.proxy_protocol, trusted=_proxy_trust(args))
+    return transport
+
+
+def _proxy_trust(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.proxy_trust) or DEFAULT_TRUSTED
+
+
+def _datagram_acceptor(args: argparse.Namespace) -> Acceptor[DatagramRequest, Address]:
+    if args.proxy_protocol is not None:
+        return ProxyProtocolDatagramAcceptor(trusted=_proxy_trust(args))
+    return DatagramAcceptor()
+
+
+def _client_from_header(handler: HandlerFactory[socket.socket, Address]) -> HandlerFactory[socket.socket, Address]:
+    """*handler*, called with the client a PROXY header names (the request
+    log's debug line and the service see it), until the server's request
+    path does this itself."""
+
+    def call(request: socket.socket, client_address: Address, server: object) -> object:
+        return handler(request, proxied_client_address(request, client_address), server)
+
+    return call
 
 
 def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, Address]:
+    if args.inherited is not None:
+        inherited: Transport[DatagramRequest, Address] = args.inherited
+        return inherited
     if args.transport == "udp":
         return UDPTransport((args.host or DEFAULT_HOST, DEFAULT_PORT if args.port is None else args.port))
     return UnixDatagramTransport(args.path)
@@ -259,7 +555,24 @@ def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, 
 def _stream_log(args: argparse.Namespace) -> RequestLog[socket.socket]:
     if args.service == "http":
         return RequestLog(http_handler(os.path.abspath(args.directory or os.getcwd())), args.service)
-    return RequestLog(STREAM_SERVICES[args.service], args.service)
+    return RequestLog(line_service(args.service, args.max_line or MAX_LINE), args.service)
+
+
+def _dispatcher(args: argparse.Namespace, heartbeat: WatchdogHeartbeat | None = None) -> Dispatcher:
+    """--dispatch (and --threads), beating *heartbeat* from the serving loop if given."""
+    if args.threads is not None and args.dispatch == "pool":
+        dispatcher: Dispatcher = ThreadPoolDispatcher(args.threads, daemon=True)
+    else:
+        dispatcher = DISPATCHERS[args.dispatch]()
+    return dispatcher if heartbeat is None else HeartbeatDispatcher(dispatcher, heartbeat)
+
+
+def _timeout_policy(args: argparse.Namespace) -> TimeoutPolicy | None:
+    """The budgets of --first-byte-timeout, --idle-timeout and --lifetime (None: the default)."""
+    if args.first_byte_timeout is None and args.idle_timeout is None and args.lifetime is None:
+        return None
+    idle = DEFAULT_BUDGET.idle if args.idle_timeout is None else args.idle_timeout
+    return ConnectionTimeouts(Budget(first_byte=args.first_byte_timeout, idle=idle, lifetime=args.lifetime))
 
 
 def _assemble(
@@ -270,6 +583,7 @@ def _assemble(
     dispatcher: Dispatcher,
     *,
     bind_and_activate: bool = True,
+    timeout_policy: TimeoutPolicy | None = None,
 ) -> Server[RequestT, Address]:
     return Server(
         transport=transport,
@@ -278,43 +592,66 @@ def _assemble(
         verifier=verifier,
         dispatcher=dispatcher,
         error_policy=LoggingErrorPolicy(),
+        timeout_policy=timeout_policy,
         bind_and_activate=bind_and_activate,
     )
 
 
 def build_server(
-    args: argparse.Namespace,
+    args: argparse.Namespace, *, heartbeat: WatchdogHeartbeat | None = None
 ) -> tuple[AnyServer, RequestLog[socket.socket] | RequestLog[DatagramRequest]]:
-    """Build, bind and activate the server the options describe.
+    """Build, bind and activate the server the options describe (after
+    :func:`_check_usage` has resolved them); *heartbeat* is beaten by its loop.
 
     Raises:
         AddressError: a bad address, path or CIDR.
         BindError: the address cannot be bound.
     """
     verifier = _verifier(args)
-    dispatcher = DISPATCHERS[args.dispatch]()
+    dispatcher = _dispatcher(args, heartbeat)
     if args.transport in STREAM_TRANSPORTS:
         stream_log = _stream_log(args)
-        return _assemble(_stream_transport(args), StreamAcceptor(), stream_log, verifier, dispatcher), stream_log
+        server = _assemble(
+            _stream_transport(args),
+            StreamAcceptor(),
+            _client_from_header(stream_log),
+            verifier,
+            dispatcher,
+            timeout_policy=_timeout_policy(args),
+        )
+        return server, stream_log
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    return _assemble(_datagram_transport(args), DatagramAcceptor(), datagram_log, verifier, dispatcher), datagram_log
+    datagram = _assemble(_datagram_transport(args), _datagram_acceptor(args), datagram_log, verifier, dispatcher)
+    return datagram, datagram_log
 
 
 AnyPrefork: TypeAlias = "Prefork[socket.socket, Address] | Prefork[DatagramRequest, Address]"
 
 
 def _worker_factory(
-    acceptor: Acceptor[RequestT, Address], handler: HandlerFactory[RequestT, Address], verifier: Verifier[object, object]
+    acceptor: Acceptor[RequestT, Address],
+    handler: HandlerFactory[RequestT, Address],
+    verifier: Verifier[object, object],
+    args: argparse.Namespace | None = None,
 ) -> Callable[[Transport[RequestT, Address]], Server[RequestT, Address]]:
     """What each prefork worker calls to build its server on the inherited socket."""
+    threads = None if args is None else args.threads
+    timeout_policy = None if args is None else _timeout_policy(args)
+    max_requests = None if args is None else args.max_requests
+    jitter = 0 if args is None else args.max_requests_jitter
 
     def make(transport: Transport[RequestT, Address]) -> Server[RequestT, Address]:
-        return _assemble(transport, acceptor, handler, verifier, PREFORK_POOL(), bind_and_activate=False)
+        pool = PREFORK_POOL() if threads is None else ThreadPoolDispatcher(threads, daemon=True)
+        if max_requests is not None:
+            pool = RecyclingDispatcher(pool, max_requests, jitter)  # the jitter is drawn in each worker
+        return _assemble(
+            transport, acceptor, handler, verifier, pool, bind_and_activate=False, timeout_policy=timeout_policy
+        )
 
     return make
 
 
-def build_prefork(args: argparse.Namespace) -> AnyPrefork:
+def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None) -> AnyPrefork:
     """Build and bind a prefork supervisor: ``--workers`` processes, each a
     server with its own pool (:data:`PREFORK_POOL`) on the shared socket.
 
@@ -324,16 +661,121 @@ def build_prefork(args: argparse.Namespace) -> AnyPrefork:
     """
     verifier = _verifier(args)  # checked (and CIDRs parsed) in the parent
     workers = args.workers or DEFAULT_WORKERS
+    # SIGUSR2 runs this same command line again, on the handed-over socket.
+    reexec_argv = (sys.executable, *sys.orig_argv[1:])
     if args.transport in STREAM_TRANSPORTS:
-        make_stream = _worker_factory(StreamAcceptor(), _stream_log(args), verifier)
-        return Prefork(_stream_transport(args), make_stream, workers, drain_timeout=args.grace)
+        make_stream = _worker_factory(StreamAcceptor(), _client_from_header(_stream_log(args)), verifier, args)
+        return Prefork(
+            _stream_transport(args),
+            make_stream,
+            workers,
+            drain_timeout=args.grace,
+            notifier=notifier,
+            reexec_argv=reexec_argv,
+        )
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    make_datagram = _worker_factory(DatagramAcceptor(), datagram_log, verifier)
-    return Prefork(_datagram_transport(args), make_datagram, workers, drain_timeout=args.grace)
+    make_datagram = _worker_factory(_datagram_acceptor(args), datagram_log, verifier, args)
+    return Prefork(
+        _datagram_transport(args),
+        make_datagram,
+        workers,
+        drain_timeout=args.grace,
+        notifier=notifier,
+        reexec_argv=reexec_argv,
+    )
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
+
+
+class _PidFile:
+    """--pid-file: written (atomically) once bound, removed on exit if it still holds our pid."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path is None else os.path.abspath(path)
+        self.pid = os.getpid()
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        temporary = f"{self.path}.{self.pid}.tmp"
+        with open(temporary, "w", encoding="ascii") as file:
+            file.write(f"{self.pid}\n")
+        os.replace(temporary, self.path)
+
+    def remove(self) -> None:
+        if self.path is None or os.getpid() != self.pid:
+            return
+        try:
+            with open(self.path, encoding="ascii") as file:
+                if file.read().strip() != str(self.pid):
+                    return  # another server's now
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # E.g. the directory is root's and we dropped privileges.
+            _logger.warning("cannot remove the pid file %s: %s", self.path, exc.strerror)
+
+
+def _drop_privileges(args: argparse.Namespace, address: object) -> None:
+    """--user/--group, after binding: the groups, the gid, then the uid (this
+    order: once the uid is dropped, the gid can no longer be changed).
+
+    Raises:
+        OSError: not permitted (only root may switch to another user).
+    """
+    uid, gid = args.uid, args.gid
+    if uid is None and gid is None:
+        return
+    if args.inherited is None and args.transport in UNIX_TRANSPORTS and isinstance(address, str):
+        # The socket file we created belongs to root: hand it to the new
+        # owner, so that its clients may connect and it may remove the file.
+        os.chown(address, -1 if uid is None else uid, -1 if gid is None else gid)
+    if gid is not None:
+        if os.geteuid() == 0:
+            if uid is not None:
+                os.initgroups(args.user, gid)  # the user's supplementary groups
+            else:
+                os.setgroups([])
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+    _logger.info("running as uid %d, gid %d", os.getuid(), os.getgid())
+
+
+def _after_bind(args: argparse.Namespace, address: object) -> _PidFile:
+    """Write the pid file, then drop privileges; return the pid file to remove on exit.
+
+    Raises:
+        OSError: the pid file cannot be written, or privileges cannot be dropped.
+    """
+    pid_file = _PidFile(args.pid_file)
+    pid_file.write()
+    try:
+        _drop_privileges(args, address)
+    except OSError:
+        pid_file.remove()
+        raise
+    return pid_file
+
+
+def _status(args: argparse.Namespace, address: object, workers: str = "") -> str:
+    source = "passed by systemd " if args.inherited is not None else ""
+    tls = "+tls" if args.certfile is not None else ""
+    return (
+        f"listening on {args.transport}{tls} {source}{format_address(address)} "
+        f"(service {args.service}, dispatch {args.dispatch}{workers})"
+    )
+
+
+def _os_failure(exc: OSError) -> int:
+    # BindError names the address and the reason (in use, permission
+    # denied, unknown host); anything else from the OS is shown as it is.
+    reason = str(exc) if isinstance(exc, BindError) else f"{type(exc).__name__}: {exc}"
+    print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
+    return 1
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -343,53 +785,94 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    notifier = Notifier.from_environment()
+    ready_fd = os.environ.pop(READY_FD_VARIABLE, None)
+    if ready_fd is not None and ready_fd.isdigit():
+        notifier.ready_fd = int(ready_fd)  # our predecessor waits for "ready" on it
+        os.set_inheritable(notifier.ready_fd, False)
     if args.dispatch == "prefork":
-        return _serve_prefork(parser, args)
+        return _serve_prefork(parser, args, notifier)
+    heartbeat = notifier.heartbeat()
     try:
-        server, request_log = build_server(args)
+        server, request_log = build_server(args, heartbeat=heartbeat)
     except AddressError as exc:
         parser.error(_one_line(exc))
     except OSError as exc:
         # BindError names the address and the reason (in use, permission
         # denied, unknown host); anything else from the OS is shown as it is.
-        reason = str(exc) if isinstance(exc, BindError) else f"{type(exc).__name__}: {exc}"
-        print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
-        return 1
-    return _run(server, request_log, args)
-
-
-def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+        return _os_failure(exc)
     try:
-        prefork = build_prefork(args)
+        pid_file = _after_bind(args, server.server_address)
+    except OSError as exc:
+        server.server_close()
+        return _os_failure(exc)
+    try:
+        return _run(server, request_log, args, notifier, heartbeat)
+    finally:
+        pid_file.remove()
+        notifier.close()
+
+
+def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace, notifier: Notifier) -> int:
+    try:
+        prefork = build_prefork(args, notifier=notifier)
     except AddressError as exc:
         parser.error(_one_line(exc))
     except OSError as exc:
-        reason = str(exc) if isinstance(exc, BindError) else f"{type(exc).__name__}: {exc}"
-        print(f"{PROG}: error: {' '.join(reason.split())}", file=sys.stderr)
+        return _os_failure(exc)
+    # Until serve_forever() installs its own handlers: a signal after the
+    # startup line (scripts wait for it, then may signal at once) is acted
+    # on, instead of killing the process (SIGTERM/SIGINT: serve_forever()
+    # returns at once; SIGHUP, SIGTTIN, SIGTTOU: done once it runs).
+    actions: dict[signal.Signals, Callable[[], None]] = {
+        signal.SIGTERM: prefork.stop,
+        signal.SIGINT: prefork.stop,
+        signal.SIGHUP: prefork.reload,
+        signal.SIGTTIN: prefork.add_worker,
+        signal.SIGTTOU: prefork.remove_worker,
+        signal.SIGUSR2: prefork.reexec,
+    }
+    early = {sig: signal.signal(sig, lambda signum, frame: actions[signal.Signals(signum)]()) for sig in actions}
+    try:
+        with prefork:
+            pid_file = _after_bind(args, prefork.server_address)
+            _logger.info(
+                "listening on %s %s (service %s, dispatch prefork, %d workers, pid %d)",
+                args.transport,
+                format_address(prefork.server_address),
+                args.service,
+                prefork.workers,
+                os.getpid(),
+            )
+            try:
+                # In the main thread: SIGTERM/SIGINT stop every worker, each
+                # draining its requests for up to --grace seconds.
+                prefork.serve_forever()
+            finally:
+                pid_file.remove()
+    except RestartLimitError as exc:
+        _logger.error("%s", exc)
         return 1
-    with prefork:
-        _logger.info(
-            "listening on %s %s (service %s, dispatch prefork, %d workers, pid %d)",
-            args.transport,
-            format_address(prefork.server_address),
-            args.service,
-            prefork.workers,
-            os.getpid(),
-        )
-        try:
-            # In the main thread: SIGTERM/SIGINT stop every worker, each
-            # draining its requests for up to --grace seconds.
-            prefork.serve_forever()
-        except RestartLimitError as exc:
-            _logger.error("%s", exc)
-            return 1
-    _logger.info("stopped")
+    except OSError as exc:  # from _after_bind: the pid file, or dropping privileges
+        return _os_failure(exc)
+    finally:
+        for sig, handler in early.items():
+            signal.signal(sig, handler)
+        notifier.close()
+    _logger.info("handed over to the new generation; stopped" if prefork.handed_over else "stopped")
     return 0
 
 
 def _run(
-    server: AnyServer, request_log: RequestLog[socket.socket] | RequestLog[DatagramRequest], args: argparse.Namespace
+    server: AnyServer,
+    request_log: RequestLog[socket.socket] | RequestLog[DatagramRequest],
+    args: argparse.Namespace,
+    notifier: Notifier | None = None,
+    heartbeat: WatchdogHeartbeat | None = None,
 ) -> int:
+    # The loop beats the watchdog from service_actions(), at least every
+    # poll_interval: keep that well inside the ping interval.
+    poll_interval = 0.5 if heartbeat is None else min(0.5, heartbeat.interval / 4)
     wake_r, wake_w = os.pipe()
     received: list[int] = []
     crashed: list[BaseException] = []
@@ -400,7 +883,7 @@ def _run(
 
     def serve() -> None:
         try:
-            server.serve_forever()
+            server.serve_forever(poll_interval)
         except BaseException as exc:
             crashed.append(exc)
             _logger.exception("the server loop failed")
@@ -426,6 +909,8 @@ def _run(
             args.dispatch,
             os.getpid(),
         )
+        if notifier is not None:
+            notifier.ready(_status(args, server.server_address))
         # Until the handler has run (b"s") or the loop has ended (b"x"); the
         # wakeup fd's signal-number byte may come first.
         while not any(byte in b"sx" for byte in os.read(wake_r, 64)):
@@ -434,6 +919,8 @@ def _run(
             return 1
         name = signal.Signals(received[0]).name
         _logger.info("%s: stopping; waiting up to %g s for requests in flight", name, args.grace)
+        if notifier is not None:
+            notifier.stopping(f"{name}: stopping; waiting up to {args.grace:g} s for requests in flight")
         return _drain(server, request_log, threads, args.grace, wake_r, wake_w)
     finally:
         for sig, handler in previous.items():

@@ -18,33 +18,30 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, TextIO
+from typing import Final, TextIO, TypeAlias
 
 import attrs
 
-from ._cli import DISPATCHERS
+from ._classes import DISPATCHERS as CLASSIC_DISPATCHERS
+from ._classes import DispatcherName, classic_name
+from ._modes import DISPATCHERS, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
 from ._services import UpperDatagramHandler, UpperStreamHandler, format_address
-from .acceptors import DatagramAcceptor, StreamAcceptor
-from .interfaces import Address, DatagramRequest, Transport
+from .factories import make_tcp_server, make_udp_server, make_unix_datagram_server, make_unix_stream_server
+from .interfaces import Address, DatagramRequest, InetAddress, UnixAddress
 from .policies import LoggingErrorPolicy
 from .server import Server
-from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 
 __all__ = ("DemoResult", "KINDS", "run_demo")
 
 _logger = logging.getLogger("composable_server.demo")
 
-# The stdlib socketserver class each combination corresponds to.
-_STDLIB_NAMES: Final = {
-    "tcp": "TCPServer",
-    "udp": "UDPServer",
-    "unix": "UnixStreamServer",
-    "unix-dgram": "UnixDatagramServer",
-}
-_MIXIN_PREFIX: Final = {"sync": "", "threading": "Threading", "forking": "Forking"}
-
-KINDS: Final = tuple((t, d) for t in ("tcp", "udp", "unix", "unix-dgram") for d in ("sync", "threading", "forking"))
-"""(transport, dispatch) for every server kind the demo runs."""
+KINDS: Final[tuple[tuple[str, DispatcherName], ...]] = tuple(
+    (transport, dispatch)
+    for transport in ("tcp", "udp", "unix", "unix-datagram")
+    for dispatch in CLASSIC_DISPATCHERS
+)
+"""(transport, dispatch) for every server kind the demo runs: the CLI's
+transports x the dispatch modes of the classic classes."""
 
 
 @attrs.frozen
@@ -65,34 +62,24 @@ class DemoResult:
         return not self.error and self.correct == self.sent
 
 
-def _stream_server(transport: str, directory: str, dispatch: str) -> Server[socket.socket, Address]:
-    stream: Transport[socket.socket, Address]
-    if transport == "tcp":
-        stream = TCPTransport(("127.0.0.1", 0))
-    else:
-        stream = UnixStreamTransport(os.path.join(directory, f"{transport}-{dispatch}.sock"))
-    return Server(
-        transport=stream,
-        acceptor=StreamAcceptor(),
-        handler=UpperStreamHandler,
-        dispatcher=DISPATCHERS[dispatch](),
-        error_policy=LoggingErrorPolicy(),
-    )
+AnyServer: TypeAlias = (
+    "Server[socket.socket, InetAddress] | Server[DatagramRequest, InetAddress]"
+    " | Server[socket.socket, UnixAddress] | Server[DatagramRequest, UnixAddress]"
+)
 
 
-def _datagram_server(transport: str, directory: str, dispatch: str) -> Server[DatagramRequest, Address]:
-    datagram: Transport[DatagramRequest, Address]
-    if transport == "udp":
-        datagram = UDPTransport(("127.0.0.1", 0))
-    else:
-        datagram = UnixDatagramTransport(os.path.join(directory, f"{transport}-{dispatch}.sock"))
-    return Server(
-        transport=datagram,
-        acceptor=DatagramAcceptor(),
-        handler=UpperDatagramHandler,
-        dispatcher=DISPATCHERS[dispatch](),
-        error_policy=LoggingErrorPolicy(),
-    )
+def _server(transport: str, dispatch: str, directory: str) -> AnyServer:
+    """The server of one demo kind, on a free local address, from the factories."""
+    kind = TRANSPORTS[transport]
+    dispatcher, policy = DISPATCHERS[dispatch](), LoggingErrorPolicy()
+    path = os.path.join(directory, f"{transport}-{dispatch}.sock")
+    if kind == "tcp":
+        return make_tcp_server(("127.0.0.1", 0), UpperStreamHandler, dispatcher=dispatcher, error_policy=policy)
+    if kind == "udp":
+        return make_udp_server(("127.0.0.1", 0), UpperDatagramHandler, dispatcher=dispatcher, error_policy=policy)
+    if kind == "unix_stream":
+        return make_unix_stream_server(path, UpperStreamHandler, dispatcher=dispatcher, error_policy=policy)
+    return make_unix_datagram_server(path, UpperDatagramHandler, dispatcher=dispatcher, error_policy=policy)
 
 
 def _ask_stream(family: socket.AddressFamily, address: Address, payload: bytes, timeout: float) -> bytes:
@@ -122,18 +109,17 @@ def _ask_datagram(
                 os.unlink(client_path)
 
 
-def run_kind(transport: str, dispatch: str, directory: str, requests: int, timeout: float) -> DemoResult:
+def run_kind(transport: str, dispatch: DispatcherName, directory: str, requests: int, timeout: float) -> DemoResult:
     """Start one server kind, send *requests* requests, check the replies."""
-    stdlib = f"{_MIXIN_PREFIX[dispatch]}{_STDLIB_NAMES[transport]}"
+    stdlib = classic_name(TRANSPORTS[transport], dispatch)
     kind = f"{transport} {dispatch}"
     started = time.perf_counter()
     correct = 0
     address = "-"
     try:
-        server: Server[socket.socket, Address] | Server[DatagramRequest, Address]
-        stream = transport in ("tcp", "unix")
-        server = (_stream_server if stream else _datagram_server)(transport, directory, dispatch)
-        family = socket.AF_INET if transport in ("tcp", "udp") else socket.AF_UNIX
+        server = _server(transport, dispatch, directory)
+        stream = transport in STREAM_TRANSPORTS
+        family = socket.AF_UNIX if transport in UNIX_TRANSPORTS else socket.AF_INET
         with server:
             address = format_address(server.server_address)
             loop = threading.Thread(target=server.serve_forever, name=f"demo {kind}", daemon=True)
@@ -179,7 +165,7 @@ def format_table(results: list[DemoResult]) -> str:
 
 
 def run_demo(
-    requests: int = 3, timeout: float = 5.0, out: TextIO | None = None, kinds: tuple[tuple[str, str], ...] = KINDS
+    requests: int = 3, timeout: float = 5.0, out: TextIO | None = None, kinds: tuple[tuple[str, DispatcherName], ...] = KINDS
 ) -> int:
     """Run every server kind, print the table to *out* (default stdout); return the exit status."""
     stream = sys.stdout if out is None else out

@@ -20,10 +20,12 @@ import logging
 import threading
 from socket import SHUT_RDWR
 from socket import socket as Socket
-from typing import Final, cast, Generic, TypeAlias, TypeVar, final
+from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
+from .proxy import reply_address
+from .proxy import reply_address
 
 __all__ = (
     "DATAGRAM_SERVICES",
@@ -32,9 +34,10 @@ __all__ = (
     "RequestLog",
     "format_address",
     "http_handler",
+    "line_service",
 )
 
-_logger = logging.getLogger("composable_server.cli")
+_logger = logging.getLogger("composable_server.services")
 
 # The longest line read as one request.  A client that never sends a newline
 # gets a reply after this many bytes instead of growing our buffer forever.
@@ -59,39 +62,31 @@ def format_address(address: object) -> str:
 
 
 class _LineHandler(StreamRequestHandler[Address]):
-    """Read one line, reply with it transformed, close (``MyTCPHandler``)."""
+    """Read one line, reply with it (upper-cased if :attr:`upper`), close (``MyTCPHandler``)."""
 
-    def transform(self, data: bytes) -> bytes:
-        """The reply to *data*."""
-        return data.upper()
+    upper: ClassVar[bool] = True
+    # The most bytes read as one line (--max-line); see MAX_LINE.
+    max_line: ClassVar[int] = MAX_LINE
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_LINE)
-        self.wfile.write(self.transform(line))
+        line = self.rfile.readline(self.max_line)
+        self.wfile.write(line.upper() if self.upper else line)
 
 
 class UpperStreamHandler(_LineHandler):
     """Reply to one line with the line in upper case."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* in upper case."""
-        return data.upper()
-
 
 class EchoStreamHandler(_LineHandler):
     """Reply to one line with the same line."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* unchanged."""
-        return data
+    upper = False
 
 
 class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
-    """Reply to one datagram with it transformed (``MyUDPHandler``)."""
+    """Reply to one datagram (upper-cased if :attr:`upper`) (``MyUDPHandler``)."""
 
-    def transform(self, data: bytes) -> bytes:
-        """The reply to *data*."""
-        return data.upper()
+    upper: ClassVar[bool] = True
 
     def handle(self) -> None:
         data, sock = self.request
@@ -101,23 +96,17 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        sock.sendto(self.transform(data), address)
+        sock.sendto(data.upper() if self.upper else data, reply_address(self.request, address))
 
 
 class UpperDatagramHandler(_DatagramHandler):
     """Reply to a datagram with its upper-case copy."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* in upper case."""
-        return data.upper()
-
 
 class EchoDatagramHandler(_DatagramHandler):
     """Reply to a datagram with the same bytes."""
 
-    def transform(self, data: bytes) -> bytes:
-        """*data* unchanged."""
-        return data
+    upper = False
 
 
 class _LoggingHTTPRequestHandler(http.server.SimpleHTTPRequestHandler):
@@ -134,10 +123,25 @@ def http_handler(directory: str) -> StreamHandler:
     return functools.partial(_LoggingHTTPRequestHandler, directory=directory)
 
 
-STREAM_SERVICES: Final[dict[str, StreamHandler]] = {
+_LINE_HANDLERS: Final[dict[str, type[_LineHandler]]] = {
     "upper": UpperStreamHandler,
     "echo": EchoStreamHandler,
 }
+STREAM_SERVICES: Final[dict[str, StreamHandler]] = dict(_LINE_HANDLERS)
+
+
+def line_service(name: str, max_line: int = MAX_LINE) -> StreamHandler:
+    """The line service *name* (``upper``, ``echo``) reading lines of at most *max_line* bytes.
+
+    Raises:
+        KeyError: no such line service.
+    """
+    base = _LINE_HANDLERS[name]
+    if max_line == base.max_line:
+        return base
+    # A subclass per bound: the handler class itself stays the factory, so
+    # the server still sees a StreamRequestHandler (kernel idle timeouts).
+    return type(base.__name__, (base,), {"max_line": max_line, "__module__": __name__})
 DATAGRAM_SERVICES: Final[dict[str, DatagramHandler]] = {
     "upper": UpperDatagramHandler,
     "echo": EchoDatagramHandler,

@@ -40,8 +40,6 @@ FAMILY_NAMES: Final[dict[int, str]] = {
 ACCEPT_TRANSIENT_ERRNOS: Final = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK, errno.EMSGSIZE}
 )
-# Errors on accept() that mean "out of a resource": retrying at once spins.
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def family_name(family: object) -> str:

@@ -19,12 +19,13 @@ from typing import Final, TypeVar, cast, final
 
 import attrs
 
+from ._util import LogLimiter
 from .exceptions import DatagramTooLargeError
 from .interfaces import DatagramRequest, Transport
 
 __all__ = ("DEFAULT_MAX_PACKET_SIZE", "OVERSIZE_LOG_INTERVAL", "DatagramAcceptor", "StreamAcceptor")
 
-_logger = logging.getLogger("composable_server")
+_logger = logging.getLogger("composable_server.acceptors")
 
 AddressT = TypeVar("AddressT")
 
@@ -79,8 +80,7 @@ class DatagramAcceptor:
     logger: logging.Logger = attrs.field(default=_logger, kw_only=True, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
     _dropped: int = attrs.field(init=False, default=0)
-    _unlogged: int = attrs.field(init=False, default=0, repr=False)
-    _last_log: float | None = attrs.field(init=False, default=None, repr=False)
+    _log: LogLimiter = attrs.field(init=False, factory=lambda: LogLimiter(OVERSIZE_LOG_INTERVAL), repr=False)
 
     @property
     def dropped(self) -> int:
@@ -110,10 +110,9 @@ class DatagramAcceptor:
         now = time.monotonic()
         with self._lock:
             self._dropped += 1
-            if self._last_log is not None and now - self._last_log < OVERSIZE_LOG_INTERVAL:
-                self._unlogged += 1
-                return
-            unlogged, self._unlogged, self._last_log = self._unlogged, 0, now
+            unlogged = self._log.due(now)
+        if unlogged is None:
+            return
         more = f" ({unlogged} more since the last report)" if unlogged else ""
         self.logger.warning(
             "dropped a datagram from %s: larger than max_packet_size=%d bytes%s",

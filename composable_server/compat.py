@@ -48,7 +48,7 @@ from ._watchdog import Watchdog
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
 from .exceptions import ServerClosedError
-from .factories import build_classic_servers
+from ._classes import build_classic_servers
 from .interfaces import Dispatcher, ErrorPolicy, HandlerFactory, Verifier
 from .policies import NoTimeout
 from .server import Server

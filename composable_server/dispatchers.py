@@ -20,11 +20,8 @@ after sending ``reject_message`` if one is set).
 
 from __future__ import annotations
 
-import os
 import queue
-import select
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -34,6 +31,7 @@ from typing import Final, Literal, TypeAlias, final
 
 import attrs
 
+from . import _fork
 from .exceptions import ServerClosedError
 from .interfaces import Job
 
@@ -251,10 +249,7 @@ class _Child:
 
     def abort(self) -> None:
         """Ask the child to stop (SIGTERM; children run with the default action)."""
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        _fork.kill(self.pid, signal.SIGTERM)
 
     def __repr__(self) -> str:
         return f"<child {self.pid} serving {self.client_address!r}>"
@@ -276,6 +271,13 @@ def _signals_to_reset() -> tuple[tuple[signal.Signals, _SignalHandler], ...]:
     Usually nothing is to be reset, and the child then touches nothing.
     """
     return tuple((signum, default) for signum, default in _CHILD_SIGNALS if signal.getsignal(signum) is not default)
+
+
+def _child_main(job: Job, reset: tuple[tuple[signal.Signals, _SignalHandler], ...]) -> int:
+    """The forked child's work: the exit status (0 if the handler returned, 1 if it raised)."""
+    for signum, handler in reset:
+        signal.signal(signum, handler)
+    return 0 if job.run() else 1
 
 
 @final
@@ -337,67 +339,23 @@ class ForkingDispatcher:
                 return
             while len(self._children) >= self.max_children:
                 self._wait_any(None)
-        # Flush our own buffers so the child does not inherit (and, if it
-        # flushes, repeat) output the parent wrote before the fork.
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
         reset = _signals_to_reset()
-        pid = os.fork()
+        pid = _fork.fork()
         if pid:
             self._children[pid] = _Child(pid, job.client_address)
             job.close()
             return
         # Child.  Whatever happens, never return into the parent's loop.
-        status = 1
-        try:
-            for signum, handler in reset:
-                signal.signal(signum, handler)
-            status = 0 if job.run() else 1
-        finally:
-            try:
-                for stream in (sys.stdout, sys.stderr):
-                    if stream is not None:
-                        stream.flush()
-            finally:
-                os._exit(status)
+        _fork.run_child(lambda: _child_main(job, reset))
 
     def _reap(self, *, blocking: bool) -> None:
-        for pid in list(self._children):
-            try:
-                done, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
-            except ChildProcessError:
-                done = pid  # already reaped elsewhere: forget it
-            if done:
-                del self._children[pid]
+        for pid in _fork.reap(list(self._children), blocking=blocking):
+            del self._children[pid]
 
     def _wait_any(self, timeout: float | None) -> None:
         """Block until one of our children exits (or *timeout*), then reap."""
-        pids = list(self._children)
-        if not pids:
-            return
-        try:
-            fds = [os.pidfd_open(pid) for pid in pids]
-        except (OSError, AttributeError):
-            # No pidfd (Linux < 5.3, other systems): wait for the oldest child.
-            self._reap_one_blocking(pids[0])
-            return
-        try:
-            poller = select.poll()
-            for fd in fds:
-                poller.register(fd, select.POLLIN)
-            poller.poll(None if timeout is None else timeout * 1000)
-        finally:
-            for fd in fds:
-                os.close(fd)
+        _fork.wait_any(list(self._children), timeout)
         self._reap(blocking=False)
-
-    def _reap_one_blocking(self, pid: int) -> None:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-        self._children.pop(pid, None)
 
     def service(self) -> None:
         """Reap children that have exited (never blocks)."""

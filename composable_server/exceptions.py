@@ -12,11 +12,15 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = (
+    "ActivationError",
     "AddressError",
     "BindError",
     "DatagramTooLargeError",
+    "InheritedSocketError",
     "LineTooLongError",
     "PortRangeError",
+    "ProxyProtocolError",
+    "RestartLimitError",
     "ServerClosedError",
     "ServerError",
     "ServerStateError",
@@ -88,6 +92,15 @@ class ServerStateError(ServerError, RuntimeError):
     deadlock, or ``serve_forever()`` while it is already running."""
 
 
+class RestartLimitError(ServerError, RuntimeError):
+    """Prefork workers exited faster than the restart budget allows (a crash loop).
+
+    Raised by :meth:`Prefork.serve_forever
+    <composable_server.prefork.Prefork.serve_forever>` after it has stopped
+    every worker: a crash loop must not become a fork bomb.
+    """
+
+
 class TLSHandshakeError(ServerError, OSError):
     """A TLS handshake failed or ran out of time; the connection is closed.
 
@@ -152,3 +165,75 @@ class DatagramTooLargeError(ServerError, OSError):
         super().__init__(_errno.EMSGSIZE, f"datagram from {client_address!r} larger than {limit} bytes, dropped")
         self.client_address = client_address
         self.limit = limit
+
+
+class ActivationError(ServerError, RuntimeError):
+    """No usable socket-activation environment where one was required.
+
+    Raised by :func:`composable_server.systemd.listen_fds` (with
+    ``required=True``) and :func:`~composable_server.systemd.select_socket`:
+    ``LISTEN_FDS`` unset, ``LISTEN_PID`` naming another process (the variables
+    were meant for a parent or were inherited by mistake), malformed values,
+    or no socket of the requested name.
+
+    Attributes:
+        reason: what was found, e.g. ``"LISTEN_PID is 41, not this process (42)"``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"no socket activation: {reason}")
+        self.reason = reason
+
+
+class InheritedSocketError(ServerError, ValueError):
+    """An inherited descriptor is not the socket it was expected to be.
+
+    Raised when a socket passed by systemd (or given as a plain descriptor)
+    has another address family or socket type than the caller asked for, is
+    not a socket at all, or is a stream socket that is not listening.
+
+    Attributes:
+        fd: the descriptor.
+        name: its ``LISTEN_FDNAMES`` name, or None.
+        expected: what was asked for, e.g. ``"AF_INET/AF_INET6 SOCK_STREAM"``.
+        found: what the descriptor is, e.g. ``"AF_UNIX SOCK_DGRAM"``.
+    """
+
+    def __init__(self, fd: int, *, expected: str, found: str, name: str | None = None) -> None:
+        label = f"fd {fd}" if name is None else f"fd {fd} ({name!r})"
+        super().__init__(f"{label}: expected {expected}, found {found}")
+        self.fd = fd
+        self.name = name
+        self.expected = expected
+        self.found = found
+class ProxyProtocolError(ServerError, OSError, ValueError):
+    """A PROXY protocol header was missing, malformed, too slow, too long, or
+    came from a source that may not send one; the connection is refused.
+
+    Raised by the parser in :mod:`composable_server.proxy` for bad bytes, and
+    by :meth:`ProxyProtocolTransport.start_request
+    <composable_server.proxy.ProxyProtocolTransport.start_request>` in the
+    worker (then ``from`` the socket error, if there was one).  A
+    :class:`ValueError` (bad input, as :class:`AddressError`) and an
+    :class:`OSError` with ``errno`` ``EPROTO`` (``ETIMEDOUT`` for the
+    deadline), as the ``Transport.start_request`` contract requires and so
+    that a refused datagram is skipped by the accept path like any
+    transient receive error.
+
+    Attributes:
+        reason: what was wrong, e.g. ``"v2: CRC32C mismatch: header says 0x12345678, computed 0x4caeac6a"``.
+        peer: the connection's real peer address (the proxy), or None when
+            not known (the parser alone, or the peer already gone).
+        timed_out: True if the header did not arrive before the deadline.
+    """
+
+    def __init__(self, reason: str, *, peer: object = None, timed_out: bool = False) -> None:
+        super().__init__(_errno.ETIMEDOUT if timed_out else _errno.EPROTO, reason)
+        self.reason = reason
+        self.peer = peer
+        self.timed_out = timed_out
+
+    def __str__(self) -> str:
+        if self.peer is None:
+            return f"PROXY protocol: {self.reason}"
+        return f"PROXY protocol from {self.peer!r}: {self.reason}"

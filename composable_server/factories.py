@@ -15,20 +15,28 @@ The twelve classic :mod:`socketserver` classes are the product of two tables,
 :data:`TRANSPORTS` (TCP, UDP, Unix stream, Unix datagram) and
 :data:`DISPATCHERS` (sync, threading, forking), built once by
 :func:`build_classic_servers` when :mod:`composable_server.compat` is imported.
-Each produced class gets the ``__module__``/``__qualname__`` of its compat
-name, so reprs, pickles and tracebacks show
-``composable_server.compat.ThreadingTCPServer``.
+The table lives in the private ``_classes`` module, below both this module
+and compat (it imports neither), and is re-exported here under the same
+names.  The ``make_*_server`` functions sit below compat too; only
+:func:`server_class` stands above it, and imports it when called, so that
+``import composable_server.factories`` (and the package) stays cheap.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Mapping
 from socket import socket as Socket
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias, get_args, overload
+from typing import TYPE_CHECKING, Literal, get_args, overload
 
-import attrs
-
+from ._classes import COMPAT_MODULE as COMPAT_MODULE
+from ._classes import DISPATCHERS as DISPATCHERS
+from ._classes import TRANSPORTS as TRANSPORTS
+from ._classes import DispatcherName as DispatcherName
+from ._classes import TransportName as TransportName
+from ._classes import TransportRow as TransportRow
+from ._classes import build_classic_servers as build_classic_servers
+from ._classes import classic_name as classic_name
+from ._classes import new_class
 from .acceptors import DEFAULT_MAX_PACKET_SIZE, DatagramAcceptor, StreamAcceptor
 from .interfaces import (
     DatagramRequest,
@@ -47,6 +55,14 @@ if TYPE_CHECKING:
     from .compat import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
 
 __all__ = (
+    # the native API's convenience functions
+    "make_tcp_server",
+    "make_udp_server",
+    "make_unix_datagram_server",
+    "make_unix_stream_server",
+    # stdlib-style classes
+    "server_class",
+    # the classic class table (defined in _classes)
     "COMPAT_MODULE",
     "DISPATCHERS",
     "TRANSPORTS",
@@ -55,123 +71,7 @@ __all__ = (
     "TransportRow",
     "build_classic_servers",
     "classic_name",
-    "make_tcp_server",
-    "make_udp_server",
-    "make_unix_datagram_server",
-    "make_unix_stream_server",
-    "server_class",
 )
-
-COMPAT_MODULE: Final = "composable_server.compat"
-
-TransportName: TypeAlias = Literal["tcp", "udp", "unix_stream", "unix_datagram"]
-"""A row of :data:`TRANSPORTS`."""
-
-DispatcherName: TypeAlias = Literal["sync", "threading", "forking"]
-"""A row of :data:`DISPATCHERS`."""
-
-
-@attrs.frozen
-class TransportRow:
-    """One transport of the classic class table.
-
-    Attributes:
-        class_name: the stdlib class name (``"UDPServer"``).
-        parent: the row whose class this one subclasses, as stdlib does
-            (``UDPServer(TCPServer)``); None for the root (``TCPServer``),
-            which subclasses ``compat.BaseServer``.
-        attributes: the stdlib class attributes this class sets, with the
-            stdlib values (socketserver.py, 3.11-3.13).
-    """
-
-    class_name: str
-    parent: TransportName | None
-    attributes: Mapping[str, object]
-
-
-TRANSPORTS: Final[Mapping[TransportName, TransportRow]] = {
-    # Order matters: a parent comes before its children.
-    "tcp": TransportRow(
-        "TCPServer",
-        None,
-        {
-            "address_family": socket.AF_INET,
-            "socket_type": socket.SOCK_STREAM,
-            "request_queue_size": 5,
-            "allow_reuse_address": False,
-            "allow_reuse_port": False,
-        },
-    ),
-    "udp": TransportRow(
-        "UDPServer",
-        "tcp",
-        {
-            "allow_reuse_address": False,
-            "allow_reuse_port": False,
-            "socket_type": socket.SOCK_DGRAM,
-            "max_packet_size": 8192,
-        },
-    ),
-    "unix_stream": TransportRow("UnixStreamServer", "tcp", {"address_family": socket.AF_UNIX}),
-    "unix_datagram": TransportRow("UnixDatagramServer", "udp", {"address_family": socket.AF_UNIX}),
-}
-"""The four transport classes of :mod:`socketserver`, in dependency order."""
-
-DISPATCHERS: Final[Mapping[DispatcherName, str]] = {
-    "sync": "",
-    "threading": "Threading",
-    "forking": "Forking",
-}
-"""Dispatcher choice -> class-name prefix (the mixin is ``<prefix>MixIn``)."""
-
-
-def classic_name(transport: TransportName, dispatcher: DispatcherName = "sync") -> str:
-    """The stdlib name of the class for *transport* x *dispatcher*
-    (``classic_name("udp", "threading") == "ThreadingUDPServer"``)."""
-    return DISPATCHERS[dispatcher] + TRANSPORTS[transport].class_name
-
-
-def _new_class(name: str, bases: tuple[type, ...], namespace: Mapping[str, object], module: str) -> type:
-    cls = type(name, bases, {"__module__": module, "__qualname__": name, **namespace})
-    return cls
-
-
-def build_classic_servers(
-    *,
-    base: type,
-    mixins: Mapping[DispatcherName, type | None],
-    root_namespace: Mapping[str, object],
-    module: str = COMPAT_MODULE,
-) -> dict[str, type]:
-    """Build the twelve classic server classes from the two tables.
-
-    Args:
-        base: the class the root transport class (``TCPServer``) subclasses.
-        mixins: the mixin for each dispatcher (None for ``"sync"``).
-        root_namespace: methods of the root class (its stdlib constructor).
-        module: the ``__module__`` of every produced class.
-
-    Returns:
-        ``{name: class}`` for all twelve names, including the two Forking
-        Unix classes that stdlib adds only from Python 3.12.
-    """
-    by_transport: dict[TransportName, type] = {}
-    classes: dict[str, type] = {}
-    for transport, row in TRANSPORTS.items():
-        parent = base if row.parent is None else by_transport[row.parent]
-        namespace = dict(row.attributes)
-        if row.parent is None:
-            namespace.update(root_namespace)
-        cls = by_transport[transport] = classes[row.class_name] = _new_class(
-            row.class_name, (parent,), namespace, module
-        )
-        for dispatcher in DISPATCHERS:
-            mixin = mixins.get(dispatcher)
-            if mixin is not None:
-                name = classic_name(transport, dispatcher)
-                classes[name] = _new_class(name, (mixin, cls), {}, module)
-    return classes
-
 
 @overload
 def server_class(
@@ -258,7 +158,7 @@ def server_class(
     Raises:
         ValueError: an unknown transport or dispatcher name.
     """
-    from . import compat  # compat imports this module; import it lazily
+    from . import compat  # lazily: importing factories (or the package) does not load compat
 
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(get_args(TransportName))}, got {transport!r}")
@@ -285,7 +185,7 @@ def server_class(
         chosen_policy = error_policy
         namespace["_compat_error_policy"] = lambda self: chosen_policy
     cls_name = name if name is not None else f"Custom{classic.__name__}"
-    cls: type[TCPServer] = _new_class(cls_name, (classic,), namespace, module or __name__)
+    cls: type[TCPServer] = new_class(cls_name, (classic,), namespace, module or __name__)
     return cls
 
 

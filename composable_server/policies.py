@@ -2,10 +2,13 @@
 
 Error policies (what a handler exception becomes):
 
-* :class:`PrintTraceback` - the stdlib ``BaseServer.handle_error`` output on
-  stderr (the default);
+* :class:`PrintTracebackErrorPolicy` - the stdlib ``BaseServer.handle_error``
+  output on stderr (the default);
 * :class:`LoggingErrorPolicy` - one ``logging`` record with the traceback;
-* :class:`ReRaise` - re-raise, for tests that want a handler bug to fail loudly.
+* :class:`ReRaiseErrorPolicy` - re-raise, for tests that want a handler bug to
+  fail loudly.
+
+``PrintTraceback`` and ``ReRaise``, their older names, remain as aliases.
 
 Timeout policies (what happens when no request arrives in time, and how long
 one connection may take):
@@ -39,26 +42,32 @@ from typing import Final, final
 import attrs
 
 from ._socketutil import ACCEPT_TRANSIENT_ERRNOS
+from ._util import LogLimiter
 
 __all__ = (
-    "AcceptBackoff",
+    # error policies
+    "LoggingErrorPolicy",
+    "PrintTracebackErrorPolicy",
+    "ReRaiseErrorPolicy",
+    "PrintTraceback",  # older name of PrintTracebackErrorPolicy
+    "ReRaise",  # older name of ReRaiseErrorPolicy
+    # timeout policies
     "Budget",
     "ConnectionTimeouts",
     "DEFAULT_BUDGET",
     "FixedTimeout",
-    "LoggingErrorPolicy",
     "NoTimeout",
-    "PrintTraceback",
-    "ReRaise",
+    # accept-error policies
+    "AcceptBackoff",
     "RetryImmediately",
 )
 
-_logger = logging.getLogger("composable_server")
+_logger = logging.getLogger("composable_server.policies")
 
 
 @final
 @attrs.frozen
-class PrintTraceback:
+class PrintTracebackErrorPolicy:
     """An error policy that prints what stdlib ``socketserver`` prints::
 
         ----------------------------------------
@@ -83,7 +92,7 @@ class LoggingErrorPolicy:
     """An error policy that logs one record, with the traceback, per error.
 
     Args:
-        logger: where to log (default: the ``composable_server`` logger).
+        logger: where to log (default: the ``composable_server.policies`` logger).
         level: the record's level (default ``ERROR``).
     """
 
@@ -97,7 +106,7 @@ class LoggingErrorPolicy:
 
 @final
 @attrs.frozen
-class ReRaise:
+class ReRaiseErrorPolicy:
     """An error policy that re-raises the exception (for tests).
 
     In the synchronous dispatcher the exception leaves ``serve_forever()`` /
@@ -108,6 +117,11 @@ class ReRaise:
     def handle_error(self, request: object, client_address: object, exc: BaseException) -> None:
         """Raise *exc* again."""
         raise exc
+
+
+# The older names, kept for the code that uses them.
+PrintTraceback = PrintTracebackErrorPolicy
+ReRaise = ReRaiseErrorPolicy
 
 
 def _check_timeout(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -290,8 +304,9 @@ class AcceptBackoff:
     clock: Callable[[], float] = attrs.field(default=time.monotonic, kw_only=True)
     _delay: float = attrs.field(init=False, default=0.0)
     _failures: int = attrs.field(init=False, default=0)
-    _suppressed: int = attrs.field(init=False, default=0)
-    _last_log: float | None = attrs.field(init=False, default=None)
+    _log: LogLimiter = attrs.field(
+        init=False, default=attrs.Factory(lambda self: LogLimiter(self.log_interval), takes_self=True)
+    )
 
     @property
     def delay(self) -> float:
@@ -309,16 +324,10 @@ class AcceptBackoff:
             return 0.0
         self._failures += 1
         self._delay = min(self.initial if self._delay == 0 else self._delay * 2, self.maximum)
-        now = self.clock()
-        if self._last_log is None or now - self._last_log >= self.log_interval:
-            suppressed = f" ({self._suppressed} similar failures not logged)" if self._suppressed else ""
-            self.logger.warning(
-                "accept failed: %s; pausing accepts for %.3f s%s", _errno_name(exc), self._delay, suppressed
-            )
-            self._last_log = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
+        suppressed = self._log.due(self.clock())
+        if suppressed is not None:
+            more = f" ({suppressed} similar failures not logged)" if suppressed else ""
+            self.logger.warning("accept failed: %s; pausing accepts for %.3f s%s", _errno_name(exc), self._delay, more)
         return self._delay
 
     def accepted(self) -> None:

@@ -21,7 +21,27 @@ self-pipe that :meth:`Prefork.stop` writes to:
   more than *max_restarts* replacements happened within *restart_window*
   seconds, in which case the supervisor stops every worker and
   :meth:`Prefork.serve_forever` raises :class:`RestartLimitError` (a crash
-  loop must not become a fork bomb);
+  loop must not become a fork bomb).  Only failures count: a worker that
+  exits 0 after a drain (recycled by a :class:`RecyclingDispatcher`, or
+  stopped by hand) is replaced outside the budget;
+* :meth:`Prefork.reload` (or SIGHUP): a rolling restart.  A fresh worker is
+  forked for each one running, then the old ones are sent SIGTERM and drain
+  (those requests in flight finish; nothing queued is lost, since every
+  generation polls the same listening socket and a connection waits in its
+  queue until some worker accepts it).  Retiring workers are not replaced
+  when they exit;
+* :meth:`Prefork.add_worker` / :meth:`Prefork.remove_worker` (or
+  SIGTTIN/SIGTTOU): one worker more, or one fewer (never below one; the
+  removed one drains);
+* :meth:`Prefork.reexec` (or SIGUSR2), with *reexec_argv*: run the program
+  again (new code), handing the listening socket over as fd 3 with
+  ``LISTEN_FDS=1``, ``LISTEN_PID`` and ``LISTEN_FDNAMES=`` :data:`HANDOVER_FDNAME`
+  (socket activation by ourselves), and a pipe in :data:`READY_FD_VARIABLE`.
+  The new supervisor writes to that pipe once its workers are forked; the
+  old one then tells systemd ``MAINPID=`` (and ``READY=1``), stops its
+  workers (they drain) and returns.  A new generation that exits, or is not
+  ready within *handover_timeout* seconds, is reaped (killed first if need
+  be) and the old one keeps serving;
 * :meth:`Prefork.stop` (or SIGTERM/SIGINT to the parent, when
   ``serve_forever`` runs in the main thread): every worker is sent SIGTERM;
   each drains (stops accepting, lets requests in flight finish for up to
@@ -40,11 +60,12 @@ socket, would unlink the file the other workers still serve).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import random
 import select
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -56,13 +77,24 @@ from typing import Final, Generic, Self, TypeAlias, TypeVar, final
 import attrs
 
 from ._socketutil import Waker
-from .exceptions import ServerClosedError, ServerError, ServerStateError
-from .interfaces import Transport
+from . import _fork
+from .exceptions import RestartLimitError as RestartLimitError
+from .exceptions import ServerClosedError, ServerStateError
+from .interfaces import Dispatcher, Job, Transport
 from .server import Server
+from .systemd import Notifier, WatchdogHeartbeat
 
 _logger = logging.getLogger("composable_server.prefork")
 
-__all__ = ("DEFAULT_WORKERS", "Prefork", "PreforkStatistics", "RestartLimitError")
+__all__ = (
+    "DEFAULT_WORKERS",
+    "HANDOVER_FDNAME",
+    "READY_FD_VARIABLE",
+    "Prefork",
+    "PreforkStatistics",
+    "RecyclingDispatcher",
+    "RestartLimitError",
+)
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
@@ -75,14 +107,19 @@ _Handler: TypeAlias = Callable[[int, FrameType | None], object] | int | None
 
 # Signals that ask the supervisor (and each worker) to stop gracefully.
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
+# Signals the supervisor alone acts on: a rolling restart, one worker more or
+# fewer, a re-exec.
+_CONTROL_SIGNALS: Final = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2})
+
+HANDOVER_FDNAME: Final = "composable-server-handover"
+"""``LISTEN_FDNAMES`` of the socket a re-executing supervisor hands over."""
+
+READY_FD_VARIABLE: Final = "COMPOSABLE_SERVER_READY_FD"
+"""The variable naming the pipe a re-executed supervisor reports "ready" on."""
 # How often a worker checks that its parent still exists.
 _PARENT_CHECK: Final = 0.5
 # Without pidfds, how often the supervisor sweeps its children.
 _SWEEP_INTERVAL: Final = 0.1
-
-
-class RestartLimitError(ServerError, RuntimeError):
-    """Workers died faster than the restart budget allows (a crash loop)."""
 
 
 @final
@@ -95,12 +132,16 @@ class PreforkStatistics:
         started: workers forked so far (initial ones and replacements).
         restarts: workers replaced after they exited on their own.
         pids: the pids of the live workers.
+        recycled: of the *restarts*, the workers that exited cleanly (status 0:
+            recycled by a ``RecyclingDispatcher``, or stopped by hand), which
+            do not count against the restart budget.
     """
 
     workers: int
     started: int
     restarts: int
     pids: tuple[int, ...]
+    recycled: int = 0
 
 
 def _check_workers(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -145,6 +186,15 @@ class Prefork(Generic[RequestT, AddressT]):
             before it SIGKILLs them.
         poll_interval: each worker's ``serve_forever(poll_interval)``.
         bind_and_activate: bind and listen now.
+        notifier: tell systemd (sd_notify) ``READY=1`` once the workers are
+            forked, ``STOPPING=1`` when a stop begins, ``RELOADING=1`` and
+            ``READY=1`` around a reload, ``MAINPID=`` after a re-exec, and
+            ``WATCHDOG=1`` from the supervisor's loop while it turns (when
+            systemd asks for it).
+        reexec_argv: the command that runs this program again for
+            :meth:`reexec` (e.g. ``[sys.executable, *sys.orig_argv[1:]]``);
+            None: SIGUSR2 is ignored (logged).
+        handover_timeout: seconds a re-executed generation has to report ready.
 
     Raises:
         BindError: the address could not be bound.
@@ -159,6 +209,9 @@ class Prefork(Generic[RequestT, AddressT]):
     stop_timeout: float = attrs.field(default=10.0, kw_only=True, validator=attrs.validators.ge(0))
     poll_interval: float = attrs.field(default=0.5, kw_only=True, validator=attrs.validators.gt(0))
     bind_and_activate: bool = attrs.field(default=True, kw_only=True)
+    notifier: Notifier | None = attrs.field(default=None, kw_only=True)
+    reexec_argv: tuple[str, ...] | None = attrs.field(default=None, kw_only=True)
+    handover_timeout: float = attrs.field(default=30.0, kw_only=True, validator=attrs.validators.gt(0))
 
     _waker: Waker = attrs.field(init=False, factory=Waker)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
@@ -168,6 +221,18 @@ class Prefork(Generic[RequestT, AddressT]):
     _restarts: int = attrs.field(init=False, default=0)
     _running: bool = attrs.field(init=False, default=False)
     _stop_requested: bool = attrs.field(init=False, default=False)
+    # Set from signal handlers and other threads, acted on by the supervisor loop.
+    _reload_requested: bool = attrs.field(init=False, default=False)
+    _resize_requested: int = attrs.field(init=False, default=0)
+    # Workers told to drain and exit (reload, remove_worker): not replaced.
+    _retiring: set[int] = attrs.field(init=False, factory=set)
+    _supervisor_pid: int = attrs.field(init=False, factory=os.getpid)
+    _reexec_requested: bool = attrs.field(init=False, default=False)
+    # The re-executed generation being started: (pid, read end of its ready pipe, deadline).
+    _successor: tuple[int, int, float] | None = attrs.field(init=False, default=None)
+    _handed_over: bool = attrs.field(init=False, default=False)
+    _statuses: dict[int, int] = attrs.field(init=False, factory=dict)  # pid -> wait status, until handled
+    _recycled: int = attrs.field(init=False, default=0)
     _stopped: threading.Event = attrs.field(init=False, factory=threading.Event)
     _bound: bool = attrs.field(init=False, default=False)
     _closed: bool = attrs.field(init=False, default=False)
@@ -229,9 +294,15 @@ class Prefork(Generic[RequestT, AddressT]):
         try:
             for _ in range(self.workers):
                 self._spawn()
+            if self.notifier is not None:
+                self.notifier.ready(f"{self.workers} workers serving {self.server_address!r}")
             self._supervise()
         finally:
             try:
+                if self.notifier is not None and not self._handed_over:
+                    # Here, not in stop(): that may run in a signal handler,
+                    # which must not wait for the notifier's lock.
+                    self.notifier.stopping(f"stopping {len(self.pids)} workers")
                 self._stop_workers()
             finally:
                 self._restore_signal_handlers(previous)
@@ -248,6 +319,37 @@ class Prefork(Generic[RequestT, AddressT]):
         :meth:`wait`).  Called before ``serve_forever``, that call returns at once.
         """
         self._stop_requested = True
+        self._waker.wake()
+
+    def reload(self) -> None:
+        """Ask :meth:`serve_forever` for a rolling restart: new workers first,
+        then the old ones drain and exit.  Safe from any thread and from a
+        signal handler (SIGHUP); does not wait."""
+        self._reload_requested = True
+        self._waker.wake()
+
+    def reexec(self) -> None:
+        """Ask :meth:`serve_forever` to run the program again (*reexec_argv*)
+        on the same listening socket, and to hand over once the new
+        generation is ready (SIGUSR2).  Safe from any thread and from a
+        signal handler; does not wait."""
+        self._reexec_requested = True
+        self._waker.wake()
+
+    @property
+    def handed_over(self) -> bool:
+        """True once a re-executed generation took over (serve_forever then returns)."""
+        return self._handed_over
+
+    def add_worker(self) -> None:
+        """Ask for one worker more (SIGTTIN).  Safe from any thread and from a signal handler."""
+        self._resize_requested += 1
+        self._waker.wake()
+
+    def remove_worker(self) -> None:
+        """Ask for one worker fewer, never below one (SIGTTOU); it drains before
+        it exits.  Safe from any thread and from a signal handler."""
+        self._resize_requested -= 1
         self._waker.wake()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -285,7 +387,11 @@ class Prefork(Generic[RequestT, AddressT]):
         """A consistent snapshot of the supervisor's counters."""
         with self._lock:
             return PreforkStatistics(
-                workers=len(self._pids), started=self._started, restarts=self._restarts, pids=tuple(self._pids)
+                workers=len(self._pids),
+                started=self._started,
+                restarts=self._restarts,
+                pids=tuple(self._pids),
+                recycled=self._recycled,
             )
 
     def __repr__(self) -> str:
@@ -300,6 +406,8 @@ class Prefork(Generic[RequestT, AddressT]):
 
     def _supervise(self) -> None:
         waker_fd = self._waker.fileno()
+        # The watchdog pings from this loop, so they stop if it wedges.
+        heartbeat: WatchdogHeartbeat | None = None if self.notifier is None else self.notifier.heartbeat()
         while not self._stop_requested:
             poller = select.poll()
             poller.register(waker_fd, select.POLLIN)
@@ -310,12 +418,134 @@ class Prefork(Generic[RequestT, AddressT]):
                         poller.register(pidfd, select.POLLIN)
                     else:
                         sweep = True
-            poller.poll(_SWEEP_INTERVAL * 1000.0 if sweep else None)
+            timeout = _SWEEP_INTERVAL if sweep else None
+            if self._successor is not None:
+                poller.register(self._successor[1], select.POLLIN)
+                until = max(0.0, self._successor[2] - time.monotonic())
+                timeout = until if timeout is None else min(timeout, until)
+            if heartbeat is not None:
+                heartbeat.beat()
+                timeout = heartbeat.interval / 2 if timeout is None else min(timeout, heartbeat.interval / 2)
+            poller.poll(None if timeout is None else timeout * 1000.0)
             self._waker.drain()
             if self._stopping():
                 return
             for pid in self._reap():
-                self._replace(pid)
+                status = self._statuses.pop(pid, -1)
+                if pid in self._retiring:
+                    self._retiring.discard(pid)
+                elif len(self._serving()) >= self.workers:
+                    pass
+                elif status == 0:
+                    # A clean exit after a drain: the worker was recycled
+                    # (RecyclingDispatcher) or stopped by hand, not a crash,
+                    # so it does not count against the restart budget.
+                    self._restarts += 1
+                    self._recycled += 1
+                    self._spawn()
+                else:
+                    self._replace(pid)
+            self._control()
+            if self._successor is not None and self._successor_ready():
+                return
+
+    def _start_successor(self) -> None:
+        """Fork and exec *reexec_argv* with the listening socket as fd 3 (see :meth:`reexec`)."""
+        argv = self.reexec_argv
+        if not argv:
+            _logger.warning("SIGUSR2: no re-exec command (reexec_argv) configured: ignored")
+            return
+        if self._successor is not None:
+            _logger.warning("SIGUSR2: a new generation is already starting: ignored")
+            return
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES=HANDOVER_FDNAME)
+        env[READY_FD_VARIABLE] = "4"
+        # Above every descriptor the child's dup2()s could overwrite.
+        listen_fd = fcntl.fcntl(self.transport.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+        ready_fd = fcntl.fcntl(write_fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(write_fd)
+        try:
+            pid = _fork.fork()
+            if pid == 0:  # pragma: no cover  (replaced by exec)
+                try:
+                    os.dup2(listen_fd, 3)  # dup2 clears close-on-exec: inherited
+                    os.dup2(ready_fd, 4)
+                    env["LISTEN_PID"] = str(os.getpid())
+                    if "WATCHDOG_USEC" in env:
+                        env["WATCHDOG_PID"] = env["LISTEN_PID"]  # the watchdog is the new generation's now
+                    os.execve(argv[0], argv, env)
+                finally:
+                    os._exit(127)
+        finally:
+            os.close(listen_fd)
+            os.close(ready_fd)
+        _logger.info("SIGUSR2: started a new generation, pid %d: %s", pid, " ".join(argv))
+        self._successor = (pid, read_fd, time.monotonic() + self.handover_timeout)
+
+    def _successor_ready(self) -> bool:
+        """Check on the new generation; True once it is ready (we hand over)."""
+        assert self._successor is not None
+        pid, read_fd, deadline = self._successor
+        if select.select([read_fd], [], [], 0)[0]:
+            if os.read(read_fd, 64):
+                os.close(read_fd)
+                self._successor = None
+                self._handed_over = True
+                _logger.info("new generation %d is ready: handing over, stopping this one", pid)
+                if self.notifier is not None:
+                    self.notifier.notify(f"MAINPID={pid}", "READY=1")
+                return True
+            reason = "exited before it was ready"
+        elif time.monotonic() >= deadline:
+            reason = f"was not ready within {self.handover_timeout:g} s; killed"
+            _fork.kill(pid, signal.SIGKILL)
+        else:
+            return False
+        os.close(read_fd)
+        self._successor = None
+        _, status = os.waitpid(pid, 0)
+        _logger.error("new generation %d %s (wait status %d): this one keeps serving", pid, reason, status)
+        return False
+
+    def _serving(self) -> list[int]:
+        """The live workers that are not retiring."""
+        with self._lock:
+            return [pid for pid in self._pids if pid not in self._retiring]
+
+    def _control(self) -> None:
+        """Act on reload(), add_worker(), remove_worker() and reexec() requests."""
+        if self._reexec_requested:
+            self._reexec_requested = False
+            self._start_successor()
+        resize, self._resize_requested = self._resize_requested, 0
+        if resize:
+            self.workers = max(1, self.workers + resize)
+            serving = self._serving()
+            for _ in range(self.workers - len(serving)):
+                self._spawn()
+            for pid in serving[: max(0, len(serving) - self.workers)]:
+                self._retire(pid)
+            _logger.info("now %d workers", self.workers)
+            if self.notifier is not None:
+                self.notifier.status(f"{self.workers} workers serving {self.server_address!r}")
+        if self._reload_requested:
+            self._reload_requested = False
+            old = self._serving()
+            _logger.info("reload: starting %d new workers, then retiring %d", self.workers, len(old))
+            if self.notifier is not None:
+                self.notifier.reloading(f"reloading: replacing {len(old)} workers")
+            for _ in range(self.workers):
+                self._spawn()
+            for pid in old:
+                self._retire(pid)
+            if self.notifier is not None:
+                self.notifier.ready(f"{self.workers} workers serving {self.server_address!r}")
+
+    def _retire(self, pid: int) -> None:
+        """Tell one worker to drain and exit, and not to be replaced."""
+        self._retiring.add(pid)
+        _fork.kill(pid, signal.SIGTERM)
 
     def _stopping(self) -> bool:
         # A method, not the attribute: another thread (or a signal handler)
@@ -342,10 +572,11 @@ class Prefork(Generic[RequestT, AddressT]):
         with self._lock:
             for pid in list(self._pids):
                 try:
-                    reaped, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
+                    reaped, status = os.waitpid(pid, 0 if blocking else os.WNOHANG)
                 except ChildProcessError:
-                    reaped = pid  # reaped by someone else: forget it
+                    reaped, status = pid, -1  # reaped by someone else: forget it
                 if reaped:
+                    self._statuses[pid] = status
                     pidfd = self._pids.pop(pid)
                     if pidfd >= 0:
                         os.close(pidfd)
@@ -355,20 +586,17 @@ class Prefork(Generic[RequestT, AddressT]):
     def _stop_workers(self) -> None:
         """SIGTERM every worker, wait up to stop_timeout, SIGKILL the rest, reap all."""
         for pid in self.pids:
-            _kill(pid, signal.SIGTERM)
+            _fork.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
         while self.pids and time.monotonic() < deadline:
             self._reap()
             if self.pids:
                 time.sleep(0.01)
         for pid in self.pids:
-            _kill(pid, signal.SIGKILL)
+            _fork.kill(pid, signal.SIGKILL)
         self._reap(blocking=True)
 
     def _spawn(self) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
         # Fork with the stop signals blocked: a SIGTERM sent to a worker
         # before it has installed its own handling must stay pending for its
         # sigtimedwait, not run the parent's inherited Python handler (which
@@ -376,17 +604,14 @@ class Prefork(Generic[RequestT, AddressT]):
         # parent's own pending signals arrive when its mask is restored.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            pid = os.fork()
+            pid = _fork.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             raise
         if pid == 0:
-            self._worker_main()  # never returns; its signals stay blocked
+            _fork.run_child(self._worker_main)  # never returns; its signals stay blocked
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (OSError, AttributeError):
-            pidfd = -1
+        pidfd = _fork.open_pidfd(pid)
         with self._lock:
             self._pids[pid] = pidfd
             self._started += 1
@@ -404,8 +629,22 @@ class Prefork(Generic[RequestT, AddressT]):
             )
             self.stop()
 
+        def on_control(signum: int, frame: FrameType | None) -> None:
+            if os.getpid() != self._supervisor_pid:
+                return  # inherited by a worker: the supervisor's business only
+            if signum == signal.SIGHUP:
+                self.reload()
+            elif signum == signal.SIGUSR2:
+                self.reexec()
+            elif signum == signal.SIGTTIN:
+                self.add_worker()
+            else:
+                self.remove_worker()
+
         for signum in _STOP_SIGNALS:
             previous[signum] = signal.signal(signum, on_signal)
+        for signum in _CONTROL_SIGNALS:
+            previous[signum] = signal.signal(signum, on_control)
         return previous
 
     def _restore_signal_handlers(self, previous: dict[signal.Signals, _Handler] | None) -> None:
@@ -417,66 +656,106 @@ class Prefork(Generic[RequestT, AddressT]):
 
     # -- the worker -----------------------------------------------------------------
 
-    def _worker_main(self) -> None:
-        """Run in a freshly forked worker; leaves with ``os._exit``."""
-        status = 1
-        try:
-            parent = os.getppid()
-            # The supervisor's state is the parent's business.
-            self._waker.close()
-            for pidfd in self._pids.values():
-                if pidfd >= 0:
-                    os.close(pidfd)
-            self._pids.clear()
-            for signum in _STOP_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            # Block the stop signals before any thread starts, so that they
-            # all inherit the mask and only sigtimedwait below sees them.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-            server = self.make_server(self.transport)
-            failed: list[BaseException] = []
+    def _worker_main(self) -> int:
+        """Run in a freshly forked worker (under ``_fork.run_child``); return its exit status."""
+        parent = os.getppid()
+        # The supervisor's state is the parent's business.
+        self._waker.close()
+        for pidfd in self._pids.values():
+            if pidfd >= 0:
+                os.close(pidfd)
+        self._pids.clear()
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        # Block the stop signals before any thread starts, so that they
+        # all inherit the mask and only sigtimedwait below sees them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        server = self.make_server(self.transport)
+        failed: list[BaseException] = []
 
-            def serve() -> None:
-                try:
-                    server.serve_forever(self.poll_interval)
-                except BaseException as exc:
-                    failed.append(exc)
-                    traceback.print_exc()
-                    os.kill(os.getpid(), signal.SIGTERM)  # wake the waiting thread
-
-            thread = threading.Thread(target=serve, name="composable_server prefork worker")
-            thread.start()
-            while thread.is_alive():
-                if signal.sigtimedwait(_STOP_SIGNALS, _PARENT_CHECK) is not None:
-                    break
-                if os.getppid() != parent:
-                    break  # the supervisor is gone: stop
-            report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
-            if not report.finished:
-                _logger.warning(
-                    "grace period over: worker %d cut %d request(s) at the deadline: %s",
-                    os.getpid(),
-                    len(report.cut),
-                    ", ".join(map(repr, report.cut)),
-                )
-            thread.join()
-            # Not server_close(): the transport belongs to the parent (closing
-            # a Unix transport would unlink the path the others still serve).
-            server.dispatcher.close()
-            status = 1 if failed else 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
+        def serve() -> None:
             try:
-                for stream in (sys.stdout, sys.stderr):
-                    if stream is not None:
-                        stream.flush()
-            finally:
-                os._exit(status)
+                server.serve_forever(self.poll_interval)
+            except BaseException as exc:
+                failed.append(exc)
+                traceback.print_exc()
+                os.kill(os.getpid(), signal.SIGTERM)  # wake the waiting thread
+
+        thread = threading.Thread(target=serve, name="composable_server prefork worker")
+        thread.start()
+        while thread.is_alive():
+            if signal.sigtimedwait(_STOP_SIGNALS, _PARENT_CHECK) is not None:
+                break
+            if os.getppid() != parent:
+                break  # the supervisor is gone: stop
+        report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+        if not report.finished:
+            _logger.warning(
+                "grace period over: worker %d cut %d request(s) at the deadline: %s",
+                os.getpid(),
+                len(report.cut),
+                ", ".join(map(repr, report.cut)),
+            )
+        thread.join()
+        # Not server_close(): the transport belongs to the parent (closing
+        # a Unix transport would unlink the path the others still serve).
+        server.dispatcher.close()
+        return 1 if failed else 0
 
 
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+@final
+class RecyclingDispatcher:
+    """A dispatcher for a prefork worker's server that retires its worker after
+    *max_requests* requests (``--max-requests``), bounding what a slow leak
+    in a handler can grow to.
+
+    Once the limit is reached it sends SIGTERM to its own process: the worker
+    drains as on any stop (the requests in flight, and any accepted
+    meanwhile, finish) and exits 0, which the supervisor takes as a recycle,
+    not a crash, and replaces it outside the restart budget.  Everything
+    else is delegated to *inner*.
+
+    Args:
+        inner: the worker's dispatcher.
+        max_requests: requests before the worker retires (>= 1); spread
+            them with *jitter*, so that workers started together do not all
+            retire together.
+        jitter: a random 0..*jitter* added to *max_requests*, drawn once.
+    """
+
+    __slots__ = ("_count", "_lock", "_signalled", "inner", "limit")
+
+    def __init__(self, inner: Dispatcher, max_requests: int, jitter: int = 0) -> None:
+        if max_requests < 1 or jitter < 0:
+            raise ValueError(f"need max_requests >= 1 and jitter >= 0, got {max_requests} and {jitter}")
+        self.inner = inner
+        self.limit = max_requests + (random.randint(0, jitter) if jitter else 0)
+        self._count = 0
+        self._signalled = False
+        self._lock = threading.Lock()
+
+    def dispatch(self, job: Job) -> None:
+        """Hand *job* to the inner dispatcher; at the limit, ask this worker to stop."""
+        self.inner.dispatch(job)
+        with self._lock:
+            self._count += 1
+            due = self._count >= self.limit and not self._signalled
+            self._signalled = self._signalled or due
+        if due:
+            _logger.info("worker %d served %d requests: recycling it", os.getpid(), self._count)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def service(self) -> None:
+        """The inner dispatcher's housekeeping."""
+        self.inner.service()
+
+    def join(self, timeout: float | None) -> tuple[Job, ...]:
+        """The inner dispatcher's join."""
+        return self.inner.join(timeout)
+
+    def close(self) -> None:
+        """Close the inner dispatcher."""
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"<RecyclingDispatcher {self.inner!r} [{self._count}/{self.limit} requests]>"

@@ -14,11 +14,9 @@ the transport is built, so a wrong shape fails there with an
 from __future__ import annotations
 
 import errno
-import os
 import select
 import socket
 import ssl
-import stat
 import threading
 import time
 from socket import socket as Socket  # `socket` is also a property name below
@@ -27,6 +25,7 @@ from typing import ClassVar, Final, Generic, TypeVar, cast, final
 import attrs
 
 from ._socketutil import check_inet_address, check_unix_address, family_name, inet_family_for
+from ._unixpath import SocketFile, check_mode, unix_path
 from .exceptions import AddressError, BindError, ServerClosedError, TLSHandshakeError
 from .interfaces import DatagramRequest, InetAddress, Transport, UnixAddress
 
@@ -219,169 +218,50 @@ def _validate_unix(instance: object, attribute: attrs.Attribute[UnixAddress], ad
     check_unix_address(address)
 
 
-def _unix_path(address: UnixAddress | os.PathLike[str]) -> UnixAddress:
-    return os.fspath(address) if isinstance(address, os.PathLike) else address
+class _DualStack:
+    """The IPv6 half of the IP transports (a mixin: it adds no slots)."""
 
+    __slots__ = ()
 
-def _set_v6only(sock: socket.socket, dual_stack: bool | None) -> None:
-    if sock.family == socket.AF_INET6 and dual_stack is not None:
-        # IPV6_V6ONLY=0 also accepts IPv4 clients as ::ffff:a.b.c.d (ipv6(7)).
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+    dual_stack: bool | None
 
-
-_Created = tuple[str | bytes, int, int]
-
-
-def _remember_path(sock: Socket) -> _Created | None:
-    """Identify the socket file *sock* was bound to (None for abstract names)."""
-    name = sock.getsockname()
-    if isinstance(name, (str, bytes)) and name and not os.fsencode(name).startswith(b"\0"):
-        st = os.lstat(name)
-        return (name, st.st_dev, st.st_ino)
-    return None
-
-
-def _unlink_created(created: _Created | None) -> None:
-    if created is None:
-        return
-    path, dev, ino = created
-    try:
-        st = os.lstat(path)
-        # Remove only the file this transport created: a later server may
-        # have replaced it with its own socket.
-        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def _is_abstract(address: UnixAddress) -> bool:
-    return os.fsencode(address)[:1] == b"\0"
+    def _before_bind(self, sock: Socket) -> None:
+        if sock.family == socket.AF_INET6 and self.dual_stack is not None:
+            # IPV6_V6ONLY=0 also accepts IPv4 clients as ::ffff:a.b.c.d (ipv6(7)).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if self.dual_stack else 1)
 
 
 def _validate_mode(
     instance: _SocketTransport[UnixAddress], attribute: attrs.Attribute[int | None], mode: int | None
 ) -> None:
-    if mode is None:
-        return
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be None or permission bits in 0o000..0o777, got {mode!r}")
-    if _is_abstract(instance.address):
-        raise AddressError(
-            f"mode={mode:#o} has no effect on the abstract name {instance.address!r} (there is no file)",
-            address=instance.address,
-            family=socket.AF_UNIX,
-        )
+    check_mode(instance.address, mode)
 
 
-def _restrict_mode(sock: Socket, mode: int | None) -> None:
-    """Give the socket's inode *mode* before ``bind()`` creates the file.
+class _UnixFile:
+    """The socket-file half of the Unix transports (a mixin: it adds no slots).
 
-    Linux creates the socket file with the socket inode's mode masked by the
-    umask (``unix_bind`` in net/unix/af_unix.c), so after this ``fchmod`` the
-    file never exists with wider permissions than *mode*: no window in which
-    anyone may connect.  :func:`_apply_mode` then sets exactly *mode* (the
-    umask may have removed bits).  Unlike changing the umask, this touches no
-    process-wide state.
+    Binding and removal follow the rules of
+    :class:`~composable_server._unixpath.SocketFile`.
     """
-    if mode is not None:
-        try:
-            os.fchmod(sock.fileno(), mode)
-        except OSError:
-            pass  # not supported here: _apply_mode still sets the mode, after bind
 
+    __slots__ = ()
 
-def _apply_mode(created: _Created | None, mode: int | None) -> None:
-    if mode is not None and created is not None:
-        os.chmod(created[0], mode)
+    address: UnixAddress
+    mode: int | None
+    unlink_on_close: bool
+    _file: SocketFile
 
+    def _bind_socket(self, sock: Socket) -> None:
+        self._file.bind(sock, self.address, self.mode)
 
-def _file_kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return f"file type {stat.S_IFMT(mode):#o}"
-
-
-def _why_in_use(sock: Socket, path: str | bytes) -> str | None:
-    """Why *path* cannot be taken over, or None if it held a stale socket
-    (no one listening) that has now been removed.
-
-    A socket file outlives its server when the server died without
-    unlinking it; ``bind()`` then fails with ``EADDRINUSE`` although no one
-    uses the address.  A non-blocking ``connect()`` tells the cases apart
-    (unix(7)): ``ECONNREFUSED`` means no socket is bound to that file any
-    more.  A live server sees (and drops) one empty connection from the probe.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None  # removed meanwhile: bind again
-    except OSError as exc:
-        return f"cannot inspect the path: {exc.strerror}"
-    if not stat.S_ISSOCK(st.st_mode):
-        return f"the path exists and is {_file_kind(st.st_mode)}, not a socket; refusing to replace it"
-    probe = socket.socket(socket.AF_UNIX, sock.type)
-    try:
-        probe.setblocking(False)
-        code = probe.connect_ex(path)
-    finally:
-        probe.close()
-    if code == 0 or code in (errno.EAGAIN, errno.EWOULDBLOCK):
-        return "a live server is bound to it"
-    if code == errno.EPROTOTYPE:
-        return "a live socket of another type is bound to it"
-    if code != errno.ECONNREFUSED:
-        return f"cannot tell whether it is in use: connect() failed with {errno.errorcode.get(code, code)}"
-    try:
-        again = os.lstat(path)
-        # Remove only the stale file we probed, not one a racing server just created.
-        if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        return f"a stale socket file that cannot be removed: {exc.strerror}"
-    return None
-
-
-def _bind_unix(sock: Socket, address: UnixAddress) -> None:
-    """Bind *sock* to *address*, replacing a stale socket file.
-
-    * a stale socket file (its server died without removing it) is removed
-      and the bind retried once;
-    * a path held by a live server, or by anything that is not a socket
-      (a regular file, a directory, ...), is refused: :class:`BindError`
-      with ``EADDRINUSE`` and the reason.
-
-    Abstract names have no file and are bound as they are.
-    """
-    try:
-        sock.bind(address)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE or _is_abstract(address):
-            raise BindError(exc.errno, exc.strerror or str(exc), address=address) from exc
-        first = exc
-    reason = _why_in_use(sock, address)
-    if reason is not None:
-        raise BindError(errno.EADDRINUSE, f"address in use: {reason}", address=address) from first
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        raise BindError(exc.errno, exc.strerror or str(exc), address=address) from exc
+    def _after_close(self) -> None:
+        if self.unlink_on_close:
+            self._file.remove()
 
 
 @final
 @attrs.define(eq=False, repr=False)
-class TCPTransport(_StreamTransport[InetAddress]):
+class TCPTransport(_DualStack, _StreamTransport[InetAddress]):
     """A TCP listener on IPv4 or IPv6.
 
     Args:
@@ -409,13 +289,10 @@ class TCPTransport(_StreamTransport[InetAddress]):
     reuse_address: bool = attrs.field(kw_only=True, default=True)
     dual_stack: bool | None = attrs.field(kw_only=True, default=None)
 
-    def _before_bind(self, sock: Socket) -> None:
-        _set_v6only(sock, self.dual_stack)
-
 
 @final
 @attrs.define(eq=False, repr=False)
-class UDPTransport(_DatagramTransport[InetAddress]):
+class UDPTransport(_DualStack, _DatagramTransport[InetAddress]):
     """A UDP socket on IPv4 or IPv6; requests are ``(data, socket)``.
 
     Args: as :class:`TCPTransport`, without a backlog; *reuse_address*
@@ -428,13 +305,10 @@ class UDPTransport(_DatagramTransport[InetAddress]):
     )
     dual_stack: bool | None = attrs.field(kw_only=True, default=None)
 
-    def _before_bind(self, sock: Socket) -> None:
-        _set_v6only(sock, self.dual_stack)
-
 
 @final
 @attrs.define(eq=False, repr=False)
-class UnixStreamTransport(_StreamTransport[UnixAddress]):
+class UnixStreamTransport(_UnixFile, _StreamTransport[UnixAddress]):
     """A Unix stream listener on a path (or a Linux abstract name, ``b"\\0name"``).
 
     Args:
@@ -445,40 +319,25 @@ class UnixStreamTransport(_StreamTransport[UnixAddress]):
         unlink_on_close: remove the socket file this transport created when it
             closes (only that file, identified by device and inode).
         mode: permissions of the socket file (e.g. ``0o660``: owner and
-            group may connect); None leaves them to the umask.  See
-            :func:`_bind_unix` for how a stale file is replaced and a live or
-            foreign one refused.
+            group may connect); None leaves them to the umask.  A stale
+            socket file is replaced, a live or foreign one refused (the
+            rules of ``composable_server._unixpath``).
 
     Raises:
         AddressError: not a path, longer than ``sun_path`` allows, or a
             *mode* for an abstract name (which has no file).
     """
 
-    address: UnixAddress = attrs.field(converter=_unix_path, validator=_validate_unix)
+    address: UnixAddress = attrs.field(converter=unix_path, validator=_validate_unix)
     family: socket.AddressFamily = attrs.field(kw_only=True, default=socket.AF_UNIX, init=False)
     unlink_on_close: bool = attrs.field(kw_only=True, default=True)
     mode: int | None = attrs.field(kw_only=True, default=None, validator=_validate_mode)
-    _created: _Created | None = attrs.field(init=False, default=None)
-
-    def _before_bind(self, sock: Socket) -> None:
-        _restrict_mode(sock, self.mode)
-
-    def _bind_socket(self, sock: Socket) -> None:
-        _bind_unix(sock, self.address)
-
-    def _after_bind(self, sock: Socket) -> None:
-        self._created = _remember_path(sock)
-        _apply_mode(self._created, self.mode)
-
-    def _after_close(self) -> None:
-        if self.unlink_on_close:
-            _unlink_created(self._created)
-        self._created = None
+    _file: SocketFile = attrs.field(init=False, factory=SocketFile)
 
 
 @final
 @attrs.define(eq=False, repr=False)
-class UnixDatagramTransport(_DatagramTransport[UnixAddress]):
+class UnixDatagramTransport(_UnixFile, _DatagramTransport[UnixAddress]):
     """A Unix datagram socket on a path (or a Linux abstract name).
 
     Args: as :class:`UnixStreamTransport` (including *mode* and the
@@ -486,26 +345,11 @@ class UnixDatagramTransport(_DatagramTransport[UnixAddress]):
         bind a socket of their own to be answered.
     """
 
-    address: UnixAddress = attrs.field(converter=_unix_path, validator=_validate_unix)
+    address: UnixAddress = attrs.field(converter=unix_path, validator=_validate_unix)
     family: socket.AddressFamily = attrs.field(kw_only=True, default=socket.AF_UNIX, init=False)
     unlink_on_close: bool = attrs.field(kw_only=True, default=True)
     mode: int | None = attrs.field(kw_only=True, default=None, validator=_validate_mode)
-    _created: _Created | None = attrs.field(init=False, default=None)
-
-    def _before_bind(self, sock: Socket) -> None:
-        _restrict_mode(sock, self.mode)
-
-    def _bind_socket(self, sock: Socket) -> None:
-        _bind_unix(sock, self.address)
-
-    def _after_bind(self, sock: Socket) -> None:
-        self._created = _remember_path(sock)
-        _apply_mode(self._created, self.mode)
-
-    def _after_close(self) -> None:
-        if self.unlink_on_close:
-            _unlink_created(self._created)
-        self._created = None
+    _file: SocketFile = attrs.field(init=False, factory=SocketFile)
 
 
 # -- TLS ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Final, Literal, TypeVar, cast, final
 
 import attrs
 
+from ._util import LogLimiter
 from .exceptions import AddressError
 from .interfaces import Verifier
 
@@ -82,24 +83,33 @@ def releaser(verifier: object) -> Callable[[object], None] | None:
     :class:`~composable_server.interfaces.ReleasingVerifier` pay nothing per
     request.
     """
-    if isinstance(verifier, (_AllOf, _AnyOf)):
+    if isinstance(verifier, _Combinator):
         return verifier.release if verifier.releasers else None
     release: object = getattr(verifier, "release", None)
     return cast("Callable[[object], None]", release) if callable(release) else None
 
 
+_CombinatorName = Literal["all_of", "any_of"]
+
+
 @final
 @attrs.frozen(repr=False)
-class _AllOf:
+class _Combinator:
+    """``all_of(...)`` or ``any_of(...)``: one verifier made of several."""
+
+    name: _CombinatorName
     verifiers: tuple[Verifier[object, object], ...]
+    # Short-circuits: with all_of, later verifiers (rate limits, caps) see
+    # only requests the earlier ones admitted.
+    _admits: Callable[[Iterable[bool]], bool] = attrs.field(
+        init=False, eq=False, default=attrs.Factory(lambda self: all if self.name == "all_of" else any, takes_self=True)
+    )
     releasers: tuple[Callable[[object], None], ...] = attrs.field(
         init=False, eq=False, default=attrs.Factory(lambda self: _releasers(self.verifiers), takes_self=True)
     )
 
     def verify(self, request: object, client_address: object) -> bool:
-        # Short-circuits: later verifiers (rate limits, caps) see only
-        # requests the earlier ones admitted.
-        return all(v.verify(request, client_address) for v in self.verifiers)
+        return self._admits(v.verify(request, client_address) for v in self.verifiers)
 
     def release(self, request: object) -> None:
         # Every member is told: a cap admitted by an earlier member and refused
@@ -108,36 +118,18 @@ class _AllOf:
             release(request)
 
     def __repr__(self) -> str:
-        return f"all_of({', '.join(map(repr, self.verifiers))})"
+        return f"{self.name}({', '.join(map(repr, self.verifiers))})"
 
 
-@final
-@attrs.frozen(repr=False)
-class _AnyOf:
-    verifiers: tuple[Verifier[object, object], ...]
-    releasers: tuple[Callable[[object], None], ...] = attrs.field(
-        init=False, eq=False, default=attrs.Factory(lambda self: _releasers(self.verifiers), takes_self=True)
-    )
-
-    def verify(self, request: object, client_address: object) -> bool:
-        return any(v.verify(request, client_address) for v in self.verifiers)
-
-    def release(self, request: object) -> None:
-        for release in self.releasers:
-            release(request)
-
-    def __repr__(self) -> str:
-        return f"any_of({', '.join(map(repr, self.verifiers))})"
-
-
-def _flatten(kind: type[_AllOf] | type[_AnyOf], verifiers: tuple[object, ...]) -> tuple[Verifier[object, object], ...]:
+def _combine(name: _CombinatorName, verifiers: tuple[object, ...]) -> _Combinator:
+    """The combinator *name* of *verifiers*, members of the same kind flattened into it."""
     flat: list[Verifier[object, object]] = []
     for v in verifiers:
-        if isinstance(v, kind):
+        if isinstance(v, _Combinator) and v.name == name:
             flat.extend(v.verifiers)
         else:
             flat.append(v)  # type: ignore[arg-type]  # typed at the public signature
-    return tuple(flat)
+    return _Combinator(name, tuple(flat))
 
 
 def all_of(*verifiers: Verifier[RequestT, AddressT]) -> Verifier[RequestT, AddressT]:
@@ -146,7 +138,7 @@ def all_of(*verifiers: Verifier[RequestT, AddressT]) -> Verifier[RequestT, Addre
     Verifiers are asked in order and the first refusal stops the check.
     ``all_of()`` with no verifiers admits everything.
     """
-    return _AllOf(_flatten(_AllOf, verifiers))
+    return _combine("all_of", verifiers)
 
 
 def any_of(*verifiers: Verifier[RequestT, AddressT]) -> Verifier[RequestT, AddressT]:
@@ -154,7 +146,7 @@ def any_of(*verifiers: Verifier[RequestT, AddressT]) -> Verifier[RequestT, Addre
 
     ``any_of()`` with no verifiers refuses everything.
     """
-    return _AnyOf(_flatten(_AnyOf, verifiers))
+    return _combine("any_of", verifiers)
 
 
 # -- CIDR admission --------------------------------------------------------------
@@ -350,24 +342,6 @@ def _check_prefix(instance: object, attribute: attrs.Attribute[int], value: int)
 REFUSAL_LOG_INTERVAL: Final = 10.0
 
 
-@final
-@attrs.define(eq=False)
-class _LogLimiter:
-    """Decides, under its owner's lock, whether a refusal is logged now."""
-
-    interval: float
-    _last: float | None = attrs.field(init=False, default=None)
-    _skipped: int = attrs.field(init=False, default=0)
-
-    def due(self, now: float) -> int | None:
-        """The number of records skipped since the last one if one is due now, else None."""
-        if self._last is not None and now - self._last < self.interval:
-            self._skipped += 1
-            return None
-        skipped, self._skipped, self._last = self._skipped, 0, now
-        return skipped
-
-
 def _more(skipped: int) -> str:
     return f" ({skipped} more refusals since the last report)" if skipped else ""
 
@@ -451,11 +425,9 @@ class ConnectionCapVerifier:
     _by_id: dict[int, _CapEntry] = attrs.field(init=False, factory=dict)
     _admitted: int = attrs.field(init=False, default=0)
     _refused: int = attrs.field(init=False, default=0)
-    _log: _LogLimiter = attrs.field(init=False)
-
-    @_log.default
-    def _make_log(self) -> _LogLimiter:
-        return _LogLimiter(self.log_interval)
+    _log: LogLimiter = attrs.field(
+        init=False, default=attrs.Factory(lambda self: LogLimiter(self.log_interval), takes_self=True)
+    )
 
     def verify(self, request: object, client_address: object) -> bool:
         """Admit the request unless its client already has *limit* requests in flight."""
@@ -605,11 +577,9 @@ class RateLimitVerifier:
     _buckets: dict[_ClientKey, tuple[float, float]] = attrs.field(init=False, factory=dict)
     _admitted: int = attrs.field(init=False, default=0)
     _refused: int = attrs.field(init=False, default=0)
-    _log: _LogLimiter = attrs.field(init=False)
-
-    @_log.default
-    def _make_log(self) -> _LogLimiter:
-        return _LogLimiter(self.log_interval)
+    _log: LogLimiter = attrs.field(
+        init=False, default=attrs.Factory(lambda self: LogLimiter(self.log_interval), takes_self=True)
+    )
 
     def verify(self, request: object, client_address: object) -> bool:
         """Admit the request if its client's bucket has a token, and take it."""

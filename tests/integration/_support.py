@@ -28,6 +28,7 @@ import os
 import queue
 import re
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -594,10 +595,23 @@ class OutputProcess:
         read: Literal["stdout", "stderr"],
         cwd: Path | None = None,
         wait: float = 10.0,
+        env: dict[str, str] | None = None,
+        new_session: bool = False,
     ) -> None:
         self.wait = wait
+        # new_session: the child leads its own process group, and close()
+        # kills the group (a wrapper such as systemd-socket-activate and
+        # what it started).
+        self.new_session = new_session
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=env,
+            start_new_session=new_session,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -627,8 +641,13 @@ class OutputProcess:
                 return match
 
     def close(self) -> None:
-        """Kill the process if it still runs, reap it, close the pipes."""
-        if self.proc.poll() is None:
+        """Kill the process (its group, if *new_session*) if it still runs, reap it, close the pipes."""
+        if self.new_session:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the whole group has exited
+        elif self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(self.wait)
         self._reader.join(self.wait)

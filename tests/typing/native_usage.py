@@ -22,6 +22,9 @@ from composable_server import (
     ErrorPolicy,
     ForkingDispatcher,
     InetAddress,
+    Prefork,
+    PrintTracebackErrorPolicy,
+    ReRaiseErrorPolicy,
     Server,
     StreamAcceptor,
     StreamRequestHandler,
@@ -37,6 +40,7 @@ from composable_server import (
     Verifier,
     all_of,
     allow_networks,
+    make_tcp_server,
     per_ip_cap,
 )
 from composable_server.policies import AcceptBackoff, ConnectionTimeouts, LoggingErrorPolicy, NoTimeout, PrintTraceback
@@ -84,10 +88,18 @@ def every_component_fits_its_protocol() -> None:
         AllowAll(),
         all_of(allow_networks("127.0.0.0/8"), per_ip_cap(4)),
     ]
-    errors: list[ErrorPolicy] = [PrintTraceback(), LoggingErrorPolicy()]
+    errors: list[ErrorPolicy] = [PrintTraceback(), LoggingErrorPolicy(), PrintTracebackErrorPolicy(), ReRaiseErrorPolicy()]
     timeouts: list[TimeoutPolicy] = [NoTimeout(), ConnectionTimeouts()]
     accept_errors: list[AcceptErrorPolicy] = [AcceptBackoff()]
     del transports, acceptors, dispatchers, verifiers, errors, timeouts, accept_errors
+
+
+def the_package_exports_the_conveniences() -> None:
+    # make_*_server and Prefork, loaded on first use at run time, are typed as the factories' own.
+    server = make_tcp_server(("127.0.0.1", 0), Upper, bind_and_activate=False)
+    assert_type(server, Server[socket.socket, InetAddress])
+    prefork = Prefork(TCPTransport(("127.0.0.1", 0)), lambda transport: server, 2, bind_and_activate=False)
+    assert_type(prefork.server_address, InetAddress)
 
 
 def miswiring_is_rejected() -> None:

@@ -79,3 +79,14 @@ class TestServerStateError:
         """ServerStateError is a RuntimeError, distinct from ServerClosedError."""
         assert issubclass(ServerStateError, RuntimeError)
         assert not issubclass(ServerStateError, ServerClosedError)
+
+
+class TestRestartLimitError:
+    @pytest.mark.timeout(5)
+    def test_is_runtime_error_importable_from_prefork(self) -> None:
+        """RestartLimitError is a ServerError and a RuntimeError, the same class from exceptions and prefork."""
+        from composable_server import RestartLimitError
+        from composable_server.prefork import RestartLimitError as from_prefork
+
+        assert from_prefork is RestartLimitError
+        assert issubclass(RestartLimitError, ServerError) and issubclass(RestartLimitError, RuntimeError)

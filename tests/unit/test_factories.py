@@ -4,6 +4,8 @@ native convenience wrappers (built unbound, so no sockets)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import assert_type
 
@@ -195,3 +197,35 @@ class TestConvenience:
             assert isinstance(server.acceptor, DatagramAcceptor)
         finally:
             server.server_close()
+
+
+class TestLayers:
+    def test_table_names_are_the_private_modules_objects(self) -> None:
+        """factories re-exports the class table of composable_server._classes under the same names."""
+        from composable_server import _classes
+
+        for name in _classes.__all__:
+            if name != "new_class":
+                assert getattr(factories, name) is getattr(_classes, name), name
+
+    def test_package_exports_the_wrappers(self) -> None:
+        """The make_*_server functions are importable from the package, as the factories' own."""
+        import composable_server
+
+        assert composable_server.make_tcp_server is make_tcp_server
+        assert composable_server.make_unix_datagram_server is make_unix_datagram_server
+
+    @pytest.mark.timeout(30)
+    @pytest.mark.parametrize(
+        ("module", "absent"),
+        [
+            ("composable_server", "composable_server.factories"),
+            ("composable_server.factories", "composable_server.compat"),
+            ("composable_server.compat", "composable_server.factories"),
+        ],
+    )
+    def test_import_does_not_load_the_other_layer(self, module: str, absent: str) -> None:
+        """Importing one layer (in a fresh interpreter) does not load the other: compat and factories stand apart."""
+        code = f"import sys, {module}; print({absent!r} in sys.modules)"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=True)
+        assert result.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""Error policies (PrintTraceback, LoggingErrorPolicy, ReRaise), timeout policies (NoTimeout, FixedTimeout,
+"""Error policies (PrintTracebackErrorPolicy, LoggingErrorPolicy, ReRaiseErrorPolicy), timeout policies (NoTimeout, FixedTimeout,
 ConnectionTimeouts with Budget) and accept-error policies (RetryImmediately, AcceptBackoff)."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from composable_server import (
     LoggingErrorPolicy,
     NoTimeout,
     PrintTraceback,
+    PrintTracebackErrorPolicy,
     ReRaise,
+    ReRaiseErrorPolicy,
     RetryImmediately,
 )
 from composable_server.policies import DEFAULT_BUDGET
@@ -31,7 +33,7 @@ def _fail() -> None:
     raise ValueError("handler broke")
 
 
-class TestPrintTraceback:
+class TestPrintTracebackErrorPolicy:
     @pytest.mark.timeout(5)
     @pytest.mark.parametrize("address", [ADDRESS, ("::1", 5555, 0, 0), "/tmp/server.sock", ""])
     def test_output_matches_stdlib(self, capsys: pytest.CaptureFixture[str], address: object) -> None:
@@ -42,7 +44,7 @@ class TestPrintTraceback:
         except ValueError as exc:
             stdlib_server.handle_error(None, address)  # type: ignore[arg-type]  # typeshed wants a socket; unused
             expected = capsys.readouterr()
-            PrintTraceback().handle_error(None, address, exc)
+            PrintTracebackErrorPolicy().handle_error(None, address, exc)
             actual = capsys.readouterr()
             assert actual.err == expected.err
             assert actual.out == expected.out == ""
@@ -52,7 +54,7 @@ class TestPrintTraceback:
     @pytest.mark.timeout(5)
     def test_uses_stderr_at_call_time(self, capsys: pytest.CaptureFixture[str]) -> None:
         """sys.stderr is looked up when the error happens, so redirecting it works."""
-        policy = PrintTraceback()
+        policy = PrintTracebackErrorPolicy()
         try:
             _fail()
         except ValueError as exc:
@@ -63,14 +65,14 @@ class TestPrintTraceback:
 class TestLoggingErrorPolicy:
     @pytest.mark.timeout(5)
     def test_logs_one_record_with_traceback(self, caplog: pytest.LogCaptureFixture) -> None:
-        """One ERROR record on the composable_server logger names the client and carries the exception."""
+        """One ERROR record on the composable_server.policies logger names the client and carries the exception."""
         caplog.set_level(logging.DEBUG, logger="composable_server")
         try:
             _fail()
         except ValueError as exc:
             LoggingErrorPolicy().handle_error(None, ADDRESS, exc)
             [record] = caplog.records
-            assert record.name == "composable_server"
+            assert record.name == "composable_server.policies"
             assert record.levelno == logging.ERROR
             assert record.getMessage() == f"error while serving {ADDRESS}"
             assert record.exc_info is not None and record.exc_info[1] is exc
@@ -89,17 +91,26 @@ class TestLoggingErrorPolicy:
         assert (record.name, record.levelno) == (logger.name, logging.WARNING)
 
 
-class TestReRaise:
+class TestReRaiseErrorPolicy:
     @pytest.mark.timeout(5)
     def test_reraises_the_same_exception(self) -> None:
-        """ReRaise raises the very exception it was given, traceback intact."""
+        """ReRaiseErrorPolicy raises the very exception it was given, traceback intact."""
         with pytest.raises(ValueError) as info:
             try:
                 _fail()
             except ValueError as exc:
-                ReRaise().handle_error(None, ADDRESS, exc)
+                ReRaiseErrorPolicy().handle_error(None, ADDRESS, exc)
         assert info.value.__traceback__ is not None
         assert any(entry.name == "_fail" for entry in info.traceback)
+
+
+class TestOlderNames:
+    @pytest.mark.timeout(5)
+    def test_older_names_are_the_same_classes(self) -> None:
+        """PrintTraceback and ReRaise, the older names, are the ...ErrorPolicy classes themselves."""
+        assert PrintTraceback is PrintTracebackErrorPolicy
+        assert ReRaise is ReRaiseErrorPolicy
+        assert repr(PrintTraceback()) == "PrintTracebackErrorPolicy()"
 
 
 class TestNoTimeout:

@@ -97,6 +97,24 @@ class TestAll:
         assert not missing, f"composable_server attributes missing from __all__: {missing}"
 
 
+class TestLazyNames:
+    @pytest.mark.timeout(30)
+    def test_package_import_does_not_load_prefork(self) -> None:
+        """`import composable_server` leaves prefork unloaded until its name is used, and then gives the class."""
+        code = (
+            "import sys, composable_server as c; before = 'composable_server.prefork' in sys.modules; "
+            "from composable_server.prefork import Prefork; print(before, c.Prefork is Prefork, 'Prefork' in dir(c))"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=True)
+        assert result.stdout.split() == ["False", "True", "True"]
+
+    @pytest.mark.timeout(10)
+    def test_unknown_name_is_an_attribute_error(self) -> None:
+        """A name the package does not have raises AttributeError naming it."""
+        with pytest.raises(AttributeError, match="no_such_name"):
+            getattr(composable_server, "no_such_name")
+
+
 class TestTestingKit:
     @pytest.mark.timeout(30)
     def test_package_does_not_import_testing(self) -> None:
@@ -122,11 +140,24 @@ class TestPackageStub:
         stub = ast.parse((root.parent / "stubs" / "composable_server" / "__init__.pyi").read_text())
 
         def exports(tree: ast.Module) -> set[tuple[str, str]]:
+            """(module, name) of the package's re-exports, those under ``if TYPE_CHECKING:`` included
+            (the names ``__getattr__`` loads on first use)."""
             names: set[tuple[str, str]] = set()
             for node in tree.body:
-                if isinstance(node, ast.ImportFrom):
-                    module = (node.module or "").removeprefix("composable_server.")
-                    names.update((module, alias.asname or alias.name) for alias in node.names)
+                for imported in node.body if isinstance(node, ast.If) else [node]:
+                    if isinstance(imported, ast.ImportFrom) and (
+                        imported.level or (imported.module or "").startswith("composable_server.")
+                    ):
+                        module = (imported.module or "").removeprefix("composable_server.")
+                        names.update((module, alias.asname or alias.name) for alias in imported.names)
             return names
 
+        def listed(tree: ast.Module) -> object:
+            return next(
+                ast.literal_eval(node.value)
+                for node in tree.body
+                if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]
+            )
+
         assert exports(stub) == exports(runtime)
+        assert listed(stub) == listed(runtime) == composable_server.__all__

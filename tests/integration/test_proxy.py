@@ -1,0 +1,484 @@
+"""The PROXY protocol layer on loopback: header reading, deadlines, trust,
+and the bytes after the header.
+
+The server here wires the proxied client into ``client_address`` with a
+two-line ``finish_request`` override (:class:`ProxiedServer`), the change
+the request path is to make for every server.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import ssl
+import struct
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trustme
+
+from composable_server import (
+    BaseRequestHandler,
+    DatagramRequestHandler,
+    NoTimeout,
+    Server,
+    StreamAcceptor,
+    StreamRequestHandler,
+    TCPTransport,
+    ThreadingDispatcher,
+    TLSHandshakeError,
+    TLSTransport,
+    UDPTransport,
+)
+from composable_server._cli import build_parser, build_server, main
+from composable_server.exceptions import ProxyProtocolError
+from composable_server.proxy import (
+    V2_SIGNATURE,
+    Command,
+    ProxiedDatagram,
+    ProxiedSocket,
+    ProxyMode,
+    ProxyProtocolDatagramAcceptor,
+    ProxyProtocolTransport,
+    crc32c,
+    proxied_client_address,
+    proxy_header_of,
+)
+from composable_server.testing import check_acceptor, check_transport
+
+from ._support import CLIENT_TIMEOUT, Background, RecordingErrorPolicy, read_to_eof, running
+
+LOCAL = "127.0.0.1"
+V1_LINE = b"PROXY TCP4 203.0.113.7 198.51.100.1 40001 443\r\n"
+
+
+def v2_tcp4(src: str, sport: int, tlvs: bytes = b"", *, checksum: bool = False, command: int = 0x1) -> bytes:
+    body = socket.inet_aton(src) + socket.inet_aton("198.51.100.1") + struct.pack("!HH", sport, 443) + tlvs
+    if checksum:
+        body += b"\x03\x00\x04\0\0\0\0"
+    raw = V2_SIGNATURE + bytes([0x20 | command, 0x11]) + struct.pack("!H", len(body)) + body
+    if checksum:
+        raw = raw[:-4] + crc32c(raw).to_bytes(4, "big")
+    return raw
+
+
+class ProxiedServer(Server[socket.socket, Any]):
+    """A server whose handlers and error policy see the proxied client."""
+
+    def finish_request(self, request: socket.socket, client_address: Any) -> None:
+        super().finish_request(request, proxied_client_address(request, client_address))
+
+
+class Who(StreamRequestHandler[Any]):
+    """Answers one line with ``client_address | unique id | LINE``."""
+
+    def handle(self) -> None:
+        line = self.read_line().rstrip(b"\n")
+        header = proxy_header_of(self.request)
+        unique = b"-" if header is None or header.unique_id is None else header.unique_id
+        self.wfile.write(f"{self.client_address!r}|".encode() + unique + b"|" + line.upper() + b"\n")
+
+
+def proxy_server(
+    mode: ProxyMode,
+    *,
+    handler: Any = Who,
+    errors: RecordingErrorPolicy | None = None,
+    tls: ssl.SSLContext | None = None,
+    **options: Any,
+) -> ProxiedServer:
+    inner: Any = TCPTransport((LOCAL, 0))
+    if tls is not None:
+        inner = TLSTransport(inner, tls, handshake_timeout=5.0)
+    return ProxiedServer(
+        transport=ProxyProtocolTransport(inner, mode=mode, **options),
+        acceptor=StreamAcceptor(),
+        handler=handler,
+        dispatcher=ThreadingDispatcher(daemon=True),
+        error_policy=RecordingErrorPolicy() if errors is None else errors,
+        timeout_policy=NoTimeout(),
+    )
+
+
+def exchange(address: Any, data: bytes) -> bytes:
+    with socket.create_connection(address, timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(data)
+        return read_to_eof(sock)
+
+
+def proxy_errors(errors: RecordingErrorPolicy) -> list[ProxyProtocolError]:
+    return [exc for _, exc in errors.errors if isinstance(exc, ProxyProtocolError)]
+
+
+def queued(sock: socket.socket | int) -> int:
+    """Bytes waiting in a socket's receive queue (``FIONREAD``)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock if isinstance(sock, int) else sock.fileno(), termios.FIONREAD, buf)
+    return buf[0]
+
+
+def wait_until(condition: Any, timeout: float = CLIENT_TIMEOUT) -> bool:
+    """Poll *condition* until it holds (bounded): for kernel state no event reports."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+@contextlib.contextmanager
+def connected_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A loopback TCP connection: (client, accepted) sockets."""
+    with socket.create_server((LOCAL, 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=CLIENT_TIMEOUT)
+        accepted, _ = listener.accept()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with client, accepted:
+        yield client, accepted
+
+
+class TestHeaderReading:
+    @pytest.mark.timeout(15)
+    @pytest.mark.parametrize(
+        ("mode", "header"),
+        [("v1", V1_LINE), ("v2", v2_tcp4("203.0.113.7", 40001, b"\x05\x00\x03abc", checksum=True)), ("any", V1_LINE)],
+    )
+    def test_header_in_pieces_leaves_the_rest_in_the_socket(self, mode: ProxyMode, header: bytes) -> None:
+        """A header sent in pieces (each consumed before the next is sent) is read whole; the bytes after it stay queued."""
+        transport = ProxyProtocolTransport(TCPTransport((LOCAL, 0)), mode=mode)
+        with connected_pair() as (client, accepted):
+            fd = accepted.fileno()  # the layer moves it into a ProxiedSocket
+            started = Background(lambda: transport.start_request(accepted))
+            cuts = [0, 1, 5, 13, 16, 20, len(header) - 1, len(header)]
+            for a, b in zip(cuts, cuts[1:]):
+                client.sendall(header[a:b])
+                # The layer consumed that piece before the next one is sent.
+                if not wait_until(lambda: queued(fd) == 0):
+                    started.result()  # raises what went wrong
+            payload = b"\x16\x03\x01 first request bytes"
+            client.sendall(payload)
+            proxied = started.result()
+            assert isinstance(proxied, ProxiedSocket)
+            assert proxied.client_address == ("203.0.113.7", 40001)
+            assert proxied.proxy_address == client.getsockname()
+            assert wait_until(lambda: queued(proxied) == len(payload))
+            assert proxied.recv(100) == payload
+            proxied.close()
+        assert transport.statistics().proxied == 1
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("mode", ["v1", "v2", "any"])
+    def test_leftover_bytes_reach_the_handler(self, mode: ProxyMode) -> None:
+        """Header and request in one segment: the handler reads the request and sees the proxied client."""
+        header = v2_tcp4("203.0.113.9", 5555, b"\x05\x00\x02id") if mode == "v2" else V1_LINE
+        with running(proxy_server(mode)) as server:
+            reply = exchange(server.server_address, header + b"hello\n")
+        client = "('203.0.113.9', 5555)" if mode == "v2" else "('203.0.113.7', 40001)"
+        unique = b"id" if mode == "v2" else b"-"
+        assert reply == client.encode() + b"|" + unique + b"|HELLO\n"
+
+    @pytest.mark.timeout(10)
+    def test_local_health_check_is_served_with_the_real_endpoints(self) -> None:
+        """A LOCAL header with a CRC32C TLV (HAProxy 2.6's check) is skipped whole; the client is the real peer."""
+        check = bytes.fromhex("0d0a0d0a000d0a515549540a20000007030004a9b87e8f")
+        with running(proxy_server("v2")) as server:
+            with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as sock:
+                sock.sendall(check + b"ping\n")
+                reply = read_to_eof(sock)
+                me = sock.getsockname()
+        assert reply == f"{me!r}|-|PING\n".encode()
+        transport = server.transport
+        assert isinstance(transport, ProxyProtocolTransport) and transport.statistics().local == 1
+
+    @pytest.mark.timeout(15)
+    def test_tls_above_the_proxy_header(self, tmp_path: Any) -> None:
+        """With TLS inside the PROXY layer, the header is read first and the handshake runs on what follows."""
+        ca = trustme.CA()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(server_ctx)
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        with running(proxy_server("v2", tls=server_ctx)) as server:
+            with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as raw:
+                raw.sendall(v2_tcp4("192.0.2.44", 7000, b"\x05\x00\x03tls"))
+                with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"secret\n")
+                    reply = read_to_eof(tls)
+        assert reply == b"('192.0.2.44', 7000)|tls|SECRET\n"
+
+
+class TestContracts:
+    @pytest.mark.timeout(10)
+    def test_transport_and_acceptor_contracts(self) -> None:
+        """ProxyProtocolTransport keeps the Transport contract, and StreamAcceptor's over it."""
+
+        def make() -> ProxyProtocolTransport[Any]:
+            return ProxyProtocolTransport(TCPTransport((LOCAL, 0)), mode="any")
+
+        @contextlib.contextmanager
+        def pending(transport: Any) -> Iterator[socket.socket]:
+            with socket.create_connection(transport.server_address, timeout=CLIENT_TIMEOUT) as client:
+                yield client
+
+        check_transport(make)
+        check_acceptor(make, StreamAcceptor, pending)
+
+
+class TestTLSInside:
+    @pytest.mark.timeout(15)
+    def test_failed_handshake_after_the_header_releases_the_connection(self) -> None:
+        """A valid header followed by something that is not TLS fails the handshake and closes the descriptor."""
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(context)
+        transport = ProxyProtocolTransport(TLSTransport(TCPTransport((LOCAL, 0)), context, handshake_timeout=5), mode="v1")
+        with connected_pair() as (client, accepted):
+            fd = accepted.fileno()
+            client.sendall(V1_LINE + b"GET / HTTP/1.0\r\n\r\n")
+            with pytest.raises(TLSHandshakeError):
+                transport.start_request(accepted)
+            with pytest.raises(OSError):
+                os.fstat(fd)  # closed, not leaked
+        assert transport.statistics().proxied == 1
+
+
+class TestRefusals:
+    @pytest.mark.timeout(15)
+    def test_slow_drip_is_cut_at_the_deadline(self) -> None:
+        """A header dripped one byte at a time is cut at the deadline, and the error says so."""
+        errors = RecordingErrorPolicy()
+        with running(proxy_server("v1", errors=errors, timeout=0.5)) as server:
+            with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as sock:
+                started = time.monotonic()
+                closed = threading.Event()
+
+                def drip() -> None:
+                    for byte in V1_LINE:
+                        if closed.is_set():
+                            return
+                        try:
+                            sock.send(bytes([byte]))
+                        except OSError:
+                            return
+                        closed.wait(0.05)
+
+                dripper = Background(drip)
+                assert errors.wait_for(1)
+                elapsed = time.monotonic() - started
+                closed.set()
+                dripper.result()
+        (exc,) = proxy_errors(errors)
+        assert exc.timed_out and "within 0.5 s" in exc.reason
+        assert 0.45 <= elapsed < 4.0
+
+    @pytest.mark.timeout(10)
+    def test_silent_peer_is_cut_at_the_deadline(self) -> None:
+        """A trusted peer that sends nothing is closed at the deadline; another client is served meanwhile."""
+        errors = RecordingErrorPolicy()
+        with running(proxy_server("any", errors=errors, timeout=1.0)) as server:
+            with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as silent:
+                me = silent.getsockname()
+                assert exchange(server.server_address, V1_LINE + b"hi\n").endswith(b"|HI\n")
+                assert read_to_eof(silent) == b""
+        (exc,) = proxy_errors(errors)
+        assert exc.timed_out and exc.peer == me
+
+    @pytest.mark.timeout(10)
+    def test_oversize_v2_is_refused_from_the_fixed_part(self) -> None:
+        """A declared length over the cap is refused after 16 bytes, without waiting for the body."""
+        errors = RecordingErrorPolicy()
+        with running(proxy_server("v2", errors=errors, max_v2_length=64)) as server:
+            fixed = V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", 65535)
+            assert exchange(server.server_address, fixed) == b""
+        (exc,) = proxy_errors(errors)
+        assert "exceeds the limit of 64" in exc.reason and not exc.timed_out
+
+    @pytest.mark.timeout(10)
+    def test_long_v1_line_is_refused_at_107_bytes(self) -> None:
+        """A v1 line without CRLF is refused once 107 bytes came, though more is sent."""
+        errors = RecordingErrorPolicy()
+        with running(proxy_server("v1", errors=errors)) as server:
+            with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as sock:
+                sock.sendall(b"PROXY UNKNOWN " + b"x" * 200)
+                assert read_to_eof(sock) == b""
+        (exc,) = proxy_errors(errors)
+        assert "no CRLF within the first 107 bytes" in exc.reason
+
+    @pytest.mark.timeout(10)
+    def test_untrusted_source_is_refused_before_reading(self) -> None:
+        """A peer outside the trust list is refused; its header is never read, its handler never runs."""
+        errors = RecordingErrorPolicy()
+        with running(proxy_server("v1", errors=errors, trusted=["10.0.0.0/8"])) as server:
+            assert exchange(server.server_address, V1_LINE + b"hi\n") == b""
+        (exc,) = proxy_errors(errors)
+        assert exc.reason.startswith("untrusted source") and isinstance(exc.peer, tuple) and exc.peer[0] == LOCAL
+        transport = server.transport
+        assert isinstance(transport, ProxyProtocolTransport)
+        stats = transport.statistics()
+        assert (stats.untrusted, stats.refused, stats.proxied) == (1, 1, 0)
+
+    @pytest.mark.timeout(10)
+    def test_untrusted_peer_bytes_stay_unread(self) -> None:
+        """start_request refuses an untrusted peer without consuming a byte of what it sent."""
+        transport = ProxyProtocolTransport(TCPTransport((LOCAL, 0)), mode="v1", trusted=["192.0.2.0/24"])
+        with connected_pair() as (client, accepted):
+            client.sendall(V1_LINE)
+            assert wait_until(lambda: queued(accepted) == len(V1_LINE))
+            with pytest.raises(ProxyProtocolError, match="untrusted"):
+                transport.start_request(accepted)
+            assert queued(accepted) == len(V1_LINE)
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize(
+        "data",
+        [b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05hello", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\nx\n", b"\n"],
+    )
+    def test_no_header_no_service(self, data: bytes) -> None:
+        """A connection without a valid header is closed unserved ('any' still requires one)."""
+        errors = RecordingErrorPolicy()
+        with running(proxy_server("any", errors=errors)) as server:
+            assert exchange(server.server_address, data) == b""
+            assert exchange(server.server_address, V1_LINE + b"ok\n").endswith(b"|OK\n")
+        assert len(proxy_errors(errors)) == 1
+
+    @pytest.mark.timeout(10)
+    def test_bad_checksum_is_refused(self) -> None:
+        """A v2 header whose CRC32C does not match is refused."""
+        errors = RecordingErrorPolicy()
+        raw = bytearray(v2_tcp4("192.0.2.1", 1, checksum=True))
+        raw[-1] ^= 0xFF
+        with running(proxy_server("v2", errors=errors)) as server:
+            assert exchange(server.server_address, bytes(raw) + b"x\n") == b""
+        (exc,) = proxy_errors(errors)
+        assert "CRC32C mismatch" in exc.reason
+
+
+class TestDatagrams:
+    @pytest.mark.timeout(10)
+    def test_every_datagram_carries_its_header(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Each datagram's v2 header is stripped; the handler sees the proxied client and replies to the proxy."""
+        seen: list[tuple[object, bytes, object]] = []
+        done = threading.Event()
+
+        class Echo(BaseRequestHandler[Any, Any]):
+            def handle(self) -> None:
+                request = self.request
+                assert isinstance(request, ProxiedDatagram)
+                payload, sock = request
+                seen.append((self.client_address, payload, request.proxy_header.command))
+                sock.sendto(payload.upper(), request.proxy_address)
+                if len(seen) == 3:
+                    done.set()
+
+        errors = RecordingErrorPolicy()
+        acceptor = ProxyProtocolDatagramAcceptor()
+        server: Server[Any, Any] = Server(
+            transport=UDPTransport((LOCAL, 0)),
+            acceptor=acceptor,
+            handler=Echo,
+            error_policy=errors,
+            timeout_policy=NoTimeout(),
+        )
+        udp4 = V2_SIGNATURE + b"\x21\x12\x00\x0c" + socket.inet_aton("203.0.113.5") + socket.inet_aton(LOCAL)
+        with running(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as proxy:
+            proxy.settimeout(CLIENT_TIMEOUT)
+            proxy.bind((LOCAL, 0))
+            me = proxy.getsockname()
+            address = server.server_address
+            proxy.sendto(udp4 + struct.pack("!HH", 5000, 53) + b"one", address)
+            assert proxy.recv(100) == b"ONE"
+            proxy.sendto(b"no header at all", address)  # dropped, the server goes on
+            proxy.sendto(udp4 + struct.pack("!HH", 5001, 53) + b"two", address)
+            assert proxy.recv(100) == b"TWO"
+            proxy.sendto(V2_SIGNATURE + b"\x20\x00\x00\x00" + b"three", address)  # LOCAL
+            assert proxy.recv(100) == b"THREE"
+            assert done.wait(CLIENT_TIMEOUT)
+        assert seen == [
+            (("203.0.113.5", 5000), b"one", Command.PROXY),
+            (("203.0.113.5", 5001), b"two", Command.PROXY),
+            (me, b"three", Command.LOCAL),
+        ]
+        stats = acceptor.statistics()
+        assert (stats.proxied, stats.local, stats.refused) == (2, 1, 1)
+        assert f"dropped a datagram: PROXY protocol from {me!r}: expected a v2 header" in caplog.text
+
+    @pytest.mark.timeout(10)
+    def test_stdlib_style_handler_replies_to_the_proxy(self) -> None:
+        """A DatagramRequestHandler's reply goes to the proxy that relayed the datagram, not to the client it names."""
+
+        class Upper(DatagramRequestHandler[Any]):
+            def handle(self) -> None:
+                self.wfile.write(self.rfile.read().upper())
+
+        server: Server[Any, Any] = Server(
+            transport=UDPTransport((LOCAL, 0)),
+            acceptor=ProxyProtocolDatagramAcceptor(),
+            handler=Upper,
+            error_policy=RecordingErrorPolicy(),
+            timeout_policy=NoTimeout(),
+        )
+        header = V2_SIGNATURE + b"\x21\x12\x00\x0c" + socket.inet_aton("127.0.0.9") + socket.inet_aton(LOCAL)
+        with running(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as proxy:
+            proxy.settimeout(CLIENT_TIMEOUT)
+            proxy.bind((LOCAL, 0))
+            proxy.sendto(header + struct.pack("!HH", 6000, 53) + b"relayed", server.server_address)
+            assert proxy.recv(100) == b"RELAYED"
+
+
+class TestCommandLine:
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("transport", ["tcp", "udp"])
+    def test_serve_with_proxy_protocol(self, transport: str, caplog: pytest.LogCaptureFixture) -> None:
+        """``serve --proxy-protocol`` serves the proxied client and logs it on the debug request line."""
+        mode = "any" if transport == "tcp" else "v2"
+        args = build_parser().parse_args(
+            ["serve", "--transport", transport, "--port", "0", "--proxy-protocol", mode, "--proxy-trust", "127.0.0.0/8"]
+        )
+        server, _ = build_server(args)
+        caplog.set_level(logging.DEBUG, logger="composable_server.cli")
+        with running(server):
+            if transport == "tcp":
+                assert exchange(server.server_address, V1_LINE + b"hello\n") == b"HELLO\n"
+            else:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as proxy:
+                    proxy.settimeout(CLIENT_TIMEOUT)
+                    proxy.sendto(v2_udp4("203.0.113.7", 40001) + b"hello", server.server_address)
+                    assert proxy.recv(100) == b"HELLO"
+        assert "request from 203.0.113.7:40001" in caplog.text
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize(
+        ("argv", "message"),
+        [
+            (["--proxy-trust", "10.0.0.0/8"], "--proxy-trust applies only with --proxy-protocol"),
+            (["--transport", "udp", "--proxy-protocol", "v1"], "--proxy-protocol v1 is for stream transports"),
+            (["--proxy-protocol", "v3"], "invalid choice: 'v3'"),
+        ],
+    )
+    def test_bad_proxy_options_are_refused(
+        self, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Inconsistent PROXY options exit 2 with one line naming the problem."""
+        with pytest.raises(SystemExit) as info:
+            main(["serve", "--port", "0", *argv])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def v2_udp4(src: str, sport: int) -> bytes:
+    return (
+        V2_SIGNATURE
+        + b"\x21\x12\x00\x0c"
+        + socket.inet_aton(src)
+        + socket.inet_aton(LOCAL)
+        + struct.pack("!HH", sport, 9999)
+    )
