@@ -593,7 +593,7 @@ def _markdown(
         f"- machine: {meta['machine']}",
         f"- pinning: {meta['pinning']}",
         f"- {rounds} interleaved rounds of {meta['duration']} s (+{meta['warmup']} s warm-up) per kind; "
-        "medians; 32-byte line echo; closed loop",
+        "medians; closed loop (loadgen: 32-byte line echo; wrk: HTTP)",
         "- server CPU/req: CPU time of the server's process tree per request (robust to other load on the",
         "  machine, unlike req/s); clients served: connections that completed at least one request",
         f"- load average at start: {meta['loadavg']}",
