@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ("COMMANDS", "ImportCost", "ImportLine", "measure", "parse_importtime", "top_imports")
+__all__ = ("COMMANDS", "ImportCost", "ImportLine", "instructions", "measure", "parse_importtime", "top_imports")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
 
@@ -55,6 +55,7 @@ class ImportCost:
     runs: int
     top_cumulative: list[ImportLine]
     top_self: list[ImportLine]
+    instructions: dict[str, int] | None = None
 
 
 def parse_importtime(stderr: str) -> list[ImportLine]:
@@ -153,6 +154,24 @@ def measure(
     return ImportCost(wall, "hyperfine -N" if use_hyperfine else "internal timer", runs, top_cumulative, top_self)
 
 
+def instructions(python: str = sys.executable) -> dict[str, int]:
+    """Instructions each of :data:`COMMANDS` executes, whole process, under
+    ``valgrind --tool=callgrind``: a figure other load on the machine does not move."""
+    if shutil.which("valgrind") is None:
+        raise RuntimeError("valgrind is not installed")
+    counts = {}
+    with tempfile.TemporaryDirectory(prefix="cs-bench-import-") as tmp:
+        for label, args in COMMANDS.items():
+            out = Path(tmp) / "callgrind.out"
+            subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, *args],
+                cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900,
+            )
+            totals = [line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
+            counts[label] = int(totals[0].split()[1])
+    return counts
+
+
 def targets(cost: ImportCost) -> list[tuple[str, bool | None, str]]:
     """The two targets of issue 18's import item, as (target, met, figure)."""
     w = cost.wall_ms
@@ -178,12 +197,15 @@ def markdown(cost: ImportCost) -> list[str]:
     out = [
         f"## Import cost (whole-process wall time, median of {cost.runs} runs, {cost.tool})",
         "",
-        "| command | wall | vs `import socketserver` |",
-        "|---|--:|--:|",
+        "| command | wall | vs `import socketserver` | instructions (callgrind) | vs `import socketserver` |",
+        "|---|--:|--:|--:|--:|",
     ]
     stdlib = cost.wall_ms["import socketserver"]
+    ins = cost.instructions or {}
     for label, ms in cost.wall_ms.items():
-        out.append(f"| `{label}` | {ms:.1f} ms | {ms / stdlib:.2f}x |")
+        n = ins.get(label)
+        counted = f"{n / 1e6:.1f} M | {n / ins['import socketserver']:.2f}x" if n else "– | –"
+        out.append(f"| `{label}` | {ms:.1f} ms | {ms / stdlib:.2f}x | {counted} |")
     out += ["", "`-X importtime` of `import composable_server.compat`, top modules by cumulative time (median):", ""]
     out += ["| module | cumulative | self |", "|---|--:|--:|"]
     out += [f"| {x.module} | {x.cumulative_us / 1000:.1f} ms | {x.self_us / 1000:.1f} ms |" for x in cost.top_cumulative]

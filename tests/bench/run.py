@@ -18,6 +18,7 @@ and prints the Markdown.  Every target of issue 7 is one line of the report,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -682,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="*", default=None, help="only these server kinds")
     parser.add_argument("--no-shutdown", action="store_true", help="skip the shutdown latency measurement")
     parser.add_argument("--import-runs", type=int, default=60, help="runs per command of the import scenario (default 60)")
+    parser.add_argument("--import-instructions", action="store_true",
+                        help="also count the import commands' instructions under callgrind (slow, load-independent)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     if args.quick:
@@ -753,6 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     imports = None
     if args.only is None or "import" in args.only:
         imports = importcost.measure(args.import_runs)
+        if args.import_instructions:
+            imports = dataclasses.replace(imports, instructions=importcost.instructions())
     wanted = args.only is None or "shutdown" in args.only
     shutdown = {} if args.no_shutdown or not wanted else measure_shutdown(3 if args.quick else 7)
     table = {name: {k: _summarise(runs) for k, runs in kinds.items() if runs} for name, kinds in raw.items()}
@@ -769,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "imports": None if imports is None else {
                     "wall_ms": imports.wall_ms, "tool": imports.tool, "runs": imports.runs,
                     "top_cumulative": [vars(x) for x in imports.top_cumulative],
+                    "instructions": imports.instructions,
                 },
                 "targets": [{"target": t, "met": m, "figure": f} for t, m, f in targets],
             },
