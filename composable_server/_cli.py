@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Filled in by the usage checks (--systemd's socket); None for code that
+    # builds a server from parsed arguments directly.
+    serve.set_defaults(inherited=None)
     serve.add_argument(
         "--transport",
         choices=TRANSPORTS,

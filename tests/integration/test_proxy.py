@@ -444,7 +444,7 @@ class TestCommandLine:
             ["serve", "--transport", transport, "--port", "0", "--proxy-protocol", mode, "--proxy-trust", "127.0.0.0/8"]
         )
         server, _ = build_server(args)
-        caplog.set_level(logging.DEBUG, logger="composable_server.cli")
+        caplog.set_level(logging.DEBUG, logger="composable_server.services")
         with running(server):
             if transport == "tcp":
                 assert exchange(server.server_address, V1_LINE + b"hello\n") == b"HELLO\n"
