@@ -43,8 +43,8 @@ from typing import Any, Protocol, cast, overload
 import attrs
 
 from . import handlers as _handlers
+from ._request import RequestPath
 from ._socketutil import Waker
-from ._watchdog import Watchdog
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
 from .exceptions import ServerClosedError
@@ -111,6 +111,18 @@ class _NullTransport:
     def fileno(self) -> int:
         return self.socket.fileno()
 
+    @property
+    def has_socket(self) -> bool:
+        return self._sock is not None
+
+    @property
+    def nonblocking(self) -> bool:
+        return False
+
+    @property
+    def request_ops(self) -> _OpaqueRequests:
+        return _OPAQUE_REQUESTS
+
     def shutdown_request(self, request: object) -> None:
         pass
 
@@ -119,6 +131,30 @@ class _NullTransport:
 
     def start_request(self, request: object) -> object:
         return request
+
+
+class _OpaqueRequests:
+    """The request operations of a bare :class:`BaseServer`, whose requests
+    are whatever its subclass's ``get_request`` returns: none apply."""
+
+    __slots__ = ()
+
+    connections = False
+
+    def reject(self, request: object, message: bytes, client_address: object) -> None:
+        pass
+
+    def abort(self, request: object) -> None:
+        pass
+
+    def silent_fd(self, request: object) -> int:
+        return -1
+
+    def limit_idle(self, request: object, seconds: float, *, kernel: bool) -> None:
+        pass
+
+
+_OPAQUE_REQUESTS = _OpaqueRequests()
 
 
 @attrs.frozen
@@ -161,68 +197,6 @@ def _build_transport(server: object, address: Any) -> tuple[_SocketTransport | _
         ),
         False,
     )
-
-
-def _send_nowait(request: object, message: bytes, client_address: Any) -> None:
-    """Best-effort, non-blocking send of a rejection message (``Job.close``)."""
-    try:
-        if isinstance(request, Socket):
-            request.send(message, socket.MSG_DONTWAIT)
-        elif isinstance(request, tuple) and len(request) == 2 and isinstance(request[1], Socket):
-            request[1].sendto(message, socket.MSG_DONTWAIT, client_address)
-    except OSError:
-        pass
-
-
-class _CompatJob:
-    """A request as the mixins hand it to their dispatcher: served through
-    the server's stdlib hooks (``finish_request``, ``handle_error``,
-    ``shutdown_request``), like stdlib ``ForkingMixIn.process_request``."""
-
-    __slots__ = ("client_address", "request", "server")
-
-    def __init__(self, server: _Host, request: Any, client_address: Any) -> None:
-        self.server = server
-        self.request = request
-        self.client_address = client_address
-
-    def run(self) -> bool:
-        server = self.server
-        try:
-            server.finish_request(self.request, self.client_address)
-            return True
-        except Exception:
-            server.handle_error(self.request, self.client_address)
-            return False
-        finally:
-            server.shutdown_request(self.request)
-
-    def close(self, message: bytes = b"") -> None:
-        if message:
-            _send_nowait(self.request, message, self.client_address)
-        self.server.close_request(self.request)
-
-    def abort(self) -> None:
-        request = self.request
-        if isinstance(request, Socket):
-            try:
-                request.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def __repr__(self) -> str:
-        return f"<Job {self.client_address!r}>"
-
-
-class _ThreadJob(_CompatJob):
-    """Runs ``process_request_thread``, the stdlib hook of a request thread."""
-
-    __slots__ = ()
-
-    def run(self) -> bool:
-        # Only ThreadingMixIn.process_request makes these, with itself as server.
-        cast(_ThreadingHost, self.server).process_request_thread(self.request, self.client_address)
-        return True
 
 
 class BaseServer(Server[Any, Any]):
@@ -336,7 +310,7 @@ class BaseServer(Server[Any, Any]):
         reloader) calls ``server_close()`` on a new server, assigns a socket
         made from an inherited descriptor to ``socket``, and serves.  So a
         socket assigned after ``server_close()`` gets a fresh transport,
-        dispatcher, waker and watchdog around it.
+        dispatcher, waker and request path (watchdog) around it.
         """
         with self._state_lock:
             if not self._closed or self._serving_thread is not None:
@@ -345,7 +319,7 @@ class BaseServer(Server[Any, Any]):
             self.transport = self._compat_transport = transport
             self.dispatcher = self._compat_dispatcher()
             self._waker = Waker()
-            self._watchdog = Watchdog()
+            self._requests = RequestPath(self, self._waker.wake)
             self._closed = False
 
     # -- hooks ---------------------------------------------------------------
@@ -373,6 +347,18 @@ class BaseServer(Server[Any, Any]):
         if isinstance(transport, (TCPTransport, UnixStreamTransport)):
             transport.backlog = getattr(self, "request_queue_size", 5)
         super().server_activate()
+
+    def _wait_timeout(self) -> float | None:
+        # As stdlib handle_request(): the listening socket's own timeout also
+        # counts (None: blocking; 0.0: non-blocking, not a wait limit).
+        timeout = self.timeout
+        transport = self._compat_transport
+        if isinstance(transport, _NullTransport) and not transport.has_socket:
+            return timeout
+        socket_timeout = self.socket.gettimeout()
+        if not socket_timeout:
+            return timeout
+        return socket_timeout if timeout is None else min(timeout, socket_timeout)
 
     def get_request(self) -> tuple[Any, Any]:
         """Get the request and client address from the socket.  May be overridden."""
@@ -416,6 +402,7 @@ class _Host(Protocol):
     """What the mixins need from the server they are mixed into."""
 
     dispatcher: Dispatcher
+    _requests: RequestPath[Any, Any]
 
     def finish_request(self, request: Any, client_address: Any) -> None: ...
     def handle_error(self, request: Any, client_address: Any) -> None: ...
@@ -473,7 +460,9 @@ class ThreadingMixIn:
         if isinstance(dispatcher, ThreadingDispatcher):
             dispatcher.daemon = bool(self.daemon_threads)
             dispatcher.block_on_close = bool(self.block_on_close)
-        dispatcher.dispatch(_ThreadJob(self, request, client_address))
+        # The one job type, with stdlib's hook as its body, so an override of
+        # process_request_thread runs in the thread as with stdlib.
+        dispatcher.dispatch(self._requests.job(request, client_address, self.process_request_thread))
 
     def server_close(self: _ThreadingHost) -> None:
         """Close the server, then wait for the request threads if ``block_on_close``."""
@@ -534,7 +523,9 @@ class ForkingMixIn:
         dispatcher = self.dispatcher
         if isinstance(dispatcher, ForkingDispatcher) and dispatcher.max_children != self.max_children:
             dispatcher.max_children = self.max_children
-        dispatcher.dispatch(_CompatJob(self, request, client_address))
+        # The child runs finish_request, handle_error and shutdown_request,
+        # as stdlib's process_request does there.
+        dispatcher.dispatch(self._requests.job(request, client_address))
 
     def server_close(self: _ForkingHost) -> None:
         """Close the server, then wait for the children if ``block_on_close``."""
@@ -583,7 +574,7 @@ class StreamRequestHandler(_handlers.StreamRequestHandler[Any], BaseRequestHandl
 
     # setup() below makes stdlib's files, which read an expired kernel
     # timeout as "no data yet": the engine must use settimeout() for it.
-    _kernel_timeouts = False
+    kernel_timeouts_safe = False
 
     def setup(self) -> None:
         """stdlib's setup: the files come from the request's own ``makefile()``.

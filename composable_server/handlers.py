@@ -186,6 +186,14 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
         disable_nagle_algorithm: set ``TCP_NODELAY``.
         max_line_length: the bound of :meth:`read_line`, in bytes, newline
             included (default 65536, as ``http.server``'s request line).
+        kernel_timeouts_safe: a capability the server reads: True (the
+            default) states that the handler reads and writes the connection
+            only through ``rfile``/``wfile`` (:class:`SocketFile`), which turn
+            an expired kernel timeout into ``TimeoutError``, so the idle
+            budget may be set once as ``SO_RCVTIMEO``/``SO_SNDTIMEO`` instead
+            of ``settimeout()`` (which polls before every read and write).
+            Set it False in a subclass that calls ``recv``/``send`` on
+            ``self.request`` itself.
     """
 
     rbufsize: ClassVar[int] = -1
@@ -193,10 +201,7 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
     timeout: ClassVar[float | None] = None
     disable_nagle_algorithm: ClassVar[bool] = False
     max_line_length: ClassVar[int] = DEFAULT_MAX_LINE_LENGTH
-    # The files of setup() report an expired kernel timeout (SO_RCVTIMEO,
-    # the server's idle budget) as TimeoutError, so the engine may use
-    # kernel timeouts; a subclass whose files do not sets this False.
-    _kernel_timeouts: ClassVar[bool] = True
+    kernel_timeouts_safe: ClassVar[bool] = True
 
     connection: Socket
     rfile: io.BufferedIOBase

@@ -46,6 +46,7 @@ __all__ = (
     "IPv6Address",
     "Job",
     "ReleasingVerifier",
+    "RequestOps",
     "TimeoutPolicy",
     "Transport",
     "UnixAddress",
@@ -101,10 +102,12 @@ composable server is not, and they must still be accepted.
 class Transport(Protocol[RequestT, AddressT_co]):
     """Owns the listening socket: its family, type, binding and closing.
 
-    The transport also owns what happens to an individual request once the
-    server is done with it (``shutdown_request``/``close_request``), because
-    that depends on the socket type: a stream request is a socket of its own,
-    a datagram request shares the listening socket and must not be closed.
+    The transport also owns what happens to an individual request
+    (``start_request``, ``shutdown_request``/``close_request``, and the
+    operations in :attr:`request_ops`), because that depends on the socket
+    type: a stream request is a socket of its own, a datagram request shares
+    the listening socket and must not be closed.  The server itself never
+    looks at a request.
     """
 
     __slots__ = ()
@@ -126,6 +129,23 @@ class Transport(Protocol[RequestT, AddressT_co]):
             TypeError: if the transport has no real socket (in-memory fakes).
             ServerClosedError: after :meth:`close`.
         """
+        ...
+
+    @property
+    def nonblocking(self) -> bool:
+        """True if the listening socket is non-blocking once :meth:`activate`
+        ran: an accept with nothing pending raises ``BlockingIOError`` instead
+        of waiting, so the serving loop may take every pending request per
+        wake-up.  False: exactly one accept per readiness event."""
+        ...
+
+    @property
+    def request_ops(self) -> RequestOps[RequestT]:
+        """The operations on one of this transport's requests that the server
+        needs while it lives (reject, abort, park, idle limit).  Stream and
+        datagram transports share one implementation each
+        (``composable_server.transports.STREAM_REQUESTS`` / ``DATAGRAM_REQUESTS``);
+        a wrapper (TLS) returns its inner transport's."""
         ...
 
     def bind(self) -> None:
@@ -187,6 +207,58 @@ class Transport(Protocol[RequestT, AddressT_co]):
             OSError: the request cannot be used (failed or timed-out TLS
                 handshake); the server reports it to the error policy and
                 closes the request.
+        """
+        ...
+
+
+class RequestOps(Protocol[RequestT_contra]):
+    """What the server may do to one request besides handling it, for the
+    requests of one kind of transport.
+
+    Every method is called with a request this transport's acceptor produced
+    (or, after ``start_request``, what that returned) and must never raise
+    :class:`OSError`: the peer may be gone at any moment.
+    """
+
+    __slots__ = ()
+
+    @property
+    def connections(self) -> bool:
+        """True if each request is a connection that lasts (streams): the
+        connection budget (first byte, idle, lifetime) applies to it.  False
+        if a request is complete on arrival (datagrams)."""
+        ...
+
+    def reject(self, request: RequestT_contra, message: bytes, client_address: object) -> None:
+        """Send *message* to the client of an unserved request, best effort:
+        never blocks (a full send buffer drops it), never raises.  Does not
+        close the request."""
+        ...
+
+    def abort(self, request: RequestT_contra) -> None:
+        """Shut the request's connection down in both directions, so a thread
+        blocked reading or writing it wakes with EOF or an error.  Does not
+        close it.  Safe from any thread, at any time, more than once; nothing
+        for requests that are not connections."""
+        ...
+
+    def silent_fd(self, request: RequestT_contra) -> int:
+        """The descriptor to wait on (``POLLIN``) until the client of a new
+        request says something, or ``-1`` if there is nothing to wait for:
+        data, EOF or an error is pending now, or the request is complete
+        already (datagrams).  Never blocks."""
+        ...
+
+    def limit_idle(self, request: RequestT_contra, seconds: float, *, kernel: bool) -> None:
+        """Bound every single read and write on *request* to *seconds*.
+
+        Args:
+            kernel: the handler reads and writes only through files that turn
+                an expired kernel timeout into ``TimeoutError``
+                (``handlers.SocketFile``), so the limit may be set once as
+                ``SO_RCVTIMEO``/``SO_SNDTIMEO`` instead of ``settimeout()``
+                (which polls before every call).  A request that cannot use
+                kernel timeouts (a TLS socket) gets ``settimeout()`` anyway.
         """
         ...
 
@@ -394,8 +466,10 @@ class TimeoutPolicy(Protocol):
 
     @property
     def budget(self) -> ConnectionBudget | None:
-        """Time limits for each stream connection, applied by the server in the
-        worker before the handler runs; None for no limits (stdlib)."""
+        """Time limits for each connection (requests whose transport's
+        ``request_ops.connections`` is True): the first byte is awaited in
+        the serving loop, the idle and lifetime limits are set in the worker
+        before the handler runs; None for no limits (stdlib)."""
         ...
 
     def budget_exceeded(self, client_address: object, limit: str) -> None:

@@ -78,7 +78,7 @@ import attrs
 
 from .acceptors import OVERSIZE_LOG_INTERVAL, DatagramAcceptor
 from .exceptions import ProxyProtocolError, ServerStateError
-from .interfaces import Acceptor, Address, DatagramRequest, Transport
+from .interfaces import Acceptor, Address, DatagramRequest, RequestOps, Transport
 from .verifiers import CIDRVerifier, allow_networks
 
 __all__ = (
@@ -1004,6 +1004,16 @@ class ProxyProtocolTransport(Generic[StreamAddressT]):
     def fileno(self) -> int:
         """The inner transport's descriptor (-1 once closed)."""
         return self.inner.fileno()
+
+    @property
+    def nonblocking(self) -> bool:
+        """Whether the inner transport's listener is non-blocking."""
+        return self.inner.nonblocking
+
+    @property
+    def request_ops(self) -> RequestOps[Socket]:
+        """The inner transport's (stream) request operations."""
+        return self.inner.request_ops
 
     def shutdown_request(self, request: Socket) -> None:
         """Let the inner transport shut the connection down.  Never raises OSError."""

@@ -4,25 +4,28 @@ Theory of operation
 -------------------
 
 A server holds one component per role (transport, acceptor, verifier,
-dispatcher, error policy, timeout policy) and a handler factory.  Its methods
-carry the stdlib ``BaseServer`` names (``get_request``, ``verify_request``,
-``process_request``, ``finish_request``, ``handle_error``, ...) and by default
-each delegates to its component, so the request pipeline is::
+dispatcher, error policy, timeout policy, accept-error policy) and a handler
+factory.  Its methods carry the stdlib ``BaseServer`` names (``get_request``,
+``verify_request``, ``process_request``, ``finish_request``,
+``handle_error``, ...) and by default each delegates to its component, so
+the request pipeline is::
 
     serve_forever / handle_request
       -> get_request()            acceptor.accept(transport)
       -> verify_request()         verifier.verify(...)        False: shutdown_request()
-      -> process_request()        dispatcher.dispatch(Job)
-           Job.run(), wherever the dispatcher runs it (a thread, a child):
-             budget                timeout_policy.budget: first byte, lifetime
-             start_request()       transport.start_request (the TLS handshake)
-             finish_request()      handler(request, client_address, server)
-             handle_error()        error_policy.handle_error(...), inside `except`
-             shutdown_request()    transport.shutdown_request(request)
+      -> park                     first-byte budget: silent connections wait here
+      -> process_request()        dispatcher.dispatch(job)
+           the job's life (budget, start_request, finish_request,
+           handle_error, shutdown_request): composable_server._request
 
 The compat classes are subclasses that only build the components from
 stdlib-style class attributes; a user subclass may override any of these
 methods, as with stdlib.
+
+This module holds the loop and the lifecycle only.  It never looks at a
+request: what happens to one (parking, budgets, rejection, abort) comes from
+``composable_server._request`` and the transport's ``request_ops``, and
+whether the listener is non-blocking from ``transport.nonblocking``.
 
 Waking the loop.  ``serve_forever`` polls two descriptors: the transport's
 and a self-pipe (:class:`~composable_server._socketutil.Waker`).
@@ -31,15 +34,18 @@ microseconds instead of after ``poll_interval`` (stdlib bpo-12463 / gh-81707).
 ``poll_interval`` remains only as the cadence of ``service_actions()``.
 
 Silent connections.  With a first-byte budget, a new connection that has sent
-nothing yet (one ``MSG_PEEK`` decides) is *parked* in the loop's poll set
-instead of being dispatched: it costs no worker until it speaks, and is
-closed at its deadline.  A crowd of idle clients cannot starve the pool.
+nothing yet is *parked* in the loop's poll set instead of being dispatched
+(:class:`~composable_server._request.Parking`): it costs no worker until it
+speaks, and is closed at its deadline.  A crowd of idle clients cannot
+starve the pool.  ``handle_request`` parks the same way, in a poll set of
+its own, and returns once the connection spoke (and was dispatched) or expired.
 
 Accept errors.  An ``OSError`` from ``get_request()`` goes to the
 AcceptErrorPolicy, which may ask for a pause (out of descriptors, the
 listening socket stays readable and retrying at once would spin).  While
 paused the loop polls only its waker; a finishing request wakes it early,
-since that freed a descriptor.
+since that freed a descriptor (``RequestPath.finished``, also from a forked
+child).
 
 Shutdown states.  A ``shutdown()`` request is consumed by the
 ``serve_forever`` it stops: the running one, or, when none runs yet, the next
@@ -51,30 +57,19 @@ serving thread itself, where waiting would deadlock.
 
 from __future__ import annotations
 
-import functools
-import heapq
 import select
-import struct
 import sys
 import threading
 import time
-from socket import MSG_DONTWAIT as _MSG_DONTWAIT
-from socket import MSG_PEEK as _MSG_PEEK
-from socket import SHUT_RDWR
-from socket import SO_RCVTIMEO as _SO_RCVTIMEO
-from socket import SO_SNDTIMEO as _SO_SNDTIMEO
-from socket import SOL_SOCKET as _SOL_SOCKET
-from socket import socket as Socket
 from types import TracebackType
-from typing import Final, Generic, Self, TypeVar, cast, final
+from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
+from ._request import Parking, RequestJob, RequestPath
 from ._socketutil import Waker
-from ._watchdog import Watchdog
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
-from .handlers import StreamRequestHandler
 from .interfaces import (
     AcceptErrorPolicy,
     Acceptor,
@@ -101,104 +96,6 @@ _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
 
 
-def _send_nowait(request: object, message: bytes, client_address: object) -> None:
-    """Best-effort, non-blocking send of a rejection message."""
-    try:
-        if isinstance(request, Socket):
-            request.send(message, _MSG_DONTWAIT)
-        elif isinstance(request, tuple) and len(request) == 2 and isinstance(request[1], Socket):
-            # The client address of a datagram request is the sender's socket address.
-            request[1].sendto(message, _MSG_DONTWAIT, cast("tuple[str, int] | str | bytes", client_address))
-    except OSError:
-        pass
-
-
-@final
-class _Job(Generic[RequestT, AddressT]):
-    """One request bound to its server: what a dispatcher runs."""
-
-    __slots__ = ("client_address", "cut", "request", "server")
-
-    def __init__(self, server: Server[RequestT, AddressT], request: RequestT, client_address: AddressT) -> None:
-        self.server = server
-        self.request = request
-        self.client_address = client_address
-        # Set by abort(): the server cut this connection (drain deadline,
-        # lifetime budget) and has reported it; the handler's resulting
-        # BrokenPipe/EOF errors are consequences, not new errors.
-        self.cut = False
-
-    def run(self) -> bool:
-        server = self.server
-        request = self.request
-        budget = server.timeout_policy.budget
-        entry = None
-        try:
-            if budget is not None and isinstance(request, Socket):
-                if not self._first_byte(request, budget.first_byte):
-                    server.timeout_policy.budget_exceeded(self.client_address, "first_byte")
-                    return False
-                if budget.lifetime is not None:
-                    entry = server._watchdog.add(budget.lifetime, self._expire)
-            # TLS handshakes happen here, in the worker, never in the accept loop.
-            request = self.request = server.transport.start_request(request)
-            if budget is not None and budget.idle is not None and isinstance(request, Socket):
-                if type(request) is Socket and _kernel_timeouts_fit(server.handler):
-                    # Kernel timeouts: no extra poll() before every read and
-                    # write, as settimeout() costs; our handlers' files turn
-                    # their expiry into TimeoutError (handlers.SocketFile).
-                    timeval = _timeval(budget.idle)
-                    request.setsockopt(_SOL_SOCKET, _SO_RCVTIMEO, timeval)
-                    request.setsockopt(_SOL_SOCKET, _SO_SNDTIMEO, timeval)
-                else:
-                    request.settimeout(budget.idle)
-            server.finish_request(request, self.client_address)
-            return True
-        except Exception:
-            if not self.cut:
-                server.handle_error(request, self.client_address)
-            return False
-        finally:
-            if entry is not None:
-                server._watchdog.cancel(entry)
-            server.shutdown_request(request)
-            if server._resume_at:
-                # Accepting is paused (out of descriptors?): one was just
-                # freed, so let the loop retry now.
-                server._waker.wake()
-
-    @staticmethod
-    def _first_byte(sock: Socket, limit: float | None) -> bool:
-        """Wait up to *limit* seconds for the connection to become readable."""
-        if limit is None:
-            return True
-        poller = select.poll()
-        poller.register(sock, _POLLIN)
-        return bool(poller.poll(limit * 1000.0))
-
-    def _expire(self) -> None:
-        # Runs on the watchdog thread: the lifetime budget ran out.
-        self.abort()
-        self.server.timeout_policy.budget_exceeded(self.client_address, "lifetime")
-
-    def close(self, message: bytes = b"") -> None:
-        if message:
-            _send_nowait(self.request, message, self.client_address)
-        self.server.close_request(self.request)
-
-    def abort(self) -> None:
-        self.cut = True
-        request: object = self.request
-        if isinstance(request, Socket):
-            try:
-                request.shutdown(SHUT_RDWR)
-            except OSError:
-                pass
-
-    def __repr__(self) -> str:
-        return f"<Job {self.client_address!r}>"
-
-
 @final
 @attrs.frozen
 class DrainReport:
@@ -219,92 +116,6 @@ class DrainReport:
     elapsed: float
     cut: tuple[object, ...] = ()
     remaining: tuple[object, ...] = ()
-
-
-@functools.lru_cache(maxsize=8)
-def _timeval(seconds: float) -> bytes:
-    """*seconds* as the ``struct timeval`` of ``SO_RCVTIMEO``/``SO_SNDTIMEO``."""
-    whole = int(seconds)
-    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
-
-
-def _kernel_timeouts_fit(handler: object) -> bool:
-    """True if *handler* reads and writes only through :class:`SocketFile`-based
-    files, which report an expired kernel timeout as ``TimeoutError``.
-
-    Other handlers (stdlib ones, plain callables) get ``settimeout()``: with
-    kernel timeouts their buffered ``readline()`` would return a partial line.
-    """
-    while isinstance(handler, functools.partial):
-        handler = handler.func
-    return isinstance(handler, type) and issubclass(handler, StreamRequestHandler) and handler._kernel_timeouts
-
-
-def _has_data(sock: Socket) -> bool:
-    """True if *sock* has a byte (or EOF, or an error) to read right now."""
-    try:
-        sock.recv(1, _MSG_PEEK | _MSG_DONTWAIT)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True  # a reset: let the handler see it
-    return True
-
-
-@final
-class _Parking(Generic[RequestT, AddressT]):
-    """Connections accepted but still silent, waiting for their first byte.
-
-    They wait in the serving loop's poll set, not in a worker, so a crowd of
-    clients that connect and say nothing occupies no thread; each is
-    dispatched when it becomes readable, or closed at its first-byte deadline.
-    """
-
-    __slots__ = ("_entries", "_heap", "_poller")
-
-    def __init__(self, poller: select.poll) -> None:
-        self._poller = poller
-        self._entries: dict[int, tuple[RequestT, AddressT, float]] = {}
-        self._heap: list[tuple[float, int]] = []
-
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
-    def park(self, fd: int, request: RequestT, client_address: AddressT, deadline: float) -> None:
-        self._entries[fd] = (request, client_address, deadline)
-        heapq.heappush(self._heap, (deadline, fd))
-        self._poller.register(fd, _POLLIN)
-
-    def take(self, fd: int) -> tuple[RequestT, AddressT] | None:
-        entry = self._entries.pop(fd, None)
-        if entry is None:
-            return None
-        self._poller.unregister(fd)
-        return entry[0], entry[1]
-
-    def next_deadline(self) -> float | None:
-        heap, entries = self._heap, self._entries
-        while heap:
-            deadline, fd = heap[0]
-            entry = entries.get(fd)
-            if entry is not None and entry[2] == deadline:
-                return deadline
-            heapq.heappop(heap)  # stale: that connection was dispatched
-        return None
-
-    def expired(self, now: float) -> list[tuple[RequestT, AddressT]]:
-        due = []
-        while (deadline := self.next_deadline()) is not None and deadline <= now:
-            _, fd = heapq.heappop(self._heap)
-            taken = self.take(fd)
-            if taken is not None:
-                due.append(taken)
-        return due
-
-    def clear(self) -> list[tuple[RequestT, AddressT]]:
-        taken = [entry for fd in list(self._entries) if (entry := self.take(fd)) is not None]
-        self._heap.clear()
-        return taken
 
 
 class Server(Generic[RequestT, AddressT]):
@@ -364,9 +175,6 @@ class Server(Generic[RequestT, AddressT]):
         # Monotonic time until which accepting is paused (0: not paused).
         self._resume_at = 0.0
         self._accept_failing = False
-        # Silent new connections, while serve_forever runs (see _Parking).
-        self._parking: _Parking[RequestT, AddressT] | None = None
-        self._watchdog = Watchdog()
         self._state_lock = threading.Lock()
         self._serving_thread: int | None = None
         self._shutdown_requested = False
@@ -374,6 +182,10 @@ class Server(Generic[RequestT, AddressT]):
         self._stopped.set()
         self._closed = False
         self._waker = Waker()
+        # What this server's jobs share (watchdog, pause flag, wake-up).
+        self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake)
+        # Silent new connections, while serve_forever or handle_request runs.
+        self._parking: Parking[RequestT, AddressT] | None = None
         if bind_and_activate:
             try:
                 self.server_bind()
@@ -411,8 +223,8 @@ class Server(Generic[RequestT, AddressT]):
             poller.register(waker_fd, _POLLIN)
             paused = select.poll()  # while accepting is paused: the waker only
             paused.register(waker_fd, _POLLIN)
-            parking = self._parking = _Parking(poller)
-            batch = _ACCEPT_BATCH if self._listener_nonblocking() else 1
+            parking = self._parking = Parking(self, poller, self._process_guarded)
+            batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
                 if self._resume_at:
@@ -421,10 +233,10 @@ class Server(Generic[RequestT, AddressT]):
                         if paused.poll(min(wait * 1000.0, timeout_ms)):
                             # Shutdown, or a request finished and freed a descriptor.
                             waker.drain()
-                            self._resume_at = 0.0
+                            self._resume()
                         self.service_actions()
                         continue
-                    self._resume_at = 0.0
+                    self._resume()
                 wait_ms = timeout_ms
                 if parking and (deadline := parking.next_deadline()) is not None:
                     wait_ms = min(wait_ms, max(0.0, (deadline - time.monotonic()) * 1000.0))
@@ -436,22 +248,28 @@ class Server(Generic[RequestT, AddressT]):
                         self._accept_pending(batch)
                     elif fd == waker_fd:
                         waker.drain()
-                    elif (taken := parking.take(fd)) is not None:
-                        self._process_guarded(*taken)
+                    else:
+                        parking.ready(fd)
                 if parking:
-                    for request, client_address in parking.expired(time.monotonic()):
-                        self.shutdown_request(request)
-                        self.timeout_policy.budget_exceeded(client_address, "first_byte")
+                    parking.expire(time.monotonic())
                 self.service_actions()
         finally:
             self._leave_loop()
 
+    def _pause(self, delay: float, finishes: int) -> None:
+        """Stop accepting for *delay* seconds, or until a request finishes
+        (*finishes*: the jobs' count before the failed accept)."""
+        self._resume_at = time.monotonic() + delay
+        self._requests.pause(finishes)
+
+    def _resume(self) -> None:
+        self._resume_at = 0.0
+        self._requests.resume()
+
     def _leave_loop(self) -> None:
         """serve_forever's exit: release parked connections, reset the state."""
         if self._parking is not None:
-            # Silent connections never sent a byte: closing them loses nothing.
-            for request, _ in self._parking.clear():
-                self.shutdown_request(request)
+            self._parking.clear()
             self._parking = None
         with self._state_lock:
             self._shutdown_requested = False
@@ -543,9 +361,10 @@ class Server(Generic[RequestT, AddressT]):
     def handle_request(self) -> None:
         """Wait for one request and handle it.
 
-        Waits at most :attr:`timeout` seconds (None: forever; the listening
-        socket's own timeout also counts, as in stdlib); if nothing arrives,
-        calls :meth:`handle_timeout` instead.
+        Waits at most :attr:`timeout` seconds (None: forever); if nothing
+        arrives, calls :meth:`handle_timeout` instead.  With a first-byte
+        budget, a connection that has said nothing yet is waited for (up to
+        that budget) before it is dispatched or closed.
 
         Raises:
             ServerClosedError: the server was closed.
@@ -558,7 +377,7 @@ class Server(Generic[RequestT, AddressT]):
         poller.register(self.fileno(), _POLLIN)
         while True:
             if poller.poll(None if timeout is None else timeout * 1000.0):
-                self._handle_request_noblock()
+                self._handle_request_parking()
                 return
             if deadline is not None:
                 timeout = deadline - time.monotonic()
@@ -566,16 +385,25 @@ class Server(Generic[RequestT, AddressT]):
                     self.handle_timeout()
                     return
 
-    def _wait_timeout(self) -> float | None:
-        timeout = self.timeout
+    def _handle_request_parking(self) -> None:
+        """One accept for handle_request(); a silent connection is parked in
+        a poll set of its own until it speaks or its first byte is overdue."""
+        budget = self.timeout_policy.budget
+        if self._parking is not None or budget is None or budget.first_byte is None:
+            # Nothing to park, or serve_forever runs and its parking takes it.
+            self._handle_request_noblock()
+            return
+        parking = self._parking = Parking(self, select.poll(), self._process_guarded)
         try:
-            socket_timeout = self.transport.socket.gettimeout()
-        except TypeError:  # in-memory transports have no socket
-            return timeout
-        if not socket_timeout:
-            # None: blocking; 0.0: a non-blocking listener, not a wait limit.
-            return timeout
-        return socket_timeout if timeout is None else min(timeout, socket_timeout)
+            self._handle_request_noblock()
+            parking.settle()
+        finally:
+            self._parking = None
+            parking.clear()
+
+    def _wait_timeout(self) -> float | None:
+        """Seconds handle_request() waits (compat adds stdlib's socket-timeout rule)."""
+        return self.timeout
 
     def _accept_pending(self, batch: int) -> None:
         """Handle up to *batch* pending requests after one wake-up.
@@ -600,15 +428,10 @@ class Server(Generic[RequestT, AddressT]):
                 return
             self._serve_accepted(request, client_address)
 
-    def _listener_nonblocking(self) -> bool:
-        try:
-            return self.transport.socket.gettimeout() == 0.0
-        except TypeError:  # in-memory transports have no socket
-            return False
-
     def _handle_request_noblock(self) -> bool:
         """Accept, verify and dispatch one request (stdlib's private method of
         the same name).  Return True if a request was accepted."""
+        finishes = self._requests.finishes
         try:
             request, client_address = self.get_request()
         except BlockingIOError:
@@ -617,7 +440,7 @@ class Server(Generic[RequestT, AddressT]):
             self._accept_failing = True
             delay = self.accept_error_policy.accept_failed(exc)
             if delay > 0:
-                self._resume_at = time.monotonic() + delay
+                self._pause(delay, finishes)
             return False
         self._serve_accepted(request, client_address)
         return True
@@ -632,12 +455,8 @@ class Server(Generic[RequestT, AddressT]):
                 self.shutdown_request(request)
                 return
             parking = self._parking
-            if parking is not None and isinstance(request, Socket):
-                budget = self.timeout_policy.budget
-                if budget is not None and budget.first_byte is not None and not _has_data(request):
-                    parking.park(request.fileno(), request, client_address, time.monotonic() + budget.first_byte)
-                    return
-            self.process_request(request, client_address)
+            if parking is None or not parking.park(request, client_address):
+                self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
             self.shutdown_request(request)
@@ -673,7 +492,7 @@ class Server(Generic[RequestT, AddressT]):
         # closes the socket first, and such replies fail with EBADF.
         self.dispatcher.close()
         self.transport.close()
-        self._watchdog.close()
+        self._requests.close()
         if not in_loop:  # else serve_forever closes it on its way out
             self._waker.close()
 
@@ -715,7 +534,7 @@ class Server(Generic[RequestT, AddressT]):
 
     def process_request(self, request: RequestT, client_address: AddressT) -> None:
         """Hand the request to the dispatcher."""
-        job: _Job[RequestT, AddressT] = _Job(self, request, client_address)
+        job: RequestJob[RequestT, AddressT] = RequestJob(self._requests, request, client_address)
         self.dispatcher.dispatch(job)
 
     def finish_request(self, request: RequestT, client_address: AddressT) -> None:

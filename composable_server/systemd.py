@@ -51,10 +51,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from socket import socket as Socket  # `socket` is also a property name below
-from typing import Final, Self, TypeVar, final
+from typing import ClassVar, Final, Self, TypeVar, final
 
 import attrs
 
+from ._request import DATAGRAM_REQUESTS, STREAM_REQUESTS, DatagramRequests, StreamRequests
 from ._socketutil import family_name
 from .exceptions import ActivationError, InheritedSocketError, ServerClosedError
 from .interfaces import Address, DatagramRequest, Dispatcher, Job
@@ -376,6 +377,7 @@ class InheritedStreamTransport(_InheritedTransport):
     """
 
     nonblocking: bool = attrs.field(default=True, kw_only=True)
+    request_ops: ClassVar[StreamRequests] = STREAM_REQUESTS
 
     def __attrs_post_init__(self) -> None:
         assert self._sock is not None
@@ -431,6 +433,7 @@ class InheritedDatagramTransport(_InheritedTransport):
     """
 
     nonblocking: bool = attrs.field(default=True, kw_only=True)
+    request_ops: ClassVar[DatagramRequests] = DATAGRAM_REQUESTS
 
     def __attrs_post_init__(self) -> None:
         assert self._sock is not None

@@ -24,14 +24,17 @@ from typing import ClassVar, Final, Generic, TypeVar, cast, final
 
 import attrs
 
+from ._request import DATAGRAM_REQUESTS, STREAM_REQUESTS, DatagramRequests, StreamRequests
 from ._socketutil import check_inet_address, check_unix_address, family_name, inet_family_for
 from ._unixpath import SocketFile, check_mode, unix_path
 from .exceptions import AddressError, BindError, ServerClosedError, TLSHandshakeError
-from .interfaces import DatagramRequest, InetAddress, Transport, UnixAddress
+from .interfaces import DatagramRequest, InetAddress, RequestOps, Transport, UnixAddress
 
 __all__ = (
+    "DATAGRAM_REQUESTS",
     "DEFAULT_BACKLOG",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "STREAM_REQUESTS",
     "TCPTransport",
     "TLSStatistics",
     "TLSTransport",
@@ -169,6 +172,8 @@ class _StreamTransport(_SocketTransport[AddressT]):
     # one.  Accepted sockets are blocking all the same (accept4(2) without
     # SOCK_NONBLOCK).  compat keeps stdlib's blocking socket.
     nonblocking: bool = attrs.field(kw_only=True, default=True)
+    # Reject, abort, park, idle limit: shared by every stream transport.
+    request_ops: ClassVar[StreamRequests] = STREAM_REQUESTS
 
     def activate(self) -> None:
         """Listen with :attr:`backlog`; make the socket non-blocking if :attr:`nonblocking`."""
@@ -197,6 +202,7 @@ class _DatagramTransport(_SocketTransport[AddressT]):
     # kernel cannot queue it (see _socketutil.send_datagram).  compat keeps
     # stdlib's blocking socket.
     nonblocking: bool = attrs.field(kw_only=True, default=True)
+    request_ops: ClassVar[DatagramRequests] = DATAGRAM_REQUESTS
 
     def activate(self) -> None:
         """Make the socket non-blocking if :attr:`nonblocking` (a datagram socket does not listen)."""
@@ -482,6 +488,16 @@ class TLSTransport(Generic[StreamAddressT]):
     def fileno(self) -> int:
         """The inner transport's descriptor (-1 once closed)."""
         return self.inner.fileno()
+
+    @property
+    def nonblocking(self) -> bool:
+        """Whether the inner transport's listener is non-blocking."""
+        return self.inner.nonblocking
+
+    @property
+    def request_ops(self) -> RequestOps[Socket]:
+        """The inner transport's (stream) request operations."""
+        return self.inner.request_ops
 
     def close_request(self, request: Socket) -> None:
         """Close the connection without a shutdown (idempotent)."""

@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 import pytest
 
+from composable_server import compat
 from composable_server import (
     AcceptBackoff,
     Budget,
@@ -327,6 +328,73 @@ class TestDescriptorStarvation:
         assert holder_replies == [b"HOLD\n"] * holders_count
         assert served_after == waiting_count
         assert policy.backoff.failures == 0, "accepted() was not called after recovery"
+
+    @pytest.mark.timeout(40)
+    @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+    @pytest.mark.parametrize("kind", ["threading", "forking"])
+    def test_compat_server_resumes_when_a_request_finishes(self, kind: str) -> None:
+        """A compat ThreadingTCPServer / ForkingTCPServer paused 30 s by AcceptBackoff after EMFILE accepts again as soon as a finished request frees a descriptor, not when the pause ends."""
+        pause = 30.0
+        entered = threading.Event()
+        released = threading.Event()
+
+        class Hold(compat.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline()
+                if line == b"hold\n":
+                    # Forking: the handler runs in a child, so tell the test
+                    # through the connection, and wait on it for the release.
+                    self.wfile.write(b"entered\n")
+                    entered.set()
+                    if kind == "threading":
+                        released.wait(WAIT)
+                    else:
+                        self.rfile.readline()
+                self.wfile.write(line.upper())
+
+        server_class = compat.ThreadingTCPServer if kind == "threading" else compat.ForkingTCPServer
+        server = server_class(("127.0.0.1", 0), Hold)
+        policy = SignallingBackoff(AcceptBackoff(pause, pause))
+        server.accept_error_policy = policy
+        # Client sockets are created before the limit drops: connect() needs no descriptor.
+        holder, waiting = socket.socket(), socket.socket()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        with running(server):
+            address = server.server_address[:2]
+            try:
+                holder.settimeout(WAIT)
+                waiting.settimeout(WAIT)
+                if kind == "threading":
+                    # One descriptor left: the held request takes it.
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_leaving(1), hard))
+                holder.connect(address)
+                holder.sendall(b"hold\n")
+                assert read_line(holder) == b"entered\n"
+                if kind == "forking":
+                    # The parent closed its copy at fork: leave it none at all.
+                    # (What a finished child frees is system-wide: ENFILE.)
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_leaving(1) - 1, hard))
+                waiting.connect(address)  # completes in the kernel backlog
+                waiting.sendall(b"wait\n")
+                assert policy.failed.wait(WAIT), "accept never hit EMFILE"
+                if kind == "forking":
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                finished = time.monotonic()
+                if kind == "threading":
+                    released.set()  # the handler returns, its socket is closed
+                else:
+                    holder.sendall(b"go\n")  # the child finishes and exits
+                assert read_to_eof(holder) == b"HOLD\n"
+                reply = read_to_eof(waiting)
+                resumed = time.monotonic() - finished
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                released.set()
+                close_all([holder, waiting])
+        print(f"\ncompat {kind}: paused {pause:.0f} s after EMFILE, served {resumed * 1000:.1f} ms after a request finished")
+        assert reply == b"WAIT\n"
+        assert resumed < pause / 3, "the finished request did not wake the paused loop"
+        assert policy.failures == 1
 
 
 def _dispatcher(name: str) -> Dispatcher:

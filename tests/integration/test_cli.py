@@ -624,8 +624,8 @@ def _child_states(pid: int) -> dict[int, str]:
     for child in _children(pid):
         try:
             states[child] = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
-        except FileNotFoundError:
-            continue  # reaped between the two reads
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # reaped between the two reads (ESRCH once the entry is open but the process gone)
     return states
 
 

@@ -17,6 +17,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -436,7 +437,7 @@ def test_forking_active_children_reflects_the_dispatcher(tmp_path: Path) -> None
 
     server = compat.ForkingTCPServer(("127.0.0.1", 0), type("H", (compat.StreamRequestHandler,), {"handle": handle}))
     try:
-        with socket.create_connection(server.server_address, timeout=WAIT) as conn:
+        with socket.create_connection(server.server_address[:2], timeout=WAIT) as conn:
             server.handle_request()
             ready, _, _ = select.select([r], [], [], WAIT)
             assert ready
@@ -450,3 +451,39 @@ def test_forking_active_children_reflects_the_dispatcher(tmp_path: Path) -> None
         server.server_close()
         os.close(r)
         os.close(w)
+
+
+class _TimingOut(compat.UDPServer):
+    """A UDPServer that counts its handle_timeout calls."""
+
+    timeouts = 0
+
+    def handle_timeout(self) -> None:
+        self.timeouts += 1
+
+
+class TestHandleRequestTimeout:
+    @pytest.mark.parametrize(
+        ("timeout", "socket_timeout", "low", "high"),
+        [(None, 0.05, 0.05, 1.0), (0.05, 30.0, 0.05, 1.0), (None, 0.0, None, None)],
+        ids=["socket-only", "min-of-both", "nonblocking-socket-is-no-limit"],
+    )
+    @pytest.mark.timeout(10)
+    def test_the_listening_sockets_timeout_counts(
+        self, timeout: float | None, socket_timeout: float, low: float | None, high: float | None
+    ) -> None:
+        """As stdlib, handle_request() waits min(timeout, the listening socket's timeout); a non-blocking socket sets no limit."""
+        server = _TimingOut(("127.0.0.1", 0), compat.DatagramRequestHandler, bind_and_activate=False)
+        try:
+            server.timeout = timeout
+            server.socket.settimeout(socket_timeout)
+            if low is None:
+                assert server._wait_timeout() is None
+                return
+            started = time.monotonic()
+            server.handle_request()  # the unbound socket never becomes readable
+            elapsed = time.monotonic() - started
+            assert server.timeouts == 1
+            assert high is not None and low <= elapsed < high
+        finally:
+            server.server_close()

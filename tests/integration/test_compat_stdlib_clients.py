@@ -1,19 +1,20 @@
 """stdlib modules built on socketserver, running on composable_server.compat
 classes: http.server (files fetched with urllib), xmlrpc.server (called with
-xmlrpc.client) and wsgiref.simple_server."""
+xmlrpc.client) and wsgiref.simple_server.
+
+Each server runs under the plugin's ``serve`` fixture, which also fails a
+test whose handler raised (stdlib handlers would only print it)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import socket
-import threading
 import urllib.error
 import urllib.request
 import wsgiref.simple_server
 import xmlrpc.client
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
@@ -21,6 +22,7 @@ from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
 import pytest
 
 from composable_server import compat
+from composable_server.pytest_plugin import ServeFactory
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -29,18 +31,10 @@ WAIT: Final = 5.0
 OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-@contextlib.contextmanager
-def serving(server: compat.TCPServer) -> Iterator[str]:
-    """Serve in a thread; yield the base URL; shut down and close after."""
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield f"http://{host}:{port}"
-    finally:
-        server.shutdown()
-        thread.join(WAIT)
-        server.server_close()
+def base_url(serve: ServeFactory, server: compat.TCPServer) -> str:
+    """Serve *server* for this test; its base URL."""
+    host, port = serve(server).address[:2]
+    return f"http://{host}:{port}"
 
 
 class QuietFiles(http.server.SimpleHTTPRequestHandler):
@@ -80,18 +74,20 @@ def docroot(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("server_class", [ThreadingHTTPServer, StdlibBindHTTPServer])
-def test_http_server_serves_files(server_class: type[compat.TCPServer], docroot: Path) -> None:
+def test_http_server_serves_files(
+    server_class: type[compat.TCPServer], docroot: Path, serve: ServeFactory
+) -> None:
     """SimpleHTTPRequestHandler serves a file, and a 404, over a compat threading server."""
     handler = functools.partial(QuietFiles, directory=str(docroot))
     server = server_class(("127.0.0.1", 0), handler)
-    with serving(server) as url:
-        with OPENER.open(f"{url}/hello.txt", timeout=WAIT) as response:
-            assert response.status == 200
-            assert response.read() == b"hello from compat\n"
-        with pytest.raises(urllib.error.HTTPError) as info:
-            OPENER.open(f"{url}/missing.txt", timeout=WAIT)
-        assert info.value.code == 404
-        info.value.close()
+    url = base_url(serve, server)
+    with OPENER.open(f"{url}/hello.txt", timeout=WAIT) as response:
+        assert response.status == 200
+        assert response.read() == b"hello from compat\n"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        OPENER.open(f"{url}/missing.txt", timeout=WAIT)
+    assert info.value.code == 404
+    info.value.close()
     assert getattr(server, "server_port") == server.server_address[1]
 
 
@@ -106,17 +102,16 @@ class XMLRPCServer(compat.TCPServer, SimpleXMLRPCDispatcher):
         compat.TCPServer.__init__(self, address, SimpleXMLRPCRequestHandler)
 
 
-def test_xmlrpc_round_trip() -> None:
+def test_xmlrpc_round_trip(serve: ServeFactory) -> None:
     """xmlrpc.client calls functions registered on a compat XML-RPC server, faults included."""
     server = XMLRPCServer(("127.0.0.1", 0))
     server.register_function(lambda a, b: a**b, "pow")
     server.register_function(lambda a, b: a + b, "add")
-    with serving(server) as url:
-        with xmlrpc.client.ServerProxy(f"{url}/RPC2") as proxy:
-            assert proxy.pow(2, 10) == 1024
-            assert proxy.add("com", "pat") == "compat"
-            with pytest.raises(xmlrpc.client.Fault):
-                proxy.nonexistent()
+    with xmlrpc.client.ServerProxy(f"{base_url(serve, server)}/RPC2") as proxy:
+        assert proxy.pow(2, 10) == 1024
+        assert proxy.add("com", "pat") == "compat"
+        with pytest.raises(xmlrpc.client.Fault):
+            proxy.nonexistent()
 
 
 class QuietWSGI(wsgiref.simple_server.WSGIRequestHandler):
@@ -141,10 +136,9 @@ def _app(environ: dict[str, object], start_response: Callable[..., object]) -> l
     return [f"path={environ['PATH_INFO']}".encode()]
 
 
-def test_wsgiref_serves_an_app() -> None:
+def test_wsgiref_serves_an_app(serve: ServeFactory) -> None:
     """wsgiref's request handler runs a WSGI app on a compat server."""
     server = WSGIServer(("127.0.0.1", 0), QuietWSGI)
     server.set_app(_app)
-    with serving(server) as url:
-        with OPENER.open(f"{url}/some/where", timeout=WAIT) as response:
-            assert response.read() == b"path=/some/where"
+    with OPENER.open(f"{base_url(serve, server)}/some/where", timeout=WAIT) as response:
+        assert response.read() == b"path=/some/where"

@@ -1,4 +1,7 @@
-"""Handler classes from the standard library run unchanged on a native Server."""
+"""Handler classes from the standard library run unchanged on a native Server.
+
+Servers run under the plugin's ``serve`` fixture (which also fails a test
+whose handler raised)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ import socket
 import socketserver
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -24,9 +27,9 @@ from composable_server import (
     UDPTransport,
 )
 
-from ._support import CLIENT_TIMEOUT, Background, Dispatch, Family, ServerKind, read_to_eof, running
+from composable_server.pytest_plugin import ServeFactory
 
-MakeKind = Callable[[Family, Dispatch], ServerKind]
+from ._support import CLIENT_TIMEOUT, Background, Dispatch, ipv6_available
 
 # urllib honours http_proxy & co. from the environment; loopback tests must not.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -53,7 +56,7 @@ class QuietSimpleHTTPRequestHandler(http.server.SimpleHTTPRequestHandler):
 class TestHTTPServer:
     @pytest.mark.timeout(10)
     @pytest.mark.parametrize("dispatch", list(Dispatch), ids=[d.value for d in Dispatch])
-    def test_simple_http_request_handler(self, dispatch: Dispatch, tmp_path: Path) -> None:
+    def test_simple_http_request_handler(self, dispatch: Dispatch, tmp_path: Path, serve: ServeFactory) -> None:
         """SimpleHTTPRequestHandler serves files, listings and 404s from a native Server."""
         (tmp_path / "hello.txt").write_bytes(b"hello from composable_server\n")
         server: Server[socket.socket, InetAddress] = Server(
@@ -62,34 +65,30 @@ class TestHTTPServer:
             handler=functools.partial(QuietSimpleHTTPRequestHandler, directory=str(tmp_path)),
             dispatcher=dispatch.make(),
         )
-        with running(server):
-            base = f"http://127.0.0.1:{server.server_address[1]}"
-            assert _fetch(f"{base}/hello.txt") == (200, b"hello from composable_server\n")
-            status, listing = _fetch(f"{base}/")
-            assert status == 200
-            assert b"hello.txt" in listing
-            status, _ = _fetch(f"{base}/missing.txt")
-            assert status == 404
-            assert _fetch(f"{base}/hello.txt", method="HEAD") == (200, b"")
+        base = f"http://127.0.0.1:{serve(server).address[1]}"
+        assert _fetch(f"{base}/hello.txt") == (200, b"hello from composable_server\n")
+        status, listing = _fetch(f"{base}/")
+        assert status == 200
+        assert b"hello.txt" in listing
+        status, _ = _fetch(f"{base}/missing.txt")
+        assert status == 404
+        assert _fetch(f"{base}/hello.txt", method="HEAD") == (200, b"")
 
     @pytest.mark.timeout(10)
-    def test_concurrent_fetches_on_threading_dispatcher(self, tmp_path: Path) -> None:
+    def test_concurrent_fetches_on_threading_dispatcher(self, tmp_path: Path, serve: ServeFactory) -> None:
         """Several clients fetching at once from a ThreadingDispatcher server all get the file."""
         payload = bytes(range(256)) * 1024
         (tmp_path / "blob.bin").write_bytes(payload)
-        server: Server[socket.socket, InetAddress] = Server(
-            transport=TCPTransport(("127.0.0.1", 0)),
-            acceptor=StreamAcceptor(),
-            handler=functools.partial(QuietSimpleHTTPRequestHandler, directory=str(tmp_path)),
+        served = serve(
+            functools.partial(QuietSimpleHTTPRequestHandler, directory=str(tmp_path)),
             dispatcher=ThreadingDispatcher(),
         )
-        with running(server):
-            url = f"http://127.0.0.1:{server.server_address[1]}/blob.bin"
-            clients = [Background(functools.partial(_fetch, url)) for _ in range(6)]
-            assert [c.result() for c in clients] == [(200, payload)] * 6
+        url = f"http://127.0.0.1:{served.address[1]}/blob.bin"
+        clients = [Background(functools.partial(_fetch, url)) for _ in range(6)]
+        assert [c.result() for c in clients] == [(200, payload)] * 6
 
     @pytest.mark.timeout(10)
-    def test_base_http_request_handler_post(self) -> None:
+    def test_base_http_request_handler_post(self, serve: ServeFactory) -> None:
         """A BaseHTTPRequestHandler subclass with do_POST reads the body and answers JSON."""
 
         class JSONEcho(http.server.BaseHTTPRequestHandler):
@@ -109,14 +108,8 @@ class TestHTTPServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        server: Server[socket.socket, InetAddress] = Server(
-            transport=TCPTransport(("127.0.0.1", 0)),
-            acceptor=StreamAcceptor(),
-            handler=JSONEcho,
-            dispatcher=ThreadingDispatcher(),
-        )
-        with running(server):
-            status, body = _fetch(f"http://127.0.0.1:{server.server_address[1]}/echo", data=b"payload")
+        served = serve(JSONEcho, dispatcher=ThreadingDispatcher())
+        status, body = _fetch(f"http://127.0.0.1:{served.address[1]}/echo", data=b"payload")
         assert status == 200
         assert json.loads(body) == {"path": "/echo", "body": "payload", "client": "127.0.0.1"}
 
@@ -138,23 +131,24 @@ class UpperDatagram(socketserver.DatagramRequestHandler):
 
 class TestSocketserverHandlers:
     @pytest.mark.timeout(10)
-    @pytest.mark.parametrize("family", [Family.TCP4, Family.TCP6, Family.UNIX_STREAM], ids=lambda f: f.value)
+    @pytest.mark.parametrize("host", ["127.0.0.1", "::1", None], ids=["tcp4", "tcp6", "unixstream"])
     @pytest.mark.parametrize("dispatch", list(Dispatch), ids=[d.value for d in Dispatch])
-    def test_stream_request_handler(self, family: Family, dispatch: Dispatch, make_kind: MakeKind) -> None:
+    def test_stream_request_handler(self, host: str | None, dispatch: Dispatch, serve: ServeFactory) -> None:
         """A socketserver.StreamRequestHandler subclass serves several lines per connection."""
-        kind = make_kind(family, dispatch)
-        with running(kind.build(UpperLines)) as server, kind.connect(server) as sock:
-            sock.sendall(b"one\ntwo\nthree\n")
-            sock.shutdown(socket.SHUT_WR)
-            assert read_to_eof(sock) == b"ONE\nTWO\nTHREE\n"
+        if host == "::1" and not ipv6_available():
+            pytest.skip("IPv6 loopback (::1) is not available")
+        served = (
+            serve(UpperLines, "unix_stream", dispatcher=dispatch.make())
+            if host is None
+            else serve(UpperLines, "tcp", host=host, dispatcher=dispatch.make())
+        )
+        assert served.request(b"one\ntwo\nthree\n") == b"ONE\nTWO\nTHREE\n"
 
     @pytest.mark.timeout(10)
-    @pytest.mark.parametrize("family", [Family.UDP4, Family.UNIX_DGRAM], ids=lambda f: f.value)
-    def test_datagram_request_handler(self, family: Family, make_kind: MakeKind) -> None:
+    @pytest.mark.parametrize("kind", ["udp", "unix_datagram"], ids=["udp4", "unixdgram"])
+    def test_datagram_request_handler(self, kind: Literal["udp", "unix_datagram"], serve: ServeFactory) -> None:
         """A socketserver.DatagramRequestHandler subclass answers through the native server."""
-        kind = make_kind(family, Dispatch.THREADING)
-        with running(kind.build(UpperDatagram)) as server:
-            assert kind.request(server, b"datagram") == b"DATAGRAM"
+        assert serve(UpperDatagram, kind, dispatcher=ThreadingDispatcher()).request(b"datagram") == b"DATAGRAM"
 
     @pytest.mark.timeout(10)
     def test_typed_composition(self) -> None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import socket
 import socketserver
-from typing import Any, ClassVar, assert_type
+from typing import TYPE_CHECKING, Any, ClassVar, assert_type
 
 from composable_server import InetAddress, Server, compat, handlers
 from composable_server import compat as stdlib_style  # the one-line switch
 from composable_server.factories import make_tcp_server, make_udp_server, server_class
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from 3.12 on
 
 # -- handlers, without type arguments ----------------------------------------
 
@@ -63,9 +67,34 @@ class Generic(compat.BaseRequestHandler):
     def handle(self) -> None:
         assert_type(self.request, Any)
         assert_type(self.client_address, Any)
+        # A compat handler is handed a compat server, as typeshed's is a BaseServer.
+        assert_type(self.server, compat.BaseServer)
+        assert_type(self.server.socket, socket.socket)
 
 
 # -- servers: user subclasses of factory-made classes --------------------------
+
+
+class Plain(compat.TCPServer):
+    """A user subclass of TCPServer type-checks (the factory-made class is a class to mypy)."""
+
+    allow_reuse_address = True
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        assert_type(self.server_address[:2], tuple[str, int])
+
+
+def plain_subclass() -> None:
+    server = Plain(("127.0.0.1", 0), Upper)
+    assert_type(server, Plain)
+    assert_type(server.server_address[:2], tuple[str, int])
+    host, port = server.server_address[:2]
+    assert_type(host, str)
+    assert_type(port, int)
+    with compat.UnixStreamServer("/tmp/s", Upper, bind_and_activate=False) as unix:
+        assert_type(unix.server_address, str | bytes | os.PathLike[str])
+    assert_type(compat.BaseServer(("x", 1), Generic).server_address, tuple[Any, ...] | str | Buffer)
 
 
 class Guarded(compat.ThreadingTCPServer):
@@ -114,7 +143,9 @@ def use_servers() -> None:
     assert_type(server.socket, socket.socket)
     assert_type(server.fileno(), int)
     assert_type(server.timeout, float | None)
-    assert_type(server.server_address, Any)
+    # typeshed's types, narrowed to what compat accepts: str hosts only.
+    assert_type(server.server_address, tuple[str, int] | tuple[str, int, int, int])
+    assert_type(server.server_address[:2], tuple[str, int])
     assert_type(server.get_request(), tuple[socket.socket, Any])
     server.socket = socket.socket()  # the TLS pattern assigns the wrapped socket
     server.timeout = 2.5
@@ -137,6 +168,8 @@ def use_servers() -> None:
 
 
 def rejected_servers() -> None:
+    compat.TCPServer(("127.0.0.1", 0), 42)  # type: ignore[arg-type]
+    compat.TCPServer((b"127.0.0.1", 0), Upper)  # type: ignore[arg-type]  # compat raises AddressError
     compat.TCPServer("/tmp/s", Upper)  # type: ignore[arg-type]
     compat.UnixStreamServer(("127.0.0.1", 0), Upper)  # type: ignore[arg-type]
     compat.TCPServer(("127.0.0.1", "80"), Upper)  # type: ignore[arg-type]

@@ -47,6 +47,7 @@ from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
     MemoryRequest,
+    MemoryRequestOps,
     MemoryTransport,
     MemoryVerifier,
     RaisingAcceptor,
@@ -342,6 +343,45 @@ class TestSuitesHaveTeeth:
 
         with pytest.raises(AssertionError, match="still readable"):
             check_acceptor(_memory_transport, Peeking, _memory_connect)
+
+    @pytest.mark.timeout(10)
+    def test_check_acceptor_catches_a_raising_request_operation(self) -> None:
+        """check_acceptor fails a transport whose request_ops.abort() raises OSError."""
+
+        class BrokenOps:
+            connections = True
+
+            def reject(self, request: object, message: bytes, client_address: object) -> None:
+                pass
+
+            def abort(self, request: object) -> None:
+                raise OSError(errno.ENOTCONN, "not connected")
+
+            def silent_fd(self, request: object) -> int:
+                return -1
+
+            def limit_idle(self, request: object, seconds: float, *, kernel: bool) -> None:
+                pass
+
+        def broken() -> MemoryTransport[MemoryRequest, str]:
+            transport = _memory_transport()
+            transport.request_ops = BrokenOps()  # type: ignore[assignment]  # the bug under test
+            return transport
+
+        with pytest.raises(AssertionError, match="must not"):
+            check_acceptor(broken, MemoryAcceptor, _memory_connect)
+
+    @pytest.mark.timeout(10)
+    def test_check_transport_catches_a_non_bool_nonblocking(self) -> None:
+        """check_transport fails a transport whose nonblocking is not a bool."""
+
+        def broken() -> MemoryTransport[MemoryRequest, str]:
+            transport = _memory_transport()
+            transport.nonblocking = 0  # type: ignore[assignment]  # the bug under test
+            return transport
+
+        with pytest.raises(AssertionError, match="nonblocking"):
+            check_transport(broken)
 
     @pytest.mark.timeout(10)
     def test_check_verifier_catches_non_bool(self) -> None:
@@ -745,6 +785,39 @@ class TestMemoryRequestBehaviour:
             request.recv(1)
         with pytest.raises(OSError):
             request.sendall(b"x")
+
+
+class TestMemoryRequestOpsBehaviour:
+    @pytest.mark.timeout(5)
+    def test_records_what_the_server_did(self) -> None:
+        """reject, abort and limit_idle are recorded; reject also sends the message on a MemoryRequest."""
+        ops = MemoryRequestOps()
+        request = MemoryRequest()
+        ops.reject(request, b"busy", "client")
+        ops.abort(request)
+        ops.limit_idle(request, 2.5, kernel=True)
+        assert ops.rejected == [(request, b"busy", "client")]
+        assert bytes(request.sent) == b"busy"
+        assert ops.aborted == [request]
+        assert ops.idle_limits == [(request, 2.5, True)]
+        assert ops.connections is True
+        assert MemoryRequestOps(connections=False).connections is False
+
+    @pytest.mark.timeout(5)
+    def test_silent_fd_follows_the_test_descriptor(self) -> None:
+        """silent_fd() returns the request's descriptor while it is not readable, -1 once it is or for other requests."""
+        ops = MemoryRequestOps()
+        quiet = MemoryRequest()
+        r, w = os.pipe()
+        try:
+            ops.silent[quiet] = r
+            assert ops.silent_fd(quiet) == r
+            assert ops.silent_fd(MemoryRequest()) == -1
+            os.write(w, b"x")
+            assert ops.silent_fd(quiet) == -1
+        finally:
+            os.close(r)
+            os.close(w)
 
 
 class TestRecordingHandlerBehaviour:

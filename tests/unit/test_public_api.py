@@ -8,7 +8,6 @@ import importlib
 import inspect
 import pkgutil
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
@@ -132,35 +131,3 @@ class TestTestingKit:
         import composable_server.testing as testing
 
         assert not set(testing.__all__) & set(composable_server.__all__)
-
-
-class TestPackageStub:
-    @pytest.mark.timeout(10)
-    def test_stub_mirrors_package_exports(self) -> None:
-        """stubs/composable_server/__init__.pyi re-exports exactly what the package's __init__ does."""
-        root = Path(composable_server.__file__).resolve().parent
-        runtime = ast.parse((root / "__init__.py").read_text())
-        stub = ast.parse((root.parent / "stubs" / "composable_server" / "__init__.pyi").read_text())
-
-        def exports(tree: ast.Module) -> set[tuple[str, str]]:
-            """(module, name) of the package's re-exports, those under ``if TYPE_CHECKING:`` included
-            (the names ``__getattr__`` loads on first use)."""
-            names: set[tuple[str, str]] = set()
-            for node in tree.body:
-                for imported in node.body if isinstance(node, ast.If) else [node]:
-                    if isinstance(imported, ast.ImportFrom) and (
-                        imported.level or (imported.module or "").startswith("composable_server.")
-                    ):
-                        module = (imported.module or "").removeprefix("composable_server.")
-                        names.update((module, alias.asname or alias.name) for alias in imported.names)
-            return names
-
-        def listed(tree: ast.Module) -> object:
-            return next(
-                ast.literal_eval(node.value)
-                for node in tree.body
-                if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]
-            )
-
-        assert exports(stub) == exports(runtime)
-        assert listed(stub) == listed(runtime) == composable_server.__all__

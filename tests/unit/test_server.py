@@ -26,7 +26,7 @@ from composable_server import (
     ServerStateError,
     ThreadPoolDispatcher,
 )
-from composable_server.server import _Job
+from composable_server._request import RequestJob
 from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
@@ -774,7 +774,7 @@ class TestDrain:
             assert report.remaining == ("client-1", "client-2")
             assert 0.15 <= report.elapsed < 0.15 + 1.0
             jobs = rig.dispatcher.pending
-            assert all(isinstance(job, _Job) and job.cut for job in jobs)
+            assert all(isinstance(job, RequestJob) and job.cut for job in jobs)
             rig.dispatcher.release()  # the handlers now fail because they were cut
             assert rig.errors.errors == [], "errors caused by the cut must not be reported"
             assert rig.transport.shutdown_requests == ["req-1", "req-2"]

@@ -1,0 +1,441 @@
+"""The life of one request (composable_server._request), driven by the
+in-memory fakes: the job, the request path's early wake, and the parking."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import composable_server
+from composable_server import Budget, Server, StreamRequestHandler
+from composable_server._request import RequestJob, RequestPath, takes_kernel_timeouts
+from composable_server.testing import (
+    InlineDispatcher,
+    MemoryAcceptor,
+    MemoryRequestOps,
+    MemoryTransport,
+    RecordingErrorPolicy,
+    RecordingHandler,
+    RecordingTimeoutPolicy,
+)
+
+WAIT = 10.0  # upper bound for things that should happen at once
+
+MemServer = Server[str, str]
+
+
+class Rig:
+    """A server on fakes whose timeout policy reports *budget*."""
+
+    def __init__(
+        self,
+        *,
+        budget: Budget | None = None,
+        action: Callable[[str, str, object], object] | None = None,
+        handler: Callable[[str, str, object], object] | None = None,
+        connections: bool = True,
+        hold: bool = False,
+    ) -> None:
+        self.ops = MemoryRequestOps(connections)
+        self.transport: MemoryTransport[str, str] = MemoryTransport("memory", request_ops=self.ops)
+        self.handler: RecordingHandler[str, str] = RecordingHandler(action)
+        self.dispatcher = InlineDispatcher(hold=hold)
+        self.errors = RecordingErrorPolicy()
+        self.policy = RecordingTimeoutPolicy(budget=budget)
+        self.server: MemServer = Server(
+            transport=self.transport,
+            acceptor=MemoryAcceptor(),
+            handler=self.handler if handler is None else handler,
+            dispatcher=self.dispatcher,
+            error_policy=self.errors,
+            timeout_policy=self.policy,
+        )
+
+    def job(self, request: str = "req-1", client_address: str = "client-1") -> RequestJob[str, str]:
+        return self.server._requests.job(request, client_address)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    rig = Rig(budget=Budget(idle=5.0))
+    try:
+        yield rig
+    finally:
+        rig.server.server_close()
+
+
+@contextmanager
+def serving(server: MemServer) -> Iterator[None]:
+    """serve_forever in a thread; shut down and joined on exit."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="serve_forever")
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(WAIT)
+        assert not thread.is_alive()
+
+
+@contextmanager
+def silent(ops: MemoryRequestOps, request: str) -> Iterator[Callable[[], None]]:
+    """Make *request* a silent connection; yields the function that makes its client speak."""
+    r, w = os.pipe()
+    ops.silent[request] = r
+
+    def speak() -> None:
+        os.write(w, b"x")
+
+    try:
+        yield speak
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll *predicate* until it holds or *timeout* passes (for state no event reports)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.002)
+    return True
+
+
+class SafeHandler(StreamRequestHandler[str]):
+    """A handler class declaring that kernel timeouts are safe (inherited)."""
+
+
+class RawHandler(StreamRequestHandler[str]):
+    """A handler class that reads its socket directly, so it opts out."""
+
+    kernel_timeouts_safe = False
+
+
+def plain_function(request: object, client_address: object, server: object) -> None:
+    """A handler that is a plain function."""
+
+
+class CapableHandler:
+    """A handler that is no StreamRequestHandler but declares the capability."""
+
+    kernel_timeouts_safe = True
+
+    def __init__(self, request: object, client_address: object, server: object) -> None:
+        pass
+
+
+class TestTakesKernelTimeouts:
+    @pytest.mark.timeout(5)
+    @pytest.mark.parametrize(
+        ("handler", "expected"),
+        [
+            (SafeHandler, True),
+            (functools.partial(SafeHandler), True),
+            (functools.partial(functools.partial(SafeHandler)), True),
+            (RawHandler, False),
+            (socketserver.StreamRequestHandler, False),
+            (plain_function, False),
+            (RecordingHandler(), False),
+        ],
+        ids=["subclass", "partial", "nested-partial", "opted-out", "stdlib", "function", "callable"],
+    )
+    def test_the_handler_states_the_capability(self, handler: object, expected: bool) -> None:
+        """Kernel timeouts are used only for a handler that declares kernel_timeouts_safe = True."""
+        assert takes_kernel_timeouts(handler) is expected
+
+
+class TestRequestJob:
+    @pytest.mark.timeout(5)
+    def test_default_body_runs_the_hooks_and_applies_the_idle_budget(self, rig: Rig) -> None:
+        """The default body starts the request, bounds its idle time through the ops, runs the handler and shuts the request down."""
+        assert rig.job().run() is True
+        assert rig.transport.started_requests == ["req-1"]
+        assert rig.ops.idle_limits == [("req-1", 5.0, False)]
+        assert rig.handler.calls == [("req-1", "client-1")]
+        assert rig.transport.shutdown_requests == ["req-1"]
+
+    @pytest.mark.timeout(5)
+    def test_a_capable_handler_gets_kernel_timeouts(self) -> None:
+        """A handler declaring kernel_timeouts_safe gets its idle limit with kernel=True."""
+        rig = Rig(budget=Budget(idle=5.0), handler=CapableHandler)
+        try:
+            assert rig.job().run() is True
+            assert rig.ops.idle_limits == [("req-1", 5.0, True)]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_no_budget_for_requests_that_are_not_connections(self) -> None:
+        """Requests whose ops are not connections (datagrams) get no idle limit."""
+        rig = Rig(budget=Budget(idle=5.0, lifetime=60.0), connections=False)
+        try:
+            assert rig.job().run() is True
+            assert rig.ops.idle_limits == []
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_handler_error_is_reported_inside_except_and_the_request_shut_down(self) -> None:
+        """A handler exception reaches handle_error inside the except block; run() returns False."""
+        boom = ValueError("handler broke")
+
+        def explode(request: str, client_address: str, server: object) -> None:
+            raise boom
+
+        rig = Rig(action=explode)
+        try:
+            assert rig.job().run() is False
+            [record] = rig.errors.errors
+            assert record.exc is boom and record.in_except
+            assert rig.transport.shutdown_requests == ["req-1"]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_a_body_replaces_the_default_serving(self, rig: Rig) -> None:
+        """A job with a body calls it instead of the hooks; the body owns the request."""
+        calls: list[tuple[str, str]] = []
+        job = rig.server._requests.job("req-1", "client-1", lambda request, address: calls.append((request, address)))
+        assert job.run() is True
+        assert calls == [("req-1", "client-1")]
+        assert rig.handler.calls == []
+        assert rig.transport.started_requests == [] and rig.transport.finished_requests == []
+
+    @pytest.mark.timeout(5)
+    def test_close_rejects_through_the_ops_then_closes(self, rig: Rig) -> None:
+        """close(message) sends the message through the transport's ops, then close_request()."""
+        job = rig.job()
+        job.close(b"busy\r\n")
+        assert rig.ops.rejected == [("req-1", b"busy\r\n", "client-1")]
+        assert rig.transport.closed_requests == ["req-1"]
+        job.close()
+        assert len(rig.ops.rejected) == 1, "an empty message is not sent"
+
+    @pytest.mark.timeout(5)
+    def test_errors_after_an_abort_are_not_reported(self) -> None:
+        """abort() cuts through the ops and marks the job cut: the handler's resulting error is not reported."""
+
+        def fail(request: str, client_address: str, server: object) -> None:
+            raise ConnectionResetError("cut")
+
+        rig = Rig(action=fail)
+        try:
+            job = rig.job()
+            job.abort()
+            job.abort()
+            assert job.cut
+            assert rig.ops.aborted == ["req-1", "req-1"]
+            assert job.run() is False
+            assert rig.errors.errors == []
+            assert rig.transport.shutdown_requests == ["req-1"]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_lifetime_budget_aborts_and_reports(self) -> None:
+        """A handler running past the lifetime budget is aborted from the watchdog and reported as 'lifetime'."""
+        ops_ref: list[MemoryRequestOps] = []
+
+        def wait_for_cut(request: str, client_address: str, server: object) -> None:
+            assert eventually(lambda: bool(ops_ref[0].aborted))
+            raise ConnectionResetError("cut")
+
+        rig = Rig(budget=Budget(lifetime=0.05), action=wait_for_cut)
+        ops_ref.append(rig.ops)
+        try:
+            assert rig.job().run() is False
+            assert rig.policy.exceeded == [("client-1", "lifetime")]
+            assert rig.errors.errors == []
+        finally:
+            rig.server.server_close()
+
+
+class TestRequestPath:
+    @staticmethod
+    def _path(wakes: list[int]) -> RequestPath[str, str]:
+        rig = Rig()
+        rig.server.server_close()  # only its hooks are needed, never called here
+        return RequestPath(rig.server, lambda: wakes.append(1))
+
+    @pytest.mark.timeout(5)
+    def test_finished_job_wakes_only_a_paused_loop(self) -> None:
+        """finished() wakes the loop while it is paused, and not otherwise."""
+        wakes: list[int] = []
+        path = self._path(wakes)
+        path.finished()
+        assert wakes == []
+        path.pause(path.finishes)
+        assert path.paused and wakes == []
+        path.finished()
+        assert wakes == [1]
+        path.resume()
+        path.finished()
+        assert wakes == [1] and not path.paused
+
+    @pytest.mark.timeout(5)
+    def test_a_job_finishing_during_the_failed_accept_wakes_at_pause(self) -> None:
+        """A job that finished between the accept's snapshot and pause() (its own wake came too early) makes pause() wake at once."""
+        wakes: list[int] = []
+        path = self._path(wakes)
+        snapshot = path.finishes
+        path.finished()  # not paused yet: no wake
+        assert wakes == []
+        path.pause(snapshot)
+        assert wakes == [1]
+
+    @pytest.mark.timeout(5)
+    def test_the_count_wraps(self) -> None:
+        """The finish count is one shared byte: it wraps at 256 and keeps counting."""
+        path = self._path([])
+        for _ in range(300):
+            path.finished()
+        assert path.finishes == 300 % 256
+
+    @pytest.mark.timeout(10)
+    def test_a_forked_child_sees_the_parents_pause_now(self) -> None:
+        """A job finishing in a child forked before the pause still wakes the paused parent (the flag is shared, not copied)."""
+        woken_r, woken_w = os.pipe()
+        go_r, go_w = os.pipe()
+        path = self._path([])
+        path = RequestPath(path.host, lambda: os.write(woken_w, b"!"))
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the go, then finish a job
+            status = 1
+            try:
+                os.read(go_r, 1)
+                path.finished()
+                status = 0
+            finally:
+                os._exit(status)
+        try:
+            path.pause(path.finishes)
+            os.write(go_w, b"g")
+            assert os.waitpid(pid, 0)[1] == 0
+            pid = 0
+            assert os.read(woken_r, 1) == b"!"
+            assert path.finishes == 1, "the child's count is the parent's"
+        finally:
+            if pid:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            for fd in (woken_r, woken_w, go_r, go_w):
+                os.close(fd)
+
+
+class TestParking:
+    @pytest.mark.timeout(10)
+    def test_a_silent_connection_waits_in_the_loop_until_it_speaks(self) -> None:
+        """With a first-byte budget a silent connection is not dispatched until its client speaks; then it is served."""
+        rig = Rig(budget=Budget(first_byte=WAIT))
+        try:
+            with silent(rig.ops, "quiet") as speak, serving(rig.server):
+                rig.transport.connect("quiet", "client-q")
+                rig.transport.connect("loud", "client-l")
+                assert rig.handler.wait_for(1, WAIT)
+                assert [r for r, _ in rig.handler.calls] == ["loud"]
+                assert rig.dispatcher.dispatched and len(rig.dispatcher.dispatched) == 1
+                speak()
+                assert rig.handler.wait_for(2, WAIT)
+            assert [r for r, _ in rig.handler.calls] == ["loud", "quiet"]
+            assert rig.policy.exceeded == []
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_a_silent_connection_is_closed_at_its_deadline(self) -> None:
+        """A connection silent past its first-byte budget is shut down unserved and reported as 'first_byte'."""
+        rig = Rig(budget=Budget(first_byte=0.05))
+        try:
+            with silent(rig.ops, "quiet"), serving(rig.server):
+                rig.transport.connect("quiet", "client-q")
+                assert eventually(lambda: rig.transport.shutdown_requests == ["quiet"])
+            assert rig.handler.calls == []
+            assert rig.policy.exceeded == [("client-q", "first_byte")]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_handle_request_parks_too(self) -> None:
+        """handle_request() waits for a silent connection's first byte (up to the budget), then closes it unserved."""
+        rig = Rig(budget=Budget(first_byte=0.05))
+        try:
+            with silent(rig.ops, "quiet"):
+                rig.transport.connect("quiet", "client-q")
+                started = time.monotonic()
+                rig.server.handle_request()
+                elapsed = time.monotonic() - started
+            assert rig.handler.calls == []
+            assert rig.transport.shutdown_requests == ["quiet"]
+            assert rig.policy.exceeded == [("client-q", "first_byte")]
+            assert 0.05 <= elapsed < 0.05 + 1.0
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_handle_request_serves_a_parked_connection_that_speaks(self) -> None:
+        """handle_request() dispatches a parked connection as soon as it speaks."""
+        rig = Rig(budget=Budget(first_byte=WAIT))
+        try:
+            with silent(rig.ops, "quiet") as speak:
+                rig.transport.connect("quiet", "client-q")
+                threading.Timer(0.05, speak).start()
+                rig.server.handle_request()
+            assert rig.handler.calls == [("quiet", "client-q")]
+            assert rig.policy.exceeded == []
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_leaving_the_loop_closes_parked_connections(self) -> None:
+        """Parked connections are shut down when serve_forever returns: they never sent a byte."""
+        rig = Rig(budget=Budget(first_byte=WAIT))
+        try:
+            with silent(rig.ops, "quiet"):
+                with serving(rig.server):
+                    rig.transport.connect("quiet", "client-q")
+                    assert eventually(lambda: rig.transport.pending == ())
+                assert rig.transport.shutdown_requests == ["quiet"]
+            assert rig.handler.calls == [] and rig.policy.exceeded == []
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_requests_that_are_not_connections_are_never_parked(self) -> None:
+        """A first-byte budget does not apply to requests whose ops are not connections."""
+        rig = Rig(budget=Budget(first_byte=WAIT), connections=False)
+        try:
+            with silent(rig.ops, "datagram"):
+                rig.transport.connect("datagram", "client-d")
+                rig.server.handle_request()
+            assert rig.handler.calls == [("datagram", "client-d")]
+        finally:
+            rig.server.server_close()
+
+
+class TestLayering:
+    @pytest.mark.timeout(5)
+    def test_the_engine_knows_no_sockets_nor_handlers(self) -> None:
+        """server.py imports neither socket nor the handlers, and never asks isinstance of anything."""
+        source = (Path(composable_server.__file__).parent / "server.py").read_text()
+        tree = ast.parse(source)
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {
+            node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        }
+        assert not {"socket", "handlers"} & imported
+        calls = [
+            node for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"
+        ]
+        assert calls == []
