@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
 from .exceptions import LineTooLongError
 from .interfaces import DatagramRequest
-from .proxy import reply_address
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -280,5 +279,7 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
     def finish(self) -> None:
         """Send what was written to ``wfile`` to the client (to the proxy,
         for a datagram that came with a PROXY header)."""
+        from .proxy import reply_address  # here: proxy (and ipaddress) load only when used
+
         to = reply_address(self.request, self.client_address)
         self.socket.sendto(self.wfile.getvalue(), cast("tuple[str, int] | str", to))

@@ -81,7 +81,6 @@ from .interfaces import (
     Verifier,
 )
 from .policies import AcceptBackoff, ConnectionTimeouts, PrintTraceback
-from .verifiers import AllowAll, releaser
 
 __all__ = ("DrainReport", "Server")
 
@@ -158,6 +157,8 @@ class Server(Generic[RequestT, AddressT]):
         accept_error_policy: AcceptErrorPolicy | None = None,
         bind_and_activate: bool = True,
     ) -> None:
+        from .verifiers import AllowAll, releaser  # here: verifiers (ipaddress) load with a server
+
         self.transport = transport
         self.acceptor = acceptor
         self.handler = handler
