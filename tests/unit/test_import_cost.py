@@ -85,6 +85,15 @@ class TestImportCost:
         assert not {"attr", "attrs"} & loaded
 
     @pytest.mark.timeout(60)
+    def test_help_does_not_read_the_installed_version(self) -> None:
+        """``serve --help`` does not import importlib.metadata: ``--version`` reads it only when asked for."""
+        loaded = _loaded_by(
+            f"from {PACKAGE}._cli import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass",
+        )
+        assert f"{PACKAGE}._cli" in loaded  # the walk saw the command line
+        assert "importlib.metadata" not in loaded
+
+    @pytest.mark.timeout(60)
     def test_a_name_loads_its_module_on_first_use(self) -> None:
         """Reading ``composable_server.Server`` loads the engine; ``composable_server.Server`` is server.Server."""
         loaded = _loaded_by(
