@@ -157,7 +157,8 @@ class TestHeaderReading:
         transport = ProxyProtocolTransport(TCPTransport((LOCAL, 0)), mode=mode)
         with connected_pair() as (client, accepted):
             fd = accepted.fileno()  # the layer moves it into a ProxiedSocket
-            started = Background(lambda: transport.start_request(accepted))
+            accepted_from = accepted.getpeername()
+            started = Background(lambda: transport.start_request(accepted, accepted_from))
             cuts = [0, 1, 5, 13, 16, 20, len(header) - 1, len(header)]
             for a, b in zip(cuts, cuts[1:]):
                 client.sendall(header[a:b])
@@ -166,9 +167,9 @@ class TestHeaderReading:
                     started.result()  # raises what went wrong
             payload = b"\x16\x03\x01 first request bytes"
             client.sendall(payload)
-            proxied = started.result()
+            proxied, client_address = started.result()
             assert isinstance(proxied, ProxiedSocket)
-            assert proxied.client_address == ("203.0.113.7", 40001)
+            assert client_address == proxied.client_address == ("203.0.113.7", 40001)
             assert proxied.proxy_address == client.getsockname()
             assert wait_until(lambda: queued(proxied) == len(payload))
             assert proxied.recv(100) == payload
@@ -245,7 +246,7 @@ class TestTLSInside:
             fd = accepted.fileno()
             client.sendall(V1_LINE + b"GET / HTTP/1.0\r\n\r\n")
             with pytest.raises(TLSHandshakeError):
-                transport.start_request(accepted)
+                transport.start_request(accepted, accepted.getpeername())
             with pytest.raises(OSError):
                 os.fstat(fd)  # closed, not leaked
         assert transport.statistics().proxied == 1
@@ -334,7 +335,7 @@ class TestRefusals:
             client.sendall(V1_LINE)
             assert wait_until(lambda: queued(accepted) == len(V1_LINE))
             with pytest.raises(ProxyProtocolError, match="untrusted"):
-                transport.start_request(accepted)
+                transport.start_request(accepted, accepted.getpeername())
             assert queued(accepted) == len(V1_LINE)
 
     @pytest.mark.timeout(10)
