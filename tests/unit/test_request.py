@@ -380,6 +380,7 @@ class TestTheClientStartRequestNames:
         finally:
             rig.server.server_close()
 
+
 class TestRequestPath:
     @staticmethod
     def _path(wakes: list[int]) -> RequestPath[str, str]:
