@@ -529,6 +529,20 @@ class TestCommandLine:
         assert "request from 203.0.113.7:40001" in caplog.text
 
     @pytest.mark.timeout(10)
+    def test_serve_allow_judges_the_proxied_client(self, caplog: pytest.LogCaptureFixture) -> None:
+        """``serve --proxy-protocol v1 --allow`` admits the client the header names, though the proxy is outside the list."""
+        args = build_parser().parse_args(
+            ["serve", "--transport", "tcp", "--port", "0", "--proxy-protocol", "v1", "--allow", "203.0.113.0/24"]
+        )
+        server, _ = build_server(args)
+        caplog.set_level(logging.DEBUG, logger="composable_server.services")
+        with running(server):
+            assert exchange(server.server_address, v1_from("203.0.113.7") + b"hello\n") == b"HELLO\n"
+            assert exchange(server.server_address, v1_from("198.51.100.1") + b"hello\n") == b""
+        assert "request from 203.0.113.7:40001" in caplog.text
+        assert "request from 198.51.100.1" not in caplog.text
+
+    @pytest.mark.timeout(10)
     @pytest.mark.parametrize(
         ("argv", "message"),
         [
