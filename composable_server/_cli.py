@@ -86,7 +86,6 @@ from .proxy import (
     ProxyMode,
     ProxyProtocolDatagramAcceptor,
     ProxyProtocolTransport,
-    proxied_client_address,
 )
 from .server import Server
 from .systemd import (
@@ -554,17 +553,6 @@ def _datagram_acceptor(args: argparse.Namespace) -> Acceptor[DatagramRequest, Ad
     return DatagramAcceptor()
 
 
-def _client_from_header(handler: HandlerFactory[socket.socket, Address]) -> HandlerFactory[socket.socket, Address]:
-    """*handler*, called with the client a PROXY header names (the request
-    log's debug line and the service see it), until the server's request
-    path does this itself."""
-
-    def call(request: socket.socket, client_address: Address, server: object) -> object:
-        return handler(request, proxied_client_address(request, client_address), server)
-
-    return call
-
-
 def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, Address]:
     if args.inherited is not None:
         inherited: Transport[DatagramRequest, Address] = args.inherited
@@ -636,7 +624,7 @@ def build_server(
         server = _assemble(
             _stream_transport(args),
             StreamAcceptor(),
-            _client_from_header(stream_log),
+            stream_log,
             verifier,
             dispatcher,
             timeout_policy=_timeout_policy(args),
@@ -686,7 +674,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
     # SIGUSR2 runs this same command line again, on the handed-over socket.
     reexec_argv = (sys.executable, *sys.orig_argv[1:])
     if args.transport in STREAM_TRANSPORTS:
-        make_stream = _worker_factory(StreamAcceptor(), _client_from_header(_stream_log(args)), verifier, args)
+        make_stream = _worker_factory(StreamAcceptor(), _stream_log(args), verifier, args)
         return Prefork(
             _stream_transport(args),
             make_stream,

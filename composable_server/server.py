@@ -447,12 +447,16 @@ class Server(Generic[RequestT, AddressT]):
         return True
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
-        """Verify, then park or dispatch an accepted request."""
+        """Verify, then park or dispatch an accepted request.
+
+        A ``late_admission`` transport's client is known only after
+        ``start_request``: its job verifies in the worker instead.
+        """
         if self._accept_failing:
             self._accept_failing = False
             self.accept_error_policy.accepted()
         try:
-            if not self.verify_request(request, client_address):
+            if not self.transport.late_admission and not self.verify_request(request, client_address):
                 self.shutdown_request(request)
                 return
             parking = self._parking

@@ -52,6 +52,8 @@ DEFAULT_BACKLOG: Final = socket.SOMAXCONN
 
 AddressT = TypeVar("AddressT", InetAddress, UnixAddress)
 RequestT = TypeVar("RequestT")
+# start_request passes its client address through, whatever its type.
+ClientT = TypeVar("ClientT")
 
 
 @attrs.define(eq=False, repr=False)
@@ -115,9 +117,12 @@ class _SocketTransport(Generic[AddressT]):
     def activate(self) -> None:
         """Nothing to do for datagram sockets; stream transports listen."""
 
-    def start_request(self, request: RequestT) -> RequestT:
-        """Return *request* unchanged: plain sockets need no preparation."""
-        return request
+    # The accepted address is the client: the verifier runs in the accept loop.
+    late_admission: ClassVar[bool] = False
+
+    def start_request(self, request: RequestT, client_address: ClientT) -> tuple[RequestT, ClientT]:
+        """Return *request* and *client_address* unchanged: plain sockets need no preparation."""
+        return request, client_address
 
     def close(self) -> None:
         """Close the socket.  Idempotent; never raises OSError."""
@@ -522,11 +527,15 @@ class TLSTransport(Generic[StreamAddressT]):
                 pass  # SSLWantReadError (expected), or the peer is gone
         self.inner.shutdown_request(request)
 
-    def start_request(self, request: Socket) -> ssl.SSLSocket:
+    # The accepted address is the client: the verifier runs in the accept loop.
+    late_admission: ClassVar[bool] = False
+
+    def start_request(self, request: Socket, client_address: ClientT) -> tuple[ssl.SSLSocket, ClientT]:
         """Perform the server side of the TLS handshake on *request*, with the deadline.
 
         Returns:
-            The :class:`ssl.SSLSocket`, with the socket timeout *request* had.
+            The :class:`ssl.SSLSocket`, with the socket timeout *request* had,
+            and *client_address* unchanged.
 
         Raises:
             TLSHandshakeError: the handshake failed (bad or missing
@@ -549,7 +558,7 @@ class TLSTransport(Generic[StreamAddressT]):
             raise
         with self._lock:
             self._completed += 1
-        return tls
+        return tls, client_address
 
     def _handshake(self, tls: ssl.SSLSocket, peer: object) -> None:
         import ssl
