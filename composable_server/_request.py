@@ -65,6 +65,7 @@ import heapq
 import mmap
 import select
 import struct
+import sys
 import time
 from collections.abc import Callable
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
@@ -74,7 +75,6 @@ from socket import SO_RCVTIMEO as _SO_RCVTIMEO
 from socket import SO_SNDTIMEO as _SO_SNDTIMEO
 from socket import SOL_SOCKET as _SOL_SOCKET
 from socket import socket as Socket
-from ssl import SSLSocket as _SSLSocket
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._watchdog import Watchdog
@@ -115,6 +115,16 @@ def _timeval(seconds: float) -> bytes:
     """*seconds* as the ``struct timeval`` of ``SO_RCVTIMEO``/``SO_SNDTIMEO``."""
     whole = int(seconds)
     return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+
+
+def _is_tls(request: Socket) -> bool:
+    """True if *request* is an ``ssl.SSLSocket``.
+
+    Without ``ssl`` imported no TLS socket can exist, so a server without TLS
+    never imports it (import cost: ``ssl`` is ~10% of ``import compat``).
+    """
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(request, ssl.SSLSocket)
 
 
 @final
@@ -161,7 +171,7 @@ class StreamRequests:
         timeout as ``SSLWantReadError``, not as the ``TimeoutError`` that
         ``handlers.SocketFile`` makes of ``EAGAIN``.
         """
-        if kernel and not isinstance(request, _SSLSocket):
+        if kernel and not _is_tls(request):
             timeval = _timeval(seconds)
             request.setsockopt(_SOL_SOCKET, _SO_RCVTIMEO, timeval)
             request.setsockopt(_SOL_SOCKET, _SO_SNDTIMEO, timeval)
