@@ -81,7 +81,6 @@ from .interfaces import (
     Verifier,
 )
 from .policies import AcceptBackoff, ConnectionTimeouts, PrintTraceback
-from .verifiers import AllowAll, releaser
 
 __all__ = ("DrainReport", "Server")
 
@@ -158,6 +157,8 @@ class Server(Generic[RequestT, AddressT]):
         accept_error_policy: AcceptErrorPolicy | None = None,
         bind_and_activate: bool = True,
     ) -> None:
+        from .verifiers import AllowAll, releaser  # here: verifiers (ipaddress) load with a server
+
         self.transport = transport
         self.acceptor = acceptor
         self.handler = handler
@@ -446,12 +447,16 @@ class Server(Generic[RequestT, AddressT]):
         return True
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
-        """Verify, then park or dispatch an accepted request."""
+        """Verify, then park or dispatch an accepted request.
+
+        A ``late_admission`` transport's client is known only after
+        ``start_request``: its job verifies in the worker instead.
+        """
         if self._accept_failing:
             self._accept_failing = False
             self.accept_error_policy.accepted()
         try:
-            if not self.verify_request(request, client_address):
+            if not self.transport.late_admission and not self.verify_request(request, client_address):
                 self.shutdown_request(request)
                 return
             parking = self._parking

@@ -13,7 +13,7 @@ import os
 import select
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from socket import socket as Socket  # `socket` is a property name below
 from typing import Generic, TypeVar, cast, final
 
@@ -140,6 +140,12 @@ class MemoryTransport(Generic[RequestT, AddressT]):
             takes every queued request per wake-up, up to its batch).
         request_ops: the request operations (default: a fresh
             :class:`MemoryRequestOps`, which records what the server did).
+        clients: what :meth:`start_request` makes of each accepted
+            ``(request, client_address)``: a mapping from an accepted address
+            to the client it stands for (as a PROXY header names one); an
+            address not in it passes unchanged.
+        late_admission: what :attr:`late_admission` reports (True: the
+            server verifies each request after :meth:`start_request`).
 
     Attributes:
         bind_calls, activate_calls, close_calls: how often each was called.
@@ -152,6 +158,8 @@ class MemoryTransport(Generic[RequestT, AddressT]):
     bound_address: AddressT | None = None
     nonblocking: bool = attrs.field(default=False, kw_only=True)
     request_ops: MemoryRequestOps = attrs.field(factory=MemoryRequestOps, kw_only=True)
+    clients: Mapping[object, AddressT] = attrs.field(factory=dict, kw_only=True)
+    late_admission: bool = attrs.field(default=False, kw_only=True)
     bind_calls: int = attrs.field(init=False, default=0)
     activate_calls: int = attrs.field(init=False, default=0)
     close_calls: int = attrs.field(init=False, default=0)
@@ -262,11 +270,13 @@ class MemoryTransport(Generic[RequestT, AddressT]):
             self.closed_requests.append(request)
         _close_if_closable(request)
 
-    def start_request(self, request: RequestT) -> RequestT:
-        """Record *request* in :attr:`started_requests` and return it unchanged."""
+    def start_request(self, request: RequestT, client_address: AddressT) -> tuple[RequestT, AddressT]:
+        """Record *request* in :attr:`started_requests`; return it unchanged,
+        with the client :attr:`clients` names for *client_address* (else
+        *client_address*)."""
         with self._lock:
             self.started_requests.append(request)
-        return request
+        return request, self.clients.get(client_address, client_address)
 
     @property
     def finished_requests(self) -> list[RequestT]:
