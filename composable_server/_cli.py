@@ -42,6 +42,7 @@ its predecessor handed over through the same activation variables.
 from __future__ import annotations
 
 import argparse
+import functools
 import grp
 import importlib.metadata
 import logging
@@ -560,7 +561,8 @@ def _client_from_header(handler: HandlerFactory[socket.socket, Address]) -> Hand
     def call(request: socket.socket, client_address: Address, server: object) -> object:
         return handler(request, proxied_client_address(request, client_address), server)
 
-    return call
+    # __wrapped__: the server reads the handler's capabilities (parks_connections) through it.
+    return functools.update_wrapper(call, handler, assigned=(), updated=())
 
 
 def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, Address]:

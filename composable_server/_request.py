@@ -253,10 +253,15 @@ def parks_connections(handler: object) -> bool:
     """True if *handler* declares ``parks_connections = True``: what it
     returns carries a :class:`~composable_server.interfaces.Verdict` as
     ``verdict``, and on ``KEEP`` the server parks the connection between
-    messages.  A :func:`functools.partial` is judged by the function it wraps."""
-    while isinstance(handler, functools.partial):
-        handler = handler.func
-    return getattr(handler, "parks_connections", False) is True
+    messages.  A :func:`functools.partial`, or a wrapper that names what it
+    wraps as ``__wrapped__`` (:func:`functools.wraps`), is judged by what it wraps."""
+    while True:
+        if isinstance(handler, functools.partial):
+            handler = handler.func
+        elif (wrapped := getattr(handler, "__wrapped__", None)) is not None:
+            handler = wrapped
+        else:
+            return getattr(handler, "parks_connections", False) is True
 
 
 # -- what a job needs from its server ---------------------------------------------

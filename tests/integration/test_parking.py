@@ -9,8 +9,11 @@ enough.
 from __future__ import annotations
 
 import resource
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +36,7 @@ from composable_server import (
 from composable_server.handlers import ParkingRequestHandler
 from composable_server.interfaces import Dispatcher, Verdict
 
-from ._support import CLIENT_TIMEOUT, RecordingErrorPolicy, running
+from ._support import CLIENT_TIMEOUT, OutputProcess, RecordingErrorPolicy, running
 
 LOCAL = "127.0.0.1"
 
@@ -338,3 +341,81 @@ def test_two_thousand_idle_parked_connections_on_a_pool_of_four_leave_a_busy_cli
         finally:
             for client in idle:
                 client.close()
+
+
+# -- the command line: serve --service lines [--park] --------------------------------
+
+
+def _serve(*args: str) -> OutputProcess:
+    argv = [sys.executable, "-m", "composable_server", "serve", "--log-level", "debug", "--port", "0", *args]
+    return OutputProcess(argv, read="stderr", wait=CLIENT_TIMEOUT, new_session=True)
+
+
+def _address(proc: OutputProcess) -> tuple[str, int]:
+    host, _, port = proc.wait_for(r"listening on \S+ (\S+)").group(1).rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "dispatch",
+    [["--dispatch", "pool", "--threads", "2"], ["--dispatch", "prefork", "--workers", "2", "--threads", "2"]],
+    ids=["pool", "prefork"],
+)
+def test_cli_lines_park_serves_more_open_connections_than_threads(dispatch: list[str]) -> None:
+    """`--service lines --park` on 2 threads: 12 open connections take turns, each answered every round."""
+    proc = _serve("--service", "lines", "--park", *dispatch)
+    try:
+        address = _address(proc)
+        clients = [socket.create_connection(address, timeout=CLIENT_TIMEOUT) for _ in range(12)]
+        try:
+            for round_ in range(3):
+                for number, client in enumerate(clients):
+                    assert ask(client, b"c%d r%d\n" % (number, round_)) == b"C%d R%d\n" % (number, round_)
+            for client in clients:
+                client.shutdown(socket.SHUT_WR)
+                assert client.recv(1) == b""  # EOF ends the conversation
+        finally:
+            for client in clients:
+                client.close()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(CLIENT_TIMEOUT) == 0
+    finally:
+        proc.close()
+    assert not any("Traceback" in line for line in proc.lines)
+
+
+@pytest.mark.timeout(60)
+def test_cli_lines_without_park_keeps_the_connection_in_its_worker() -> None:
+    """`--service lines` alone: one worker serves a whole conversation in place, until EOF."""
+    proc = _serve("--service", "lines", "--dispatch", "pool", "--threads", "2")
+    try:
+        with socket.create_connection(_address(proc), timeout=CLIENT_TIMEOUT) as client:
+            for line in (b"a\n", b"b\n", b"c\n"):
+                assert ask(client, line) == line.upper()
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(1) == b""
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(CLIENT_TIMEOUT) == 0
+    finally:
+        proc.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--park"], "--park applies only to --service lines"),
+        (["--service", "lines", "--transport", "udp"], "--service lines needs a stream transport"),
+    ],
+)
+def test_cli_refuses_park_without_lines_and_lines_over_datagrams(args: list[str], message: str) -> None:
+    """Usage errors name the option and exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "composable_server", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
