@@ -498,7 +498,10 @@ class TimeoutPolicy(Protocol):
 
         Args:
             client_address: the client.
-            limit: ``"first_byte"``, ``"idle"`` or ``"lifetime"``.
+            limit: ``"first_byte"``, ``"idle"`` (also a kept connection
+                parked too long between messages), ``"lifetime"``, or
+                ``"parked"`` (a kept connection closed as the least recently
+                used beyond the server's ``max_parked``).
         """
         ...
 

@@ -8,6 +8,7 @@ enough.
 
 from __future__ import annotations
 
+import io
 import resource
 import signal
 import socket
@@ -33,7 +34,7 @@ from composable_server import (
     ThreadPoolDispatcher,
     TLSTransport,
 )
-from composable_server.handlers import ParkingRequestHandler
+from composable_server.handlers import ParkingRequestHandler, SocketFile, buffered_input
 from composable_server.interfaces import Dispatcher, Verdict
 
 from ._support import CLIENT_TIMEOUT, OutputProcess, RecordingErrorPolicy, running
@@ -341,6 +342,80 @@ def test_two_thousand_idle_parked_connections_on_a_pool_of_four_leave_a_busy_cli
         finally:
             for client in idle:
                 client.close()
+
+
+# -- the handler on a socketpair --------------------------------------------------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    left, right = socket.socketpair()
+    left.settimeout(CLIENT_TIMEOUT)
+    right.settimeout(CLIENT_TIMEOUT)
+    try:
+        yield left, right
+    finally:
+        left.close()
+        right.close()
+
+
+def test_buffered_input_counts_what_rfile_holds_without_reading_the_socket(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Bytes left in the buffer are counted; an empty buffer reads as 0 at once, not a blocking recv."""
+    server, client = pair
+    rfile = io.BufferedReader(SocketFile(server, readable=True, writable=False))
+    client.sendall(b"one\ntwo\n")
+    assert rfile.readline() == b"one\n"
+    assert buffered_input(rfile) == 4
+    assert rfile.readline() == b"two\n"
+    started = time.monotonic()
+    assert buffered_input(rfile) == 0
+    assert time.monotonic() - started < CLIENT_TIMEOUT / 2  # did not wait for the socket's timeout
+    client.sendall(b"three\n")
+    assert rfile.readline() == b"three\n"  # the file reads normally again afterwards
+
+
+def test_buffered_input_of_an_unbuffered_or_foreign_file_is_zero() -> None:
+    """Only a BufferedReader over a SocketFile holds input: anything else reports 0."""
+    assert buffered_input(io.BufferedReader(io.BytesIO(b"data"))) == 0
+    assert buffered_input(io.BytesIO(b"data")) == 0
+
+
+class OneLine(ParkingRequestHandler[Any]):
+    """One line in, the line back upper-cased; CLOSE at EOF."""
+
+    def handle_message(self) -> Verdict:
+        line = self.rfile.readline()
+        if not line:
+            return Verdict.CLOSE
+        self.wfile.write(line.upper())
+        return Verdict.KEEP
+
+
+class InPlace(OneLine):
+    parks_connections = False
+
+
+def test_a_parking_handler_serves_buffered_lines_then_says_keep(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Two lines already buffered are both answered in one instance, which then keeps the connection."""
+    server, client = pair
+    client.sendall(b"a\nb\n")
+    handler = OneLine(server, "peer", None)  # type: ignore[arg-type]  # the handler never touches its server
+    assert handler.verdict is Verdict.KEEP
+    assert client.recv(16) == b"A\nB\n"
+
+
+def test_a_handler_that_does_not_park_serves_every_line_in_place_until_eof(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """parks_connections = False: handle() loops to EOF, as a thread-per-connection handler."""
+    server, client = pair
+    client.sendall(b"a\nb\n")
+    client.shutdown(socket.SHUT_WR)
+    handler = InPlace(server, "peer", None)  # type: ignore[arg-type]  # the handler never touches its server
+    assert handler.verdict is Verdict.CLOSE
+    assert client.recv(16) == b"A\nB\n"
 
 
 # -- the command line: serve --service lines [--park] --------------------------------
