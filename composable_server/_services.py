@@ -26,6 +26,7 @@ from socket import socket as Socket
 from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 
 from ._request import parks_connections
+from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .handlers import BaseRequestHandler, ParkingRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory, Verdict
 from .proxy import reply_address
@@ -100,7 +101,9 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        sock.sendto(data.upper() if self.upper else data, reply_address(self.request, address))
+        to = reply_address(self.request, address)
+        if not send_datagram(sock, data.upper() if self.upper else data, to):
+            _logger.warning("dropped the reply to %s: its queue stayed full for %g s", to, DATAGRAM_SEND_TIMEOUT)
 
 
 class UpperDatagramHandler(_DatagramHandler):

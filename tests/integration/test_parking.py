@@ -424,7 +424,7 @@ def test_a_handler_that_does_not_park_serves_every_line_in_place_until_eof(
 
 def _serve(*args: str) -> OutputProcess:
     argv = [sys.executable, "-m", "composable_server", "serve", "--log-level", "debug", "--port", "0", *args]
-    return OutputProcess(argv, read="stderr", wait=CLIENT_TIMEOUT, new_session=True)
+    return OutputProcess(argv, read="stderr", wait=CLIENT_TIMEOUT)
 
 
 def _address(proc: OutputProcess) -> tuple[str, int]:
