@@ -25,14 +25,13 @@ import errno
 import io
 import logging
 import socket
-import ssl
+import sys
 from socket import socket as Socket
 from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
 from .interfaces import Address, DatagramRequest, Verdict
-from .proxy import reply_address
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -352,6 +351,10 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         (``SSLSocket.pending()``)."""
         if buffered_input(self.rfile):
             return True
+        if "ssl" not in sys.modules:
+            return False  # no TLS socket exists without it; importing it would cost every plain server
+        import ssl  # loaded already: a look-up
+
         connection = self.connection
         return isinstance(connection, ssl.SSLSocket) and connection.pending() > 0
 
@@ -384,6 +387,8 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
         :data:`~composable_server._socketutil.DATAGRAM_SEND_TIMEOUT` seconds,
         then dropped and logged (see :func:`~composable_server._socketutil.send_datagram`).
         """
+        from .proxy import reply_address  # here: proxy (and ipaddress) load only when used
+
         reply = self.wfile.getvalue()
         to = reply_address(self.request, self.client_address)
         if not send_datagram(self.socket, reply, cast("Address", to)):

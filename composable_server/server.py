@@ -89,7 +89,6 @@ from .interfaces import (
     Verifier,
 )
 from .policies import AcceptBackoff, ConnectionTimeouts, PrintTraceback
-from .verifiers import AllowAll, releaser
 
 __all__ = ("DrainReport", "Server")
 
@@ -175,6 +174,8 @@ class Server(Generic[RequestT, AddressT]):
         if max_parked < 1:
             raise ValueError(f"max_parked must be >= 1, got {max_parked}")
         self.max_parked = max_parked
+        from .verifiers import AllowAll, releaser  # here: verifiers (ipaddress) load with a server
+
         self.transport = transport
         self.acceptor = acceptor
         self.handler = handler

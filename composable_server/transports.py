@@ -16,11 +16,10 @@ from __future__ import annotations
 import errno
 import select
 import socket
-import ssl
 import threading
 import time
 from socket import socket as Socket  # `socket` is also a property name below
-from typing import ClassVar, Final, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast, final
 
 import attrs
 
@@ -29,6 +28,9 @@ from ._socketutil import check_inet_address, check_unix_address, family_name, in
 from ._unixpath import SocketFile, check_mode, unix_path
 from .exceptions import AddressError, BindError, ServerClosedError, TLSHandshakeError
 from .interfaces import DatagramRequest, InetAddress, RequestOps, Transport, UnixAddress
+
+if TYPE_CHECKING:
+    import ssl  # imported where used: a TLSTransport's context has loaded it
 
 __all__ = (
     "DATAGRAM_REQUESTS",
@@ -508,6 +510,8 @@ class TLSTransport(Generic[StreamAddressT]):
     def shutdown_request(self, request: Socket) -> None:
         """Send a TLS ``close_notify`` (best effort, never blocking), then let
         the inner transport shut the connection down.  Never raises OSError."""
+        import ssl
+
         if isinstance(request, ssl.SSLSocket):
             try:
                 # Non-blocking: SSL_shutdown sends close_notify, then would wait
@@ -548,6 +552,8 @@ class TLSTransport(Generic[StreamAddressT]):
         return tls
 
     def _handshake(self, tls: ssl.SSLSocket, peer: object) -> None:
+        import ssl
+
         deadline = time.monotonic() + self.handshake_timeout
         tls.setblocking(False)
         poller = select.poll()
@@ -597,6 +603,8 @@ class TLSTransport(Generic[StreamAddressT]):
 
 
 def _reason(exc: OSError) -> str:
+    import ssl
+
     if isinstance(exc, ssl.SSLError):
         return f"{exc.reason or type(exc).__name__}: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc.strerror or exc}"
