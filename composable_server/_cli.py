@@ -46,6 +46,7 @@ its predecessor handed over through the same activation variables.
 from __future__ import annotations
 
 import argparse
+import functools
 import grp
 import logging
 import os
@@ -61,7 +62,15 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Final, NoReturn, TypeAlias, TypeVar, get_args
 
-from ._services import DATAGRAM_SERVICES, MAX_LINE, RequestLog, format_address, http_handler, line_service
+from ._services import (
+    DATAGRAM_SERVICES,
+    MAX_LINE,
+    RequestLog,
+    format_address,
+    http_handler,
+    line_service,
+    lines_service,
+)
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from ._modes import DISPATCH_MODES, DISPATCHERS, PREFORK_POOL, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
 from .dispatchers import ThreadPoolDispatcher
@@ -126,7 +135,7 @@ _SOCKET_KINDS: Final = {
     "unix-dgram": (frozenset({socket.AF_UNIX}), socket.SOCK_DGRAM),  # the older name
 }
 _SERVABLE_FAMILIES: Final = frozenset({*IP_FAMILIES, socket.AF_UNIX})
-SERVICES: Final = ("upper", "echo", "http")
+SERVICES: Final = ("upper", "echo", "lines", "http")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 RequestT = TypeVar("RequestT")
@@ -285,7 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SERVICES,
         default="upper",
         help="upper: one line or datagram in, upper-cased back (default); echo: unchanged; "
+        "lines: every line of a connection upper-cased back, until EOF (stream transports only); "
         "http: files of --directory (stream transports only)",
+    )
+    serve.add_argument(
+        "--park",
+        action="store_true",
+        help="--service lines: between lines, park the connection in the server's poll set "
+        "instead of holding a worker (thousands of idle connections on --threads N)",
     )
     serve.add_argument("--directory", help="directory served by --service http (default: the current one)")
     serve.add_argument(
@@ -452,8 +468,10 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                 parser.error(f"--{option} does not apply to --transport {args.transport}; use --path")
     elif args.path is not None:
         parser.error(f"--path applies to the unix transports, not --transport {args.transport}")
-    if args.service == "http" and args.transport not in STREAM_TRANSPORTS:
-        parser.error(f"--service http needs a stream transport (tcp or unix), not {args.transport}")
+    if args.service in ("http", "lines") and args.transport not in STREAM_TRANSPORTS:
+        parser.error(f"--service {args.service} needs a stream transport (tcp or unix), not {args.transport}")
+    if args.park and args.service != "lines":
+        parser.error(f"--park applies only to --service lines, not --service {args.service}")
     if args.proxy_trust and args.proxy_protocol is None:
         parser.error("--proxy-trust applies only with --proxy-protocol")
     if args.proxy_protocol == "v1" and args.transport not in STREAM_TRANSPORTS:
@@ -570,6 +588,8 @@ def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, 
 def _stream_log(args: argparse.Namespace) -> RequestLog[socket.socket]:
     if args.service == "http":
         return RequestLog(http_handler(os.path.abspath(args.directory or os.getcwd())), args.service)
+    if args.service == "lines":
+        return RequestLog(lines_service(args.max_line or MAX_LINE, park=args.park), args.service)
     return RequestLog(line_service(args.service, args.max_line or MAX_LINE), args.service)
 
 

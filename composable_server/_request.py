@@ -30,6 +30,9 @@ request; everything after that happens here::
            shutdown_request()      transport.shutdown_request (and the verifier's release)
       finished                     if accepting is paused (out of descriptors),
                                    wake the loop: this request freed one
+    kept connections               a handler that parks connections (below)
+                                   said KEEP: the job goes back to the loop,
+                                   which parks it and dispatches it again
     RequestJob.close(message)      unserved (pool full, parent after fork):
                                    ops.reject(message), close_request()
     RequestJob.abort()             drain deadline, lifetime: ops.abort, `cut`
@@ -51,6 +54,24 @@ the server asks what kind of request it holds.  Whether kernel timeouts are
 safe is the handler's statement (a ``kernel_timeouts_safe`` attribute), not
 a guess from its class.
 
+Kept connections.  A handler factory that declares ``parks_connections =
+True`` (``handlers.ParkingRequestHandler``) serves the messages a
+connection has ready and returns a :class:`~composable_server.interfaces.Verdict`
+as its ``verdict``.  On ``KEEP`` the job does not shut the connection down:
+:meth:`RequestPath.give_back` hands the job itself to the serving loop
+(a deque and the loop's wake-up, so any worker thread may call it), and the
+loop parks it in :class:`Parking` until it is readable, then dispatches the
+same job again.  The job keeps what belongs to the connection: the
+transport's wrapped request (the TLS handshake ran once), the lifetime
+watchdog entry, the verifier's admission (released once, at the end).  The
+handler is instantiated afresh on every dispatch, so it owns nothing
+between messages; it must not park while it holds buffered input (its
+``rfile`` buffer, ``SSLSocket.pending()``): it serves that at once instead,
+since no poll would ever report it.  Where no loop can take the job back
+(a forked child of ``ForkingDispatcher``, ``handle_request`` with no loop
+ever run) the worker waits for the next message in place, up to the idle
+budget; once a loop has left (shutdown, drain) a kept connection is closed.
+
 Forked children.  The pause flag lives in one anonymous shared page
 (``mmap``), so a job finishing in a forked child sees whether its parent's
 loop is paused now, not at fork time, and wakes it through the inherited
@@ -62,11 +83,15 @@ from __future__ import annotations
 
 import functools
 import heapq
+import math
 import mmap
+import os
 import select
 import struct
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
 from socket import MSG_PEEK as _MSG_PEEK
@@ -77,14 +102,15 @@ from socket import SOL_SOCKET as _SOL_SOCKET
 from socket import socket as Socket
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
 
-from ._watchdog import Watchdog
-from .interfaces import DatagramRequest
+from ._watchdog import Watchdog, _Entry
+from .interfaces import DatagramRequest, Verdict
 
 if TYPE_CHECKING:
     from .interfaces import HandlerFactory, TimeoutPolicy, Transport
 
 __all__ = (
     "DATAGRAM_REQUESTS",
+    "DEFAULT_MAX_PARKED",
     "STREAM_REQUESTS",
     "DatagramRequests",
     "Parking",
@@ -92,6 +118,7 @@ __all__ = (
     "RequestJob",
     "RequestPath",
     "StreamRequests",
+    "parks_connections",
     "takes_kernel_timeouts",
 )
 
@@ -101,6 +128,16 @@ RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
 
 _POLLIN: Final = select.POLLIN
+
+DEFAULT_MAX_PARKED: Final = 1000
+"""The most kept connections a serving loop parks at once; beyond it the
+least recently used one is closed (gunicorn gthread: ``worker_connections``
+1000; cheroot keeps 10, waitress 100)."""
+
+# Where RequestPath.give_back sends a kept job.
+_IN_PLACE: Final = 0  # no loop has run in this process: the worker waits itself
+_TO_LOOP: Final = 1  # a serving loop takes kept jobs back
+_CLOSED: Final = 2  # the loop left (shutdown, drain): close kept connections
 
 # Offsets in RequestPath's shared page.
 _PAUSED: Final = 0
@@ -237,6 +274,21 @@ def takes_kernel_timeouts(handler: object) -> bool:
     return getattr(handler, "kernel_timeouts_safe", False) is True
 
 
+def parks_connections(handler: object) -> bool:
+    """True if *handler* declares ``parks_connections = True``: what it
+    returns carries a :class:`~composable_server.interfaces.Verdict` as
+    ``verdict``, and on ``KEEP`` the server parks the connection between
+    messages.  A :func:`functools.partial`, or a wrapper that names what it
+    wraps as ``__wrapped__`` (:func:`functools.wraps`), is judged by what it wraps."""
+    while True:
+        if isinstance(handler, functools.partial):
+            handler = handler.func
+        elif (wrapped := getattr(handler, "__wrapped__", None)) is not None:
+            handler = wrapped
+        else:
+            return getattr(handler, "parks_connections", False) is True
+
+
 # -- what a job needs from its server ---------------------------------------------
 
 
@@ -252,7 +304,7 @@ class RequestHost(Protocol[RequestT, AddressT]):
     @property
     def handler(self) -> HandlerFactory[RequestT, AddressT]: ...
     def verify_request(self, request: RequestT, client_address: AddressT) -> bool: ...
-    def finish_request(self, request: RequestT, client_address: AddressT) -> None: ...
+    def finish_request(self, request: RequestT, client_address: AddressT) -> object: ...
     def handle_error(self, request: RequestT, client_address: AddressT) -> None: ...
     def shutdown_request(self, request: RequestT) -> None: ...
     def close_request(self, request: RequestT) -> None: ...
@@ -268,7 +320,7 @@ class RequestPath(Generic[RequestT, AddressT]):
             or process.
     """
 
-    __slots__ = ("_shared", "_wake", "host", "watchdog")
+    __slots__ = ("_kept", "_kept_lock", "_kept_state", "_loop_pid", "_shared", "_wake", "host", "watchdog")
 
     def __init__(self, host: RequestHost[RequestT, AddressT], wake: Callable[[], object]) -> None:
         self.host = host
@@ -278,6 +330,11 @@ class RequestPath(Generic[RequestT, AddressT]):
         # fork keeps them shared, so a child reads its parent's current state.
         # [_PAUSED]: accepting is paused; [_FINISHES]: jobs finished, mod 256.
         self._shared = mmap.mmap(-1, 2)
+        # Kept jobs on their way back to the serving loop (see give_back).
+        self._kept: deque[RequestJob[RequestT, AddressT]] = deque()
+        self._kept_lock = threading.Lock()
+        self._kept_state = _IN_PLACE
+        self._loop_pid = 0
 
     def job(
         self,
@@ -331,6 +388,49 @@ class RequestPath(Generic[RequestT, AddressT]):
         if shared[_PAUSED]:
             self._wake()
 
+    def open_returns(self) -> None:
+        """The serving loop starts: from now on kept jobs come back to it."""
+        with self._kept_lock:
+            self._loop_pid = os.getpid()
+            self._kept_state = _TO_LOOP
+
+    def close_returns(self) -> list[RequestJob[RequestT, AddressT]]:
+        """The serving loop leaves: kept connections are closed from now on.
+
+        Returns:
+            The kept jobs given back but not taken yet: the caller releases them.
+        """
+        with self._kept_lock:
+            self._kept_state = _CLOSED
+            kept, self._kept = list(self._kept), deque()
+        return kept
+
+    def give_back(self, job: RequestJob[RequestT, AddressT]) -> int:
+        """Hand a kept *job* to the serving loop (any thread).
+
+        Returns:
+            ``_TO_LOOP``: the loop owns it now (and was woken); ``_IN_PLACE``:
+            no loop here, the caller waits for the next message itself;
+            ``_CLOSED``: the loop left, the caller closes the connection.
+        """
+        with self._kept_lock:
+            state = self._kept_state
+            if state == _TO_LOOP and self._loop_pid != os.getpid():
+                state = _IN_PLACE  # a forked child: its parent's loop cannot poll for it
+            if state == _TO_LOOP:
+                self._kept.append(job)
+        if state == _TO_LOOP:
+            self._wake()
+        return state
+
+    def take_returns(self) -> list[RequestJob[RequestT, AddressT]]:
+        """The kept jobs given back since the last call (the serving loop)."""
+        kept = self._kept
+        taken = []
+        while kept:
+            taken.append(kept.popleft())
+        return taken
+
     def close(self) -> None:
         """Stop the lifetime watchdog's thread.  Idempotent."""
         self.watchdog.close()
@@ -358,7 +458,7 @@ class RequestJob(Generic[RequestT, AddressT]):
             resulting ``BrokenPipe``/EOF errors are not reported again.
     """
 
-    __slots__ = ("_body", "_path", "client_address", "cut", "request")
+    __slots__ = ("_body", "_entry", "_parks", "_path", "_started", "client_address", "cut", "request")
 
     def __init__(
         self,
@@ -372,9 +472,17 @@ class RequestJob(Generic[RequestT, AddressT]):
         self.request = request
         self.client_address = client_address
         self.cut = False
+        self._started = False  # start_request ran: the connection is served (again)
+        self._parks = False  # the handler returns verdicts (parks_connections)
+        self._entry: _Entry | None = None  # the lifetime watchdog's entry
 
     def run(self) -> bool:
-        """Serve the request (see the class); True if the handler returned."""
+        """Serve the request (see the class); True if the handler returned.
+
+        A connection kept by its handler (``Verdict.KEEP``) is given back to
+        the serving loop instead of being shut down; the loop runs this
+        same job again when the connection is readable.
+        """
         path = self._path
         body = self._body
         if body is not None:
@@ -384,34 +492,79 @@ class RequestJob(Generic[RequestT, AddressT]):
             finally:
                 path.finished()
         host = path.host
+        kept = False
+        try:
+            if self._started:
+                request = self.request
+            else:
+                request = self._start()
+                if host.transport.late_admission and not host.verify_request(request, self.client_address):
+                    return False  # refused (the verifier logs it): released below, unserved
+            while True:
+                served = host.finish_request(request, self.client_address)
+                if not self._parks or self.cut or getattr(served, "verdict", None) is not Verdict.KEEP:
+                    return True
+                where = path.give_back(self)
+                if where == _TO_LOOP:
+                    # The loop owns the job now (another worker may run it
+                    # already): touch nothing of it from here on.
+                    kept = True
+                    return True
+                if where == _CLOSED or not self._linger():
+                    return True
+        except Exception:
+            if not self.cut:
+                host.handle_error(self.request, self.client_address)
+            return False
+        finally:
+            if not kept:
+                self.release()
+
+    def _start(self) -> RequestT:
+        """Once per connection: the lifetime budget, ``start_request`` (the
+        TLS handshake, the PROXY header: the client address may change), the
+        idle budget."""
+        path = self._path
+        host = path.host
         transport = host.transport
         ops = transport.request_ops
         budget = host.timeout_policy.budget if ops.connections else None
-        request = self.request
-        entry = None
-        try:
-            if budget is not None and budget.lifetime is not None:
-                entry = path.watchdog.add(budget.lifetime, self._expire)
-            # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
-            request, self.client_address = transport.start_request(request, self.client_address)
-            self.request = request
-            if transport.late_admission and not host.verify_request(request, self.client_address):
-                return False  # refused (the verifier logs it): released below, unserved
-            if budget is not None and budget.idle is not None:
-                ops.limit_idle(request, budget.idle, kernel=takes_kernel_timeouts(host.handler))
-            host.finish_request(request, self.client_address)
+        self._started = True
+        if budget is not None and budget.lifetime is not None:
+            self._entry = path.watchdog.add(budget.lifetime, self._expire)
+        # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
+        request, self.client_address = transport.start_request(self.request, self.client_address)
+        self.request = request
+        if budget is not None and budget.idle is not None:
+            ops.limit_idle(request, budget.idle, kernel=takes_kernel_timeouts(host.handler))
+        self._parks = ops.connections and parks_connections(host.handler)
+        return request
+
+    def _linger(self) -> bool:
+        """No loop to park in: wait here for the next message, up to the idle
+        budget (reported as ``"idle"`` when it runs out).  True: readable."""
+        policy = self._path.host.timeout_policy
+        budget = policy.budget
+        idle = None if budget is None else budget.idle
+        poller = select.poll()
+        # Only connection requests are kept (_start checks request_ops.connections): sockets.
+        poller.register(cast(Socket, self.request).fileno(), _POLLIN)
+        if poller.poll(None if idle is None else idle * 1000.0):
             return True
-        except Exception:
-            if not self.cut:
-                host.handle_error(request, self.client_address)
-            return False
+        policy.budget_exceeded(self.client_address, "idle")
+        return False
+
+    def release(self) -> None:
+        """End the connection: cancel its lifetime entry, ``shutdown_request``
+        (and the verifier's release), count it finished."""
+        path = self._path
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            path.watchdog.cancel(entry)
+        try:
+            path.host.shutdown_request(self.request)
         finally:
-            if entry is not None:
-                path.watchdog.cancel(entry)
-            try:
-                host.shutdown_request(request)
-            finally:
-                path.finished()
+            path.finished()
 
     def _expire(self) -> None:
         # Runs on the watchdog thread: the lifetime budget ran out.
@@ -420,7 +573,11 @@ class RequestJob(Generic[RequestT, AddressT]):
 
     def close(self, message: bytes = b"") -> None:
         """Release the request unserved, sending *message* first (best effort)."""
-        host = self._path.host
+        path = self._path
+        host = path.host
+        entry, self._entry = self._entry, None
+        if entry is not None:  # a kept connection, refused on its way back
+            path.watchdog.cancel(entry)
         if message:
             host.transport.request_ops.reject(self.request, message, self.client_address)
         host.close_request(self.request)
@@ -434,18 +591,26 @@ class RequestJob(Generic[RequestT, AddressT]):
         return f"<Job {self.client_address!r}>"
 
 
-# -- parking: the first-byte budget -----------------------------------------------
+# -- parking: the first-byte budget and kept connections -------------------------
 
 
 @final
 class Parking(Generic[RequestT, AddressT]):
-    """Connections accepted but still silent, waiting for their first byte.
+    """Connections waiting in a poll set, not in a worker: new ones still
+    silent (the first-byte budget), and kept ones between two messages.
 
     They wait in a poll set (the serving loop's, or ``handle_request``'s own),
-    not in a worker, so a crowd of clients that connect and say nothing
-    occupies no thread; each is handed to *dispatch* when it becomes
-    readable, or shut down at its first-byte deadline.  The only
-    implementation of the first-byte budget.
+    so a crowd of clients that connect and say nothing, or keep their
+    connection open and idle, occupies no thread.  A silent new connection
+    is handed to *dispatch* when it becomes readable, or shut down at its
+    first-byte deadline (the only implementation of that budget).  A kept
+    connection (its :class:`RequestJob`, see :meth:`keep`) is handed to
+    *redispatch* when readable, closed after the idle budget (``"idle"``),
+    and, beyond *max_kept*, the least recently parked one is closed
+    (``"parked"``).  Both go through ``TimeoutPolicy.budget_exceeded``.
+
+    One heap of ``(deadline, fd)`` serves both kinds; an entry is stale
+    when its descriptor is parked no more, or again with another deadline.
 
     Args:
         host: the server (its transport's request operations, its timeout policy).
@@ -453,24 +618,42 @@ class Parking(Generic[RequestT, AddressT]):
         dispatch: called with ``(request, client_address)`` of a parked
             connection that became readable (the server's guarded
             ``process_request``).
+        redispatch: called with the job of a kept connection that became
+            readable (the server's guarded ``dispatcher.dispatch``); None:
+            nothing is kept here.
+        max_kept: the most kept connections parked at once.
     """
 
-    __slots__ = ("_dispatch", "_entries", "_heap", "_host", "_poller")
+    __slots__ = ("_dispatch", "_entries", "_heap", "_host", "_kept", "_max_kept", "_poller", "_redispatch")
 
     def __init__(
         self,
         host: RequestHost[RequestT, AddressT],
         poller: select.poll,
         dispatch: Callable[[RequestT, AddressT], object],
+        redispatch: Callable[[RequestJob[RequestT, AddressT]], object] | None = None,
+        max_kept: int = DEFAULT_MAX_PARKED,
     ) -> None:
         self._host = host
         self._poller = poller
         self._dispatch = dispatch
+        self._redispatch = redispatch
+        self._max_kept = max_kept
         self._entries: dict[int, tuple[RequestT, AddressT, float]] = {}
+        # Insertion order is parking order: the first is the least recently used.
+        self._kept: dict[int, tuple[RequestJob[RequestT, AddressT], float]] = {}
         self._heap: list[tuple[float, int]] = []
 
     def __bool__(self) -> bool:
-        return bool(self._entries)
+        return bool(self._entries) or bool(self._kept)
+
+    def __len__(self) -> int:
+        return len(self._entries) + len(self._kept)
+
+    @property
+    def kept(self) -> int:
+        """How many kept connections are parked."""
+        return len(self._kept)
 
     def park(self, request: RequestT, client_address: AddressT) -> bool:
         """Park *request* if a first-byte budget applies and its client has
@@ -495,9 +678,47 @@ class Parking(Generic[RequestT, AddressT]):
         self._poller.register(fd, _POLLIN)
         return True
 
+    def keep(self, job: RequestJob[RequestT, AddressT]) -> None:
+        """Park a kept connection until it is readable (then *redispatch*
+        it), its idle budget runs out, or it is the least recently used one
+        when *max_kept* are parked.  The parking owns the job now.
+
+        The handler checked its buffered input before it said KEEP, so
+        readiness of the descriptor is all there is to wait for.
+        """
+        host = self._host
+        policy = host.timeout_policy
+        kept = self._kept
+        # Only connection requests are kept (RequestJob checks request_ops.connections): sockets.
+        fd = cast(Socket, job.request).fileno()
+        if fd < 0 or self._redispatch is None:
+            job.release()  # closed under us, or nowhere to serve it again
+            return
+        if len(kept) >= self._max_kept:
+            oldest = next(iter(kept))
+            evicted, _ = kept.pop(oldest)
+            self._poller.unregister(oldest)
+            # Observer hook point: a kept connection evicted (LRU).  Reported
+            # before the close, so whoever sees the EOF sees the count too.
+            policy.budget_exceeded(evicted.client_address, "parked")
+            evicted.release()
+        budget = policy.budget
+        idle = None if budget is None else budget.idle
+        deadline = math.inf if idle is None else time.monotonic() + idle
+        kept[fd] = (job, deadline)
+        if idle is not None:
+            heapq.heappush(self._heap, (deadline, fd))
+        self._poller.register(fd, _POLLIN)
+
     def ready(self, fd: int) -> bool:
         """*fd* became readable: dispatch its parked connection.  False if
         *fd* is not parked here."""
+        kept = self._kept.pop(fd, None)
+        if kept is not None:
+            self._poller.unregister(fd)
+            # A kept connection's job is not None here: keep() requires it.
+            cast("Callable[[RequestJob[RequestT, AddressT]], object]", self._redispatch)(kept[0])
+            return True
         entry = self._entries.pop(fd, None)
         if entry is None:
             return False
@@ -506,12 +727,16 @@ class Parking(Generic[RequestT, AddressT]):
         return True
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a parked connection (None: none parked)."""
-        heap, entries = self._heap, self._entries
+        """The earliest deadline of a parked connection (None: none parked
+        with a deadline)."""
+        heap, entries, kept = self._heap, self._entries, self._kept
         while heap:
             deadline, fd = heap[0]
             entry = entries.get(fd)
             if entry is not None and entry[2] == deadline:
+                return deadline
+            keeping = kept.get(fd)
+            if keeping is not None and keeping[1] == deadline:
                 return deadline
             heapq.heappop(heap)  # stale: that connection was dispatched
         return None
@@ -521,8 +746,15 @@ class Parking(Generic[RequestT, AddressT]):
         host = self._host
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, fd = heapq.heappop(self._heap)
-            request, client_address, _ = self._entries.pop(fd)
             self._poller.unregister(fd)
+            keeping = self._kept.pop(fd, None)
+            if keeping is not None:
+                job = keeping[0]
+                # Observer hook point: a kept connection idle too long (reported first, as above).
+                host.timeout_policy.budget_exceeded(job.client_address, "idle")
+                job.release()
+                continue
+            request, client_address, _ = self._entries.pop(fd)
             host.shutdown_request(request)
             host.timeout_policy.budget_exceeded(client_address, "first_byte")
 
@@ -536,10 +768,15 @@ class Parking(Generic[RequestT, AddressT]):
             self.expire(time.monotonic())
 
     def clear(self) -> None:
-        """Shut down every parked connection (the loop is leaving): they never
-        sent a byte, so closing them loses nothing."""
+        """Shut down every parked connection (the loop is leaving): new ones
+        never sent a byte and kept ones are between messages, so closing
+        them loses nothing."""
         entries, self._entries = self._entries, {}
+        kept, self._kept = self._kept, {}
         self._heap.clear()
         for fd, (request, _, _) in entries.items():
             self._poller.unregister(fd)
             self._host.shutdown_request(request)
+        for fd, (job, _) in kept.items():
+            self._poller.unregister(fd)
+            job.release()

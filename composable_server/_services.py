@@ -1,9 +1,12 @@
-"""The services of the command line: upper, echo and http.
+"""The services of the command line: upper, echo, lines and http.
 
 ``upper`` is the upper-case echo of the stdlib ``socketserver`` documentation
 (``MyTCPHandler`` / ``MyUDPHandler``): one request is one line on a stream
 connection, or one datagram, and the reply is that line upper-cased.  ``echo``
-replies with the line unchanged.  ``http`` is the stdlib
+replies with the line unchanged.  ``lines`` is the persistent form of
+``upper``: every line of a connection is upper-cased back, until EOF; with
+``--park`` (:func:`lines_service`) the connection waits in the server's poll
+set between lines instead of holding a worker.  ``http`` is the stdlib
 :class:`http.server.SimpleHTTPRequestHandler`, running on a composable server
 as it is.
 
@@ -22,9 +25,10 @@ from socket import SHUT_RDWR
 from socket import socket as Socket
 from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 
+from ._request import parks_connections
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
-from .handlers import BaseRequestHandler, StreamRequestHandler
-from .interfaces import Address, DatagramRequest, HandlerFactory
+from .handlers import BaseRequestHandler, ParkingRequestHandler, StreamRequestHandler
+from .interfaces import Address, DatagramRequest, HandlerFactory, Verdict
 from .proxy import reply_address
 
 __all__ = (
@@ -35,6 +39,7 @@ __all__ = (
     "format_address",
     "http_handler",
     "line_service",
+    "lines_service",
 )
 
 _logger = logging.getLogger("composable_server.services")
@@ -144,6 +149,31 @@ def line_service(name: str, max_line: int = MAX_LINE) -> StreamHandler:
     # A subclass per bound: the handler class itself stays the factory, so
     # the server still sees a StreamRequestHandler (kernel idle timeouts).
     return type(base.__name__, (base,), {"max_line": max_line, "__module__": __name__})
+
+
+class LinesHandler(ParkingRequestHandler[Address]):
+    """Upper-case every line of a connection back, until EOF (``lines``)."""
+
+    max_line: ClassVar[int] = MAX_LINE
+    parks_connections = False  # lines_service(park=True) parks
+
+    def handle_message(self) -> Verdict:
+        line = self.rfile.readline(self.max_line)
+        if not line:
+            return Verdict.CLOSE
+        self.wfile.write(line.upper())
+        return Verdict.KEEP
+
+
+def lines_service(max_line: int = MAX_LINE, *, park: bool = False) -> StreamHandler:
+    """The ``lines`` service: lines of at most *max_line* bytes, parked
+    between lines if *park*, else served in place until EOF."""
+    if max_line == LinesHandler.max_line and not park:
+        return LinesHandler
+    attributes = {"max_line": max_line, "parks_connections": park, "__module__": __name__}
+    return type(LinesHandler.__name__, (LinesHandler,), attributes)
+
+
 DATAGRAM_SERVICES: Final[dict[str, DatagramHandler]] = {
     "upper": UpperDatagramHandler,
     "echo": EchoDatagramHandler,
@@ -167,8 +197,13 @@ class RequestLog(Generic[RequestT]):
         self._lock = threading.Lock()
         self._active: set[Socket] = set()
 
-    def __call__(self, request: RequestT, client_address: Address, server: object) -> None:
-        """Log the request, then run the wrapped handler for it."""
+    @property
+    def parks_connections(self) -> bool:
+        """The wrapped handler's capability (see ``_request.parks_connections``)."""
+        return parks_connections(self.handler)
+
+    def __call__(self, request: RequestT, client_address: Address, server: object) -> object:
+        """Log the request, then run the wrapped handler for it; return what it returned."""
         # One line per request, when it starts: a request that hangs or
         # fails is then visible too (a failure also gets the error policy's
         # record, with the traceback).
@@ -176,12 +211,11 @@ class RequestLog(Generic[RequestT]):
         req: object = request
         conn = req if isinstance(req, Socket) else None
         if conn is None:
-            self.handler(request, client_address, server)
-            return
+            return self.handler(request, client_address, server)
         with self._lock:
             self._active.add(conn)
         try:
-            self.handler(request, client_address, server)
+            return self.handler(request, client_address, server)
         finally:
             with self._lock:
                 self._active.discard(conn)

@@ -7,6 +7,10 @@ and ``finish()`` (the last even when ``handle()`` raised).
 * :class:`StreamRequestHandler` - ``rfile``/``wfile`` over a connected socket;
   ``wfile.write`` sends every byte (``sendall``) when unbuffered;
   :meth:`~StreamRequestHandler.read_line` reads a line with a bound;
+* :class:`ParkingRequestHandler` - a stream handler that serves one message
+  at a time (:meth:`~ParkingRequestHandler.handle_message` returns a
+  :class:`~composable_server.interfaces.Verdict`): between messages the
+  server parks the connection in its poll set instead of holding a worker;
 * :class:`DatagramRequestHandler` - ``rfile`` over the datagram, ``wfile``
   collected and sent back as one datagram by ``finish()``.
 
@@ -21,12 +25,13 @@ import errno
 import io
 import logging
 import socket
+import sys
 from socket import socket as Socket
 from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
-from .interfaces import Address, DatagramRequest
+from .interfaces import Address, DatagramRequest, Verdict
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -37,9 +42,12 @@ __all__ = (
     "DEFAULT_MAX_LINE_LENGTH",
     "BaseRequestHandler",
     "DatagramRequestHandler",
+    "ParkingRequestHandler",
     "SocketFile",
     "SocketWriter",
     "StreamRequestHandler",
+    "Verdict",
+    "buffered_input",
 )
 
 DEFAULT_MAX_LINE_LENGTH: Final = 65536
@@ -111,6 +119,7 @@ class SocketFile(io.RawIOBase):
         self._sock = sock
         self._readable = readable
         self._writable = writable
+        self._held = False  # buffered_input(): read nothing, report "no data yet"
 
     def readable(self) -> bool:
         return self._readable
@@ -119,7 +128,10 @@ class SocketFile(io.RawIOBase):
         return self._writable
 
     def readinto(self, buffer: Buffer, /) -> int | None:
-        """Receive into *buffer*; None only on a non-blocking socket with no data."""
+        """Receive into *buffer*; None only on a non-blocking socket with no
+        data (or while :func:`buffered_input` looks at the buffer)."""
+        if self._held:
+            return None
         try:
             return self._sock.recv_into(buffer)
         except BlockingIOError as exc:
@@ -168,6 +180,28 @@ class SocketWriter(io.BufferedIOBase):
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+
+def buffered_input(rfile: io.BufferedIOBase) -> int:
+    """How many bytes *rfile* holds in its buffer, read from the socket but
+    not consumed yet; no system call is made.
+
+    ``BufferedReader.peek`` returns the buffer when it is not empty, but
+    reads from the raw file when it is, which would block on a socket: the
+    :class:`SocketFile` under it is held for the call, so such a read
+    returns "no data yet" and ``peek`` returns ``b""``.  An unbuffered
+    ``rfile`` (``rbufsize = 0``), or any other file, holds nothing.
+    """
+    if not isinstance(rfile, io.BufferedReader):
+        return 0
+    raw = rfile.raw
+    if not isinstance(raw, SocketFile):
+        return 0
+    raw._held = True
+    try:
+        return len(rfile.peek(1))
+    finally:
+        raw._held = False
 
 
 def _buffer_size(size: int) -> int:
@@ -259,6 +293,70 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
                 pass
         self.wfile.close()
         self.rfile.close()
+
+
+class ParkingRequestHandler(StreamRequestHandler[AddressT]):
+    """A stream handler that serves one message at a time and gives the
+    connection back to the server between messages.
+
+    Override :meth:`handle_message`: read one message from ``rfile``,
+    answer it on ``wfile``, and return ``Verdict.KEEP`` to keep the
+    connection open or ``Verdict.CLOSE`` (at EOF, on a protocol error).
+    :meth:`handle` calls it while input is already buffered in user space
+    (the ``rfile`` buffer, ``SSLSocket.pending()``: pipelined messages, which
+    no poll would report), then records the last verdict as
+    :attr:`verdict`.  On KEEP the server parks the connection in its poll
+    set, costing no worker, and instantiates the handler again when the
+    next message arrives; so a parked connection holds no buffered input,
+    and state kept between messages belongs on the server (or keyed by
+    ``client_address``), not on the handler.
+
+    Class attributes:
+        parks_connections: the capability the server reads (as
+            ``kernel_timeouts_safe``).  True (the default): park between
+            messages.  False: :meth:`handle` serves every message in place,
+            in one worker, until CLOSE (the classic thread-per-connection
+            shape, for servers without a loop to park in).
+
+    Attributes:
+        verdict: what became of the connection after the last message
+            (``CLOSE`` until :meth:`handle` ran).
+    """
+
+    parks_connections: ClassVar[bool] = True
+    verdict: Verdict = Verdict.CLOSE
+
+    def handle(self) -> None:
+        """Serve messages while input is buffered (all of them if not
+        :attr:`parks_connections`); record the last verdict."""
+        parks = self.parks_connections
+        while True:
+            verdict = self.handle_message()
+            if verdict is not Verdict.KEEP or (parks and not self.has_buffered_input()):
+                break
+        self.verdict = verdict
+
+    def handle_message(self) -> Verdict:
+        """Serve one message; return whether to keep the connection.
+
+        Returns:
+            ``Verdict.KEEP`` or ``Verdict.CLOSE``.  An exception closes the
+            connection too (after the error policy saw it).
+        """
+        return Verdict.CLOSE
+
+    def has_buffered_input(self) -> bool:
+        """True if input was read from the connection but not consumed yet
+        (no system call): the ``rfile`` buffer, or decrypted TLS bytes
+        (``SSLSocket.pending()``)."""
+        if buffered_input(self.rfile):
+            return True
+        if "ssl" not in sys.modules:
+            return False  # no TLS socket exists without it; importing it would cost every plain server
+        import ssl  # loaded already: a look-up
+
+        connection = self.connection
+        return isinstance(connection, ssl.SSLSocket) and connection.pending() > 0
 
 
 class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):

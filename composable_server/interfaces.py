@@ -27,6 +27,7 @@ which is the point of making the components generic.
 
 from __future__ import annotations
 
+import enum
 import socket
 from collections.abc import Callable
 from socket import socket as Socket  # the Transport.socket property shadows the module
@@ -50,6 +51,7 @@ __all__ = (
     "TimeoutPolicy",
     "Transport",
     "UnixAddress",
+    "Verdict",
     "Verifier",
 )
 
@@ -97,6 +99,25 @@ stdlib).  The *server* argument is ``Any`` on purpose: stdlib handler classes
 annotated by typeshed as taking a ``socketserver.BaseServer``, which a
 composable server is not, and they must still be accepted.
 """
+
+
+class Verdict(enum.Enum):
+    """What a handler that serves one message at a time decides about its
+    connection once the message is answered.
+
+    A handler factory states that it returns one by a capability attribute,
+    ``parks_connections = True`` (as ``kernel_timeouts_safe``); the handler
+    object it returns then carries the decision as its ``verdict``
+    attribute (``handlers.ParkingRequestHandler``).  The server reads it
+    from nothing else.
+    """
+
+    KEEP = "keep"
+    """Keep the connection open: the server parks it in its poll set, costing
+    no worker, and serves it again when it is readable."""
+
+    CLOSE = "close"
+    """Close the connection (the stdlib outcome of returning from ``handle``)."""
 
 
 # The ignore below: AddressT_co is also a parameter of start_request (see there).
@@ -499,7 +520,10 @@ class TimeoutPolicy(Protocol):
 
         Args:
             client_address: the client.
-            limit: ``"first_byte"``, ``"idle"`` or ``"lifetime"``.
+            limit: ``"first_byte"``, ``"idle"`` (also a kept connection
+                parked too long between messages), ``"lifetime"``, or
+                ``"parked"`` (a kept connection closed as the least recently
+                used beyond the server's ``max_parked``).
         """
         ...
 

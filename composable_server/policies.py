@@ -243,11 +243,14 @@ class ConnectionTimeouts:
         """Count and log the cut connection."""
         with self._lock:
             self._exceeded[limit] = self._exceeded.get(limit, 0) + 1
+        if limit == "parked":  # not a time limit: the cap on kept connections (Server.max_parked)
+            self.logger.info("closed parked connection from %s: least recently used beyond the cap", client_address)
+            return
         seconds = getattr(self.budget, limit, None)
         self.logger.info("closed connection from %s: %s limit of %s s exceeded", client_address, limit, seconds)
 
     def statistics(self) -> dict[str, int]:
-        """How many connections were cut, by limit (``first_byte``, ``idle``, ``lifetime``)."""
+        """How many connections were cut, by limit (``first_byte``, ``idle``, ``lifetime``, ``parked``)."""
         with self._lock:
             return dict(self._exceeded)
 

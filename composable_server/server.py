@@ -40,6 +40,14 @@ speaks, and is closed at its deadline.  A crowd of idle clients cannot
 starve the pool.  ``handle_request`` parks the same way, in a poll set of
 its own, and returns once the connection spoke (and was dispatched) or expired.
 
+Kept connections.  A handler that parks connections
+(``handlers.ParkingRequestHandler``) answers the messages a connection has
+ready and says KEEP: its job comes back to the loop (through the self-pipe)
+and waits in the same poll set until the next message, then is dispatched
+again; idle too long (the idle budget) or least recently used beyond
+``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
+every parked connection at once; busy ones finish their message and close.
+
 Accept errors.  An ``OSError`` from ``get_request()`` goes to the
 AcceptErrorPolicy, which may ask for a pause (out of descriptors, the
 listening socket stays readable and retrying at once would spin).  While
@@ -66,7 +74,7 @@ from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
-from ._request import Parking, RequestJob, RequestPath
+from ._request import DEFAULT_MAX_PARKED, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -139,9 +147,14 @@ class Server(Generic[RequestT, AddressT]):
             is stdlib behaviour).
         bind_and_activate: bind and listen now; if either fails the transport
             is closed and the error raised.
+        max_parked: the most kept connections (of a handler that parks
+            them, ``handlers.ParkingRequestHandler``) waiting in the poll set
+            at once; beyond it the least recently used is closed (default
+            :data:`~composable_server._request.DEFAULT_MAX_PARKED`, 1000).
 
     Raises:
         BindError: the address could not be bound.
+        ValueError: *max_parked* is below 1.
     """
 
     def __init__(
@@ -156,7 +169,11 @@ class Server(Generic[RequestT, AddressT]):
         timeout_policy: TimeoutPolicy | None = None,
         accept_error_policy: AcceptErrorPolicy | None = None,
         bind_and_activate: bool = True,
+        max_parked: int = DEFAULT_MAX_PARKED,
     ) -> None:
+        if max_parked < 1:
+            raise ValueError(f"max_parked must be >= 1, got {max_parked}")
+        self.max_parked = max_parked
         from .verifiers import AllowAll, releaser  # here: verifiers (ipaddress) load with a server
 
         self.transport = transport
@@ -224,7 +241,11 @@ class Server(Generic[RequestT, AddressT]):
             poller.register(waker_fd, _POLLIN)
             paused = select.poll()  # while accepting is paused: the waker only
             paused.register(waker_fd, _POLLIN)
-            parking = self._parking = Parking(self, poller, self._process_guarded)
+            requests = self._requests
+            parking = self._parking = Parking(
+                self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked
+            )
+            requests.open_returns()
             batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
@@ -251,6 +272,8 @@ class Server(Generic[RequestT, AddressT]):
                         waker.drain()
                     else:
                         parking.ready(fd)
+                for job in requests.take_returns():
+                    parking.keep(job)
                 if parking:
                     parking.expire(time.monotonic())
                 self.service_actions()
@@ -269,6 +292,8 @@ class Server(Generic[RequestT, AddressT]):
 
     def _leave_loop(self) -> None:
         """serve_forever's exit: release parked connections, reset the state."""
+        for job in self._requests.close_returns():
+            job.release()
         if self._parking is not None:
             self._parking.clear()
             self._parking = None
@@ -480,6 +505,17 @@ class Server(Generic[RequestT, AddressT]):
             self.shutdown_request(request)
             raise
 
+    def _redispatch_guarded(self, job: RequestJob[RequestT, AddressT]) -> None:
+        """dispatcher.dispatch() for a kept connection that became readable."""
+        try:
+            self.dispatcher.dispatch(job)
+        except Exception:
+            self.handle_error(job.request, job.client_address)
+            job.release()
+        except BaseException:
+            job.release()
+            raise
+
     def server_close(self) -> None:
         """Stop serving, close the listening socket, and let the dispatcher
         finish (joining threads or children if it blocks on close).
@@ -512,6 +548,13 @@ class Server(Generic[RequestT, AddressT]):
     # -- hooks (stdlib BaseServer names; each delegates to a component) ---------
 
     @property
+    def parked_connections(self) -> int:
+        """How many connections wait in the serving loop's poll set now
+        (silent new ones and kept ones between messages); 0 when no loop runs."""
+        parking = self._parking
+        return 0 if parking is None else len(parking)
+
+    @property
     def timeout(self) -> float | None:
         """Seconds :meth:`handle_request` waits (from the timeout policy)."""
         return self.timeout_policy.timeout
@@ -542,9 +585,10 @@ class Server(Generic[RequestT, AddressT]):
         job: RequestJob[RequestT, AddressT] = RequestJob(self._requests, request, client_address)
         self.dispatcher.dispatch(job)
 
-    def finish_request(self, request: RequestT, client_address: AddressT) -> None:
-        """Run the handler for one request."""
-        self.handler(request, client_address, self)
+    def finish_request(self, request: RequestT, client_address: AddressT) -> object:
+        """Run the handler for one request; return what it returned (a
+        handler that parks connections carries its verdict there)."""
+        return self.handler(request, client_address, self)
 
     def shutdown_request(self, request: RequestT) -> None:
         """Shut down and close a finished request (telling a releasing verifier first)."""

@@ -17,7 +17,7 @@ import pytest
 
 import composable_server
 from composable_server import Budget, Server, StreamRequestHandler
-from composable_server._request import RequestJob, RequestPath, takes_kernel_timeouts
+from composable_server._request import RequestJob, RequestPath, parks_connections, takes_kernel_timeouts
 from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
@@ -559,3 +559,27 @@ class TestLayering:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"
         ]
         assert calls == []
+
+
+class _Parks:
+    parks_connections = True
+
+
+def _wrapper(request: object, client_address: object, server: object) -> object:
+    return None  # never called: only its __wrapped__ is read
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [
+        (_Parks, True),
+        (StreamRequestHandler, False),
+        (functools.partial(_Parks), True),
+        (functools.update_wrapper(_wrapper, _Parks, assigned=(), updated=()), True),
+        (lambda request, address, server: None, False),
+    ],
+    ids=["parking", "stream", "partial", "wrapped", "function"],
+)
+def test_parks_connections_reads_the_capability_through_partials_and_wrappers(handler: object, expected: bool) -> None:
+    """A parking handler is recognised by its stated capability, also through partial and __wrapped__."""
+    assert parks_connections(handler) is expected
