@@ -54,11 +54,13 @@ from .interfaces import IPv4Address as IPv4Address
 from .interfaces import IPv6Address as IPv6Address
 from .interfaces import InetAddress as InetAddress
 from .interfaces import Job as Job
+from .interfaces import Observer as Observer
 from .interfaces import ReleasingVerifier as ReleasingVerifier
 from .interfaces import TimeoutPolicy as TimeoutPolicy
 from .interfaces import Transport as Transport
 from .interfaces import UnixAddress as UnixAddress
 from .interfaces import Verifier as Verifier
+from .observers import BaseObserver as BaseObserver
 from .policies import AcceptBackoff as AcceptBackoff
 from .policies import Budget as Budget
 from .policies import ConnectionTimeouts as ConnectionTimeouts
@@ -119,6 +121,7 @@ __all__ = (
     "ReleasingVerifier",
     "Dispatcher",
     "Job",
+    "Observer",
     "ErrorPolicy",
     "TimeoutPolicy",
     "ConnectionBudget",
@@ -181,6 +184,7 @@ __all__ = (
     "AcceptBackoff",
     "RetryImmediately",
     # handlers
+    "BaseObserver",
     "BaseRequestHandler",
     "StreamRequestHandler",
     "DatagramRequestHandler",

@@ -71,9 +71,11 @@ from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._watchdog import Watchdog
 from .interfaces import DatagramRequest
+from .interfaces import Budget, RequestFinished, RequestStarted, TransportStarted
 
 if TYPE_CHECKING:
     from .interfaces import HandlerFactory, TimeoutPolicy, Transport
+    from .observers import ObserverGroup
 
 __all__ = (
     "DATAGRAM_REQUESTS",
@@ -240,12 +242,21 @@ class RequestPath(Generic[RequestT, AddressT]):
         host: the server.
         wake: wakes the serving loop (its self-pipe); called from any thread
             or process.
+        observers: told of each job's start and end (see
+            :mod:`composable_server.observers`); None: nobody, at no cost.
     """
 
-    __slots__ = ("_shared", "_wake", "host", "watchdog")
+    __slots__ = ("_shared", "_wake", "host", "observers", "watchdog")
 
-    def __init__(self, host: RequestHost[RequestT, AddressT], wake: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        host: RequestHost[RequestT, AddressT],
+        wake: Callable[[], object],
+        observers: ObserverGroup | None = None,
+    ) -> None:
         self.host = host
+        # None without observers: the one attribute a job checks.
+        self.observers = observers
         self.watchdog = Watchdog()
         self._wake = wake
         # Two bytes, MAP_SHARED | MAP_ANONYMOUS (mmap's defaults for fileno -1):
@@ -332,7 +343,7 @@ class RequestJob(Generic[RequestT, AddressT]):
             resulting ``BrokenPipe``/EOF errors are not reported again.
     """
 
-    __slots__ = ("_body", "_path", "client_address", "cut", "request")
+    __slots__ = ("_body", "_cut_by", "_error", "_path", "client_address", "cut", "request")
 
     def __init__(
         self,
@@ -346,9 +357,65 @@ class RequestJob(Generic[RequestT, AddressT]):
         self.request = request
         self.client_address = client_address
         self.cut = False
+        self._cut_by: Budget | None = None
+        self._error: Exception | None = None
 
     def run(self) -> bool:
         """Serve the request (see the class); True if the handler returned."""
+        observers = self._path.observers
+        if observers is not None:
+            return self._run_observed(observers)
+        return self._serve(self._path.host.transport.start_request)
+
+    def _run_observed(self, observers: ObserverGroup) -> bool:
+        """:meth:`_serve`, telling *observers* when it starts and how it ends."""
+        client_address = self.client_address
+        transport = self._path.host.transport
+        transport_name = type(transport).__name__
+        tls = hasattr(transport, "context")
+
+        def start(request: RequestT) -> RequestT:
+            began = time.perf_counter()
+            try:
+                started = transport.start_request(request)
+            except Exception as exc:
+                observers.transport_started(
+                    TransportStarted(client_address, transport_name, time.perf_counter() - began, type(exc).__name__, tls)
+                )
+                self._error = _StartFailed(exc)
+                raise
+            observers.transport_started(
+                TransportStarted(client_address, transport_name, time.perf_counter() - began, None, tls)
+            )
+            return started
+
+        observers.request_started(RequestStarted(client_address))
+        began = time.perf_counter()
+        ok = False
+        try:
+            ok = self._serve(start)
+            return ok
+        finally:
+            observers.request_finished(self._finished_event(ok, time.perf_counter() - began))
+
+    def _finished_event(self, ok: bool, duration: float) -> RequestFinished:
+        error = self._error
+        if self.cut:
+            if self._cut_by is None:
+                return RequestFinished(self.client_address, duration, "drain")
+            return RequestFinished(self.client_address, duration, "budget", None, self._cut_by)
+        if isinstance(error, _StartFailed):
+            return RequestFinished(self.client_address, duration, "start_failed", type(error.error).__name__)
+        if ok:
+            return RequestFinished(self.client_address, duration, "ok")
+        name = "BaseException" if error is None else type(error).__name__
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            if isinstance(error, TimeoutError):
+                return RequestFinished(self.client_address, duration, "budget", name, "idle")
+            return RequestFinished(self.client_address, duration, "client_gone", name)
+        return RequestFinished(self.client_address, duration, "handler_error", name)
+
+    def _serve(self, start: Callable[[RequestT], RequestT]) -> bool:
         path = self._path
         body = self._body
         if body is not None:
@@ -367,12 +434,14 @@ class RequestJob(Generic[RequestT, AddressT]):
             if budget is not None and budget.lifetime is not None:
                 entry = path.watchdog.add(budget.lifetime, self._expire)
             # TLS handshakes happen here, in the worker, never in the accept loop.
-            request = self.request = transport.start_request(request)
+            request = self.request = start(request)
             if budget is not None and budget.idle is not None:
                 ops.limit_idle(request, budget.idle, kernel=takes_kernel_timeouts(host.handler))
             host.finish_request(request, self.client_address)
             return True
-        except Exception:
+        except Exception as exc:
+            if self._error is None:
+                self._error = exc
             if not self.cut:
                 host.handle_error(request, self.client_address)
             return False
@@ -386,6 +455,7 @@ class RequestJob(Generic[RequestT, AddressT]):
 
     def _expire(self) -> None:
         # Runs on the watchdog thread: the lifetime budget ran out.
+        self._cut_by = "lifetime"
         self.abort()
         self._path.host.timeout_policy.budget_exceeded(self.client_address, "lifetime")
 
@@ -403,6 +473,15 @@ class RequestJob(Generic[RequestT, AddressT]):
 
     def __repr__(self) -> str:
         return f"<Job {self.client_address!r}>"
+
+
+@final
+class _StartFailed(Exception):
+    """What a job records when ``start_request`` raised (*error*)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 # -- parking: the first-byte budget -----------------------------------------------
@@ -424,17 +503,21 @@ class Parking(Generic[RequestT, AddressT]):
         dispatch: called with ``(request, client_address)`` of a parked
             connection that became readable (the server's guarded
             ``process_request``).
+        observers: told of each connection cut at its first-byte deadline
+            or at :meth:`clear`.
     """
 
-    __slots__ = ("_dispatch", "_entries", "_heap", "_host", "_poller")
+    __slots__ = ("_dispatch", "_entries", "_heap", "_host", "_observers", "_poller")
 
     def __init__(
         self,
         host: RequestHost[RequestT, AddressT],
         poller: select.poll,
         dispatch: Callable[[RequestT, AddressT], object],
+        observers: ObserverGroup | None = None,
     ) -> None:
         self._host = host
+        self._observers = observers
         self._poller = poller
         self._dispatch = dispatch
         self._entries: dict[int, tuple[RequestT, AddressT, float]] = {}
@@ -496,6 +579,12 @@ class Parking(Generic[RequestT, AddressT]):
             self._poller.unregister(fd)
             host.shutdown_request(request)
             host.timeout_policy.budget_exceeded(client_address, "first_byte")
+            if self._observers is not None:
+                first_byte = host.timeout_policy.budget
+                waited = 0.0 if first_byte is None else first_byte.first_byte or 0.0
+                self._observers.request_finished(
+                    RequestFinished(client_address, waited + max(0.0, now - deadline), "budget", None, "first_byte")
+                )
 
     def settle(self) -> None:
         """Wait until nothing is parked, dispatching or expiring each
@@ -511,6 +600,8 @@ class Parking(Generic[RequestT, AddressT]):
         sent a byte, so closing them loses nothing."""
         entries, self._entries = self._entries, {}
         self._heap.clear()
-        for fd, (request, _, _) in entries.items():
+        for fd, (request, client_address, _) in entries.items():
             self._poller.unregister(fd)
             self._host.shutdown_request(request)
+            if self._observers is not None:
+                self._observers.request_finished(RequestFinished(client_address, 0.0, "drain"))

@@ -21,10 +21,20 @@ import attrs
 
 from ..exceptions import ServerClosedError
 from ..interfaces import (
+    AcceptFailed,
     Acceptor,
+    ConnectionAccepted,
     ConnectionBudget,
+    ConnectionRefused,
+    DrainFinished,
+    DrainStarted,
     Job,
+    RequestFinished,
+    RequestStarted,
     Transport,
+    TransportStarted,
+    WorkerExited,
+    WorkerStarted,
 )
 
 __all__ = (
@@ -39,12 +49,14 @@ __all__ = (
     "RecordingAcceptErrorPolicy",
     "RecordingErrorPolicy",
     "RecordingHandler",
+    "RecordingObserver",
     "RecordingTimeoutPolicy",
 )
 
 # Invariant: a memory transport both hands out requests and takes them back.
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
+EventT = TypeVar("EventT")
 
 def _nonblocking_pipe() -> tuple[int, int]:
     return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -725,3 +737,82 @@ class RecordingHandler(Generic[RequestT, AddressT]):
             return self._cond.wait_for(lambda: len(self.calls) >= count, timeout)
 
 
+
+
+@final
+@attrs.define(eq=False)
+class RecordingObserver:
+    """An :class:`~composable_server.interfaces.Observer` that records every
+    event, in order, from any thread.
+
+    Attributes:
+        events: ``(method name, event record)`` for each call, in order.
+        raises: if set, raised from every call after it was recorded (to
+            test that a failing observer never breaks serving).
+    """
+
+    raises: Exception | None = None
+    events: list[tuple[str, object]] = attrs.field(init=False, factory=list)
+    _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+
+    def _record(self, name: str, event: object) -> None:
+        with self._cond:
+            self.events.append((name, event))
+            self._cond.notify_all()
+        if self.raises is not None:
+            raise self.raises
+
+    def names(self) -> list[str]:
+        """The method names of the events so far, in order."""
+        with self._cond:
+            return [name for name, _ in self.events]
+
+    def of(self, kind: type[EventT]) -> list[EventT]:
+        """The event records of type *kind* (e.g. ``RequestFinished``), in order."""
+        with self._cond:
+            return [event for _, event in self.events if isinstance(event, kind)]
+
+    def wait_for(self, name: str, count: int, timeout: float) -> bool:
+        """Wait until at least *count* events of method *name* were recorded; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: sum(n == name for n, _ in self.events) >= count, timeout)
+
+    def connection_accepted(self, event: ConnectionAccepted) -> None:
+        """Record it."""
+        self._record("connection_accepted", event)
+
+    def connection_refused(self, event: ConnectionRefused) -> None:
+        """Record it."""
+        self._record("connection_refused", event)
+
+    def request_started(self, event: RequestStarted) -> None:
+        """Record it."""
+        self._record("request_started", event)
+
+    def transport_started(self, event: TransportStarted) -> None:
+        """Record it."""
+        self._record("transport_started", event)
+
+    def request_finished(self, event: RequestFinished) -> None:
+        """Record it."""
+        self._record("request_finished", event)
+
+    def accept_failed(self, event: AcceptFailed) -> None:
+        """Record it."""
+        self._record("accept_failed", event)
+
+    def drain_started(self, event: DrainStarted) -> None:
+        """Record it."""
+        self._record("drain_started", event)
+
+    def drain_finished(self, event: DrainFinished) -> None:
+        """Record it."""
+        self._record("drain_finished", event)
+
+    def worker_started(self, event: WorkerStarted) -> None:
+        """Record it."""
+        self._record("worker_started", event)
+
+    def worker_exited(self, event: WorkerExited) -> None:
+        """Record it."""
+        self._record("worker_exited", event)
