@@ -89,6 +89,8 @@ class MemoryRequestOps:
     Args:
         connections: what :attr:`connections` reports (True: the
             connection budget applies, as for streams).
+        abort_hook: called with each request :meth:`abort` was given, after
+            it was recorded (e.g. to wake a handler a test blocked).
 
     Attributes:
         silent: request -> a descriptor the test owns (e.g. the read end of an
@@ -102,6 +104,7 @@ class MemoryRequestOps:
     """
 
     connections: bool = True
+    abort_hook: Callable[[object], object] | None = attrs.field(default=None, kw_only=True)
     silent: dict[object, int] = attrs.field(init=False, factory=dict)
     rejected: list[tuple[object, bytes, object]] = attrs.field(init=False, factory=list)
     aborted: list[object] = attrs.field(init=False, factory=list)
@@ -116,9 +119,12 @@ class MemoryRequestOps:
             request.send(message)
 
     def abort(self, request: object) -> None:
-        """Record the call."""
+        """Record the call, then run *abort_hook* (a test's stand-in for the
+        blocked ``recv`` that a real shutdown wakes)."""
         with self._lock:
             self.aborted.append(request)
+        if self.abort_hook is not None:
+            self.abort_hook(request)
 
     def silent_fd(self, request: object) -> int:
         """The descriptor in :attr:`silent` for *request* while it is not
@@ -152,6 +158,8 @@ class MemoryTransport(Generic[RequestT, AddressT]):
             takes every queued request per wake-up, up to its batch).
         request_ops: the request operations (default: a fresh
             :class:`MemoryRequestOps`, which records what the server did).
+        start_hook: called with each request in :meth:`start_request`
+            after it was recorded; may raise, as a failed TLS handshake does.
 
     Attributes:
         bind_calls, activate_calls, close_calls: how often each was called.
@@ -164,6 +172,7 @@ class MemoryTransport(Generic[RequestT, AddressT]):
     bound_address: AddressT | None = None
     nonblocking: bool = attrs.field(default=False, kw_only=True)
     request_ops: MemoryRequestOps = attrs.field(factory=MemoryRequestOps, kw_only=True)
+    start_hook: Callable[[RequestT], object] | None = attrs.field(default=None, kw_only=True)
     bind_calls: int = attrs.field(init=False, default=0)
     activate_calls: int = attrs.field(init=False, default=0)
     close_calls: int = attrs.field(init=False, default=0)
@@ -275,9 +284,11 @@ class MemoryTransport(Generic[RequestT, AddressT]):
         _close_if_closable(request)
 
     def start_request(self, request: RequestT) -> RequestT:
-        """Record *request* in :attr:`started_requests` and return it unchanged."""
+        """Record *request* in :attr:`started_requests`, run *start_hook*, and return it unchanged."""
         with self._lock:
             self.started_requests.append(request)
+        if self.start_hook is not None:
+            self.start_hook(request)
         return request
 
     @property
