@@ -2,7 +2,8 @@
 
     python -m tests.bench.bench_servers KIND FAMILY ADDRESS
 
-KIND is a key of :data:`KINDS`; FAMILY is ``tcp``, ``udp`` or ``unix``;
+KIND is a key of :data:`KINDS`; FAMILY is ``tcp``, ``udp`` or ``unix`` (or
+an HTTP family of :mod:`tests.bench.bench_http`);
 ADDRESS is ``host:port`` (port 0 picks one) or a Unix socket path.  The
 process binds, prints ``{"address": ...}`` as one JSON line on stdout, and
 serves a 32-byte line echo until SIGTERM.
@@ -227,11 +228,18 @@ KINDS: Final[dict[str, _Runner]] = {
 
 def main(argv: list[str]) -> None:
     kind, family, address = argv
-    if family not in ("tcp", "udp", "unix"):
-        raise SystemExit(f"family must be tcp, udp or unix, got {family!r}")
+    from .bench_http import FAMILIES as HTTP_FAMILIES
+
+    if family not in ("tcp", "udp", "unix") + HTTP_FAMILIES:
+        raise SystemExit(f"family must be tcp, udp, unix or one of {', '.join(HTTP_FAMILIES)}, got {family!r}")
     cpu = os.environ.get("BENCH_SERVER_CPU")
     if cpu is not None:
         os.sched_setaffinity(0, {int(cpu)})
+    if family in HTTP_FAMILIES:
+        from .bench_http import run
+
+        run(kind, family, address)
+        return
     KINDS[kind](family, address)
 
 

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark: the load generator builds and one tiny scenario runs."""
+"""Smoke test of the benchmark: the load generator builds, tiny scenarios run, the parsers read their tools."""
 
 from __future__ import annotations
 
@@ -7,12 +7,66 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.run import SCENARIOS, _Cpus, build_loadgen, run_one
+from tests.bench import callgrind_udp, importcost
+from tests.bench.clients import parse_s_time, parse_wrk
+from tests.bench.run import SCENARIOS, _Cpus, _skips, build_loadgen, run_one
 
 pytestmark = pytest.mark.timeout(30)
 
+needs_cc = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
 
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
+# wrk 4.1.0 (Debian), as it printed against http.server with Connection: close.
+WRK_OUTPUT = """\
+Running 1s test @ http://127.0.0.1:18099/nonexistent
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    15.30ms   26.30ms 165.31ms   90.44%
+    Req/Sec   638.00    462.05     1.24k    50.00%
+  Latency Distribution
+     50%    4.80ms
+     75%   14.88ms
+     90%   39.99ms
+     99%  132.17ms
+  641 requests in 1.06s, 325.87KB read
+  Socket errors: connect 0, read 2, write 1, timeout 0
+  Non-2xx or 3xx responses: 641
+Requests/sec:    605.26
+Transfer/sec:    307.70KB
+"""
+
+# openssl 3.0 s_time -new (its progress line of asterisks shortened).
+S_TIME_OUTPUT = """\
+Collecting connection statistics for 1 seconds
+*************
+
+547 connections in 0.62s; 882.26 connections/user sec, bytes read 0
+547 connections in 2 real seconds, 0 bytes read per connection
+"""
+
+IMPORTTIME_STDERR = """\
+import time: self [us] | cumulative | imported package
+import time:       120 |        120 |   _io
+import time:      3000 |       3500 |     attr._make
+import time:       800 |       4300 |   attrs
+import time:      1500 |       5800 | composable_server
+"""
+
+ANNOTATE_OUTPUT = """\
+--------------------------------------------------------------------------------
+Ir
+--------------------------------------------------------------------------------
+1,234,567 (100.0%)  PROGRAM TOTALS
+
+--------------------------------------------------------------------------------
+Ir                 file:function
+--------------------------------------------------------------------------------
+400,000 (32.40%)  /tmp/build/Python/ceval.c:_PyEval_EvalFrameDefault'2 [/usr/bin/python3.11]
+100,000 ( 8.10%)  /tmp/build/Python/ceval.c:_PyEval_EvalFrameDefault [/usr/bin/python3.11]
+ 50,000 ( 4.05%)  ./malloc/malloc.c:malloc [/usr/lib/libc.so.6]
+"""
+
+
+@needs_cc
 @pytest.mark.parametrize("scenario", ["tcp16", "udp16"])
 def test_one_short_run(scenario: str, tmp_path: Path) -> None:
     """A native pool server answers the compiled closed-loop load generator for 0.3 s."""
@@ -25,3 +79,85 @@ def test_one_short_run(scenario: str, tmp_path: Path) -> None:
     assert result["errors"] == 0
     assert float(result["p99_us"]) >= float(result["p50_us"]) > 0  # type: ignore[arg-type]  # JSON numbers
     assert int(result["rss_kib"]) > 0  # type: ignore[call-overload]  # a JSON number
+    assert float(result["faults_per_req"]) >= 0  # type: ignore[arg-type]  # a JSON number
+
+
+@pytest.mark.parametrize(
+    ("scenario", "tool"), [("http-min", "wrk"), ("http-file-close", "wrk"), ("tls-handshake", "openssl")]
+)
+def test_external_client_run(scenario: str, tool: str, tmp_path: Path) -> None:
+    """A native pool HTTP (or TLS) server answers wrk (or openssl s_time) for the shortest run, 1 s."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    chosen = next(s for s in SCENARIOS if s.name == scenario)
+    if chosen.family == "https-min":
+        pytest.importorskip("trustme")
+    result = run_one(
+        Path("/nonexistent"), "native-pool", chosen, duration=1, warmup=0, cpus=_Cpus(None, None),
+        tmpdir=str(tmp_path),
+    )
+    assert int(result["requests"]) > 0  # type: ignore[call-overload]  # a JSON number
+    assert result["errors"] == 0
+    assert float(result["cpu_us_per_req"]) > 0  # type: ignore[arg-type]  # a JSON number
+
+
+def test_parse_wrk() -> None:
+    """wrk's report gives req/s, the latency percentiles in microseconds and the errors."""
+    result = parse_wrk(WRK_OUTPUT, 4)
+    assert result["rps"] == 605.26
+    assert result["requests"] == 641
+    assert result["p50_us"] == pytest.approx(4800.0)
+    assert result["p99_us"] == pytest.approx(132170.0)
+    assert result["errors"] == 3 + 641
+
+
+def test_parse_wrk_rejects_other_output() -> None:
+    """Output that is not a wrk --latency report raises ValueError naming what it got."""
+    with pytest.raises(ValueError, match="not a wrk --latency report"):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n", 4)
+
+
+def test_parse_s_time() -> None:
+    """s_time's report gives its connection count."""
+    assert parse_s_time(S_TIME_OUTPUT) == 547
+    with pytest.raises(ValueError, match="not an openssl s_time report"):
+        parse_s_time("ERROR\n")
+
+
+def test_parse_importtime() -> None:
+    """-X importtime lines parse (the header skipped) and the top modules come by median."""
+    lines = importcost.parse_importtime(IMPORTTIME_STDERR)
+    assert [x.module for x in lines] == ["_io", "attr._make", "attrs", "composable_server"]
+    top_cumulative, top_self = importcost.top_imports([lines, lines], 2)
+    assert [x.module for x in top_cumulative] == ["composable_server", "attrs"]
+    assert [x.module for x in top_self] == ["attr._make", "composable_server"]
+
+
+@pytest.mark.timeout(120)
+def test_import_cost_few_runs() -> None:
+    """The import scenario times every command with the internal timer and reports two targets."""
+    cost = importcost.measure(3, importtime_runs=1, top=3, use_hyperfine=False, warmup=0)
+    assert set(cost.wall_ms) == set(importcost.COMMANDS)
+    assert all(ms > 0 for ms in cost.wall_ms.values())
+    assert any(x.module == "composable_server.compat" for x in cost.top_cumulative)
+    assert len(importcost.targets(cost)) == 2
+    assert "| `import socketserver` |" in "\n".join(importcost.markdown(cost))
+
+
+def test_parse_annotate() -> None:
+    """callgrind_annotate's totals and self costs parse, recursion levels folded, build paths dropped."""
+    total, per_function = callgrind_udp.parse_annotate(ANNOTATE_OUTPUT)
+    assert total == 1_234_567
+    assert per_function == {"ceval.c:_PyEval_EvalFrameDefault": 500_000, "malloc.c:malloc": 50_000}
+
+
+@pytest.mark.parametrize("kind", callgrind_udp.KINDS)
+def test_callgrind_workload(kind: str) -> None:
+    """The callgrind workload serves its round trips in one thread (without valgrind here)."""
+    callgrind_udp.serve(kind, 20)
+
+
+def test_uvloop_missing_skips_its_kind() -> None:
+    """Without uvloop its kind is skipped, and the scenario still runs."""
+    tcp16 = next(s for s in SCENARIOS if s.name == "tcp16")
+    assert _skips(tcp16, have_uvloop=False) == (["uvloop"], None)

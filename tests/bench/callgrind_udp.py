@@ -1,0 +1,206 @@
+"""Where a UDP datagram's time goes: instruction counts under callgrind (issue 18).
+
+    python -m tests.bench.callgrind_udp [--kinds stdlib compat native] [--small N] [--large N] [--top K]
+
+Instruction counts do not depend on other load on the machine.  Each kind
+(stdlib ``UDPServer``, compat ``UDPServer``, the native
+``make_udp_server`` with the synchronous dispatcher; all with the benchmark's
+``DatagramRequestHandler`` echo) serves a fixed number of echo round trips in
+one process: ``serve_forever()`` in a thread (the benchmark's path: stdlib's
+``handle_request()`` would build a selector per call), the client in the
+main thread sends 32 bytes and reads the echo.  Each kind runs twice under
+``valgrind --tool=callgrind``, with *small* and *large* round trips; the
+difference divided by ``large - small`` is the cost of one datagram, with
+the interpreter's start and the imports cancelled out.  The same subtraction
+per C function (``callgrind_annotate``, self cost) gives the top functions
+per datagram (the client's share is the same for every kind), and a
+cProfile run of the serving thread (call counts are deterministic) gives
+the Python functions called per datagram.
+
+    python -m tests.bench.callgrind_udp --serve KIND N    # the workload itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import re
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, Protocol
+
+__all__ = ("KINDS", "main", "parse_annotate", "serve")
+
+ROOT: Final = Path(__file__).resolve().parent.parent.parent
+KINDS: Final = ("stdlib", "compat", "native")
+MESSAGE: Final = b"00000000 0000000000 xxxxxxxxxxxx\n"[:31] + b"\n"
+
+
+class _Serving(Protocol):
+    @property
+    def server_address(self) -> object: ...
+
+    def serve_forever(self, poll_interval: float = ...) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def server_close(self) -> None: ...
+
+
+def _make(kind: str) -> _Serving:
+    """A UDP echo server of *kind* on an ephemeral loopback port."""
+    address = ("127.0.0.1", 0)
+    if kind == "stdlib":
+        from .bench_servers import _StdlibDatagramEcho
+
+        return socketserver.UDPServer(address, _StdlibDatagramEcho)
+    if kind == "compat":
+        from composable_server import compat
+
+        from .bench_servers import _CompatDatagramEcho
+
+        return compat.UDPServer(address, _CompatDatagramEcho)
+    if kind == "native":
+        from composable_server.dispatchers import SyncDispatcher
+        from composable_server.factories import make_udp_server
+
+        from .bench_servers import _DatagramEcho
+
+        return make_udp_server(address, _DatagramEcho, dispatcher=SyncDispatcher())
+    raise SystemExit(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def serve(kind: str, round_trips: int, *, profile: cProfile.Profile | None = None) -> None:
+    """Serve *round_trips* echo round trips with a *kind* server's
+    ``serve_forever`` (the benchmark's path) in a thread; the client here."""
+    server = _make(kind)
+    thread = threading.Thread(
+        target=server.serve_forever if profile is None else lambda: profile.runcall(server.serve_forever, 0.5)
+    )
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    thread.start()
+    try:
+        client.connect(server.server_address)  # type: ignore[arg-type]  # (host, port) for AF_INET
+        client.settimeout(30.0)
+        for _ in range(round_trips):
+            client.send(MESSAGE)
+            if client.recv(64) != MESSAGE:
+                raise RuntimeError("the echo differs from the request")
+    finally:
+        client.close()
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+_ANNOTATE_LINE: Final = re.compile(r"^\s*([\d,]+)\s+(?:\([\s\d.]+%\)\s+)?(\S.*?)\s*$")
+
+
+def parse_annotate(text: str) -> tuple[int, dict[str, int]]:
+    """(total instructions, self instructions per function) of ``callgrind_annotate`` output."""
+    total = 0
+    per_function: dict[str, int] = {}
+    in_functions = False
+    for line in text.splitlines():
+        match = _ANNOTATE_LINE.match(line)
+        if match is None:
+            continue
+        count, rest = int(match[1].replace(",", "")), match[2]
+        if rest.startswith("PROGRAM TOTALS") or rest.startswith("(PROGRAM TOTALS"):
+            total = count
+            continue
+        if "file:function" in rest:
+            in_functions = True
+            continue
+        if ":" in rest:
+            in_functions = True
+            name = re.sub(r"\s*\[[^\]]*\]$", "", rest)  # drop the object file
+            name = re.sub(r"'\d+$", "", name)  # fold recursion levels (_PyEval_EvalFrameDefault'2)
+            path, _, function = name.rpartition(":")
+            name = f"{Path(path).name}:{function}"  # the build directory says nothing
+            per_function[name] = per_function.get(name, 0) + count
+    if not total and in_functions:
+        total = sum(per_function.values())
+    return total, per_function
+
+
+def _callgrind(kind: str, round_trips: int, tmp: str) -> tuple[int, dict[str, int]]:
+    # Once without valgrind first: a module compiled in one traced run and
+    # loaded from its .pyc in the other would not cancel out.
+    subprocess.run([sys.executable, "-m", "tests.bench.callgrind_udp", "--serve", kind, "1"], cwd=ROOT, check=True,
+                   timeout=120)
+    out = os.path.join(tmp, f"callgrind.{kind}.{round_trips}")
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
+         "tests.bench.callgrind_udp", "--serve", kind, str(round_trips)],
+        cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800,
+    )
+    text = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", out], check=True, capture_output=True, text=True, timeout=300
+    ).stdout
+    return parse_annotate(text)
+
+
+def _python_calls(kind: str, round_trips: int) -> list[tuple[str, float]]:
+    """Python (and builtin) functions by calls per datagram (cProfile; counts are exact)."""
+    profile = cProfile.Profile()
+    serve(kind, round_trips, profile=profile)
+    stats = pstats.Stats(profile)
+    rows: list[tuple[str, float]] = []
+    for (filename, line, name), (_, ncalls, *_rest) in stats.stats.items():  # type: ignore[attr-defined]  # pstats' documented-by-use table
+        where = f"{Path(filename).name}:{line}" if line else filename
+        rows.append((f"{name} ({where})", ncalls / round_trips))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.callgrind_udp", description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--small", type=int, default=200, help="round trips of the first run (default 200)")
+    parser.add_argument("--large", type=int, default=1200, help="round trips of the second run (default 1200)")
+    parser.add_argument("--top", type=int, default=15, help="functions listed per kind (default 15)")
+    parser.add_argument("--serve", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve[0], int(args.serve[1]))
+        return 0
+    if not 0 < args.small < args.large:
+        parser.error("need 0 < --small < --large")
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
+        raise SystemExit("valgrind (with callgrind_annotate) is not installed")
+    n = args.large - args.small
+    out = [f"# UDP echo: instructions per datagram (callgrind, {args.large} - {args.small} round trips)", ""]
+    per_kind: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="cs-callgrind-") as tmp:
+        for kind in args.kinds:
+            total_small, small = _callgrind(kind, args.small, tmp)
+            total_large, large = _callgrind(kind, args.large, tmp)
+            per_kind[kind] = (total_large - total_small) / n
+            deltas = sorted(
+                ((name, (count - small.get(name, 0)) / n) for name, count in large.items()), key=lambda x: -x[1]
+            )
+            out += [f"## {kind}: {per_kind[kind]:,.0f} instructions per datagram", "",
+                    "| C function (self) | instructions/datagram | share |", "|---|--:|--:|"]
+            out += [f"| `{name}` | {d:,.0f} | {d / per_kind[kind]:.1%} |" for name, d in deltas[: args.top]]
+            calls = _python_calls(kind, args.small)
+            out += ["", f"Python and builtin function calls per datagram: {sum(c for _, c in calls):.1f}", "",
+                    "| Python function | calls/datagram |", "|---|--:|"]
+            out += [f"| `{name}` | {c:.2f} |" for name, c in calls[: args.top]]
+            out.append("")
+    if "stdlib" in per_kind:
+        out += [f"- {k}: {v / per_kind['stdlib']:.2f}x stdlib's instructions per datagram" for k, v in per_kind.items()]
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
