@@ -38,14 +38,12 @@ depth is not a per-process value: :class:`QueueDepthCollector` reads it from
 the shared listening socket at scrape time, in whichever process serves
 ``/metrics``.
 
-Bytes.  The access log reports no byte counts: the request path never sees
-the handler's reads and writes (they go straight to the socket or through
-the handler's own files), so it logs ``-`` for both.
+The access log (:class:`~composable_server.observers.AccessLog`) needs no
+extra, and lives with the observers.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -75,7 +73,6 @@ from .observers import BaseObserver
 
 __all__ = (
     "DEFAULT_PREFIX",
-    "AccessLog",
     "MetricsObserver",
     "QueueDepthCollector",
     "WorkerReaper",
@@ -313,44 +310,3 @@ def metrics_handler(registry: CollectorRegistry = REGISTRY) -> Callable[[socket.
         request.sendall(head.encode("ascii") + (b"" if parts[:1] == [b"HEAD"] else body))
 
     return handle
-
-
-@final
-class AccessLog(BaseObserver):
-    """One log record per finished request (off unless added to a server)::
-
-        127.0.0.1:51234 in=- out=- 0.0012s ok
-        127.0.0.1:51236 in=- out=- 0.0003s handler_error ValueError
-
-    Args:
-        logger: where the records go (default: ``composable_server.access``, at INFO).
-        format_address: how a client address is written.
-    """
-
-    __slots__ = ("_format", "_logger")
-
-    def __init__(
-        self,
-        logger: logging.Logger | None = None,
-        format_address: Callable[[object], str] = str,
-    ) -> None:
-        self._logger = logging.getLogger("composable_server.access") if logger is None else logger
-        self._format = format_address
-
-    def request_finished(self, event: RequestFinished) -> None:
-        """Log the request: client, bytes (unknown: ``-``), duration, outcome."""
-        if not self._logger.isEnabledFor(logging.INFO):
-            return
-        detail = event.budget if event.outcome == "budget" else event.error
-        self._logger.info(
-            "%s in=- out=- %.4fs %s%s",
-            self._format(event.client_address),
-            event.duration,
-            event.outcome,
-            f" {detail}" if detail else "",
-        )
-
-    def connection_refused(self, event: ConnectionRefused) -> None:
-        """Log the refusal and its reason."""
-        if self._logger.isEnabledFor(logging.INFO):
-            self._logger.info("%s refused %s %s", self._format(event.client_address), event.reason, event.detail)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, final
 
 from ._util import LogLimiter
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from .interfaces import Observer
 
 __all__ = (
+    "AccessLog",
     "LOG_INTERVAL",
     "BaseObserver",
     "ObserverGroup",
@@ -201,3 +202,48 @@ def verifier_refusal(client_address: object, verifier: object) -> ConnectionRefu
     """The event for *verifier* refusing *client_address* (reason by its class)."""
     name = type(verifier).__name__
     return ConnectionRefused(client_address, _VERIFIER_REASONS.get(name, "verifier"), name)
+
+
+@final
+class AccessLog(BaseObserver):
+    """One log record per finished request (off unless added to a server)::
+
+        127.0.0.1:51234 in=- out=- 0.0012s ok
+        127.0.0.1:51236 in=- out=- 0.0003s handler_error ValueError
+
+    Args:
+        logger: where the records go (default: ``composable_server.access``, at INFO).
+        format_address: how a client address is written.
+
+    Bytes in and out are not known (``-``): the request path never sees the
+    handler's reads and writes, which go straight to the socket or through
+    the handler's own files.
+    """
+
+    __slots__ = ("_format", "_logger")
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        format_address: Callable[[object], str] = str,
+    ) -> None:
+        self._logger = logging.getLogger("composable_server.access") if logger is None else logger
+        self._format = format_address
+
+    def request_finished(self, event: RequestFinished) -> None:
+        """Log the request: client, bytes (unknown: ``-``), duration, outcome."""
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        detail = event.budget if event.outcome == "budget" else event.error
+        self._logger.info(
+            "%s in=- out=- %.4fs %s%s",
+            self._format(event.client_address),
+            event.duration,
+            event.outcome,
+            f" {detail}" if detail else "",
+        )
+
+    def connection_refused(self, event: ConnectionRefused) -> None:
+        """Log the refusal and its reason."""
+        if self._logger.isEnabledFor(logging.INFO):
+            self._logger.info("%s refused %s %s", self._format(event.client_address), event.reason, event.detail)

@@ -16,7 +16,8 @@ from composable_server.interfaces import (
     RequestStarted,
     TransportStarted,
 )
-from composable_server.metrics import AccessLog, MetricsObserver
+from composable_server.metrics import MetricsObserver
+from composable_server.observers import AccessLog
 from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
