@@ -531,8 +531,6 @@ RefusalReason: TypeAlias = Literal[
     "cidr",
     "peer_credentials",
     "pool_full",
-    "untrusted_proxy",
-    "bad_proxy_header",
 ]
 """Why a connection was refused.  ``verifier`` is any other verifier (its
 class name is in :attr:`ConnectionRefused.detail`)."""

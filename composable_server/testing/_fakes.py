@@ -783,10 +783,12 @@ class RecordingObserver:
         with self._cond:
             return [event for _, event in self.events if isinstance(event, kind)]
 
-    def wait_for(self, name: str, count: int, timeout: float) -> bool:
-        """Wait until at least *count* events of method *name* were recorded; False on timeout."""
+    def wait_for(self, name: str | tuple[str, ...], count: int, timeout: float) -> bool:
+        """Wait until at least *count* events of method *name* (or of any of
+        several names) were recorded; False on timeout."""
+        names = (name,) if isinstance(name, str) else name
         with self._cond:
-            return self._cond.wait_for(lambda: sum(n == name for n, _ in self.events) >= count, timeout)
+            return self._cond.wait_for(lambda: sum(n in names for n, _ in self.events) >= count, timeout)
 
     def connection_accepted(self, event: ConnectionAccepted) -> None:
         """Record it."""
