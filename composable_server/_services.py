@@ -22,9 +22,9 @@ from socket import SHUT_RDWR
 from socket import socket as Socket
 from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 
+from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .handlers import BaseRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory
-from .proxy import reply_address
 from .proxy import reply_address
 
 __all__ = (
@@ -96,7 +96,9 @@ class _DatagramHandler(BaseRequestHandler[DatagramRequest, Address]):
             # An unbound Unix datagram client has no address to answer to.
             _logger.debug("datagram from an unnamed Unix client: no reply possible")
             return
-        sock.sendto(data.upper() if self.upper else data, reply_address(self.request, address))
+        to = reply_address(self.request, address)
+        if not send_datagram(sock, data.upper() if self.upper else data, to):
+            _logger.warning("dropped the reply to %s: its queue stayed full for %g s", to, DATAGRAM_SEND_TIMEOUT)
 
 
 class UpperDatagramHandler(_DatagramHandler):

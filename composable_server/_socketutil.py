@@ -10,11 +10,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from typing import Final
 
 from .exceptions import AddressError, PortRangeError
+from .interfaces import Address
 
 __all__ = (
+    "DATAGRAM_SEND_TIMEOUT",
     "FAMILY_NAMES",
     "UNIX_PATH_MAX",
     "Waker",
@@ -22,6 +25,7 @@ __all__ = (
     "check_unix_address",
     "family_name",
     "inet_family_for",
+    "send_datagram",
 )
 
 # sizeof(sockaddr_un.sun_path) on Linux is 108, including the terminating NUL
@@ -40,6 +44,49 @@ FAMILY_NAMES: Final[dict[int, str]] = {
 ACCEPT_TRANSIENT_ERRNOS: Final = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK, errno.EMSGSIZE}
 )
+
+
+# How long send_datagram() retries a reply the kernel cannot queue yet.
+DATAGRAM_SEND_TIMEOUT: Final = 1.0
+# Its backoff between retries: from 1 ms, doubling, at most 50 ms.
+_SEND_RETRY_FIRST: Final = 0.001
+_SEND_RETRY_MAX: Final = 0.05
+
+
+def send_datagram(
+    sock: socket.socket, data: bytes, address: Address, *, timeout: float = DATAGRAM_SEND_TIMEOUT
+) -> bool:
+    """Send *data* to *address* as one datagram; return False if it was dropped.
+
+    A blocking socket sends as ``sendto(2)`` does (as stdlib).  On a
+    non-blocking one (the native datagram transports), ``EAGAIN`` means the
+    kernel cannot queue the datagram right now: the UDP send buffer is full,
+    or a Unix datagram peer already holds ``net.unix.max_dgram_qlen``
+    (default 10) unread datagrams.  The send is retried with a short backoff
+    for up to *timeout* seconds, so a client that sent a burst and reads its
+    replies afterwards gets them all; after that the datagram is dropped, as
+    a full network queue drops it, so that a client that never reads cannot
+    hold a worker (a blocking ``sendto`` would wait for it forever).  The
+    wait cannot be a ``poll(POLLOUT)``: an unconnected Unix datagram socket
+    polls writable even when its peer's queue is full (``unix_dgram_poll``).
+
+    Raises:
+        OSError: any other error from ``sendto(2)``.
+    """
+    deadline: float | None = None
+    delay = _SEND_RETRY_FIRST
+    while True:
+        try:
+            sock.sendto(data, address)
+            return True
+        except BlockingIOError:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+            if now >= deadline:
+                return False
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, _SEND_RETRY_MAX)
 
 
 def family_name(family: object) -> str:

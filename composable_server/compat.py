@@ -178,7 +178,7 @@ def _build_transport(server: object, address: Any) -> tuple[_SocketTransport | _
         # unlink it themselves (and would fail if it were already gone).
         if stream:
             return UnixStreamTransport(address, unlink_on_close=False, nonblocking=False), True
-        return UnixDatagramTransport(address, unlink_on_close=False), False
+        return UnixDatagramTransport(address, unlink_on_close=False, nonblocking=False), False
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise ValueError(f"compat servers support AF_INET, AF_INET6 and AF_UNIX, got address_family={family!r}")
     inet_family = socket.AddressFamily(family)
@@ -191,7 +191,12 @@ def _build_transport(server: object, address: Any) -> tuple[_SocketTransport | _
             ),
             True,
         )
-    return UDPTransport(address, family=inet_family, reuse_address=reuse_address, reuse_port=reuse_port), False
+    return (
+        UDPTransport(
+            address, family=inet_family, reuse_address=reuse_address, reuse_port=reuse_port, nonblocking=False
+        ),
+        False,
+    )
 
 
 class BaseServer(Server[Any, Any]):

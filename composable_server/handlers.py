@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import socket
 from socket import socket as Socket
 from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
+from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
-from .interfaces import DatagramRequest
+from .interfaces import Address, DatagramRequest
 from .proxy import reply_address
 
 if TYPE_CHECKING:
@@ -47,6 +49,8 @@ DEFAULT_MAX_LINE_LENGTH: Final = 65536
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
+
+_logger = logging.getLogger("composable_server")
 
 
 class BaseRequestHandler(Generic[RequestT, AddressT]):
@@ -279,6 +283,19 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
 
     def finish(self) -> None:
         """Send what was written to ``wfile`` to the client (to the proxy,
-        for a datagram that came with a PROXY header)."""
+        for a datagram that came with a PROXY header).
+
+        On a non-blocking socket (the native datagram transports) a reply the
+        kernel cannot queue is retried for up to
+        :data:`~composable_server._socketutil.DATAGRAM_SEND_TIMEOUT` seconds,
+        then dropped and logged (see :func:`~composable_server._socketutil.send_datagram`).
+        """
+        reply = self.wfile.getvalue()
         to = reply_address(self.request, self.client_address)
-        self.socket.sendto(self.wfile.getvalue(), cast("tuple[str, int] | str", to))
+        if not send_datagram(self.socket, reply, cast("Address", to)):
+            _logger.warning(
+                "dropped a %d-byte reply to %s: its queue stayed full for %g s",
+                len(reply),
+                to,
+                DATAGRAM_SEND_TIMEOUT,
+            )

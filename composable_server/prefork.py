@@ -51,21 +51,35 @@ self-pipe that :meth:`Prefork.stop` writes to:
 
 Worker side: the forking thread blocks SIGTERM/SIGINT, starts the serving
 thread (which inherits the mask, as do the handler threads) and waits in
-``sigtimedwait``; it also checks every half second that its parent is alive,
-so workers of a SIGKILLed supervisor do not linger.  A worker leaves with
-``os._exit``: it never returns into the parent's code, never runs its
-``atexit`` handlers, and never closes the transport (which, for a Unix
-socket, would unlink the file the other workers still serve).
+``sigtimedwait``.  A stop reaches it as a SIGTERM, from the supervisor, or
+from the kernel when the supervisor dies, even SIGKILLed
+(``prctl(PR_SET_PDEATHSIG)`` on Linux); it also checks every 0.1 s that its
+parent is still the supervisor (elsewhere, and in case the supervisor died
+before the worker could ask for that signal).
+
+A stopping worker is gone within *drain_timeout* + 1 s of the stop, whatever
+its handlers do: it drains (:meth:`Server.drain`, at most *drain_timeout* +
+0.5 s), joins the serving thread with what is left of that budget, and a
+timer armed when the stop arrived (``setitimer(ITIMER_REAL)``, SIGALRM at its
+default action) has the kernel end the process at the deadline if anything
+still holds it up: a handler stuck in ``sleep`` or on a lock the exit path
+needs.  That backstop depends on no thread of the worker, nor on the GIL.
+
+A worker leaves with ``os._exit``: it never returns into the parent's code,
+never runs its ``atexit`` handlers, and never closes the transport (which,
+for a Unix socket, would unlink the file the other workers still serve).
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
 import random
 import select
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -117,8 +131,15 @@ HANDOVER_FDNAME: Final = "composable-server-handover"
 
 READY_FD_VARIABLE: Final = "COMPOSABLE_SERVER_READY_FD"
 """The variable naming the pipe a re-executed supervisor reports "ready" on."""
-# How often a worker checks that its parent still exists.
-_PARENT_CHECK: Final = 0.5
+# How often a worker checks that its parent is still the supervisor.
+_PARENT_CHECK: Final = 0.1
+# A stopping worker's budget beyond drain_timeout: the drain's grace for the
+# requests it cut, and the deadline of the backstop timer that ends the
+# worker if its exit is held up (both counted from the stop).
+_DRAIN_GRACE: Final = 0.5
+_EXIT_MARGIN: Final = 0.9
+# prctl(2) option: the signal a process gets when its parent thread exits.
+_PR_SET_PDEATHSIG: Final = 1
 # Without pidfds, how often the supervisor sweeps its children.
 _SWEEP_INTERVAL: Final = 0.1
 
@@ -187,7 +208,9 @@ class Prefork(Generic[RequestT, AddressT]):
         restart_window: ... within this many seconds; beyond it, the
             supervisor stops and raises :class:`RestartLimitError`.
         drain_timeout: seconds a stopping worker lets its requests in flight
-            finish before cutting them (:meth:`Server.drain`).
+            finish before cutting them (:meth:`Server.drain`); whatever its
+            handlers do, it is gone within *drain_timeout* + 1 s of the stop
+            (or of the supervisor's death).
         stop_timeout: seconds the supervisor waits for stopping workers
             before it SIGKILLs them.
         poll_interval: each worker's ``serve_forever(poll_interval)``.
@@ -618,13 +641,15 @@ class Prefork(Generic[RequestT, AddressT]):
         # would swallow it, leaving the worker deaf until SIGKILL).  The
         # parent's own pending signals arrive when its mask is restored.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        supervisor = os.getpid()
         try:
             pid = _fork.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             raise
         if pid == 0:
-            _fork.run_child(self._worker_main)  # never returns; its signals stay blocked
+            # Never returns; its signals stay blocked.
+            _fork.run_child(lambda: self._worker_main(supervisor))
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         pidfd = _fork.open_pidfd(pid)
         with self._lock:
@@ -673,21 +698,27 @@ class Prefork(Generic[RequestT, AddressT]):
 
     # -- the worker -----------------------------------------------------------------
 
-    def _worker_main(self) -> int:
-        """Run in a freshly forked worker (under ``_fork.run_child``); return its exit status."""
-        parent = os.getppid()
+    def _worker_main(self, supervisor: int) -> int:
+        """Run in a freshly forked worker of *supervisor* (a pid), under
+        ``_fork.run_child``; return its exit status."""
         # The supervisor's state is the parent's business.
         self._waker.close()
         for pidfd in self._pids.values():
             if pidfd >= 0:
                 os.close(pidfd)
         self._pids.clear()
-        for signum in _STOP_SIGNALS:
+        # SIGALRM too: the backstop timer's default action ends the
+        # process (the parent's handler, e.g. pytest-timeout's, must not run).
+        for signum in (*_STOP_SIGNALS, signal.SIGALRM):
             signal.signal(signum, signal.SIG_DFL)
         # Block the stop signals before any thread starts, so that they
         # all inherit the mask and only sigtimedwait below sees them.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         server = self.make_server(self.transport)
+        # After make_server(): a change of credentials there would clear it.
+        _die_with_parent(signal.SIGTERM)
+        # The supervisor may have died before that: then nobody will signal.
+        orphaned = os.getppid() != supervisor
         failed: list[BaseException] = []
 
         def serve() -> None:
@@ -698,14 +729,17 @@ class Prefork(Generic[RequestT, AddressT]):
                 traceback.print_exc()
                 os.kill(os.getpid(), signal.SIGTERM)  # wake the waiting thread
 
-        thread = threading.Thread(target=serve, name="composable_server prefork worker")
+        thread = threading.Thread(target=serve, name="composable_server prefork worker", daemon=True)
         thread.start()
-        while thread.is_alive():
+        while thread.is_alive() and not orphaned:
             if signal.sigtimedwait(_STOP_SIGNALS, _PARENT_CHECK) is not None:
                 break
-            if os.getppid() != parent:
-                break  # the supervisor is gone: stop
-        report = server.drain(self.drain_timeout, grace=min(1.0, self.stop_timeout))
+            orphaned = os.getppid() != supervisor  # the supervisor is gone: stop
+        # From the stop on, the worker has drain_timeout + 1 s to live,
+        # whatever its threads do: the kernel ends it at the deadline.
+        exit_deadline = time.monotonic() + self.drain_timeout + _EXIT_MARGIN
+        signal.setitimer(signal.ITIMER_REAL, self.drain_timeout + _EXIT_MARGIN)
+        report = server.drain(self.drain_timeout, grace=min(_DRAIN_GRACE, self.stop_timeout))
         if not report.finished:
             _logger.warning(
                 "grace period over: worker %d cut %d request(s) at the deadline: %s",
@@ -713,11 +747,36 @@ class Prefork(Generic[RequestT, AddressT]):
                 len(report.cut),
                 ", ".join(map(repr, report.cut)),
             )
-        thread.join()
-        # Not server_close(): the transport belongs to the parent (closing
-        # a Unix transport would unlink the path the others still serve).
-        server.dispatcher.close()
+        # Bounded: a loop running a handler inline (the sync dispatcher)
+        # may still be in it; as a daemon thread it does not hold the exit.
+        thread.join(max(0.0, exit_deadline - time.monotonic() - 0.1))
+        if report.remaining:
+            # Closing the dispatcher would wait for them (a pool joins its threads).
+            _logger.warning(
+                "worker %d exits with %d request(s) still running: %s",
+                os.getpid(),
+                len(report.remaining),
+                ", ".join(map(repr, report.remaining)),
+            )
+        else:
+            # Not server_close(): the transport belongs to the parent (closing
+            # a Unix transport would unlink the path the others still serve).
+            server.dispatcher.close()
         return 1 if failed else 0
+
+
+def _die_with_parent(signum: int) -> None:
+    """Have the kernel send *signum* to this process when its parent thread
+    exits (``prctl(PR_SET_PDEATHSIG)``, Linux); elsewhere do nothing, and the
+    worker's parent check is what notices."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if int(libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)) != 0:
+            _logger.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:  # no libc symbol table, no prctl
+        _logger.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
 
 
 @final

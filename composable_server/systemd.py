@@ -423,13 +423,16 @@ class InheritedDatagramTransport(_InheritedTransport):
     Args:
         sock: the bound datagram socket; the transport owns it from now on.
         name: a label for logs.
+        nonblocking: make the socket non-blocking on :meth:`activate`
+            (default True, as :class:`~composable_server.transports.UDPTransport`),
+            so a prefork worker that lost the race for a datagram gets
+            ``EAGAIN`` instead of blocking in ``recvfrom``.
 
     Raises:
         InheritedSocketError: *sock* is not a datagram socket.
     """
 
-    # One recvfrom() per wake-up: the socket is made blocking on activate().
-    nonblocking: ClassVar[bool] = False
+    nonblocking: bool = attrs.field(default=True, kw_only=True)
     request_ops: ClassVar[DatagramRequests] = DATAGRAM_REQUESTS
 
     def __attrs_post_init__(self) -> None:
@@ -438,7 +441,7 @@ class InheritedDatagramTransport(_InheritedTransport):
         super().__attrs_post_init__()
 
     @classmethod
-    def from_fd(cls, fd: int, *, name: str | None = None) -> Self:
+    def from_fd(cls, fd: int, *, name: str | None = None, nonblocking: bool = True) -> Self:
         """A transport owning the datagram socket *fd*.
 
         Raises:
@@ -446,14 +449,14 @@ class InheritedDatagramTransport(_InheritedTransport):
         """
         sock = _socket_from_fd(fd, name)
         try:
-            return cls(sock, name=name)
+            return cls(sock, name=name, nonblocking=nonblocking)
         except InheritedSocketError:
             sock.detach()
             raise
 
     def activate(self) -> None:
-        """Make the socket blocking, as :class:`~composable_server.transports.UDPTransport`'s."""
-        self.socket.setblocking(True)
+        """Set the blocking mode, as :class:`~composable_server.transports.UDPTransport` does."""
+        self.socket.setblocking(not self.nonblocking)
 
     def shutdown_request(self, request: DatagramRequest) -> None:
         """Nothing: the request shares the listening socket."""

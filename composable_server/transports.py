@@ -194,9 +194,20 @@ class _StreamTransport(_SocketTransport[AddressT]):
 @attrs.define(eq=False, repr=False)
 class _DatagramTransport(_SocketTransport[AddressT]):
     _kind: ClassVar[socket.SocketKind] = socket.SOCK_DGRAM
-    # One recvfrom() per wake-up: the datagram socket stays blocking.
-    nonblocking: ClassVar[bool] = False
+    # As for the stream listeners: every process polling a shared socket
+    # wakes for one datagram, and a prefork worker that lost the race for it
+    # must get EAGAIN and return to its poll loop (where it sees a stop), not
+    # block in recvfrom() until the next datagram.  Replies go out through
+    # the same socket, so a sendto() may now fail with EAGAIN when the
+    # kernel cannot queue it (see _socketutil.send_datagram).  compat keeps
+    # stdlib's blocking socket.
+    nonblocking: bool = attrs.field(kw_only=True, default=True)
     request_ops: ClassVar[DatagramRequests] = DATAGRAM_REQUESTS
+
+    def activate(self) -> None:
+        """Make the socket non-blocking if :attr:`nonblocking` (a datagram socket does not listen)."""
+        if self.nonblocking:
+            self.socket.setblocking(False)
 
     def shutdown_request(self, request: DatagramRequest) -> None:
         """Nothing: the request shares the listening socket."""
@@ -304,7 +315,13 @@ class UDPTransport(_DualStack, _DatagramTransport[InetAddress]):
     """A UDP socket on IPv4 or IPv6; requests are ``(data, socket)``.
 
     Args: as :class:`TCPTransport`, without a backlog; *reuse_address*
-        defaults to False, as stdlib ``UDPServer``.
+        defaults to False, as stdlib ``UDPServer``.  *nonblocking* (default
+        True) makes the socket non-blocking at :meth:`activate`, so a process
+        that lost the race for a datagram gets ``EAGAIN`` instead of blocking.
+        Replies share the socket: a handler calling ``sendto`` itself may get
+        ``BlockingIOError`` when the kernel cannot queue a reply right now;
+        :class:`~composable_server.handlers.DatagramRequestHandler` retries
+        for up to a second, then drops it and logs.
     """
 
     address: InetAddress = attrs.field(validator=_validate_inet)
@@ -348,9 +365,9 @@ class UnixStreamTransport(_UnixFile, _StreamTransport[UnixAddress]):
 class UnixDatagramTransport(_UnixFile, _DatagramTransport[UnixAddress]):
     """A Unix datagram socket on a path (or a Linux abstract name).
 
-    Args: as :class:`UnixStreamTransport` (including *mode* and the
-        handling of stale socket files), without a backlog.  Clients must
-        bind a socket of their own to be answered.
+    Args: as :class:`UnixStreamTransport` (including *mode*, *nonblocking*
+        and the handling of stale socket files), without a backlog.  Clients
+        must bind a socket of their own to be answered.
     """
 
     address: UnixAddress = attrs.field(converter=unix_path, validator=_validate_unix)

@@ -268,8 +268,11 @@ def _start_server(
     ready, _, _ = select.select([proc.stdout], [], [], 15.0)
     line = proc.stdout.readline() if ready else ""
     if not line:
-        if proc.poll() is None:
-            proc.kill()
+        # The whole group: a forked child holding stderr would make the read endless.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         err = proc.stderr.read() if proc.stderr else ""
         _stop_server(proc)
         raise RuntimeError(f"{kind} did not start: {err.strip()[-2000:]}")
@@ -355,7 +358,9 @@ def run_one(
             )
         else:
             cmd = [str(loadgen), scenario.mode, target, str(scenario.clients), str(duration), str(warmup)]
-            gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin)
+            gen = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin, start_new_session=True
+            )
             time.sleep(warmup)
             start.append(_counters(proc.pid))
             try:

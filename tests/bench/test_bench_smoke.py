@@ -11,7 +11,8 @@ from tests.bench import callgrind_udp, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, build_loadgen, run_one
 
-pytestmark = pytest.mark.timeout(30)
+# The thread method: the run waits on child processes and their pipes.
+pytestmark = pytest.mark.timeout(30, method="thread")
 
 needs_cc = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
 

@@ -59,6 +59,8 @@ from composable_server import (
     Verifier,
 )
 
+from .._process import kill_group
+
 __all__ = (
     "OutputProcess",
     "AnyServer",
@@ -584,8 +586,10 @@ def assert_no_children() -> None:
 class OutputProcess:
     """A subprocess whose stdout or stderr is read line by line in a thread.
 
-    Every wait on it is bounded by *wait* seconds: a child that hangs fails
-    the test with what it printed, instead of hanging the run.
+    The process leads its own session; every wait on it is bounded by
+    *wait* seconds, so a child that hangs fails the test with what it
+    printed instead of hanging the run.  The stream not read goes to
+    ``/dev/null`` (a full pipe nobody reads would block the child).
     """
 
     def __init__(
@@ -596,27 +600,23 @@ class OutputProcess:
         cwd: Path | None = None,
         wait: float = 10.0,
         env: dict[str, str] | None = None,
-        new_session: bool = False,
     ) -> None:
         self.wait = wait
-        # new_session: the child leads its own process group, and close()
-        # kills the group (a wrapper such as systemd-socket-activate and
-        # what it started).
-        self.new_session = new_session
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if read == "stdout" else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if read == "stderr" else subprocess.DEVNULL,
             text=True,
             cwd=cwd,
             env=env,
-            start_new_session=new_session,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         stream = self.proc.stdout if read == "stdout" else self.proc.stderr
         assert stream is not None
+        self._stream = stream
         self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._reader.start()
 
@@ -641,16 +641,21 @@ class OutputProcess:
                 return match
 
     def close(self) -> None:
-        """Kill the process (its group, if *new_session*) if it still runs, reap it, close the pipes."""
-        if self.new_session:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # the whole group has exited
-        elif self.proc.poll() is None:
-            self.proc.kill()
+        """Kill the process and its whole group, reap it, close the pipe.
+
+        In that order: once every process that could hold the pipe is dead,
+        the reader thread meets EOF and ends; only then is the pipe closed
+        (closing a buffered stream that another thread is reading waits for
+        that read, uninterruptibly).
+
+        Raises:
+            AssertionError: the reader is still blocked after the group died
+                (a process outside the group holds the pipe); the pipe is
+                then left open rather than closed under the reader.
+        """
+        kill_group(self.proc)
         self.proc.wait(self.wait)
         self._reader.join(self.wait)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self._reader.is_alive():
+            raise AssertionError(f"the output pipe of {self.proc.args!r} is still open {self.wait} s after its group died")
+        self._stream.close()

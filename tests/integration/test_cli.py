@@ -18,7 +18,12 @@ from typing import Final
 
 import pytest
 
+from .._process import run_process
 from ._support import OutputProcess
+
+# The thread method: these tests wait on children and their pipes, where a
+# hang may sit in C code that the signal method cannot interrupt.
+pytestmark = pytest.mark.timeout(60, method="thread")
 
 WAIT: Final = 10.0  # seconds: every wait for the child is bounded by this
 LISTENING: Final = re.compile(r"listening on (\S+) (\S+)")
@@ -64,13 +69,7 @@ def serve(*args: str, cwd: Path | None = None) -> Iterator[ServeProcess]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the command line to completion (bounded) and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "composable_server", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_process([sys.executable, "-m", "composable_server", *args], timeout=60)
 
 
 def ask(transport: str, address: ClientAddress, payload: bytes, client_dir: Path | None = None) -> bytes:
@@ -328,7 +327,7 @@ class TestHelpAndScript:
         script = Path(sys.executable).parent / "composable-server"
         if not script.exists():
             pytest.skip("the console script is not installed next to this interpreter")
-        result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+        result = run_process([str(script), "--help"], timeout=60)
         assert result.returncode == 0
         assert "serve" in result.stdout and "demo" in result.stdout
 
@@ -381,14 +380,7 @@ def tls_files(tmp_path: Path) -> dict[str, Path]:
 def curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """A real client, bounded; no proxy from the environment."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    return subprocess.run(
-        ["curl", "--silent", "--show-error", "--max-time", str(WAIT), *args, url],
-        capture_output=True,
-        text=True,
-        timeout=WAIT * 2,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_process(["curl", "--silent", "--show-error", "--max-time", str(WAIT), *args, url], timeout=WAIT * 2, env=env)
 
 
 needs_curl = pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="curl is not installed")
@@ -435,13 +427,7 @@ class TestTLS:
             _, address = proc.address()
             assert isinstance(address, tuple)
             client = ["openssl", "s_client", "-quiet", "-verify_return_error", "-CAfile", str(tls_files["ca"])]
-            result = subprocess.run(
-                [*client, "-connect", f"127.0.0.1:{address[1]}"],
-                input="over tls\n",
-                capture_output=True,
-                text=True,
-                timeout=WAIT * 2,
-            )
+            result = run_process([*client, "-connect", f"127.0.0.1:{address[1]}"], input="over tls\n", timeout=WAIT * 2)
             assert "OVER TLS" in result.stdout, result.stderr
             assert proc.stop() == 0
 
@@ -728,7 +714,7 @@ class TestPreforkReexec:
         # and is killed with the group if the test fails.
         argv = [sys.executable, "-m", "composable_server", "serve", "--log-level", "debug", "--port", "0"]
         argv += ["--dispatch", "prefork", "--workers", "2", "--pid-file", str(pid_file)]
-        return OutputProcess(argv, read="stderr", wait=WAIT, new_session=True)
+        return OutputProcess(argv, read="stderr", wait=WAIT)
 
     @pytest.mark.timeout(120)
     def test_sigusr2_hands_over_under_load(self, tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+import pytest
+
+from .._process import run_process
 from ._support import OutputProcess
+
+# The thread method: these tests wait on children and their pipes, where a
+# hang may sit in C code that the signal method cannot interrupt.
+pytestmark = pytest.mark.timeout(60, method="thread")
 
 EXAMPLES: Final = Path(__file__).resolve().parents[2] / "examples"
 WAIT: Final = 10.0  # seconds: every wait for a child is bounded by this
@@ -51,13 +58,7 @@ def background(script: str, *args: str) -> Iterator[Background]:
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run an example to completion (bounded); fail on a non-zero status."""
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_process([sys.executable, str(EXAMPLES / script), *args], timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -146,13 +147,10 @@ def test_rate_limit_verifier_demo() -> None:
 
 def test_rate_limit_verifier_unit_tests() -> None:
     """The example's own unit tests (composable_server.testing, no sockets) pass."""
-    result = subprocess.run(
+    result = run_process(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_rate_limit_verifier.py"],
-        capture_output=True,
-        text=True,
         timeout=60,
         cwd=EXAMPLES,
-        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout

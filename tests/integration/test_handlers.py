@@ -4,6 +4,7 @@ buffer sizes, timeout, TCP_NODELAY) and DatagramRequestHandler."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -239,6 +240,34 @@ class TestDatagramRequestHandler:
             with kind.datagram_client() as client:
                 client.sendto(bytes(range(100)), server.server_address)
             assert kind.request(server, b"small") == b"small"
+
+
+    @pytest.mark.timeout(20)
+    def test_reply_to_a_client_that_does_not_read_is_dropped(
+        self, make_kind: MakeKind, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A reply the kernel cannot queue (a Unix datagram client that does not
+        read: its receive queue is full) is dropped after a bounded wait and
+        logged, instead of holding the server in sendto(); it serves on."""
+        with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+            queue_fits = int(f.read()) + 1  # full when more than max_dgram_qlen are queued
+
+        class Echo(DatagramRequestHandler[Any]):
+            def handle(self) -> None:
+                self.wfile.write(self.packet)
+
+        kind = make_kind(Family.UNIX_DGRAM, Dispatch.SYNC)
+        with caplog.at_level(logging.WARNING, logger="composable_server"), running(kind.build(Echo)) as server:
+            with kind.datagram_client() as client:
+                for i in range(queue_fits + 1):
+                    client.sendto(b"%d" % i, server.server_address)
+                deadline = time.monotonic() + CLIENT_TIMEOUT
+                while not any("dropped a 2-byte reply" in r.getMessage() for r in caplog.records):
+                    assert time.monotonic() < deadline, "the server is still waiting to send the reply"
+                    time.sleep(0.01)
+                replies = [client.recv(100) for _ in range(queue_fits)]
+                assert replies == [b"%d" % i for i in range(queue_fits)]
+            assert kind.request(server, b"next") == b"next"
 
 
 class TestServerSpeaksFirst:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -13,10 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from composable_server import (
+    DatagramAcceptor,
+    DatagramRequest,
+    DatagramRequestHandler,
     InetAddress,
     Server,
     StreamAcceptor,
@@ -25,11 +30,22 @@ from composable_server import (
     TCPTransport,
     ThreadPoolDispatcher,
     Transport,
+    UDPTransport,
+    UnixDatagramTransport,
     UnixStreamTransport,
 )
+from composable_server.interfaces import Address
 from composable_server.prefork import Prefork, RestartLimitError
 
-pytestmark = pytest.mark.timeout(30)
+from .._process import kill_group
+from ._support import OutputProcess
+
+# The thread method: these tests wait on children and pipes, where a hang may
+# sit in C code that the signal method cannot interrupt.
+pytestmark = pytest.mark.timeout(30, method="thread")
+
+RequestT = TypeVar("RequestT")
+AddressT = TypeVar("AddressT")
 
 TIMEOUT = 10.0
 
@@ -72,7 +88,7 @@ def _tcp(
 
 
 @contextlib.contextmanager
-def supervising(prefork: Prefork[socket.socket, object]) -> Iterator[threading.Thread]:
+def supervising(prefork: Prefork[RequestT, AddressT]) -> Iterator[threading.Thread]:
     """Run ``serve_forever`` in a thread; stop, join and close on the way out."""
     failure: list[BaseException] = []
 
@@ -285,13 +301,14 @@ class TestPrefork:
                 with pytest.raises(ProcessLookupError):
                     os.kill(pid, 0)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            kill_group(proc)
+            proc.wait(TIMEOUT)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 class TestStopRace:
-    @pytest.mark.timeout(60)
+    @pytest.mark.timeout(60, method="thread")
     def test_stop_while_workers_start_reaches_every_worker(self) -> None:
         """A stop that lands while workers are being forked still reaches each of
         them at once (a worker must never inherit the parent's handler and lose
@@ -319,3 +336,176 @@ def _children(pid: int) -> set[int]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             found.update(int(c) for c in f.read().split())
     return found
+
+
+class UpperDatagram(DatagramRequestHandler[Address]):
+    """Answers a datagram with its upper-case copy."""
+
+    def handle(self) -> None:
+        self.wfile.write(self.packet.upper())
+
+
+class LosesTheFirstRace:
+    """A datagram acceptor whose first call finds the datagram gone, as a
+    worker that woke for it with a sibling which took it first (the sibling
+    is simulated: this acceptor takes the datagram itself, and writes a byte
+    to *fd* to say so); then it receives as :class:`DatagramAcceptor`."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.raced = False
+        self.inner = DatagramAcceptor()
+
+    def accept(self, transport: Transport[DatagramRequest, Address]) -> tuple[DatagramRequest, Address]:
+        if not self.raced:
+            self.raced = True
+            transport.socket.recv(65536, socket.MSG_DONTWAIT)
+            os.write(self.fd, b"x")
+        return self.inner.accept(transport)
+
+
+def _readable(fd: int, timeout: float = TIMEOUT) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000.0))
+
+
+class TestDatagramWorkers:
+    @pytest.mark.parametrize("kind", ["udp", "unix-dgram"])
+    def test_worker_that_lost_the_race_for_a_datagram_sees_a_stop(self, kind: str, tmp_path: Path) -> None:
+        """A worker that woke for a datagram a sibling took returns to its loop
+        (a non-blocking socket), so a stop reaches it at once instead of the
+        supervisor's SIGKILL at stop_timeout."""
+        path = str(tmp_path / "s.sock")
+        transport: Transport[DatagramRequest, Address] = (
+            UDPTransport(("127.0.0.1", 0)) if kind == "udp" else UnixDatagramTransport(path)
+        )
+        raced_read, raced_write = os.pipe()
+
+        def make(transport: Transport[DatagramRequest, Address]) -> Server[DatagramRequest, Address]:
+            return Server(
+                transport=transport,
+                acceptor=LosesTheFirstRace(raced_write),
+                handler=UpperDatagram,
+                dispatcher=ThreadPoolDispatcher(2),
+                bind_and_activate=False,
+            )
+
+        stop_timeout = 5.0
+        prefork = Prefork(transport, make, workers=1, stop_timeout=stop_timeout)
+        family = socket.AF_INET if kind == "udp" else socket.AF_UNIX
+        with contextlib.ExitStack() as stack:
+            stack.callback(os.close, raced_read)
+            stack.callback(os.close, raced_write)
+            thread = stack.enter_context(supervising(prefork))
+            client = stack.enter_context(socket.socket(family, socket.SOCK_DGRAM))
+            if family == socket.AF_UNIX:
+                client.bind(str(tmp_path / "c.sock"))
+            client.sendto(b"taken by a sibling", prefork.server_address)
+            assert _readable(raced_read), "the worker never received the datagram"
+            started = time.monotonic()
+            prefork.stop()
+            thread.join(TIMEOUT)
+            elapsed = time.monotonic() - started
+        assert elapsed < stop_timeout / 2, f"the worker missed the stop: it took {elapsed:.2f} s (SIGKILL)"
+
+    @pytest.mark.parametrize("kind", ["udp", "unix-dgram"])
+    def test_workers_answer_datagrams(self, kind: str, tmp_path: Path) -> None:
+        """Prefork workers over a datagram transport answer every datagram, then stop at once."""
+        path = str(tmp_path / "s.sock")
+        transport: Transport[DatagramRequest, Address] = (
+            UDPTransport(("127.0.0.1", 0)) if kind == "udp" else UnixDatagramTransport(path)
+        )
+
+        def make(transport: Transport[DatagramRequest, Address]) -> Server[DatagramRequest, Address]:
+            return Server(
+                transport=transport,
+                acceptor=DatagramAcceptor(),
+                handler=UpperDatagram,
+                dispatcher=ThreadPoolDispatcher(2),
+                bind_and_activate=False,
+            )
+
+        prefork = Prefork(transport, make, workers=2, stop_timeout=5.0)
+        family = socket.AF_INET if kind == "udp" else socket.AF_UNIX
+        with contextlib.ExitStack() as stack:
+            thread = stack.enter_context(supervising(prefork))
+            client = stack.enter_context(socket.socket(family, socket.SOCK_DGRAM))
+            client.settimeout(TIMEOUT)
+            if family == socket.AF_UNIX:
+                client.bind(str(tmp_path / "c.sock"))
+            for i in range(20):
+                client.sendto(b"d%d" % i, prefork.server_address)
+                assert client.recv(100) == b"D%d" % i
+            started = time.monotonic()
+            prefork.stop()
+            thread.join(TIMEOUT)
+            assert time.monotonic() - started < 2.5
+
+
+# A supervisor in its own process, so that the test can SIGKILL it; its one
+# worker answers a connection with its pid, then gets stuck: on a lock, in
+# the serving thread itself (sync), or asleep in a pool thread, or asleep
+# holding the log handler's lock, which the worker's exit path needs (it
+# logs the requests it cut).
+STUCK_SUPERVISOR = textwrap.dedent(
+    """
+    import logging, os, sys, threading, time
+    from composable_server import (Server, StreamAcceptor, StreamRequestHandler, SyncDispatcher,
+                                   TCPTransport, ThreadPoolDispatcher)
+    from composable_server.prefork import Prefork
+
+    mode, drain_timeout = sys.argv[1], float(sys.argv[2])
+    never_released = threading.Lock()
+    never_released.acquire()
+    logging.basicConfig()
+
+    class Stuck(StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(b"%d\\n" % os.getpid())
+            self.wfile.flush()
+            if mode == "lock":
+                never_released.acquire()
+            elif mode == "log-lock":
+                logging.getLogger().handlers[0].acquire()
+                time.sleep(3600)
+            else:
+                time.sleep(3600)
+
+    def make(transport):
+        dispatcher = SyncDispatcher() if mode == "lock" else ThreadPoolDispatcher(2)
+        return Server(transport=transport, acceptor=StreamAcceptor(), handler=Stuck,
+                      dispatcher=dispatcher, bind_and_activate=False)
+
+    with Prefork(TCPTransport(("127.0.0.1", 0)), make, workers=1, drain_timeout=drain_timeout) as prefork:
+        print("port", prefork.server_address[1], flush=True)
+        prefork.serve_forever()
+    """
+)
+
+
+class TestOrphanedWorker:
+    @pytest.mark.parametrize("mode", ["lock", "sleep", "log-lock"])
+    def test_worker_dies_with_its_supervisor_whatever_its_handler_does(self, mode: str) -> None:
+        """A worker whose handler is stuck (on a lock in the serving thread,
+        asleep in a pool thread, or asleep holding a lock the worker's exit
+        needs) is gone within drain_timeout + 1 s of its supervisor's SIGKILL."""
+        drain_timeout = 0.5
+        supervisor = OutputProcess(
+            [sys.executable, "-c", STUCK_SUPERVISOR, mode, str(drain_timeout)], read="stdout", wait=TIMEOUT
+        )
+        with contextlib.ExitStack() as stack:
+            stack.callback(supervisor.close)
+            port = int(supervisor.wait_for(r"^port (\d+)").group(1))
+            conn = stack.enter_context(_connect(("127.0.0.1", port)))
+            conn.sendall(b"hello\n")
+            worker = int(conn.makefile("rb").readline())
+            pidfd = os.pidfd_open(worker)
+            stack.callback(os.close, pidfd)
+            supervisor.proc.kill()
+            started = time.monotonic()
+            gone = _readable(pidfd, TIMEOUT)
+            elapsed = time.monotonic() - started
+        assert gone, f"the worker outlived its supervisor by more than {TIMEOUT} s"
+        # The bound the worker keeps, plus this test's own wake-up latency.
+        assert elapsed < drain_timeout + 1.0 + 0.3, f"the worker outlived its supervisor by {elapsed:.2f} s"

@@ -7,6 +7,12 @@ reset mid-request (``SO_LINGER`` 0 close), a verifier rejection, and now and
 then (one in 100) a request cut by a small idle budget; those are rarer
 because each holds a handler for the whole budget, which with the
 synchronous dispatcher stalls the loop.  Figures are printed (``pytest -s``).
+
+Each dispatcher gets at most :data:`REQUESTS` requests and at most
+:data:`SOAK_SECONDS` of client time, whichever ends first, and must have
+done at least :data:`MIN_REQUESTS`: on a busy machine it does fewer (fork
+per request alone takes 20-50 s for 10,000 on two shared cores), never
+runs into its timeout, and still asserts on what it did.
 """
 
 from __future__ import annotations
@@ -41,12 +47,17 @@ CYCLE: Final = ("normal", "exception", "reset", "rejected")
 LINGER_RESET: Final = struct.pack("ii", 1, 0)
 WAIT: Final = 10.0
 
-DISPATCHERS: Final[dict[str, tuple[Callable[[], Dispatcher], int]]] = {
-    "sync": (SyncDispatcher, 10_000),
-    "threading": (ThreadingDispatcher, 10_000),
-    "pool": (lambda: ThreadPoolDispatcher(8), 10_000),
-    # fork() per request: ~16 s for 10,000 on two shared cores.
-    "forking": (ForkingDispatcher, 10_000),
+REQUESTS: Final = 10_000
+SOAK_SECONDS: Final = 20.0
+# Two complete timeout cycles: every outcome occurs, most of them 50 times.
+# (Forking on two cores shared with other CPU-bound work: ~40 requests/s.)
+MIN_REQUESTS: Final = 2 * TIMEOUT_EVERY
+
+DISPATCHERS: Final[dict[str, Callable[[], Dispatcher]]] = {
+    "sync": SyncDispatcher,
+    "threading": ThreadingDispatcher,
+    "pool": lambda: ThreadPoolDispatcher(8),
+    "forking": ForkingDispatcher,
 }
 
 
@@ -120,16 +131,38 @@ def _no_children() -> bool:
     return False
 
 
-def _client(address: tuple[str, int], requests: int, verifier: RejectPorts) -> collections.Counter[str]:
+def _client(
+    address: tuple[str, int], requests: int, verifier: RejectPorts, deadline: float
+) -> collections.Counter[str]:
+    """Send up to *requests* requests of the cycle, until *deadline* (monotonic)."""
     outcomes: collections.Counter[str] = collections.Counter()
     slow: collections.deque[socket.socket] = collections.deque()
+    try:
+        _send(address, requests, verifier, deadline, outcomes, slow)
+    finally:
+        # A failed assertion must not leave these to the garbage collector
+        # (a ResourceWarning in whichever test runs then).
+        for sock in slow:
+            sock.close()
+    return outcomes
 
+
+def _send(
+    address: tuple[str, int],
+    requests: int,
+    verifier: RejectPorts,
+    deadline: float,
+    outcomes: collections.Counter[str],
+    slow: collections.deque[socket.socket],
+) -> None:
     def finish_slow() -> None:
         sock = slow.popleft()
         with sock:
             assert _read_to_eof(sock) == b"", "a connection over its idle budget was answered"
 
     for i in range(requests):
+        if i % len(CYCLE) == 0 and time.monotonic() > deadline:
+            break
         kind = "timeout" if i % TIMEOUT_EVERY == TIMEOUT_EVERY - 1 else CYCLE[i % len(CYCLE)]
         outcomes[kind] += 1
         if kind == "normal":
@@ -166,7 +199,6 @@ def _client(address: tuple[str, int], requests: int, verifier: RejectPorts) -> c
                 finish_slow()
     while slow:
         finish_slow()
-    return outcomes
 
 
 class TestSoak:
@@ -175,7 +207,7 @@ class TestSoak:
     @pytest.mark.parametrize("dispatch", list(DISPATCHERS))
     def test_mixed_outcomes_leak_nothing(self, dispatch: str) -> None:
         """After thousands of mixed requests the process holds the same descriptors and threads as before, and no child."""
-        make_dispatcher, requests = DISPATCHERS[dispatch]
+        make_dispatcher = DISPATCHERS[dispatch]
         assert _no_children()
         fds_before, threads_before = _fds(), set(threading.enumerate())
         verifier = RejectPorts()
@@ -193,13 +225,14 @@ class TestSoak:
         thread.start()
         started = time.monotonic()
         try:
-            outcomes = _client(server.server_address[:2], requests, verifier)
+            outcomes = _client(server.server_address[:2], REQUESTS, verifier, started + SOAK_SECONDS)
             serving_threads = threading.active_count()
         finally:
-            server.shutdown()
+            server.drain(WAIT)  # bounded, unlike shutdown(): a failure here must not hang
             thread.join(WAIT)
             server.server_close()
         elapsed = time.monotonic() - started
+        requests = sum(outcomes.values())
         fds_after, threads_after, no_children = _fds(), set(threading.enumerate()), _no_children()
         print(
             f"\nsoak {dispatch}: {requests} requests in {elapsed:.1f} s ({dict(outcomes)}), "
@@ -208,6 +241,7 @@ class TestSoak:
             f"children after: {'none' if no_children else 'SOME'}"
         )
         assert not thread.is_alive()
+        assert requests >= MIN_REQUESTS, f"only {requests} requests in {elapsed:.1f} s"
         # Compared as sets: what a test before this one leaves behind may still end meanwhile.
         assert fds_after - fds_before == set(), f"leaked descriptors {sorted(fds_after - fds_before)}"
         assert threads_after - threads_before == set(), f"leaked threads {threads_after - threads_before}"

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from composable_server.systemd import (
 )
 from composable_server.testing import check_acceptor, check_transport
 
+from .._process import run_process
 from ._support import OutputProcess, read_to_eof
 
 WAIT: Final = 10.0
@@ -68,7 +68,7 @@ def activated(listen: list[str], *serve_args: str, activate_args: tuple[str, ...
     argv = [ACTIVATE, *activate_args]
     for address in listen:
         argv += ["-l", address]
-    proc = OutputProcess([*argv, *server_argv("--systemd", *serve_args)], read="stderr", wait=WAIT, new_session=True)
+    proc = OutputProcess([*argv, *server_argv("--systemd", *serve_args)], read="stderr", wait=WAIT)
     try:
         for address in listen:
             proc.wait_for(f"Listening on {re.escape(address)}")
@@ -213,7 +213,7 @@ class TestSocketActivation:
         port = free_port()
         command = " ".join(server_argv("--systemd")) + "; exit $?"  # sh forks: LISTEN_PID is sh's
         argv = [ACTIVATE, "-l", f"127.0.0.1:{port}", "sh", "-c", command]
-        proc = OutputProcess(argv, read="stderr", wait=WAIT, new_session=True)
+        proc = OutputProcess(argv, read="stderr", wait=WAIT)
         try:
             proc.wait_for("Listening on")
             socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
@@ -230,7 +230,7 @@ class TestWithoutActivation:
     def test_systemd_without_activation_exits_2(self) -> None:
         """`serve --systemd` started by hand: exit 2 with one line saying so."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-        result = subprocess.run(server_argv("--systemd"), capture_output=True, text=True, timeout=WAIT, env=env)
+        result = run_process(server_argv("--systemd"), timeout=WAIT, env=env)
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1
         assert "--systemd: no socket activation: LISTEN_FDS is not set" in result.stderr
@@ -356,7 +356,7 @@ def notified(notify_socket: str, *args: str, watchdog_usec: int | None = None) -
     env.pop("WATCHDOG_USEC", None)
     if watchdog_usec is not None:
         env["WATCHDOG_USEC"] = str(watchdog_usec)
-    return OutputProcess(server_argv("--port", "0", *args), read="stderr", wait=WAIT, env=env, new_session=True)
+    return OutputProcess(server_argv("--port", "0", *args), read="stderr", wait=WAIT, env=env)
 
 
 class TestNotify:

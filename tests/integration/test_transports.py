@@ -382,3 +382,56 @@ class TestAbstractNamespace:
             sock.bind(b"\0composable-client-" + tag)
             sock.sendto(b"abstract", name)
             assert sock.recv(100) == b"ABSTRACT"
+
+
+class TestNonBlockingListeners:
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("kind", ["tcp", "udp", "unix", "unix-dgram"])
+    def test_native_listeners_are_non_blocking(self, kind: str, tmp_path: Path) -> None:
+        """Every native transport's socket is non-blocking once activated (a
+        process that lost the race for a request gets EAGAIN); nonblocking=False
+        keeps it blocking."""
+        path = str(tmp_path / "s.sock")
+        for nonblocking in (True, False):
+            transport: TCPTransport | UDPTransport | UnixStreamTransport | UnixDatagramTransport
+            if kind == "tcp":
+                transport = TCPTransport(("127.0.0.1", 0), nonblocking=nonblocking)
+            elif kind == "udp":
+                transport = UDPTransport(("127.0.0.1", 0), nonblocking=nonblocking)
+            elif kind == "unix":
+                transport = UnixStreamTransport(path, nonblocking=nonblocking)
+            else:
+                transport = UnixDatagramTransport(path, nonblocking=nonblocking)
+            try:
+                transport.bind()
+                transport.activate()
+                assert transport.socket.gettimeout() == (0.0 if nonblocking else None)
+            finally:
+                transport.close()
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("family", ["udp", "unix-dgram"])
+    def test_datagram_accept_with_nothing_pending_raises_eagain(self, family: str, tmp_path: Path) -> None:
+        """DatagramAcceptor on a native datagram transport with nothing queued
+        raises BlockingIOError at once instead of blocking."""
+        transport: UDPTransport | UnixDatagramTransport = (
+            UDPTransport(("127.0.0.1", 0)) if family == "udp" else UnixDatagramTransport(str(tmp_path / "s.sock"))
+        )
+        try:
+            transport.bind()
+            transport.activate()
+            with pytest.raises(BlockingIOError):
+                DatagramAcceptor().accept(transport)
+        finally:
+            transport.close()
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("name", ["UDPServer", "UnixDatagramServer", "TCPServer", "UnixStreamServer"])
+    def test_compat_servers_keep_blocking_sockets(self, name: str, tmp_path: Path) -> None:
+        """The compat classes keep stdlib's blocking listening socket."""
+        from composable_server import compat
+
+        cls = getattr(compat, name)
+        address: object = str(tmp_path / "s.sock") if name.startswith("Unix") else ("127.0.0.1", 0)
+        with cls(address, compat.BaseRequestHandler) as server:
+            assert server.socket.gettimeout() is None

@@ -4,7 +4,6 @@ native convenience wrappers (built unbound, so no sockets)."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import assert_type
@@ -41,6 +40,8 @@ from composable_server.factories import (
     server_class,
 )
 from composable_server.handlers import BaseRequestHandler
+
+from .._process import run_process
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -227,5 +228,6 @@ class TestLayers:
     def test_import_does_not_load_the_other_layer(self, module: str, absent: str) -> None:
         """Importing one layer (in a fresh interpreter) does not load the other: compat and factories stand apart."""
         code = f"import sys, {module}; print({absent!r} in sys.modules)"
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=True)
+        result = run_process([sys.executable, "-c", code], timeout=25)
+        assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "False"

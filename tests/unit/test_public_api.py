@@ -7,7 +7,6 @@ import ast
 import importlib
 import inspect
 import pkgutil
-import subprocess
 import sys
 from types import ModuleType
 from typing import TypeVar
@@ -15,6 +14,8 @@ from typing import TypeVar
 import pytest
 
 import composable_server
+
+from .._process import run_process
 
 PUBLIC_MODULES = sorted(
     f"composable_server.{info.name}"
@@ -104,7 +105,8 @@ class TestLazyNames:
             "import sys, composable_server as c; before = 'composable_server.prefork' in sys.modules; "
             "from composable_server.prefork import Prefork; print(before, c.Prefork is Prefork, 'Prefork' in dir(c))"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=True)
+        result = run_process([sys.executable, "-c", code], timeout=25)
+        assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["False", "True", "True"]
 
     @pytest.mark.timeout(10)
@@ -119,7 +121,8 @@ class TestTestingKit:
     def test_package_does_not_import_testing(self) -> None:
         """Importing composable_server (in a fresh interpreter) does not import composable_server.testing."""
         code = "import sys, composable_server; print('composable_server.testing' in sys.modules)"
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=True)
+        result = run_process([sys.executable, "-c", code], timeout=25)
+        assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "False"
 
     @pytest.mark.timeout(10)

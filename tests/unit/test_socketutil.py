@@ -1,10 +1,13 @@
-"""Address checks and the Waker self-pipe (composable_server._socketutil)."""
+"""Address checks, the Waker self-pipe and send_datagram (composable_server._socketutil)."""
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
+import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -16,6 +19,7 @@ from composable_server._socketutil import (
     check_unix_address,
     family_name,
     inet_family_for,
+    send_datagram,
 )
 
 
@@ -197,3 +201,56 @@ class TestWaker:
         waker.wake()
         waker.drain()
         assert waker.fileno() == -1
+
+
+class FullQueueSocket:
+    """Stands in for a non-blocking datagram socket: ``sendto`` fails with
+    EAGAIN for its first *busy* calls (None: always), then sends."""
+
+    def __init__(self, busy: int | None, error: OSError | None = None) -> None:
+        self.busy = busy
+        self.error = error
+        self.calls = 0
+        self.sent: list[tuple[bytes, object]] = []
+
+    def sendto(self, data: bytes, address: object) -> int:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if self.busy is None or self.calls <= self.busy:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        self.sent.append((data, address))
+        return len(data)
+
+
+class TestSendDatagram:
+    @pytest.mark.timeout(5)
+    def test_sends_at_once_when_the_queue_has_room(self) -> None:
+        """A datagram the kernel takes is sent with one sendto; True."""
+        sock = FullQueueSocket(busy=0)
+        assert send_datagram(cast(socket.socket, sock), b"hi", ("127.0.0.1", 9)) is True
+        assert (sock.calls, sock.sent) == (1, [(b"hi", ("127.0.0.1", 9))])
+
+    @pytest.mark.timeout(5)
+    def test_retries_while_the_queue_is_full(self) -> None:
+        """EAGAIN is retried until the kernel takes the datagram, within the timeout."""
+        sock = FullQueueSocket(busy=3)
+        assert send_datagram(cast(socket.socket, sock), b"hi", "/tmp/c.sock", timeout=4.0) is True
+        assert (sock.calls, sock.sent) == (4, [(b"hi", "/tmp/c.sock")])
+
+    @pytest.mark.timeout(5)
+    def test_drops_after_the_timeout(self) -> None:
+        """A queue still full at the timeout: the datagram is dropped (False), after a bounded wait."""
+        sock = FullQueueSocket(busy=None)
+        started = time.monotonic()
+        assert send_datagram(cast(socket.socket, sock), b"hi", "/tmp/c.sock", timeout=0.2) is False
+        assert 0.2 <= time.monotonic() - started < 2.0
+        assert sock.sent == [] and sock.calls > 1
+
+    @pytest.mark.timeout(5)
+    def test_other_errors_propagate(self) -> None:
+        """An error other than EAGAIN is the caller's (no retry)."""
+        sock = FullQueueSocket(busy=0, error=ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+        with pytest.raises(ConnectionRefusedError):
+            send_datagram(cast(socket.socket, sock), b"hi", "/tmp/c.sock")
+        assert sock.calls == 1
