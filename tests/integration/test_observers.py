@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ import trustme
 from composable_server import (
     ConnectionTimeouts,
     Dispatcher,
+    Observer,
     Server,
     StreamAcceptor,
     TCPTransport,
@@ -302,3 +303,34 @@ class TestLayers:
         assert (started.transport, started.error) == ("ProxyProtocolTransport", "ProxyProtocolError")
         (finished,) = observer.of(RequestFinished)
         assert (finished.outcome, finished.error) == ("start_failed", "ProxyProtocolError")
+
+
+class TestCompat:
+    @pytest.mark.timeout(20)
+    def test_compat_server_takes_observers_as_a_class_attribute(self) -> None:
+        """A compat ThreadingTCPServer subclass with `observers` set reports its requests; the constructor stays stdlib's."""
+        from composable_server import compat
+
+        observer = RecordingObserver()
+
+        class Handler(compat.StreamRequestHandler):
+            def handle(self) -> None:
+                self.wfile.write(self.rfile.readline().upper())
+
+        class Observed(compat.ThreadingTCPServer):
+            observers: Sequence[Observer] = (observer,)
+
+        with Observed(("127.0.0.1", 0), Handler) as server:
+            thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+            thread.start()
+            try:
+                host, port = server.server_address[:2]
+                with socket.create_connection((host, port), timeout=WAIT) as sock:
+                    sock.sendall(b"hi\n")
+                    assert sock.recv(10) == b"HI\n"
+                ended(observer)
+            finally:
+                server.shutdown()
+                thread.join(WAIT)
+        assert observer.names() == ["connection_accepted", "request_started", "request_finished"]
+        assert [event.outcome for event in observer.of(RequestFinished)] == ["ok"]
