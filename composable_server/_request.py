@@ -49,6 +49,14 @@ Forked children.  The pause flag lives in one anonymous shared page
 loop is paused now, not at fork time, and wakes it through the inherited
 self-pipe: a child that exits frees system-wide descriptors and memory
 (``ENFILE``, ``ENOBUFS``, ``ENOMEM``).
+
+Observers.  ``RequestPath.observers`` is None for a server without any, and
+:meth:`RequestJob.run` checks only that; with observers the same body runs
+inside ``_run_observed``, which times it, times ``start_request`` (the TLS
+handshake, the PROXY header: no transport needs to know of observers) and
+classifies the end (``ok``, ``handler_error``, ``client_gone``, ``budget``,
+``drain``, ``start_failed``) from what the body recorded.  A parked
+connection cut at its first-byte deadline is reported by :class:`Parking`.
 """
 
 from __future__ import annotations
@@ -70,8 +78,7 @@ from socket import socket as Socket
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._watchdog import Watchdog
-from .interfaces import DatagramRequest
-from .interfaces import Budget, RequestFinished, RequestStarted, TransportStarted
+from .interfaces import Budget, DatagramRequest, RequestFinished, RequestStarted, TransportStarted
 
 if TYPE_CHECKING:
     from .interfaces import HandlerFactory, TimeoutPolicy, Transport
