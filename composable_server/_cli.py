@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import grp
-import importlib.metadata
 import logging
 import os
 import pwd
@@ -91,7 +90,6 @@ from .proxy import (
     ProxyMode,
     ProxyProtocolDatagramAcceptor,
     ProxyProtocolTransport,
-    proxied_client_address,
 )
 from .server import Server
 from .systemd import (
@@ -210,10 +208,30 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def _version() -> str:
+    import importlib.metadata  # here: it costs a fifth of the command line's start, for --version only
+
     try:
         return importlib.metadata.version("composable-server")
     except importlib.metadata.PackageNotFoundError:
         return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``prog version`` to stdout and exit 0; the version
+    is read from the installed distribution only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _seconds(text: str) -> float:
@@ -234,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="{serve,demo}")
     serve = commands.add_parser(
         "serve",
@@ -558,17 +576,6 @@ def _datagram_acceptor(args: argparse.Namespace) -> Acceptor[DatagramRequest, Ad
     return DatagramAcceptor()
 
 
-def _client_from_header(handler: HandlerFactory[socket.socket, Address]) -> HandlerFactory[socket.socket, Address]:
-    """*handler*, called with the client a PROXY header names (the request
-    log's debug line and the service see it), until the server's request
-    path does this itself."""
-
-    def call(request: socket.socket, client_address: Address, server: object) -> object:
-        return handler(request, proxied_client_address(request, client_address), server)
-
-    return call
-
-
 def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, Address]:
     if args.inherited is not None:
         inherited: Transport[DatagramRequest, Address] = args.inherited
@@ -643,7 +650,7 @@ def build_server(
         server = _assemble(
             stream,
             StreamAcceptor(),
-            _client_from_header(stream_log),
+            stream_log,
             verifier,
             dispatcher,
             timeout_policy=_timeout_policy(args),
@@ -761,7 +768,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
     # SIGUSR2 runs this same command line again, on the handed-over socket.
     reexec_argv = (sys.executable, *sys.orig_argv[1:])
     if args.transport in STREAM_TRANSPORTS:
-        make_stream = _worker_factory(StreamAcceptor(), _client_from_header(_stream_log(args)), verifier, args)
+        make_stream = _worker_factory(StreamAcceptor(), _stream_log(args), verifier, args)
         return Prefork(
             _stream_transport(args),
             make_stream,

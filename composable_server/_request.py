@@ -6,7 +6,9 @@ Theory of operation
 The serving loop (:mod:`composable_server.server`) accepts and verifies a
 request; everything after that happens here::
 
-    accepted and verified, in the serving loop
+    accepted and verified, in the serving loop (a transport with
+    ``late_admission``, whose client is known only after start_request, is
+    verified in the job instead)
       -> Parking.park()            first-byte budget: a connection that has said
                                    nothing yet waits in the loop's poll set,
                                    costing no worker, and is closed at its deadline
@@ -14,7 +16,12 @@ request; everything after that happens here::
     RequestJob.run(), wherever the dispatcher runs it (inline, thread, child):
       the default body             (a caller may pass its own, see below)
            lifetime                one watchdog entry: abort() at the deadline
-           start_request()         transport.start_request (the TLS handshake)
+           start_request()         transport.start_request (the TLS handshake, the
+                                   PROXY header): returns the request and its client,
+                                   used from here on (handler, errors, reports)
+           verify_request()        only for a late-admission transport (PROXY):
+                                   the verifier judges the real client; refused ->
+                                   shutdown_request, no handler, no error report
            idle                    ops.limit_idle: kernel timeouts when the
                                    handler declares it can take them
            finish_request()        handler(request, client_address, server)
@@ -66,6 +73,7 @@ import heapq
 import mmap
 import select
 import struct
+import sys
 import time
 from collections.abc import Callable
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
@@ -97,7 +105,7 @@ __all__ = (
 )
 
 # Invariant: a job both hands its request to the hooks and takes back what
-# start_request returned.
+# start_request returned (the client address too).
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
 
@@ -116,6 +124,16 @@ def _timeval(seconds: float) -> bytes:
     """*seconds* as the ``struct timeval`` of ``SO_RCVTIMEO``/``SO_SNDTIMEO``."""
     whole = int(seconds)
     return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+
+
+def _is_tls(request: Socket) -> bool:
+    """True if *request* is an ``ssl.SSLSocket``.
+
+    Without ``ssl`` imported no TLS socket can exist, so a server without TLS
+    never imports it (import cost: ``ssl`` is ~10% of ``import compat``).
+    """
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(request, ssl.SSLSocket)
 
 
 @final
@@ -155,13 +173,14 @@ class StreamRequests:
 
     def limit_idle(self, request: Socket, seconds: float, *, kernel: bool) -> None:
         """``SO_RCVTIMEO``/``SO_SNDTIMEO`` (set once, no poll per call) when
-        *kernel* allows and *request* is a plain socket; else ``settimeout()``.
+        *kernel* allows and *request* is not a TLS socket (a plain or a
+        :class:`~composable_server.proxy.ProxiedSocket`); else ``settimeout()``.
 
         A TLS socket keeps ``settimeout()``: OpenSSL reports an expired kernel
         timeout as ``SSLWantReadError``, not as the ``TimeoutError`` that
         ``handlers.SocketFile`` makes of ``EAGAIN``.
         """
-        if kernel and type(request) is Socket:
+        if kernel and not _is_tls(request):
             timeval = _timeval(seconds)
             request.setsockopt(_SOL_SOCKET, _SO_RCVTIMEO, timeval)
             request.setsockopt(_SOL_SOCKET, _SO_SNDTIMEO, timeval)
@@ -180,7 +199,13 @@ class DatagramRequests:
     connections: Final = False
 
     def reject(self, request: DatagramRequest, message: bytes, client_address: object) -> None:
-        """``sendto(message, MSG_DONTWAIT, client_address)`` through the listening socket."""
+        """``sendto(message, MSG_DONTWAIT, client_address)`` through the listening socket.
+
+        A datagram that came through a PROXY layer (it has a
+        ``proxy_address``: :class:`~composable_server.proxy.ProxiedDatagram`)
+        is answered through the proxy, the only one that can relay it.
+        """
+        client_address = getattr(request, "proxy_address", client_address)
         if client_address is None:
             return  # an unbound Unix datagram client: it cannot be answered
         try:
@@ -235,6 +260,7 @@ class RequestHost(Protocol[RequestT, AddressT]):
     def timeout_policy(self) -> TimeoutPolicy: ...
     @property
     def handler(self) -> HandlerFactory[RequestT, AddressT]: ...
+    def verify_request(self, request: RequestT, client_address: AddressT) -> bool: ...
     def finish_request(self, request: RequestT, client_address: AddressT) -> None: ...
     def handle_error(self, request: RequestT, client_address: AddressT) -> None: ...
     def shutdown_request(self, request: RequestT) -> None: ...
@@ -381,10 +407,10 @@ class RequestJob(Generic[RequestT, AddressT]):
         transport_name = type(transport).__name__
         tls = hasattr(transport, "context")
 
-        def start(request: RequestT) -> RequestT:
+        def start(request: RequestT, address: AddressT) -> tuple[RequestT, AddressT]:
             began = time.perf_counter()
             try:
-                started = transport.start_request(request)
+                started = transport.start_request(request, address)
             except Exception as exc:
                 observers.transport_started(
                     TransportStarted(client_address, transport_name, time.perf_counter() - began, type(exc).__name__, tls)
@@ -422,7 +448,7 @@ class RequestJob(Generic[RequestT, AddressT]):
             return RequestFinished(self.client_address, duration, "client_gone", name)
         return RequestFinished(self.client_address, duration, "handler_error", name)
 
-    def _serve(self, start: Callable[[RequestT], RequestT]) -> bool:
+    def _serve(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]]) -> bool:
         path = self._path
         body = self._body
         if body is not None:
@@ -440,8 +466,11 @@ class RequestJob(Generic[RequestT, AddressT]):
         try:
             if budget is not None and budget.lifetime is not None:
                 entry = path.watchdog.add(budget.lifetime, self._expire)
-            # TLS handshakes happen here, in the worker, never in the accept loop.
-            request = self.request = start(request)
+            # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
+            request, self.client_address = start(request, self.client_address)
+            self.request = request
+            if transport.late_admission and not host.verify_request(request, self.client_address):
+                return False  # refused (the verifier logs it): released below, unserved
             if budget is not None and budget.idle is not None:
                 ops.limit_idle(request, budget.idle, kernel=takes_kernel_timeouts(host.handler))
             host.finish_request(request, self.client_address)

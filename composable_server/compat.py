@@ -39,7 +39,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from socket import socket as Socket
-from typing import Any, Protocol, cast, overload
+from typing import Any, Protocol, TypeVar, cast, overload
 
 import attrs
 
@@ -66,6 +66,7 @@ __all__: tuple[str, ...] = (
     "DatagramRequestHandler",
     "ThreadingMixIn",
 )
+_ClientT = TypeVar("_ClientT")
 # The same conditions, in the same order, as stdlib socketserver.
 if hasattr(os, "fork"):
     __all__ += ("ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn")
@@ -130,8 +131,12 @@ class _NullTransport:
     def close_request(self, request: object) -> None:
         pass
 
-    def start_request(self, request: object) -> object:
-        return request
+    @property
+    def late_admission(self) -> bool:
+        return False
+
+    def start_request(self, request: object, client_address: _ClientT) -> tuple[object, _ClientT]:
+        return request, client_address
 
 
 class _OpaqueRequests:

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
 from .interfaces import Address, DatagramRequest
-from .proxy import reply_address
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -290,6 +289,8 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
         :data:`~composable_server._socketutil.DATAGRAM_SEND_TIMEOUT` seconds,
         then dropped and logged (see :func:`~composable_server._socketutil.send_datagram`).
         """
+        from .proxy import reply_address  # here: proxy (and ipaddress) load only when used
+
         reply = self.wfile.getvalue()
         to = reply_address(self.request, self.client_address)
         if not send_datagram(self.socket, reply, cast("Address", to)):

@@ -116,7 +116,8 @@ composable server is not, and they must still be accepted.
 """
 
 
-class Transport(Protocol[RequestT, AddressT_co]):
+# The ignore below: AddressT_co is also a parameter of start_request (see there).
+class Transport(Protocol[RequestT, AddressT_co]):  # type: ignore[misc]
     """Owns the listening socket: its family, type, binding and closing.
 
     The transport also owns what happens to an individual request
@@ -212,18 +213,39 @@ class Transport(Protocol[RequestT, AddressT_co]):
         """
         ...
 
-    def start_request(self, request: RequestT) -> RequestT:
-        """Prepare an accepted request for its handler; return what the handler gets.
+    @property
+    def late_admission(self) -> bool:
+        """True if the client is only known after :meth:`start_request` (the
+        PROXY protocol layer): the server then runs its verifier in the
+        worker, right after ``start_request`` and before the handler, instead
+        of in the accept loop.  False for every transport whose accepted
+        address is the client."""
+        ...
+
+    # A covariant parameter: the server passes only an address its acceptor
+    # produced for this transport, and implementations take any address
+    # (plain ones pass it through generically; the PROXY layer ignores it).
+    def start_request(
+        self,
+        request: RequestT,
+        client_address: AddressT_co,  # type: ignore[misc]  # covariant parameter, see above
+    ) -> tuple[RequestT, AddressT_co]:
+        """Prepare an accepted request for its handler; return what the
+        handler gets and the client to judge, serve and report.
 
         Called in the worker (thread or child), never in the accept loop,
-        just before the handler.  Plain transports return *request* as it is;
-        a TLS transport performs the handshake here, with a deadline, and
-        returns the wrapped socket.
+        just before the handler.  Plain transports return ``(request,
+        client_address)`` as they are; a TLS transport performs the handshake
+        here, with a deadline, and returns the wrapped socket; the PROXY
+        protocol layer reads the header and returns the client it names (the
+        real peer for ``LOCAL``).  From then on the server uses the returned
+        address everywhere: the verifier (for a :attr:`late_admission`
+        transport), the handler, ``handle_error``, budget and drain reports.
 
         Raises:
             OSError: the request cannot be used (failed or timed-out TLS
-                handshake); the server reports it to the error policy and
-                closes the request.
+                handshake, bad PROXY header); the server reports it to the
+                error policy and closes the request.
         """
         ...
 

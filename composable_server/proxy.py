@@ -50,12 +50,17 @@ The spec's rules and how each is kept:
   binary dependency for microseconds per connection is not worth it).
 
 The real client must reach the verifiers, the handler and the logs as
-``client_address``.  ``Transport.start_request(request) -> request`` cannot
-change the address the server holds, so the request carries it:
-:class:`ProxiedSocket` (a :class:`socket.socket`) has ``.proxy_header`` and
-``.client_address``, and :func:`proxied_client_address` reads them from any
-request (TLS above the PROXY layer included).  The server's request path
-replaces its ``client_address`` with it right after ``start_request``.
+``client_address``.  ``start_request(request, client_address)`` returns it
+with the request, and the server uses it from then on (handler,
+``handle_error``, budget and drain reports).  Since the client is only known
+once the header is read, the transport is a :attr:`late_admission
+<ProxyProtocolTransport.late_admission>` one: the server runs its verifier
+(CIDR lists, per-IP caps, rate limits) in the worker, right after
+``start_request``; the trust list is checked before that, before a byte is
+read.  The request carries the header too: :class:`ProxiedSocket` (a
+:class:`socket.socket`) has ``.proxy_header`` and ``.client_address``, and
+:func:`proxied_client_address` reads them from any request (TLS above the
+PROXY layer included).
 """
 
 from __future__ import annotations
@@ -844,8 +849,8 @@ def proxied_client_address(request: object, client_address: AddressT) -> Address
     """The client to judge, serve and log for *request*: the one its PROXY
     header names, else *client_address* (what ``accept()`` reported).
 
-    This is the one call the request path needs right after
-    ``Transport.start_request`` (see the module docstring).
+    The server needs no such call (``start_request`` returns the client);
+    this is for code that holds only the request.
     """
     address = getattr(request, "client_address", None)
     if address is None or proxy_header_of(request) is None:
@@ -1025,13 +1030,20 @@ class ProxyProtocolTransport(Generic[StreamAddressT]):
 
     # -- the header -----------------------------------------------------------------
 
-    def start_request(self, request: Socket) -> Socket:
+    late_admission: ClassVar[bool] = True
+    """The client is known only once the header is read: the server verifies
+    after :meth:`start_request`, in the worker."""
+
+    def start_request(self, request: Socket, client_address: object) -> tuple[Socket, Address]:
         """Read the PROXY header from *request*, then start the inner layer.
 
         Returns:
             A :class:`ProxiedSocket` (or, with TLS inside, the TLS socket,
             given the same ``proxy_header``/``client_address`` attributes),
-            positioned on the first byte after the header.
+            positioned on the first byte after the header, and the client:
+            the one the header names, or the real peer for ``LOCAL`` (the
+            accepted *client_address* is not used: the peer is read from
+            the socket).
 
         Raises:
             ProxyProtocolError: the peer is not trusted, the header is
@@ -1059,7 +1071,7 @@ class ProxyProtocolTransport(Generic[StreamAddressT]):
         self._counters.accepted(header)
         proxied = ProxiedSocket.adopt(request, header, peer)
         try:
-            started = self.inner.start_request(proxied)
+            started, _ = self.inner.start_request(proxied, peer)
         except BaseException:
             proxied.close()  # the descriptor is in proxied now (a no-op if TLS took it over)
             raise
@@ -1068,7 +1080,7 @@ class ProxyProtocolTransport(Generic[StreamAddressT]):
             started.proxy_header = header  # type: ignore[attr-defined]  # attached for proxy_header_of()
             started.client_address = proxied.client_address  # type: ignore[attr-defined]  # as above
             started.proxy_address = peer  # type: ignore[attr-defined]  # as above
-        return started
+        return started, proxied.client_address
 
     def _read(self, sock: Socket) -> ProxyHeader:
         """Peek, parse, and consume exactly the header's bytes, before the deadline."""

@@ -90,7 +90,6 @@ from .interfaces import (
 )
 from .observers import ObserverGroup, verifier_refusal
 from .policies import AcceptBackoff, ConnectionTimeouts, PrintTraceback
-from .verifiers import AllowAll, releaser
 
 __all__ = ("DrainReport", "Server")
 
@@ -189,6 +188,8 @@ class Server(Generic[RequestT, AddressT]):
         bind_and_activate: bool = True,
         observers: Iterable[Observer] = (),
     ) -> None:
+        from .verifiers import AllowAll, releaser  # here: verifiers (ipaddress) load with a server
+
         self._observers = ObserverGroup.of(observers)
         self.transport = transport
         self.acceptor = acceptor
@@ -488,7 +489,11 @@ class Server(Generic[RequestT, AddressT]):
         return True
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
-        """Verify, then park or dispatch an accepted request."""
+        """Verify, then park or dispatch an accepted request.
+
+        A ``late_admission`` transport's client is known only after
+        ``start_request``: its job verifies in the worker instead.
+        """
         if self._accept_failing:
             self._accept_failing = False
             self.accept_error_policy.accepted()
@@ -497,7 +502,7 @@ class Server(Generic[RequestT, AddressT]):
             self._serve_observed(observers, request, client_address)
             return
         try:
-            if not self.verify_request(request, client_address):
+            if not self.transport.late_admission and not self.verify_request(request, client_address):
                 self.shutdown_request(request)
                 return
             parking = self._parking

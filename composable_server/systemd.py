@@ -92,6 +92,7 @@ IP_FAMILIES: Final = frozenset({socket.AF_INET, socket.AF_INET6})
 
 # A request passes through start_request unchanged, whatever its type.
 RequestT = TypeVar("RequestT")
+ClientT = TypeVar("ClientT")
 
 
 # -- socket activation: the environment (pure) ----------------------------------------
@@ -349,9 +350,12 @@ class _InheritedTransport:
         """The descriptor, or -1 once closed."""
         return -1 if self._sock is None else self._sock.fileno()
 
-    def start_request(self, request: RequestT) -> RequestT:
-        """Return *request* unchanged."""
-        return request
+    # The accepted address is the client: the verifier runs in the accept loop.
+    late_admission: ClassVar[bool] = False
+
+    def start_request(self, request: RequestT, client_address: ClientT) -> tuple[RequestT, ClientT]:
+        """Return *request* and *client_address* unchanged."""
+        return request, client_address
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else f"fd {self._sock.fileno()}"

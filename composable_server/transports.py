@@ -16,11 +16,10 @@ from __future__ import annotations
 import errno
 import select
 import socket
-import ssl
 import threading
 import time
 from socket import socket as Socket  # `socket` is also a property name below
-from typing import ClassVar, Final, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast, final
 
 import attrs
 
@@ -29,6 +28,9 @@ from ._socketutil import check_inet_address, check_unix_address, family_name, in
 from ._unixpath import SocketFile, check_mode, unix_path
 from .exceptions import AddressError, BindError, ServerClosedError, TLSHandshakeError
 from .interfaces import DatagramRequest, InetAddress, RequestOps, Transport, UnixAddress
+
+if TYPE_CHECKING:
+    import ssl  # imported where used: a TLSTransport's context has loaded it
 
 __all__ = (
     "DATAGRAM_REQUESTS",
@@ -50,6 +52,8 @@ DEFAULT_BACKLOG: Final = socket.SOMAXCONN
 
 AddressT = TypeVar("AddressT", InetAddress, UnixAddress)
 RequestT = TypeVar("RequestT")
+# start_request passes its client address through, whatever its type.
+ClientT = TypeVar("ClientT")
 
 
 @attrs.define(eq=False, repr=False)
@@ -113,9 +117,12 @@ class _SocketTransport(Generic[AddressT]):
     def activate(self) -> None:
         """Nothing to do for datagram sockets; stream transports listen."""
 
-    def start_request(self, request: RequestT) -> RequestT:
-        """Return *request* unchanged: plain sockets need no preparation."""
-        return request
+    # The accepted address is the client: the verifier runs in the accept loop.
+    late_admission: ClassVar[bool] = False
+
+    def start_request(self, request: RequestT, client_address: ClientT) -> tuple[RequestT, ClientT]:
+        """Return *request* and *client_address* unchanged: plain sockets need no preparation."""
+        return request, client_address
 
     def close(self) -> None:
         """Close the socket.  Idempotent; never raises OSError."""
@@ -508,6 +515,8 @@ class TLSTransport(Generic[StreamAddressT]):
     def shutdown_request(self, request: Socket) -> None:
         """Send a TLS ``close_notify`` (best effort, never blocking), then let
         the inner transport shut the connection down.  Never raises OSError."""
+        import ssl
+
         if isinstance(request, ssl.SSLSocket):
             try:
                 # Non-blocking: SSL_shutdown sends close_notify, then would wait
@@ -518,11 +527,15 @@ class TLSTransport(Generic[StreamAddressT]):
                 pass  # SSLWantReadError (expected), or the peer is gone
         self.inner.shutdown_request(request)
 
-    def start_request(self, request: Socket) -> ssl.SSLSocket:
+    # The accepted address is the client: the verifier runs in the accept loop.
+    late_admission: ClassVar[bool] = False
+
+    def start_request(self, request: Socket, client_address: ClientT) -> tuple[ssl.SSLSocket, ClientT]:
         """Perform the server side of the TLS handshake on *request*, with the deadline.
 
         Returns:
-            The :class:`ssl.SSLSocket`, with the socket timeout *request* had.
+            The :class:`ssl.SSLSocket`, with the socket timeout *request* had,
+            and *client_address* unchanged.
 
         Raises:
             TLSHandshakeError: the handshake failed (bad or missing
@@ -545,9 +558,11 @@ class TLSTransport(Generic[StreamAddressT]):
             raise
         with self._lock:
             self._completed += 1
-        return tls
+        return tls, client_address
 
     def _handshake(self, tls: ssl.SSLSocket, peer: object) -> None:
+        import ssl
+
         deadline = time.monotonic() + self.handshake_timeout
         tls.setblocking(False)
         poller = select.poll()
@@ -597,6 +612,8 @@ class TLSTransport(Generic[StreamAddressT]):
 
 
 def _reason(exc: OSError) -> str:
+    import ssl
+
     if isinstance(exc, ssl.SSLError):
         return f"{exc.reason or type(exc).__name__}: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc.strerror or exc}"

@@ -96,6 +96,8 @@ def check_transport(make_transport: Callable[[], Transport[RequestT, AddressT]])
         assert isinstance(nonblocking, bool), f"nonblocking is {nonblocking!r}, expected a bool"
         connections = transport.request_ops.connections
         assert isinstance(connections, bool), f"request_ops.connections is {connections!r}, expected a bool"
+        late = transport.late_admission
+        assert isinstance(late, bool), f"late_admission is {late!r}, expected a bool"
     finally:
         transport.close()
     assert transport.fileno() == -1, f"fileno() is {transport.fileno()} after close(), expected -1"

@@ -13,7 +13,7 @@ import os
 import select
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from socket import socket as Socket  # `socket` is a property name below
 from typing import Generic, TypeVar, cast, final
 
@@ -160,6 +160,12 @@ class MemoryTransport(Generic[RequestT, AddressT]):
             :class:`MemoryRequestOps`, which records what the server did).
         start_hook: called with each request in :meth:`start_request`
             after it was recorded; may raise, as a failed TLS handshake does.
+        clients: what :meth:`start_request` makes of each accepted
+            ``(request, client_address)``: a mapping from an accepted address
+            to the client it stands for (as a PROXY header names one); an
+            address not in it passes unchanged.
+        late_admission: what :attr:`late_admission` reports (True: the
+            server verifies each request after :meth:`start_request`).
 
     Attributes:
         bind_calls, activate_calls, close_calls: how often each was called.
@@ -173,6 +179,8 @@ class MemoryTransport(Generic[RequestT, AddressT]):
     nonblocking: bool = attrs.field(default=False, kw_only=True)
     request_ops: MemoryRequestOps = attrs.field(factory=MemoryRequestOps, kw_only=True)
     start_hook: Callable[[RequestT], object] | None = attrs.field(default=None, kw_only=True)
+    clients: Mapping[object, AddressT] = attrs.field(factory=dict, kw_only=True)
+    late_admission: bool = attrs.field(default=False, kw_only=True)
     bind_calls: int = attrs.field(init=False, default=0)
     activate_calls: int = attrs.field(init=False, default=0)
     close_calls: int = attrs.field(init=False, default=0)
@@ -283,13 +291,15 @@ class MemoryTransport(Generic[RequestT, AddressT]):
             self.closed_requests.append(request)
         _close_if_closable(request)
 
-    def start_request(self, request: RequestT) -> RequestT:
-        """Record *request* in :attr:`started_requests`, run *start_hook*, and return it unchanged."""
+    def start_request(self, request: RequestT, client_address: AddressT) -> tuple[RequestT, AddressT]:
+        """Record *request* in :attr:`started_requests`, run *start_hook*; return it unchanged,
+        with the client :attr:`clients` names for *client_address* (else
+        *client_address*)."""
         with self._lock:
             self.started_requests.append(request)
         if self.start_hook is not None:
             self.start_hook(request)
-        return request
+        return request, self.clients.get(client_address, client_address)
 
     @property
     def finished_requests(self) -> list[RequestT]:

@@ -1,10 +1,6 @@
 """The PROXY protocol layer on loopback: header reading, deadlines, trust,
-and the bytes after the header.
-
-The server here wires the proxied client into ``client_address`` with a
-two-line ``finish_request`` override (:class:`ProxiedServer`), the change
-the request path is to make for every server.
-"""
+the bytes after the header, and the proxied client everywhere the server
+judges (verifiers) or reports (handler, error policy, logs) one."""
 
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 import trustme
@@ -30,6 +26,7 @@ from composable_server import (
     DatagramRequestHandler,
     NoTimeout,
     Server,
+    Verifier,
     StreamAcceptor,
     StreamRequestHandler,
     TCPTransport,
@@ -37,19 +34,24 @@ from composable_server import (
     TLSHandshakeError,
     TLSTransport,
     UDPTransport,
+    allow_networks,
+    deny_networks,
+    per_ip_cap,
+    rate_limit,
 )
 from composable_server._cli import build_parser, build_server, main
+from composable_server._request import DATAGRAM_REQUESTS, STREAM_REQUESTS
 from composable_server.exceptions import ProxyProtocolError
 from composable_server.proxy import (
     V2_SIGNATURE,
     Command,
     ProxiedDatagram,
     ProxiedSocket,
+    ProxyHeader,
     ProxyMode,
     ProxyProtocolDatagramAcceptor,
     ProxyProtocolTransport,
     crc32c,
-    proxied_client_address,
     proxy_header_of,
 )
 from composable_server.testing import check_acceptor, check_transport
@@ -70,11 +72,8 @@ def v2_tcp4(src: str, sport: int, tlvs: bytes = b"", *, checksum: bool = False, 
     return raw
 
 
-class ProxiedServer(Server[socket.socket, Any]):
-    """A server whose handlers and error policy see the proxied client."""
-
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:
-        super().finish_request(request, proxied_client_address(request, client_address))
+# A plain server: start_request hands it the proxied client.
+ProxiedServer: TypeAlias = Server[socket.socket, Any]
 
 
 class Who(StreamRequestHandler[Any]):
@@ -93,6 +92,7 @@ def proxy_server(
     handler: Any = Who,
     errors: RecordingErrorPolicy | None = None,
     tls: ssl.SSLContext | None = None,
+    verifier: Verifier[Any, Any] | None = None,
     **options: Any,
 ) -> ProxiedServer:
     inner: Any = TCPTransport((LOCAL, 0))
@@ -103,6 +103,7 @@ def proxy_server(
         acceptor=StreamAcceptor(),
         handler=handler,
         dispatcher=ThreadingDispatcher(daemon=True),
+        verifier=verifier,
         error_policy=RecordingErrorPolicy() if errors is None else errors,
         timeout_policy=NoTimeout(),
     )
@@ -157,7 +158,8 @@ class TestHeaderReading:
         transport = ProxyProtocolTransport(TCPTransport((LOCAL, 0)), mode=mode)
         with connected_pair() as (client, accepted):
             fd = accepted.fileno()  # the layer moves it into a ProxiedSocket
-            started = Background(lambda: transport.start_request(accepted))
+            accepted_from = accepted.getpeername()
+            started = Background(lambda: transport.start_request(accepted, accepted_from))
             cuts = [0, 1, 5, 13, 16, 20, len(header) - 1, len(header)]
             for a, b in zip(cuts, cuts[1:]):
                 client.sendall(header[a:b])
@@ -166,9 +168,9 @@ class TestHeaderReading:
                     started.result()  # raises what went wrong
             payload = b"\x16\x03\x01 first request bytes"
             client.sendall(payload)
-            proxied = started.result()
+            proxied, client_address = started.result()
             assert isinstance(proxied, ProxiedSocket)
-            assert proxied.client_address == ("203.0.113.7", 40001)
+            assert client_address == proxied.client_address == ("203.0.113.7", 40001)
             assert proxied.proxy_address == client.getsockname()
             assert wait_until(lambda: queued(proxied) == len(payload))
             assert proxied.recv(100) == payload
@@ -245,7 +247,7 @@ class TestTLSInside:
             fd = accepted.fileno()
             client.sendall(V1_LINE + b"GET / HTTP/1.0\r\n\r\n")
             with pytest.raises(TLSHandshakeError):
-                transport.start_request(accepted)
+                transport.start_request(accepted, accepted.getpeername())
             with pytest.raises(OSError):
                 os.fstat(fd)  # closed, not leaked
         assert transport.statistics().proxied == 1
@@ -334,7 +336,7 @@ class TestRefusals:
             client.sendall(V1_LINE)
             assert wait_until(lambda: queued(accepted) == len(V1_LINE))
             with pytest.raises(ProxyProtocolError, match="untrusted"):
-                transport.start_request(accepted)
+                transport.start_request(accepted, accepted.getpeername())
             assert queued(accepted) == len(V1_LINE)
 
     @pytest.mark.timeout(10)
@@ -361,6 +363,77 @@ class TestRefusals:
         (exc,) = proxy_errors(errors)
         assert "CRC32C mismatch" in exc.reason
 
+
+
+def v1_from(src: str, sport: int = 40001) -> bytes:
+    """A v1 header naming client *src*:*sport*."""
+    return f"PROXY TCP4 {src} 198.51.100.200 {sport} 443\r\n".encode()
+
+
+class TestAdmission:
+    """The verifiers judge the client the header names, not the proxy (every
+    connection here comes from 127.0.0.1, which none of the lists names)."""
+
+    @pytest.mark.timeout(15)
+    @pytest.mark.parametrize(
+        "verifier", [allow_networks("203.0.113.0/24"), deny_networks("198.51.100.0/24", "127.0.0.0/8")]
+    )
+    def test_cidr_lists_judge_the_proxied_client(self, verifier: Verifier[Any, Any]) -> None:
+        """A CIDR list admits the client 203.0.113.7 and refuses 198.51.100.1 (closed unserved, no error report)."""
+        errors = RecordingErrorPolicy()
+        server = proxy_server("v1", verifier=verifier, errors=errors)
+        with running(server):
+            assert exchange(server.server_address, v1_from("203.0.113.7") + b"hi\n") == b"('203.0.113.7', 40001)|-|HI\n"
+            assert exchange(server.server_address, v1_from("198.51.100.1") + b"hi\n") == b""
+        assert errors.errors == []
+
+    @pytest.mark.timeout(15)
+    def test_per_ip_cap_counts_and_releases_the_proxied_client(self) -> None:
+        """per_ip_cap(1) refuses a second connection naming the same client while the first is served, admits another client, and frees the slot when the first ends."""
+        entered = threading.Semaphore(0)
+
+        class Held(Who):
+            def handle(self) -> None:
+                entered.release()
+                super().handle()
+
+        server = proxy_server("v1", handler=Held, verifier=per_ip_cap(1))
+        address = server.server_address
+        with running(server), socket.create_connection(address, timeout=CLIENT_TIMEOUT) as first:
+            first.sendall(v1_from("203.0.113.7", 1))
+            assert entered.acquire(timeout=CLIENT_TIMEOUT), "the first connection was not served"
+            assert exchange(address, v1_from("203.0.113.7", 2) + b"hi\n") == b""
+            assert exchange(address, v1_from("198.51.100.1", 3) + b"hi\n") == b"('198.51.100.1', 3)|-|HI\n"
+            first.sendall(b"one\n")
+            assert read_to_eof(first) == b"('203.0.113.7', 1)|-|ONE\n"
+            # The server releases the slot before its shutdown, so before this EOF.
+            assert exchange(address, v1_from("203.0.113.7", 4) + b"hi\n") == b"('203.0.113.7', 4)|-|HI\n"
+
+    @pytest.mark.timeout(15)
+    def test_rate_limit_buckets_the_proxied_client(self) -> None:
+        """rate_limit(burst=1) refuses the second connection naming 203.0.113.7 but admits 198.51.100.1."""
+        server = proxy_server("v1", verifier=rate_limit(0.001, 1))
+        address = server.server_address
+        with running(server):
+            assert exchange(address, v1_from("203.0.113.7", 1) + b"a\n") == b"('203.0.113.7', 1)|-|A\n"
+            assert exchange(address, v1_from("203.0.113.7", 2) + b"b\n") == b""
+            assert exchange(address, v1_from("198.51.100.1", 3) + b"c\n") == b"('198.51.100.1', 3)|-|C\n"
+
+    @pytest.mark.timeout(15)
+    def test_the_error_policy_sees_the_proxied_client(self) -> None:
+        """A handler error is reported with the client the header names."""
+
+        class Broken(StreamRequestHandler[Any]):
+            def handle(self) -> None:
+                raise ValueError("broken handler")
+
+        errors = RecordingErrorPolicy()
+        server = proxy_server("v1", handler=Broken, errors=errors)
+        with running(server):
+            assert exchange(server.server_address, v1_from("203.0.113.7")) == b""
+            assert errors.wait_for()
+        [(client_address, exc)] = errors.errors
+        assert client_address == ("203.0.113.7", 40001) and isinstance(exc, ValueError)
 
 class TestDatagrams:
     @pytest.mark.timeout(10)
@@ -456,6 +529,20 @@ class TestCommandLine:
         assert "request from 203.0.113.7:40001" in caplog.text
 
     @pytest.mark.timeout(10)
+    def test_serve_allow_judges_the_proxied_client(self, caplog: pytest.LogCaptureFixture) -> None:
+        """``serve --proxy-protocol v1 --allow`` admits the client the header names, though the proxy is outside the list."""
+        args = build_parser().parse_args(
+            ["serve", "--transport", "tcp", "--port", "0", "--proxy-protocol", "v1", "--allow", "203.0.113.0/24"]
+        )
+        server, _ = build_server(args)
+        caplog.set_level(logging.DEBUG, logger="composable_server.services")
+        with running(server):
+            assert exchange(server.server_address, v1_from("203.0.113.7") + b"hello\n") == b"HELLO\n"
+            assert exchange(server.server_address, v1_from("198.51.100.1") + b"hello\n") == b""
+        assert "request from 203.0.113.7:40001" in caplog.text
+        assert "request from 198.51.100.1" not in caplog.text
+
+    @pytest.mark.timeout(10)
     @pytest.mark.parametrize(
         ("argv", "message"),
         [
@@ -482,3 +569,44 @@ def v2_udp4(src: str, sport: int) -> bytes:
         + socket.inet_aton(LOCAL)
         + struct.pack("!HH", sport, 9999)
     )
+
+
+def header_from(source: tuple[str, int]) -> ProxyHeader:
+    return ProxyHeader(1, Command.PROXY, socket.AF_INET, socket.SOCK_STREAM, source, ("198.51.100.1", 443), ())
+
+
+class TestRequestOps:
+    """The stream and datagram request operations on proxied requests."""
+
+    @pytest.mark.timeout(5)
+    def test_a_proxied_socket_takes_kernel_timeouts(self) -> None:
+        """A ProxiedSocket (a plain socket underneath) gets SO_RCVTIMEO, not a Python timeout, when the handler allows."""
+        left, right = socket.socketpair()
+        with right, ProxiedSocket.adopt(left, header_from(("203.0.113.7", 1)), "") as proxied:
+            STREAM_REQUESTS.limit_idle(proxied, 2.5, kernel=True)
+            assert proxied.gettimeout() is None
+            assert proxied.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != bytes(16)
+
+    @pytest.mark.timeout(5)
+    def test_a_tls_socket_keeps_python_timeouts(self) -> None:
+        """An SSLSocket gets settimeout() even when the handler allows kernel timeouts."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        left, right = socket.socketpair()
+        with right, context.wrap_socket(left, server_side=True, do_handshake_on_connect=False) as tls:
+            STREAM_REQUESTS.limit_idle(tls, 2.5, kernel=True)
+            assert tls.gettimeout() == 2.5
+            assert tls.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+
+    @pytest.mark.timeout(5)
+    def test_a_proxied_datagram_is_rejected_through_the_proxy(self) -> None:
+        """A rejection message for a PROXY datagram goes to the proxy that relayed it, not to the client it names."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener, socket.socket(
+            socket.AF_INET, socket.SOCK_DGRAM
+        ) as proxy:
+            listener.bind(("127.0.0.1", 0))
+            proxy.bind(("127.0.0.1", 0))
+            proxy.settimeout(CLIENT_TIMEOUT)
+            # A loopback client: were the message misdirected, it would not leave the host.
+            request = ProxiedDatagram(b"query", listener, header_from(("127.0.0.9", 9)), proxy.getsockname())
+            DATAGRAM_REQUESTS.reject(request, b"busy", request.client_address)
+            assert proxy.recvfrom(100) == (b"busy", listener.getsockname())

@@ -23,6 +23,7 @@ from composable_server.testing import (
     MemoryAcceptor,
     MemoryRequestOps,
     MemoryTransport,
+    MemoryVerifier,
     RecordingErrorPolicy,
     RecordingHandler,
     RecordingTimeoutPolicy,
@@ -44,9 +45,15 @@ class Rig:
         handler: Callable[[str, str, object], object] | None = None,
         connections: bool = True,
         hold: bool = False,
+        clients: dict[object, str] | None = None,
+        late_admission: bool = False,
+        verifier: MemoryVerifier | None = None,
     ) -> None:
         self.ops = MemoryRequestOps(connections)
-        self.transport: MemoryTransport[str, str] = MemoryTransport("memory", request_ops=self.ops)
+        self.transport: MemoryTransport[str, str] = MemoryTransport(
+            "memory", request_ops=self.ops, clients=clients or {}, late_admission=late_admission
+        )
+        self.verifier = MemoryVerifier() if verifier is None else verifier
         self.handler: RecordingHandler[str, str] = RecordingHandler(action)
         self.dispatcher = InlineDispatcher(hold=hold)
         self.errors = RecordingErrorPolicy()
@@ -56,6 +63,7 @@ class Rig:
             acceptor=MemoryAcceptor(),
             handler=self.handler if handler is None else handler,
             dispatcher=self.dispatcher,
+            verifier=self.verifier,
             error_policy=self.errors,
             timeout_policy=self.policy,
         )
@@ -257,6 +265,118 @@ class TestRequestJob:
             assert rig.job().run() is False
             assert rig.policy.exceeded == [("client-1", "lifetime")]
             assert rig.errors.errors == []
+        finally:
+            rig.server.server_close()
+
+
+
+class TestTheClientStartRequestNames:
+    """The address start_request returns (a PROXY header's client) is the one
+    the server judges, serves and reports from then on."""
+
+    @pytest.mark.timeout(5)
+    def test_the_handler_and_the_job_see_the_new_client(self) -> None:
+        """The handler is called with the client start_request returned, and the job (drain reports) holds it."""
+        rig = Rig(clients={"proxy-1": "client-7"})
+        try:
+            job = rig.job(client_address="proxy-1")
+            assert job.run() is True
+            assert rig.handler.calls == [("req-1", "client-7")]
+            assert job.client_address == "client-7"
+            assert repr(job) == "<Job 'client-7'>"
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_the_error_policy_sees_the_new_client(self) -> None:
+        """A handler error is reported with the client start_request returned."""
+
+        def explode(request: str, client_address: str, server: object) -> None:
+            raise ValueError("handler broke")
+
+        rig = Rig(action=explode, clients={"proxy-1": "client-7"})
+        try:
+            assert rig.job(client_address="proxy-1").run() is False
+            [record] = rig.errors.errors
+            assert record.client_address == "client-7"
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_the_lifetime_report_names_the_new_client(self) -> None:
+        """A lifetime budget report names the client start_request returned."""
+        ops_ref: list[MemoryRequestOps] = []
+
+        def wait_for_cut(request: str, client_address: str, server: object) -> None:
+            assert eventually(lambda: bool(ops_ref[0].aborted))
+            raise ConnectionResetError("cut")
+
+        rig = Rig(budget=Budget(lifetime=0.05), action=wait_for_cut, clients={"proxy-1": "client-7"})
+        ops_ref.append(rig.ops)
+        try:
+            assert rig.job(client_address="proxy-1").run() is False
+            assert rig.policy.exceeded == [("client-7", "lifetime")]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_late_admission_verifies_the_new_client_in_the_worker(self) -> None:
+        """A late-admission transport's requests skip the loop's verifier and are verified after start_request."""
+        rig = Rig(clients={"proxy-1": "client-7"}, late_admission=True)
+        try:
+            with serving(rig.server):
+                rig.transport.connect("req-1", "proxy-1")
+                assert eventually(lambda: bool(rig.handler.calls))
+            assert rig.verifier.calls == [("req-1", "client-7")]
+            assert rig.transport.started_requests == ["req-1"]
+            assert rig.handler.calls == [("req-1", "client-7")]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_a_late_refusal_is_released_unserved_and_unreported(self) -> None:
+        """A request the late verifier refuses gets no handler and no error report, and is shut down (released)."""
+        released: list[object] = []
+
+        class Releasing:
+            def verify(self, request: object, client_address: object) -> bool:
+                return client_address != "client-7"
+
+            def release(self, request: object) -> None:
+                released.append(request)
+
+        rig = Rig(clients={"proxy-1": "client-7"}, late_admission=True)
+        server: MemServer = Server(
+            transport=rig.transport,
+            acceptor=MemoryAcceptor(),
+            handler=rig.handler,
+            dispatcher=rig.dispatcher,
+            verifier=Releasing(),
+            error_policy=rig.errors,
+        )
+        try:
+            with serving(server):
+                rig.transport.connect("req-1", "proxy-1")
+                rig.transport.connect("req-2", "proxy-2")
+                assert eventually(lambda: len(rig.transport.shutdown_requests) == 2)
+            assert rig.handler.calls == [("req-2", "proxy-2")]
+            assert rig.transport.shutdown_requests == ["req-1", "req-2"]
+            assert released == ["req-1", "req-2"]
+            assert rig.errors.errors == []
+        finally:
+            server.server_close()
+            rig.server.server_close()
+
+    @pytest.mark.timeout(10)
+    def test_an_early_admission_transport_is_verified_once_in_the_loop(self) -> None:
+        """Without late admission the verifier runs once, in the loop, with the accepted address."""
+        rig = Rig(clients={"proxy-1": "client-7"})
+        try:
+            with serving(rig.server):
+                rig.transport.connect("req-1", "proxy-1")
+                assert eventually(lambda: bool(rig.handler.calls))
+            assert rig.verifier.calls == [("req-1", "proxy-1")]
+            assert rig.handler.calls == [("req-1", "client-7")]
         finally:
             rig.server.server_close()
 

@@ -1,0 +1,115 @@
+"""What each entry point imports: the modules loaded, not the time taken.
+
+Every test runs a fresh interpreter (the one running the tests, so the same
+installation) and compares the sets of modules in ``sys.modules`` before and
+after one import; the result does not depend on how busy the machine is.
+Heavy modules (TLS, address parsing, the verifiers, PROXY protocol, prefork,
+systemd, the HTTP service) must load only when a program uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import composable_server
+
+PACKAGE = "composable_server"
+
+# Modules `import composable_server.compat` must not load: compat serves the
+# socketserver API, which needs none of them.
+NOT_FOR_COMPAT = frozenset(
+    {
+        "ssl",
+        "ipaddress",
+        "http.server",
+        "argparse",
+        f"{PACKAGE}.factories",
+        f"{PACKAGE}.prefork",
+        f"{PACKAGE}.proxy",
+        f"{PACKAGE}.systemd",
+        f"{PACKAGE}.verifiers",
+        f"{PACKAGE}.testing",
+        f"{PACKAGE}._services",
+        f"{PACKAGE}._cli",
+        f"{PACKAGE}._pytest_support",
+    }
+)
+
+
+def _loaded_by(statement: str, *, first: str = "") -> set[str]:
+    """The modules *statement* adds to ``sys.modules`` in a fresh interpreter,
+    after *first* (an import whose own modules are not counted) has run."""
+    script = (
+        "import json, sys\n"
+        f"{first}\n"
+        "before = set(sys.modules)\n"
+        f"{statement}\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return set(loaded)
+
+
+def _package_modules(modules: set[str]) -> set[str]:
+    return {name for name in modules if name == PACKAGE or name.startswith(f"{PACKAGE}.")}
+
+
+class TestImportCost:
+    @pytest.mark.timeout(60)
+    def test_the_package_imports_none_of_its_modules(self) -> None:
+        """``import composable_server`` loads no submodule and not attrs: every name is loaded on first use."""
+        loaded = _loaded_by(f"import {PACKAGE}")
+        assert _package_modules(loaded) == {PACKAGE}
+        assert not {"attr", "attrs"} & loaded
+
+    @pytest.mark.timeout(60)
+    def test_compat_loads_only_what_it_uses(self) -> None:
+        """``import composable_server.compat`` loads the engine but no TLS, verifiers, proxy, prefork or HTTP."""
+        loaded = _loaded_by(f"import {PACKAGE}.compat")
+        assert {f"{PACKAGE}.server", f"{PACKAGE}.transports"} <= loaded  # the walk sees the engine
+        assert sorted(NOT_FOR_COMPAT & loaded) == []
+
+    @pytest.mark.timeout(60)
+    def test_the_pytest_plugin_loads_no_component(self) -> None:
+        """The pytest plugin (loaded in every pytest run) imports the package namespace only, and not attrs."""
+        loaded = _loaded_by(f"import {PACKAGE}.pytest_plugin", first="import pytest")
+        assert _package_modules(loaded) == {PACKAGE, f"{PACKAGE}.pytest_plugin"}
+        assert not {"attr", "attrs"} & loaded
+
+    @pytest.mark.timeout(60)
+    def test_help_does_not_read_the_installed_version(self) -> None:
+        """``serve --help`` does not import importlib.metadata: ``--version`` reads it only when asked for."""
+        loaded = _loaded_by(
+            f"from {PACKAGE}._cli import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass",
+        )
+        assert f"{PACKAGE}._cli" in loaded  # the walk saw the command line
+        assert "importlib.metadata" not in loaded
+
+    @pytest.mark.timeout(60)
+    def test_a_name_loads_its_module_on_first_use(self) -> None:
+        """Reading ``composable_server.Server`` loads the engine; ``composable_server.Server`` is server.Server."""
+        loaded = _loaded_by(
+            f"import {PACKAGE}, {PACKAGE}.server\nassert {PACKAGE}.Server is {PACKAGE}.server.Server"
+        )
+        assert f"{PACKAGE}.server" in loaded
+
+    @pytest.mark.timeout(10)
+    def test_every_public_name_resolves_and_is_listed(self) -> None:
+        """Every name in ``__all__`` resolves (loading its module) and ``dir()`` lists all of them."""
+        for name in composable_server.__all__:
+            assert getattr(composable_server, name) is not None, name
+        assert set(composable_server.__all__) <= set(dir(composable_server))
+
+    @pytest.mark.timeout(10)
+    def test_an_unknown_name_is_an_attribute_error(self) -> None:
+        """A name the package does not have raises AttributeError naming it."""
+        with pytest.raises(AttributeError, match="no_such_name"):
+            getattr(composable_server, "no_such_name")
