@@ -441,7 +441,9 @@ class RequestJob(Generic[RequestT, AddressT]):
             return RequestFinished(self.client_address, duration, "start_failed", type(error.error).__name__)
         if ok:
             return RequestFinished(self.client_address, duration, "ok")
-        name = "BaseException" if error is None else type(error).__name__
+        if error is None:  # late admission: the verifier refused it after start_request
+            return RequestFinished(self.client_address, duration, "refused")
+        name = type(error).__name__
         if isinstance(error, (ConnectionError, TimeoutError)):
             if isinstance(error, TimeoutError):
                 return RequestFinished(self.client_address, duration, "budget", name, "idle")

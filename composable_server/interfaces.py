@@ -557,11 +557,12 @@ RefusalReason: TypeAlias = Literal[
 """Why a connection was refused.  ``verifier`` is any other verifier (its
 class name is in :attr:`ConnectionRefused.detail`)."""
 
-Outcome: TypeAlias = Literal["ok", "handler_error", "budget", "drain", "client_gone", "start_failed"]
+Outcome: TypeAlias = Literal["ok", "handler_error", "budget", "drain", "client_gone", "start_failed", "refused"]
 """How a request ended: the handler returned; raised; was cut at a budget
 (which: :attr:`RequestFinished.budget`); was cut by a drain or by the loop
-leaving; its client went away (``ConnectionError``); or ``start_request``
-(TLS handshake, PROXY header) failed."""
+leaving; its client went away (``ConnectionError``); ``start_request``
+(TLS handshake, PROXY header) failed; or, with a transport whose
+``late_admission`` verifies after ``start_request``, the verifier refused it."""
 
 Budget: TypeAlias = Literal["first_byte", "idle", "lifetime"]
 """The connection budget that cut a request."""

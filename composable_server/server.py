@@ -519,7 +519,7 @@ class Server(Generic[RequestT, AddressT]):
         """_serve_accepted, telling *observers* of the accept and a refusal."""
         observers.connection_accepted(ConnectionAccepted(client_address))
         try:
-            if not self.verify_request(request, client_address):
+            if not self.transport.late_admission and not self.verify_request(request, client_address):
                 self.shutdown_request(request)
                 observers.connection_refused(verifier_refusal(client_address, self.verifier))
                 return

@@ -261,6 +261,28 @@ class TestRefusals:
         assert [event.client_address for event in rig.observer.of(RequestStarted)] == ["c1"]
 
 
+    @pytest.mark.timeout(5)
+    def test_late_admission_refusal(self) -> None:
+        """With late admission (verified after start_request) a refusal ends the request as refused."""
+        transport: MemoryTransport[str, str] = MemoryTransport("memory", late_admission=True)
+        observer = RecordingObserver()
+        handler: RecordingHandler[str, str] = RecordingHandler()
+        with Server(
+            transport=transport,
+            acceptor=MemoryAcceptor(),
+            handler=handler,
+            verifier=MemoryVerifier(False),
+            dispatcher=InlineDispatcher(),
+            observers=[observer],
+        ) as server:
+            transport.connect("r1", "c1")
+            server.handle_request()
+        assert observer.names() == ["connection_accepted", "request_started", "transport_started", "request_finished"]
+        (finished,) = observer.of(RequestFinished)
+        assert (finished.outcome, finished.error) == ("refused", None)
+        assert handler.calls == []
+
+
 class TestLoopEvents:
     @pytest.mark.timeout(5)
     def test_accept_error_reports_the_backoff(self) -> None:
