@@ -58,6 +58,8 @@ if _TYPE_CHECKING:
     from .interfaces import IPv6Address as IPv6Address
     from .interfaces import InetAddress as InetAddress
     from .interfaces import Job as Job
+    from .interfaces import Observer as Observer
+    from .observers import BaseObserver as BaseObserver
     from .interfaces import ReleasingVerifier as ReleasingVerifier
     from .interfaces import TimeoutPolicy as TimeoutPolicy
     from .interfaces import Transport as Transport
@@ -117,6 +119,7 @@ __all__ = (
     "ReleasingVerifier",
     "Dispatcher",
     "Job",
+    "Observer",
     "ErrorPolicy",
     "TimeoutPolicy",
     "ConnectionBudget",
@@ -179,6 +182,7 @@ __all__ = (
     "AcceptBackoff",
     "RetryImmediately",
     # handlers
+    "BaseObserver",
     "BaseRequestHandler",
     "StreamRequestHandler",
     "DatagramRequestHandler",
@@ -234,6 +238,8 @@ _LAZY: dict[str, str] = {
     "IPv6Address": "interfaces",
     "InetAddress": "interfaces",
     "Job": "interfaces",
+    "Observer": "interfaces",
+    "BaseObserver": "observers",
     "ReleasingVerifier": "interfaces",
     "TimeoutPolicy": "interfaces",
     "Transport": "interfaces",

@@ -52,10 +52,12 @@ import logging
 import os
 import pwd
 import select
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -73,7 +75,7 @@ from ._services import (
 )
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from ._modes import DISPATCH_MODES, DISPATCHERS, PREFORK_POOL, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
-from .dispatchers import ThreadPoolDispatcher
+from .dispatchers import ThreadingDispatcher, ThreadPoolDispatcher
 from .exceptions import ActivationError, AddressError, BindError, InheritedSocketError
 from .interfaces import (
     Acceptor,
@@ -81,10 +83,12 @@ from .interfaces import (
     DatagramRequest,
     Dispatcher,
     HandlerFactory,
+    Observer,
     TimeoutPolicy,
     Transport,
     Verifier,
 )
+from .observers import AccessLog
 from .policies import DEFAULT_BUDGET, Budget, ConnectionTimeouts, LoggingErrorPolicy
 from .prefork import (
     DEFAULT_WORKERS,
@@ -206,6 +210,15 @@ def _limit(text: str) -> float:
     if not value > 0:  # also NaN
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) of --metrics."""
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def _version() -> str:
@@ -393,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CIDR",
         help="proxies allowed to send the header (repeatable; default: " + ", ".join(DEFAULT_TRUSTED) + ")",
+    )
+    observe = serve.add_argument_group("observing")
+    observe.add_argument(
+        "--metrics",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs the 'metrics' extra)",
+    )
+    observe.add_argument(
+        "--access-log", action="store_true", help="log one line per finished request (composable_server.access)"
     )
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower, help="default: info")
     serve.add_argument(
@@ -619,6 +642,7 @@ def _assemble(
     *,
     bind_and_activate: bool = True,
     timeout_policy: TimeoutPolicy | None = None,
+    observers: Sequence[Observer] = (),
 ) -> Server[RequestT, Address]:
     return Server(
         transport=transport,
@@ -629,6 +653,7 @@ def _assemble(
         error_policy=LoggingErrorPolicy(),
         timeout_policy=timeout_policy,
         bind_and_activate=bind_and_activate,
+        observers=observers,
     )
 
 
@@ -646,18 +671,74 @@ def build_server(
     dispatcher = _dispatcher(args, heartbeat)
     if args.transport in STREAM_TRANSPORTS:
         stream_log = _stream_log(args)
+        stream = _stream_transport(args)
         server = _assemble(
-            _stream_transport(args),
+            stream,
             StreamAcceptor(),
             stream_log,
             verifier,
             dispatcher,
             timeout_policy=_timeout_policy(args),
+            bind_and_activate=False,
+            observers=_bind_for_observers(args, stream),
         )
+        _activate(server)
         return server, stream_log
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
-    datagram = _assemble(_datagram_transport(args), _datagram_acceptor(args), datagram_log, verifier, dispatcher)
+    transport = _datagram_transport(args)
+    datagram = _assemble(
+        transport,
+        _datagram_acceptor(args),
+        datagram_log,
+        verifier,
+        dispatcher,
+        bind_and_activate=False,
+        observers=_bind_for_observers(args, transport),
+    )
+    _activate(datagram)
     return datagram, datagram_log
+
+
+def _bind_for_observers(args: argparse.Namespace, transport: Transport[RequestT, Address]) -> list[Observer]:
+    """Bind *transport* (the metrics are labelled with the bound address)
+    and return the observers of --metrics and --access-log."""
+    try:
+        transport.bind()
+    except BaseException:
+        transport.close()
+        raise
+    return _observers(args, transport)
+
+
+def _activate(server: Server[RequestT, Address]) -> None:
+    """The rest of a bound transport's Server construction: record the address, listen."""
+    try:
+        server.server_address = server.transport.server_address
+        server.server_activate()
+    except BaseException:
+        server.server_close()
+        raise
+
+
+def _observers(
+    args: argparse.Namespace, transport: Transport[RequestT, Address], *, worker: bool = False
+) -> list[Observer]:
+    """The observers of --metrics and --access-log for a server on *transport*
+    (*worker*: in a prefork worker, whose metrics reach the scrape through
+    the multiprocess files, not a registry)."""
+    observers: list[Observer] = []
+    if args.metrics is not None:
+        from .metrics import MetricsObserver  # the optional extra: imported only when asked for
+
+        labels = {"transport": args.transport, "address": format_address(transport.server_address)}
+        tls = args.certfile is not None
+        if worker:
+            observers.append(MetricsObserver(**labels, tls=tls, registry=None))
+        else:
+            observers.append(MetricsObserver(**labels, tls=tls))
+    if args.access_log:
+        observers.append(AccessLog(format_address=format_address))
+    return observers
 
 
 AnyPrefork: TypeAlias = "Prefork[socket.socket, Address] | Prefork[DatagramRequest, Address]"
@@ -680,7 +761,14 @@ def _worker_factory(
         if max_requests is not None:
             pool = RecyclingDispatcher(pool, max_requests, jitter)  # the jitter is drawn in each worker
         return _assemble(
-            transport, acceptor, handler, verifier, pool, bind_and_activate=False, timeout_policy=timeout_policy
+            transport,
+            acceptor,
+            handler,
+            verifier,
+            pool,
+            bind_and_activate=False,
+            timeout_policy=timeout_policy,
+            observers=() if args is None else _observers(args, transport, worker=True),
         )
 
     return make
@@ -696,6 +784,12 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
     """
     verifier = _verifier(args)  # checked (and CIDRs parsed) in the parent
     workers = args.workers or DEFAULT_WORKERS
+    supervisor_observers: list[Observer] = []
+    directory = os.environ.get(_MULTIPROC_DIR)
+    if args.metrics is not None and directory:
+        from .metrics import WorkerReaper
+
+        supervisor_observers.append(WorkerReaper(directory))
     # SIGUSR2 runs this same command line again, on the handed-over socket.
     reexec_argv = (sys.executable, *sys.orig_argv[1:])
     if args.transport in STREAM_TRANSPORTS:
@@ -707,6 +801,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
             drain_timeout=args.grace,
             notifier=notifier,
             reexec_argv=reexec_argv,
+            observers=supervisor_observers,
         )
     datagram_log = RequestLog(DATAGRAM_SERVICES[args.service], args.service)
     make_datagram = _worker_factory(_datagram_acceptor(args), datagram_log, verifier, args)
@@ -717,6 +812,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
         drain_timeout=args.grace,
         notifier=notifier,
         reexec_argv=reexec_argv,
+        observers=supervisor_observers,
     )
 
 
@@ -813,6 +909,54 @@ def _os_failure(exc: OSError) -> int:
     return 1
 
 
+_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _start_metrics(args: argparse.Namespace, listener: Callable[[], socket.socket | None], address: object) -> AnyServer | None:
+    """--metrics: serve ``/metrics`` on a server of our own, in a daemon
+    thread; None without --metrics.  With ``PROMETHEUS_MULTIPROC_DIR`` set
+    (prefork), the scrape collects every process's files.
+
+    Raises:
+        BindError: the metrics address cannot be bound.
+    """
+    if args.metrics is None:
+        return None
+    from prometheus_client import REGISTRY
+
+    from .metrics import QueueDepthCollector, metrics_handler, multiprocess_registry
+
+    directory = os.environ.get(_MULTIPROC_DIR)
+    registry = multiprocess_registry(directory) if directory else REGISTRY
+    registry.register(QueueDepthCollector(listener, transport=args.transport, address=format_address(address)))
+    server: Server[socket.socket, Address] = Server(
+        transport=TCPTransport(args.metrics),
+        acceptor=StreamAcceptor(),
+        handler=metrics_handler(registry),
+        dispatcher=ThreadingDispatcher(daemon=True),
+        error_policy=LoggingErrorPolicy(),
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    _logger.info("metrics on http://%s/metrics", format_address(server.server_address))
+    return server
+
+
+def _stop_metrics(server: AnyServer | None) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def _listening_socket(owner: AnyServer | AnyPrefork) -> Callable[[], socket.socket | None]:
+    """The listening socket of *owner*'s transport, or None once closed (for the queue-depth scrape)."""
+
+    def get() -> socket.socket | None:
+        transport = owner.transport
+        return None if transport.fileno() < 0 else transport.socket
+
+    return get
+
+
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_usage(parser, args)
     logging.basicConfig(
@@ -837,6 +981,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # denied, unknown host); anything else from the OS is shown as it is.
         return _os_failure(exc)
     try:
+        metrics = _start_metrics(args, _listening_socket(server), server.server_address)
         pid_file = _after_bind(args, server.server_address)
     except OSError as exc:
         server.server_close()
@@ -844,17 +989,42 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         return _run(server, request_log, args, notifier, heartbeat)
     finally:
+        _stop_metrics(metrics)
         pid_file.remove()
         notifier.close()
 
 
 def _serve_prefork(parser: argparse.ArgumentParser, args: argparse.Namespace, notifier: Notifier) -> int:
+    own_directory = None
+    if args.metrics is not None and not os.environ.get(_MULTIPROC_DIR):
+        # Before prometheus_client is imported: it picks its value class then.
+        own_directory = os.environ[_MULTIPROC_DIR] = tempfile.mkdtemp(prefix="composable-server-metrics-")
+    try:
+        return _serve_prefork_metrics(parser, args, notifier)
+    finally:
+        if own_directory is not None:
+            shutil.rmtree(own_directory, ignore_errors=True)
+
+
+def _serve_prefork_metrics(parser: argparse.ArgumentParser, args: argparse.Namespace, notifier: Notifier) -> int:
     try:
         prefork = build_prefork(args, notifier=notifier)
     except AddressError as exc:
         parser.error(_one_line(exc))
     except OSError as exc:
         return _os_failure(exc)
+    try:
+        metrics = _start_metrics(args, _listening_socket(prefork), prefork.server_address)
+    except OSError as exc:
+        prefork.close()
+        return _os_failure(exc)
+    try:
+        return _serve_prefork_signals(args, notifier, prefork)
+    finally:
+        _stop_metrics(metrics)
+
+
+def _serve_prefork_signals(args: argparse.Namespace, notifier: Notifier, prefork: AnyPrefork) -> int:
     # Until serve_forever() installs its own handlers: a signal after the
     # startup line (scripts wait for it, then may signal at once) is acted
     # on, instead of killing the process (SIGTERM/SIGINT: serve_forever()

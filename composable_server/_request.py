@@ -77,6 +77,14 @@ Forked children.  The pause flag lives in one anonymous shared page
 loop is paused now, not at fork time, and wakes it through the inherited
 self-pipe: a child that exits frees system-wide descriptors and memory
 (``ENFILE``, ``ENOBUFS``, ``ENOMEM``).
+
+Observers.  ``RequestPath.observers`` is None for a server without any, and
+:meth:`RequestJob.run` checks only that; with observers the same body runs
+inside ``_run_observed``, which times it, times ``start_request`` (the TLS
+handshake, the PROXY header: no transport needs to know of observers) and
+classifies the end (``ok``, ``handler_error``, ``client_gone``, ``budget``,
+``drain``, ``start_failed``) from what the body recorded.  A parked
+connection cut at its first-byte deadline is reported by :class:`Parking`.
 """
 
 from __future__ import annotations
@@ -103,10 +111,11 @@ from socket import socket as Socket
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._watchdog import Watchdog, _Entry
-from .interfaces import DatagramRequest, Verdict
+from .interfaces import Budget, DatagramRequest, RequestFinished, RequestStarted, TransportStarted, Verdict
 
 if TYPE_CHECKING:
     from .interfaces import HandlerFactory, TimeoutPolicy, Transport
+    from .observers import ObserverGroup
 
 __all__ = (
     "DATAGRAM_REQUESTS",
@@ -318,12 +327,21 @@ class RequestPath(Generic[RequestT, AddressT]):
         host: the server.
         wake: wakes the serving loop (its self-pipe); called from any thread
             or process.
+        observers: told of each job's start and end (see
+            :mod:`composable_server.observers`); None: nobody, at no cost.
     """
 
-    __slots__ = ("_kept", "_kept_lock", "_kept_state", "_loop_pid", "_shared", "_wake", "host", "watchdog")
+    __slots__ = ("_kept", "_kept_lock", "_kept_state", "_loop_pid", "_shared", "_wake", "host", "observers", "watchdog")
 
-    def __init__(self, host: RequestHost[RequestT, AddressT], wake: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        host: RequestHost[RequestT, AddressT],
+        wake: Callable[[], object],
+        observers: ObserverGroup | None = None,
+    ) -> None:
         self.host = host
+        # None without observers: the one attribute a job checks.
+        self.observers = observers
         self.watchdog = Watchdog()
         self._wake = wake
         # Two bytes, MAP_SHARED | MAP_ANONYMOUS (mmap's defaults for fileno -1):
@@ -458,7 +476,7 @@ class RequestJob(Generic[RequestT, AddressT]):
             resulting ``BrokenPipe``/EOF errors are not reported again.
     """
 
-    __slots__ = ("_body", "_entry", "_parks", "_path", "_started", "client_address", "cut", "request")
+    __slots__ = ("_body", "_cut_by", "_entry", "_error", "_parks", "_path", "_started", "client_address", "cut", "request")
 
     def __init__(
         self,
@@ -475,6 +493,8 @@ class RequestJob(Generic[RequestT, AddressT]):
         self._started = False  # start_request ran: the connection is served (again)
         self._parks = False  # the handler returns verdicts (parks_connections)
         self._entry: _Entry | None = None  # the lifetime watchdog's entry
+        self._cut_by: Budget | None = None
+        self._error: Exception | None = None
 
     def run(self) -> bool:
         """Serve the request (see the class); True if the handler returned.
@@ -483,6 +503,62 @@ class RequestJob(Generic[RequestT, AddressT]):
         the serving loop instead of being shut down; the loop runs this
         same job again when the connection is readable.
         """
+        observers = self._path.observers
+        if observers is not None:
+            return self._run_observed(observers)
+        return self._serve(self._path.host.transport.start_request)
+
+    def _run_observed(self, observers: ObserverGroup) -> bool:
+        """:meth:`_serve`, telling *observers* when it starts and how it ends."""
+        client_address = self.client_address
+        transport = self._path.host.transport
+        transport_name = type(transport).__name__
+        tls = hasattr(transport, "context")
+
+        def start(request: RequestT, address: AddressT) -> tuple[RequestT, AddressT]:
+            began = time.perf_counter()
+            try:
+                started = transport.start_request(request, address)
+            except Exception as exc:
+                observers.transport_started(
+                    TransportStarted(client_address, transport_name, time.perf_counter() - began, type(exc).__name__, tls)
+                )
+                self._error = _StartFailed(exc)
+                raise
+            observers.transport_started(
+                TransportStarted(client_address, transport_name, time.perf_counter() - began, None, tls)
+            )
+            return started
+
+        observers.request_started(RequestStarted(client_address))
+        began = time.perf_counter()
+        ok = False
+        try:
+            ok = self._serve(start)
+            return ok
+        finally:
+            observers.request_finished(self._finished_event(ok, time.perf_counter() - began))
+
+    def _finished_event(self, ok: bool, duration: float) -> RequestFinished:
+        error = self._error
+        if self.cut:
+            if self._cut_by is None:
+                return RequestFinished(self.client_address, duration, "drain")
+            return RequestFinished(self.client_address, duration, "budget", None, self._cut_by)
+        if isinstance(error, _StartFailed):
+            return RequestFinished(self.client_address, duration, "start_failed", type(error.error).__name__)
+        if ok:
+            return RequestFinished(self.client_address, duration, "ok")
+        if error is None:  # late admission: the verifier refused it after start_request
+            return RequestFinished(self.client_address, duration, "refused")
+        name = type(error).__name__
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            if isinstance(error, TimeoutError):
+                return RequestFinished(self.client_address, duration, "budget", name, "idle")
+            return RequestFinished(self.client_address, duration, "client_gone", name)
+        return RequestFinished(self.client_address, duration, "handler_error", name)
+
+    def _serve(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]]) -> bool:
         path = self._path
         body = self._body
         if body is not None:
@@ -497,7 +573,7 @@ class RequestJob(Generic[RequestT, AddressT]):
             if self._started:
                 request = self.request
             else:
-                request = self._start()
+                request = self._start(start)
                 if host.transport.late_admission and not host.verify_request(request, self.client_address):
                     return False  # refused (the verifier logs it): released below, unserved
             while True:
@@ -512,7 +588,9 @@ class RequestJob(Generic[RequestT, AddressT]):
                     return True
                 if where == _CLOSED or not self._linger():
                     return True
-        except Exception:
+        except Exception as exc:
+            if self._error is None:
+                self._error = exc
             if not self.cut:
                 host.handle_error(self.request, self.client_address)
             return False
@@ -520,7 +598,7 @@ class RequestJob(Generic[RequestT, AddressT]):
             if not kept:
                 self.release()
 
-    def _start(self) -> RequestT:
+    def _start(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]]) -> RequestT:
         """Once per connection: the lifetime budget, ``start_request`` (the
         TLS handshake, the PROXY header: the client address may change), the
         idle budget."""
@@ -533,7 +611,7 @@ class RequestJob(Generic[RequestT, AddressT]):
         if budget is not None and budget.lifetime is not None:
             self._entry = path.watchdog.add(budget.lifetime, self._expire)
         # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
-        request, self.client_address = transport.start_request(self.request, self.client_address)
+        request, self.client_address = start(self.request, self.client_address)
         self.request = request
         if budget is not None and budget.idle is not None:
             ops.limit_idle(request, budget.idle, kernel=takes_kernel_timeouts(host.handler))
@@ -568,6 +646,7 @@ class RequestJob(Generic[RequestT, AddressT]):
 
     def _expire(self) -> None:
         # Runs on the watchdog thread: the lifetime budget ran out.
+        self._cut_by = "lifetime"
         self.abort()
         self._path.host.timeout_policy.budget_exceeded(self.client_address, "lifetime")
 
@@ -589,6 +668,15 @@ class RequestJob(Generic[RequestT, AddressT]):
 
     def __repr__(self) -> str:
         return f"<Job {self.client_address!r}>"
+
+
+@final
+class _StartFailed(Exception):
+    """What a job records when ``start_request`` raised (*error*)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 # -- parking: the first-byte budget and kept connections -------------------------
@@ -622,9 +710,21 @@ class Parking(Generic[RequestT, AddressT]):
             readable (the server's guarded ``dispatcher.dispatch``); None:
             nothing is kept here.
         max_kept: the most kept connections parked at once.
+        observers: told of each connection cut at its first-byte deadline
+            or at :meth:`clear`.
     """
 
-    __slots__ = ("_dispatch", "_entries", "_heap", "_host", "_kept", "_max_kept", "_poller", "_redispatch")
+    __slots__ = (
+        "_dispatch",
+        "_entries",
+        "_heap",
+        "_host",
+        "_kept",
+        "_max_kept",
+        "_observers",
+        "_poller",
+        "_redispatch",
+    )
 
     def __init__(
         self,
@@ -633,8 +733,10 @@ class Parking(Generic[RequestT, AddressT]):
         dispatch: Callable[[RequestT, AddressT], object],
         redispatch: Callable[[RequestJob[RequestT, AddressT]], object] | None = None,
         max_kept: int = DEFAULT_MAX_PARKED,
+        observers: ObserverGroup | None = None,
     ) -> None:
         self._host = host
+        self._observers = observers
         self._poller = poller
         self._dispatch = dispatch
         self._redispatch = redispatch
@@ -757,6 +859,12 @@ class Parking(Generic[RequestT, AddressT]):
             request, client_address, _ = self._entries.pop(fd)
             host.shutdown_request(request)
             host.timeout_policy.budget_exceeded(client_address, "first_byte")
+            if self._observers is not None:
+                first_byte = host.timeout_policy.budget
+                waited = 0.0 if first_byte is None else first_byte.first_byte or 0.0
+                self._observers.request_finished(
+                    RequestFinished(client_address, waited + max(0.0, now - deadline), "budget", None, "first_byte")
+                )
 
     def settle(self) -> None:
         """Wait until nothing is parked, dispatching or expiring each
@@ -774,9 +882,11 @@ class Parking(Generic[RequestT, AddressT]):
         entries, self._entries = self._entries, {}
         kept, self._kept = self._kept, {}
         self._heap.clear()
-        for fd, (request, _, _) in entries.items():
+        for fd, (request, client_address, _) in entries.items():
             self._poller.unregister(fd)
             self._host.shutdown_request(request)
+            if self._observers is not None:
+                self._observers.request_finished(RequestFinished(client_address, 0.0, "drain"))
         for fd, (job, _) in kept.items():
             self._poller.unregister(fd)
             job.release()

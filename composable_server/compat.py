@@ -37,6 +37,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Sequence
 from socket import socket as Socket
 from typing import Any, Protocol, TypeVar, cast, overload
 
@@ -49,7 +50,7 @@ from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
 from .exceptions import ServerClosedError
 from ._classes import build_classic_servers
-from .interfaces import Dispatcher, ErrorPolicy, HandlerFactory, Verifier
+from .interfaces import Dispatcher, ErrorPolicy, HandlerFactory, Observer, Verifier
 from .policies import NoTimeout
 from .server import Server
 from .transports import TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
@@ -231,6 +232,11 @@ class BaseServer(Server[Any, Any]):
     # timeout policy); handle_request() reads it through self.timeout.
     timeout: float | None = None
 
+    # Not in stdlib: observers told of each connection's life
+    # (composable_server.interfaces.Observer), read at construction; a
+    # subclass sets them as a class attribute, so the constructor stays stdlib's.
+    observers: Sequence[Observer] = ()
+
     def __init__(self, server_address: Any, RequestHandlerClass: HandlerFactory[Any, Any]) -> None:
         """Constructor.  May be extended, do not override."""
         transport, self._compat_stream = _build_transport(self, server_address)
@@ -258,6 +264,7 @@ class BaseServer(Server[Any, Any]):
             # budgets (first byte, idle) stay off for the compat classes.
             timeout_policy=NoTimeout(),
             bind_and_activate=False,
+            observers=self.observers,
         )
         # stdlib keeps the address as given until server_bind() rewrites it.
         self.server_address = server_address
@@ -324,7 +331,7 @@ class BaseServer(Server[Any, Any]):
             self.transport = self._compat_transport = transport
             self.dispatcher = self._compat_dispatcher()
             self._waker = Waker()
-            self._requests = RequestPath(self, self._waker.wake)
+            self._requests = RequestPath(self, self._waker.wake, self._observers)
             self._closed = False
 
     # -- hooks ---------------------------------------------------------------

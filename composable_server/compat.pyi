@@ -16,12 +16,13 @@
 import os
 import sys
 from _typeshed import ReadableBuffer
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from socket import AddressFamily, SocketKind
 from socket import socket as _socket
 from typing import Any, TypeAlias
 
 from composable_server import handlers as _handlers
+from composable_server.interfaces import Observer
 from composable_server.server import Server
 
 __all__: tuple[str, ...] = (
@@ -62,6 +63,7 @@ _UnixAddress: TypeAlias = str | bytes | os.PathLike[str]
 class BaseServer(Server[Any, Any]):
     server_address: _Address
     timeout: float | None
+    observers: Sequence[Observer]
     def __init__(self, server_address: _Address, RequestHandlerClass: _HandlerClass) -> None: ...
     @property
     def RequestHandlerClass(self) -> _HandlerClass: ...

@@ -31,28 +31,45 @@ import enum
 import socket
 from collections.abc import Callable
 from socket import socket as Socket  # the Transport.socket property shadows the module
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar, final
+
+import attrs
+
 
 __all__ = (
     "AcceptErrorPolicy",
+    "AcceptFailed",
     "Acceptor",
     "Address",
+    "Budget",
+    "ConnectionAccepted",
     "ConnectionBudget",
+    "ConnectionRefused",
     "DatagramRequest",
     "Dispatcher",
+    "DrainFinished",
+    "DrainStarted",
     "ErrorPolicy",
     "HandlerFactory",
     "InetAddress",
     "IPv4Address",
     "IPv6Address",
     "Job",
+    "Observer",
+    "Outcome",
+    "RefusalReason",
     "ReleasingVerifier",
+    "RequestFinished",
     "RequestOps",
+    "RequestStarted",
     "TimeoutPolicy",
     "Transport",
+    "TransportStarted",
     "UnixAddress",
     "Verdict",
     "Verifier",
+    "WorkerExited",
+    "WorkerStarted",
 )
 
 IPv4Address: TypeAlias = tuple[str, int]
@@ -549,3 +566,232 @@ class ConnectionBudget(Protocol):
         """How long a connection may last in all; then its socket is shut
         down, which wakes a handler blocked in I/O."""
         ...
+
+
+# -- observing: the event records an Observer receives ----------------------------
+
+RefusalReason: TypeAlias = Literal[
+    "verifier",
+    "connection_cap",
+    "rate_limit",
+    "cidr",
+    "peer_credentials",
+    "pool_full",
+]
+"""Why a connection was refused.  ``verifier`` is any other verifier (its
+class name is in :attr:`ConnectionRefused.detail`)."""
+
+Outcome: TypeAlias = Literal["ok", "handler_error", "budget", "drain", "client_gone", "start_failed", "refused"]
+"""How a request ended: the handler returned; raised; was cut at a budget
+(which: :attr:`RequestFinished.budget`); was cut by a drain or by the loop
+leaving; its client went away (``ConnectionError``); ``start_request``
+(TLS handshake, PROXY header) failed; or, with a transport whose
+``late_admission`` verifies after ``start_request``, the verifier refused it."""
+
+Budget: TypeAlias = Literal["first_byte", "idle", "lifetime"]
+"""The connection budget that cut a request."""
+
+
+@final
+@attrs.frozen
+class ConnectionAccepted:
+    """The acceptor returned a request.
+
+    Attributes:
+        client_address: as the acceptor reported it.
+    """
+
+    client_address: object
+
+
+@final
+@attrs.frozen
+class ConnectionRefused:
+    """An accepted request was refused before any handler ran.
+
+    Attributes:
+        client_address: as accepted.
+        reason: why (see :data:`RefusalReason`).
+        detail: the refusing verifier's class name, or the error's message.
+    """
+
+    client_address: object
+    reason: RefusalReason
+    detail: str = ""
+
+
+@final
+@attrs.frozen
+class RequestStarted:
+    """A worker began serving a request.
+
+    Attributes:
+        client_address: as accepted.
+    """
+
+    client_address: object
+
+
+@final
+@attrs.frozen
+class TransportStarted:
+    """The transport's ``start_request`` (TLS handshake, PROXY header) returned or raised.
+
+    Attributes:
+        client_address: as accepted.
+        transport: the transport's class name.
+        duration: seconds ``start_request`` took.
+        error: the exception's class name; None if it succeeded.
+        tls: True if the transport does a TLS handshake (a ``context``
+            attribute, as ``TLSTransport`` and a PROXY layer over it have).
+    """
+
+    client_address: object
+    transport: str
+    duration: float
+    error: str | None = None
+    tls: bool = False
+
+
+@final
+@attrs.frozen
+class RequestFinished:
+    """A connection ended after it was admitted.
+
+    Attributes:
+        client_address: as accepted.
+        duration: seconds from ``request_started`` (from the accept, for a
+            connection cut while parked).
+        outcome: see :data:`Outcome`.
+        error: the exception's class name (``handler_error``, ``client_gone``,
+            ``start_failed``); None otherwise.
+        budget: the budget that cut it (``outcome == "budget"``).
+    """
+
+    client_address: object
+    duration: float
+    outcome: Outcome
+    error: str | None = None
+    budget: Budget | None = None
+
+
+@final
+@attrs.frozen
+class AcceptFailed:
+    """``accept()`` failed.
+
+    Attributes:
+        error: the ``OSError``'s class name and errno name, e.g. ``"OSError(EMFILE)"``.
+        delay: seconds the loop pauses accepting (the back-off; 0: none).
+    """
+
+    error: str
+    delay: float
+
+
+@final
+@attrs.frozen
+class DrainStarted:
+    """:meth:`Server.drain <composable_server.server.Server.drain>` began.
+
+    Attributes:
+        timeout: its deadline in seconds (None: none).
+    """
+
+    timeout: float | None
+
+
+@final
+@attrs.frozen
+class DrainFinished:
+    """A drain returned: the fields of its ``DrainReport``.
+
+    Attributes:
+        finished: every request in flight finished before the deadline.
+        elapsed: seconds the drain took.
+        cut: client addresses of the requests cut at the deadline.
+        remaining: client addresses of the requests still running after the grace period.
+    """
+
+    finished: bool
+    elapsed: float
+    cut: tuple[object, ...] = ()
+    remaining: tuple[object, ...] = ()
+
+
+@final
+@attrs.frozen
+class WorkerStarted:
+    """A prefork worker process started.
+
+    Attributes:
+        pid: its process id.
+        replacing: the pid of the exited worker it replaces (None: first start).
+    """
+
+    pid: int
+    replacing: int | None = None
+
+
+@final
+@attrs.frozen
+class WorkerExited:
+    """A prefork worker process exited (the supervisor reaped it).
+
+    Attributes:
+        pid: its process id.
+        status: its exit code, or minus the signal that killed it.
+    """
+
+    pid: int
+    status: int
+
+
+
+
+class Observer(Protocol):
+    """Told what a server does, one method per event (trio's ``Instrument``
+    for connections).  The event records live in
+    :mod:`composable_server.observers`, with ``BaseObserver`` to subclass.
+
+    Every method returns None and must be quick: it runs on the serving loop
+    (``connection_*``, ``accept_failed``, ``drain_*``), on the worker serving
+    the request (``request_*``, ``transport_started``; a thread, or a forked
+    child whose state the parent never sees) or in a prefork supervisor
+    (``worker_*``), so an observer shared between threads guards its own
+    state.  An exception it raises is logged by the server and never breaks
+    serving.  Every accepted connection ends in exactly one
+    ``connection_refused`` or ``request_finished``.
+    """
+
+    __slots__ = ()
+
+    def connection_accepted(self, event: ConnectionAccepted) -> None:
+        """The acceptor returned a request, before it is verified."""
+
+    def connection_refused(self, event: ConnectionRefused) -> None:
+        """An accepted request was refused (verifier, full pool); nothing more follows for it."""
+
+    def request_started(self, event: RequestStarted) -> None:
+        """A worker began serving a request (before ``start_request``)."""
+
+    def transport_started(self, event: TransportStarted) -> None:
+        """The transport's ``start_request`` (TLS handshake, PROXY header) returned or raised."""
+
+    def request_finished(self, event: RequestFinished) -> None:
+        """An admitted request ended, with its outcome and duration; nothing more follows for it."""
+
+    def accept_failed(self, event: AcceptFailed) -> None:
+        """``accept()`` failed, and the loop backs off for ``event.delay`` seconds."""
+
+    def drain_started(self, event: DrainStarted) -> None:
+        """``Server.drain()`` began."""
+
+    def drain_finished(self, event: DrainFinished) -> None:
+        """``Server.drain()`` is about to return ``event.report``."""
+
+    def worker_started(self, event: WorkerStarted) -> None:
+        """A prefork worker started (``event.replacing``: the worker it replaces)."""
+
+    def worker_exited(self, event: WorkerExited) -> None:
+        """A prefork worker exited and was reaped."""

@@ -86,7 +86,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import Final, Generic, Self, TypeAlias, TypeVar, final
 
@@ -96,7 +96,8 @@ from ._socketutil import Waker
 from . import _fork
 from .exceptions import RestartLimitError as RestartLimitError
 from .exceptions import ServerClosedError, ServerStateError
-from .interfaces import Dispatcher, Job, Transport
+from .interfaces import Dispatcher, Job, Observer, Transport, WorkerExited, WorkerStarted
+from .observers import ObserverGroup
 from .server import Server
 from .systemd import Notifier, WatchdogHeartbeat
 
@@ -167,6 +168,11 @@ class PreforkStatistics:
     recycled: int = 0
 
 
+def _observer_group(observers: Iterable[Observer] | None) -> ObserverGroup | None:
+    """Prefork's ``observers`` converter: None when there are none."""
+    return ObserverGroup.of(observers)
+
+
 def _check_workers(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
         raise ValueError(f"workers must be >= 1, got {value}")
@@ -220,6 +226,9 @@ class Prefork(Generic[RequestT, AddressT]):
             :meth:`reexec` (e.g. ``[sys.executable, *sys.orig_argv[1:]]``);
             None: SIGUSR2 is ignored (logged).
         handover_timeout: seconds a re-executed generation has to report ready.
+        observers: told of each worker started (``replacing``: the exited
+            one it replaces) and each worker reaped, in the supervisor
+            (:class:`~composable_server.interfaces.Observer`).
 
     Raises:
         BindError: the address could not be bound.
@@ -237,6 +246,7 @@ class Prefork(Generic[RequestT, AddressT]):
     notifier: Notifier | None = attrs.field(default=None, kw_only=True)
     reexec_argv: tuple[str, ...] | None = attrs.field(default=None, kw_only=True)
     handover_timeout: float = attrs.field(default=30.0, kw_only=True, validator=attrs.validators.gt(0))
+    observers: ObserverGroup | None = attrs.field(default=None, kw_only=True, converter=_observer_group)
 
     _waker: Waker = attrs.field(init=False, factory=Waker)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
@@ -589,7 +599,7 @@ class Prefork(Generic[RequestT, AddressT]):
             )
         times.append(now)
         self._restarts += 1
-        self._spawn()
+        self._spawn(replacing=pid)
 
     def _reap(self, *, blocking: bool = False) -> list[int]:
         """Reap exited workers; return their pids."""
@@ -606,6 +616,11 @@ class Prefork(Generic[RequestT, AddressT]):
                     if pidfd >= 0:
                         os.close(pidfd)
                     done.append(pid)
+        if self.observers is not None:
+            for pid in done:
+                status = self._statuses.get(pid, -1)
+                code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
+                self.observers.worker_exited(WorkerExited(pid, code))
         return done
 
     def _stop_workers(self) -> None:
@@ -625,7 +640,7 @@ class Prefork(Generic[RequestT, AddressT]):
             _fork.kill(pid, signal.SIGKILL)
         self._reap(blocking=True)
 
-    def _spawn(self) -> None:
+    def _spawn(self, replacing: int | None = None) -> None:
         # Fork with the stop signals blocked: a SIGTERM sent to a worker
         # before it has installed its own handling must stay pending for its
         # sigtimedwait, not run the parent's inherited Python handler (which
@@ -646,6 +661,8 @@ class Prefork(Generic[RequestT, AddressT]):
         with self._lock:
             self._pids[pid] = pidfd
             self._started += 1
+        if self.observers is not None:
+            self.observers.worker_started(WorkerStarted(pid, replacing))
 
     def _install_signal_handlers(self) -> dict[signal.Signals, _Handler] | None:
         if threading.current_thread() is not threading.main_thread():

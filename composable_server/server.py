@@ -65,10 +65,12 @@ serving thread itself, where waiting would deadlock.
 
 from __future__ import annotations
 
+import errno
 import select
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Final, Generic, Self, TypeVar, final
 
@@ -80,14 +82,21 @@ from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import (
     AcceptErrorPolicy,
+    AcceptFailed,
+    ConnectionAccepted,
+    ConnectionRefused,
+    DrainFinished,
+    DrainStarted,
     Acceptor,
     Dispatcher,
     ErrorPolicy,
     HandlerFactory,
     TimeoutPolicy,
+    Observer,
     Transport,
     Verifier,
 )
+from .observers import ObserverGroup, verifier_refusal
 from .policies import AcceptBackoff, ConnectionTimeouts, PrintTraceback
 
 __all__ = ("DrainReport", "Server")
@@ -101,6 +110,21 @@ _ACCEPT_BATCH: Final = 32
 
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
+
+
+def _error_name(exc: OSError) -> str:
+    """``OSError(EMFILE)``: the class and the errno's name."""
+    code = errno.errorcode.get(exc.errno or 0)
+    return f"{type(exc).__name__}({code})" if code else type(exc).__name__
+
+
+def _rejected(dispatcher: object) -> object:
+    """The dispatcher's count of rejected jobs (its ``rejected``, or its
+    ``statistics().rejected``); None if it keeps none."""
+    rejected = getattr(dispatcher, "rejected", None)
+    if rejected is None and callable(statistics := getattr(dispatcher, "statistics", None)):
+        rejected = getattr(statistics(), "rejected", None)
+    return rejected
 
 
 @final
@@ -151,11 +175,17 @@ class Server(Generic[RequestT, AddressT]):
             them, ``handlers.ParkingRequestHandler``) waiting in the poll set
             at once; beyond it the least recently used is closed (default
             :data:`~composable_server._request.DEFAULT_MAX_PARKED`, 1000).
+        observers: told of each connection's life, accept errors and drains
+            (:class:`~composable_server.interfaces.Observer`); none: the
+            request path checks one attribute and pays nothing more.
 
     Raises:
         BindError: the address could not be bound.
         ValueError: *max_parked* is below 1.
     """
+
+    # None: no observers (also for subclasses that build themselves, compat).
+    _observers: ObserverGroup | None = None
 
     def __init__(
         self,
@@ -170,12 +200,14 @@ class Server(Generic[RequestT, AddressT]):
         accept_error_policy: AcceptErrorPolicy | None = None,
         bind_and_activate: bool = True,
         max_parked: int = DEFAULT_MAX_PARKED,
+        observers: Iterable[Observer] = (),
     ) -> None:
         if max_parked < 1:
             raise ValueError(f"max_parked must be >= 1, got {max_parked}")
         self.max_parked = max_parked
         from .verifiers import AllowAll, releaser  # here: verifiers (ipaddress) load with a server
 
+        self._observers = ObserverGroup.of(observers)
         self.transport = transport
         self.acceptor = acceptor
         self.handler = handler
@@ -201,7 +233,7 @@ class Server(Generic[RequestT, AddressT]):
         self._closed = False
         self._waker = Waker()
         # What this server's jobs share (watchdog, pause flag, wake-up).
-        self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake)
+        self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake, self._observers)
         # Silent new connections, while serve_forever or handle_request runs.
         self._parking: Parking[RequestT, AddressT] | None = None
         if bind_and_activate:
@@ -243,7 +275,7 @@ class Server(Generic[RequestT, AddressT]):
             paused.register(waker_fd, _POLLIN)
             requests = self._requests
             parking = self._parking = Parking(
-                self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked
+                self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers
             )
             requests.open_returns()
             batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
@@ -352,6 +384,14 @@ class Server(Generic[RequestT, AddressT]):
         Raises:
             ServerStateError: called from the thread running ``serve_forever``.
         """
+        if self._observers is None:
+            return self._drain(timeout, grace)
+        self._observers.drain_started(DrainStarted(timeout))
+        report = self._drain(timeout, grace)
+        self._observers.drain_finished(DrainFinished(**attrs.asdict(report, recurse=False)))
+        return report
+
+    def _drain(self, timeout: float | None, grace: float) -> DrainReport:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         # Waiting for the loop counts against the deadline: under backpressure
@@ -419,7 +459,7 @@ class Server(Generic[RequestT, AddressT]):
             # Nothing to park, or serve_forever runs and its parking takes it.
             self._handle_request_noblock()
             return
-        parking = self._parking = Parking(self, select.poll(), self._process_guarded)
+        parking = self._parking = Parking(self, select.poll(), self._process_guarded, observers=self._observers)
         try:
             self._handle_request_noblock()
             parking.settle()
@@ -465,6 +505,8 @@ class Server(Generic[RequestT, AddressT]):
         except OSError as exc:
             self._accept_failing = True
             delay = self.accept_error_policy.accept_failed(exc)
+            if self._observers is not None:
+                self._observers.accept_failed(AcceptFailed(_error_name(exc), delay))
             if delay > 0:
                 self._pause(delay, finishes)
             return False
@@ -480,6 +522,10 @@ class Server(Generic[RequestT, AddressT]):
         if self._accept_failing:
             self._accept_failing = False
             self.accept_error_policy.accepted()
+        observers = self._observers
+        if observers is not None:
+            self._serve_observed(observers, request, client_address)
+            return
         try:
             if not self.transport.late_admission and not self.verify_request(request, client_address):
                 self.shutdown_request(request)
@@ -494,10 +540,41 @@ class Server(Generic[RequestT, AddressT]):
             self.shutdown_request(request)
             raise
 
+    def _serve_observed(self, observers: ObserverGroup, request: RequestT, client_address: AddressT) -> None:
+        """_serve_accepted, telling *observers* of the accept and a refusal."""
+        observers.connection_accepted(ConnectionAccepted(client_address))
+        try:
+            if not self.transport.late_admission and not self.verify_request(request, client_address):
+                self.shutdown_request(request)
+                observers.connection_refused(verifier_refusal(client_address, self.verifier))
+                return
+            parking = self._parking
+            if parking is None or not parking.park(request, client_address):
+                self._process_observed(observers, request, client_address)
+        except Exception as exc:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+            observers.connection_refused(ConnectionRefused(client_address, "verifier", repr(exc)))
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def _process_observed(self, observers: ObserverGroup, request: RequestT, client_address: AddressT) -> None:
+        """process_request(), reporting a job the dispatcher rejected (pool
+        full): its ``rejected`` count grows during the call, which runs on
+        the serving loop, the only thread that dispatches."""
+        rejected = _rejected(self.dispatcher)
+        self.process_request(request, client_address)
+        if rejected is not None and _rejected(self.dispatcher) != rejected:
+            observers.connection_refused(ConnectionRefused(client_address, "pool_full", repr(self.dispatcher)))
+
     def _process_guarded(self, request: RequestT, client_address: AddressT) -> None:
         """process_request() for a parked connection that became readable."""
         try:
-            self.process_request(request, client_address)
+            if self._observers is not None:
+                self._process_observed(self._observers, request, client_address)
+            else:
+                self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
             self.shutdown_request(request)

@@ -49,6 +49,7 @@ from ._fakes import RaisingAcceptor as RaisingAcceptor
 from ._fakes import RecordingAcceptErrorPolicy as RecordingAcceptErrorPolicy
 from ._fakes import RecordingErrorPolicy as RecordingErrorPolicy
 from ._fakes import RecordingHandler as RecordingHandler
+from ._fakes import RecordingObserver as RecordingObserver
 from ._fakes import RecordingTimeoutPolicy as RecordingTimeoutPolicy
 
 __all__ = (
@@ -64,6 +65,7 @@ __all__ = (
     "RecordingAcceptErrorPolicy",
     "RecordingErrorPolicy",
     "RecordingHandler",
+    "RecordingObserver",
     "RecordingTimeoutPolicy",
     "check_accept_error_policy",
     "check_acceptor",

@@ -21,10 +21,20 @@ import attrs
 
 from ..exceptions import ServerClosedError
 from ..interfaces import (
+    AcceptFailed,
     Acceptor,
+    ConnectionAccepted,
     ConnectionBudget,
+    ConnectionRefused,
+    DrainFinished,
+    DrainStarted,
     Job,
+    RequestFinished,
+    RequestStarted,
     Transport,
+    TransportStarted,
+    WorkerExited,
+    WorkerStarted,
 )
 
 __all__ = (
@@ -39,12 +49,14 @@ __all__ = (
     "RecordingAcceptErrorPolicy",
     "RecordingErrorPolicy",
     "RecordingHandler",
+    "RecordingObserver",
     "RecordingTimeoutPolicy",
 )
 
 # Invariant: a memory transport both hands out requests and takes them back.
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
+EventT = TypeVar("EventT")
 
 def _nonblocking_pipe() -> tuple[int, int]:
     return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -77,6 +89,8 @@ class MemoryRequestOps:
     Args:
         connections: what :attr:`connections` reports (True: the
             connection budget applies, as for streams).
+        abort_hook: called with each request :meth:`abort` was given, after
+            it was recorded (e.g. to wake a handler a test blocked).
 
     Attributes:
         silent: request -> a descriptor the test owns (e.g. the read end of an
@@ -90,6 +104,7 @@ class MemoryRequestOps:
     """
 
     connections: bool = True
+    abort_hook: Callable[[object], object] | None = attrs.field(default=None, kw_only=True)
     silent: dict[object, int] = attrs.field(init=False, factory=dict)
     rejected: list[tuple[object, bytes, object]] = attrs.field(init=False, factory=list)
     aborted: list[object] = attrs.field(init=False, factory=list)
@@ -104,9 +119,12 @@ class MemoryRequestOps:
             request.send(message)
 
     def abort(self, request: object) -> None:
-        """Record the call."""
+        """Record the call, then run *abort_hook* (a test's stand-in for the
+        blocked ``recv`` that a real shutdown wakes)."""
         with self._lock:
             self.aborted.append(request)
+        if self.abort_hook is not None:
+            self.abort_hook(request)
 
     def silent_fd(self, request: object) -> int:
         """The descriptor in :attr:`silent` for *request* while it is not
@@ -140,6 +158,8 @@ class MemoryTransport(Generic[RequestT, AddressT]):
             takes every queued request per wake-up, up to its batch).
         request_ops: the request operations (default: a fresh
             :class:`MemoryRequestOps`, which records what the server did).
+        start_hook: called with each request in :meth:`start_request`
+            after it was recorded; may raise, as a failed TLS handshake does.
         clients: what :meth:`start_request` makes of each accepted
             ``(request, client_address)``: a mapping from an accepted address
             to the client it stands for (as a PROXY header names one); an
@@ -158,6 +178,7 @@ class MemoryTransport(Generic[RequestT, AddressT]):
     bound_address: AddressT | None = None
     nonblocking: bool = attrs.field(default=False, kw_only=True)
     request_ops: MemoryRequestOps = attrs.field(factory=MemoryRequestOps, kw_only=True)
+    start_hook: Callable[[RequestT], object] | None = attrs.field(default=None, kw_only=True)
     clients: Mapping[object, AddressT] = attrs.field(factory=dict, kw_only=True)
     late_admission: bool = attrs.field(default=False, kw_only=True)
     bind_calls: int = attrs.field(init=False, default=0)
@@ -271,11 +292,13 @@ class MemoryTransport(Generic[RequestT, AddressT]):
         _close_if_closable(request)
 
     def start_request(self, request: RequestT, client_address: AddressT) -> tuple[RequestT, AddressT]:
-        """Record *request* in :attr:`started_requests`; return it unchanged,
+        """Record *request* in :attr:`started_requests`, run *start_hook*; return it unchanged,
         with the client :attr:`clients` names for *client_address* (else
         *client_address*)."""
         with self._lock:
             self.started_requests.append(request)
+        if self.start_hook is not None:
+            self.start_hook(request)
         return request, self.clients.get(client_address, client_address)
 
     @property
@@ -735,3 +758,84 @@ class RecordingHandler(Generic[RequestT, AddressT]):
             return self._cond.wait_for(lambda: len(self.calls) >= count, timeout)
 
 
+
+
+@final
+@attrs.define(eq=False)
+class RecordingObserver:
+    """An :class:`~composable_server.interfaces.Observer` that records every
+    event, in order, from any thread.
+
+    Attributes:
+        events: ``(method name, event record)`` for each call, in order.
+        raises: if set, raised from every call after it was recorded (to
+            test that a failing observer never breaks serving).
+    """
+
+    raises: Exception | None = None
+    events: list[tuple[str, object]] = attrs.field(init=False, factory=list)
+    _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+
+    def _record(self, name: str, event: object) -> None:
+        with self._cond:
+            self.events.append((name, event))
+            self._cond.notify_all()
+        if self.raises is not None:
+            raise self.raises
+
+    def names(self) -> list[str]:
+        """The method names of the events so far, in order."""
+        with self._cond:
+            return [name for name, _ in self.events]
+
+    def of(self, kind: type[EventT]) -> list[EventT]:
+        """The event records of type *kind* (e.g. ``RequestFinished``), in order."""
+        with self._cond:
+            return [event for _, event in self.events if isinstance(event, kind)]
+
+    def wait_for(self, name: str | tuple[str, ...], count: int, timeout: float) -> bool:
+        """Wait until at least *count* events of method *name* (or of any of
+        several names) were recorded; False on timeout."""
+        names = (name,) if isinstance(name, str) else name
+        with self._cond:
+            return self._cond.wait_for(lambda: sum(n in names for n, _ in self.events) >= count, timeout)
+
+    def connection_accepted(self, event: ConnectionAccepted) -> None:
+        """Record it."""
+        self._record("connection_accepted", event)
+
+    def connection_refused(self, event: ConnectionRefused) -> None:
+        """Record it."""
+        self._record("connection_refused", event)
+
+    def request_started(self, event: RequestStarted) -> None:
+        """Record it."""
+        self._record("request_started", event)
+
+    def transport_started(self, event: TransportStarted) -> None:
+        """Record it."""
+        self._record("transport_started", event)
+
+    def request_finished(self, event: RequestFinished) -> None:
+        """Record it."""
+        self._record("request_finished", event)
+
+    def accept_failed(self, event: AcceptFailed) -> None:
+        """Record it."""
+        self._record("accept_failed", event)
+
+    def drain_started(self, event: DrainStarted) -> None:
+        """Record it."""
+        self._record("drain_started", event)
+
+    def drain_finished(self, event: DrainFinished) -> None:
+        """Record it."""
+        self._record("drain_finished", event)
+
+    def worker_started(self, event: WorkerStarted) -> None:
+        """Record it."""
+        self._record("worker_started", event)
+
+    def worker_exited(self, event: WorkerExited) -> None:
+        """Record it."""
+        self._record("worker_exited", event)

@@ -1,0 +1,139 @@
+"""composable_server.metrics on real sockets: the accept-queue depth, and a --metrics scrape."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from composable_server.metrics import QueueDepthCollector, accept_queue_depth
+
+from .test_cli import ServeProcess
+
+WAIT = 10.0
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape of *registry*, parsed by prometheus_client's own parser."""
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The samples() key of metric *name* with *labels*."""
+    return name, tuple(sorted(labels.items()))
+
+
+class TestQueueDepth:
+    @pytest.mark.timeout(10)
+    def test_depth_counts_unaccepted_connections(self) -> None:
+        """The accept-queue depth of a listening socket is the connections not yet accepted."""
+        listener = socket.create_server(("127.0.0.1", 0), backlog=8)
+        clients = []
+        try:
+            if accept_queue_depth(listener) is None:
+                pytest.skip("TCP_INFO on a listening socket is Linux-only")
+            assert accept_queue_depth(listener) == 0
+            for _ in range(3):
+                clients.append(socket.create_connection(listener.getsockname(), timeout=WAIT))
+            registry = CollectorRegistry()
+            registry.register(QueueDepthCollector(listener, transport="tcp", address="l"))
+            assert samples(registry)[key("composable_server_queued_connections", address="l", transport="tcp")] == 3
+            listener.accept()[0].close()
+            assert accept_queue_depth(listener) == 2
+        finally:
+            for client in clients:
+                client.close()
+            listener.close()
+
+    @pytest.mark.timeout(5)
+    def test_not_a_tcp_listener(self) -> None:
+        """A Unix or closed socket has no readable depth, and the collector then reports no sample."""
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            assert accept_queue_depth(unix) is None
+        finally:
+            unix.close()
+        registry = CollectorRegistry()
+        registry.register(QueueDepthCollector(lambda: None, transport="tcp", address="l"))
+        assert not [key for key in samples(registry) if key[0].endswith("queued_connections")]
+
+
+METRICS_LINE: Final = re.compile(r"metrics on http://(\S+)/metrics")
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET *url* and parse it with prometheus_client's own text parser."""
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def upper(address: tuple[str, int], payload: bytes) -> bytes:
+    """One request to the upper service; the reply up to EOF."""
+    with socket.create_connection(address, timeout=WAIT) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class TestCommandLine:
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("dispatch", ["threading", "prefork"])
+    def test_scrape_counts_the_requests_sent(self, dispatch: str) -> None:
+        """serve --metrics: a scrape's request count equals the requests sent, also summed over prefork workers."""
+        extra = ["--workers", "2"] if dispatch == "prefork" else []
+        sent = 7
+        with serve("--port", "0", "--dispatch", dispatch, *extra, "--metrics", "127.0.0.1:0", "--access-log") as proc:
+            metrics_address = proc.wait_for(METRICS_LINE).group(1)
+            _, address = proc.address()
+            assert isinstance(address, tuple)
+            for n in range(sent):
+                assert upper(address, b"hello %d\n" % n) == b"HELLO %d\n" % n
+            url = f"http://{metrics_address}/metrics"
+            labels = {"transport": "tcp", "address": f"{address[0]}:{address[1]}"}
+            count = key("composable_server_connection_duration_seconds_count", **labels, error_type="")
+            active = key("composable_server_active_connections", **labels)
+            # The count grows just after the client saw EOF: poll, bounded.
+            deadline = time.monotonic() + WAIT
+            while (got := scrape(url)).get(count, 0) < sent and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert got[count] == sent
+            assert got[active] == 0
+            assert got[key("composable_server_queued_connections", **labels)] == 0
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(f"http://{metrics_address}/other", timeout=WAIT)
+            assert missing.value.code == 404
+            missing.value.close()
+            assert proc.stop() == 0
+        assert sum(" in=- out=- " in line and line.rstrip().endswith(" ok") for line in proc.lines) == sent
+
+
+@contextmanager
+def serve(*args: str) -> Iterator[ServeProcess]:
+    """Run ``serve *args``; kill and reap it on the way out."""
+    proc = ServeProcess(["serve", "--log-level", "info", *args])
+    try:
+        yield proc
+    finally:
+        proc.close()
