@@ -128,6 +128,9 @@ PROG: Final = "composable-server"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9999
 DEFAULT_GRACE: Final = 10.0
+# A prefork worker is gone within its drain timeout (--grace) + 1 s, whatever
+# its handlers do (prefork._EXIT_MARGIN); the supervisor SIGKILLs only after that.
+_STOP_MARGIN: Final = 2.0
 
 # --systemd: the kernel's (family, type) of each transport name, to check an
 # inherited socket against --transport or to name it when none is given.
@@ -799,6 +802,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
             make_stream,
             workers,
             drain_timeout=args.grace,
+            stop_timeout=args.grace + _STOP_MARGIN,
             notifier=notifier,
             reexec_argv=reexec_argv,
             observers=supervisor_observers,
@@ -810,6 +814,7 @@ def build_prefork(args: argparse.Namespace, *, notifier: Notifier | None = None)
         make_datagram,
         workers,
         drain_timeout=args.grace,
+        stop_timeout=args.grace + _STOP_MARGIN,
         notifier=notifier,
         reexec_argv=reexec_argv,
         observers=supervisor_observers,
