@@ -84,6 +84,7 @@ import attrs
 from .acceptors import OVERSIZE_LOG_INTERVAL, DatagramAcceptor
 from .exceptions import ProxyProtocolError, ServerStateError
 from .interfaces import Acceptor, Address, DatagramRequest, RequestOps, Transport
+from .transports import _Wrapper
 from .verifiers import CIDRVerifier, allow_networks
 
 __all__ = (
@@ -949,7 +950,7 @@ _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 @final
 @attrs.define(eq=False, repr=False)
-class ProxyProtocolTransport(Generic[StreamAddressT]):
+class ProxyProtocolTransport(_Wrapper[StreamAddressT]):
     """The PROXY protocol over any stream transport (TCP, Unix stream, TLS).
 
     Everything but the header is delegated to *inner*.  The header is read in
@@ -981,52 +982,6 @@ class ProxyProtocolTransport(Generic[StreamAddressT]):
     timeout: float = attrs.field(kw_only=True, default=DEFAULT_PROXY_TIMEOUT, validator=_check_timeout)
     max_v2_length: int = attrs.field(kw_only=True, default=DEFAULT_MAX_V2_LENGTH, validator=_check_max_v2_length)
     _counters: _Counters = attrs.field(init=False, factory=_Counters)
-
-    # -- delegated ------------------------------------------------------------------
-
-    @property
-    def server_address(self) -> StreamAddressT:
-        """The inner transport's address."""
-        return self.inner.server_address
-
-    @property
-    def socket(self) -> Socket:
-        """The inner transport's listening socket."""
-        return self.inner.socket
-
-    def bind(self) -> None:
-        """Bind the inner transport."""
-        self.inner.bind()
-
-    def activate(self) -> None:
-        """Listen on the inner transport."""
-        self.inner.activate()
-
-    def close(self) -> None:
-        """Close the inner transport.  Idempotent; never raises OSError."""
-        self.inner.close()
-
-    def fileno(self) -> int:
-        """The inner transport's descriptor (-1 once closed)."""
-        return self.inner.fileno()
-
-    @property
-    def nonblocking(self) -> bool:
-        """Whether the inner transport's listener is non-blocking."""
-        return self.inner.nonblocking
-
-    @property
-    def request_ops(self) -> RequestOps[Socket]:
-        """The inner transport's (stream) request operations."""
-        return self.inner.request_ops
-
-    def shutdown_request(self, request: Socket) -> None:
-        """Let the inner transport shut the connection down.  Never raises OSError."""
-        self.inner.shutdown_request(request)
-
-    def close_request(self, request: Socket) -> None:
-        """Let the inner transport close the connection (idempotent)."""
-        self.inner.close_request(request)
 
     # -- the header -----------------------------------------------------------------
 
