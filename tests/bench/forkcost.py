@@ -191,7 +191,9 @@ def _callgrind(kind: str, requests: int, tmp: str) -> tuple[int, int]:
     """(parent, children) instructions of a server serving *requests* under callgrind."""
     out = os.path.join(tmp, f"{kind}.{requests}")
     os.mkdir(out)
-    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p"]
+    # A forked child inherits its parent's counts: zero them where CPython's
+    # fork returns in the child, so each child's file holds its own work.
+    wrapper = ["valgrind", "--tool=callgrind", "--zero-before=PyOS_AfterFork_Child", f"--callgrind-out-file={out}/cg.%p"]
     proc, address = _start(kind, wrapper)
     try:
         round_trips(address, requests, timeout=300.0)
