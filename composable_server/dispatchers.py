@@ -314,8 +314,8 @@ class ForkingDispatcher:
     when_full: WhenFull = attrs.field(default="backpressure", kw_only=True, validator=_check_when_full)
     reject_message: bytes = attrs.field(default=b"", kw_only=True)
     _rejected: int = attrs.field(init=False, default=0)
-    # pid -> the client address its child serves (a _Child is made only when
-    # asked for: join; every object made per fork costs pages).
+    # pid -> the client address its child serves, or its _Child once join()
+    # made one (only then: every object made per fork costs pages).
     _children: dict[int, object] = attrs.field(init=False, factory=dict)
     _closed: bool = attrs.field(init=False, default=False)
 
@@ -389,7 +389,15 @@ class ForkingDispatcher:
             if remaining == 0:
                 break
             self._wait_any(remaining)
-        return tuple(_Child(pid, client_address) for pid, client_address in self._children.items())
+        # The same _Child for a child at every call (drain tells jobs apart
+        # by identity): made at the first join, then kept in place of the address.
+        children = self._children
+        jobs = []
+        for pid, held in children.items():
+            child = held if isinstance(held, _Child) else _Child(pid, held)
+            children[pid] = child  # a value replaced, the size unchanged: iteration goes on
+            jobs.append(child)
+        return tuple(jobs)
 
     def close(self) -> None:
         """Refuse further jobs; wait for every child if *block_on_close*,

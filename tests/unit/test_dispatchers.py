@@ -406,6 +406,18 @@ class TestForkingDispatcher:
         assert (job.parent_runs, job.closes) == (0, 1)
 
     @pytest.mark.timeout(10)
+    def test_join_returns_the_same_job_for_a_child_every_time(self, report: Pipe, gate: Pipe) -> None:
+        """join() hands out one job object per running child, the same at every call (drain compares them by identity)."""
+        dispatcher = ForkingDispatcher()
+        dispatcher.dispatch(ChildJob("slow", report, gate=gate))
+        first, second = dispatcher.join(0), dispatcher.join(0)
+        assert len(first) == 1 and first[0] is second[0]
+        assert first[0].client_address == "slow"
+        os.write(gate.w, b"\0")
+        dispatcher.close()
+        assert _lines(report) == ["slow"]
+
+    @pytest.mark.timeout(10)
     def test_children_are_reaped(self, report: Pipe) -> None:
         """After close no child is left, not even a zombie."""
         dispatcher = ForkingDispatcher()
