@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import select
 import threading
 import time
@@ -416,6 +417,26 @@ class TestForkingDispatcher:
         os.write(gate.w, b"\0")
         dispatcher.close()
         assert _lines(report) == ["slow"]
+
+    @pytest.mark.timeout(10)
+    def test_child_restores_the_default_sigterm_and_sigint_handlers(self, report: Pipe) -> None:
+        """A child does not inherit the parent's Python-level SIGTERM and SIGINT handlers: SIGTERM ends it, Ctrl-C raises."""
+
+        class SignalsJob(ChildJob):
+            def run(self) -> bool:
+                term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+                os.write(self.report.w, f"{term is signal.SIG_DFL} {intr is signal.default_int_handler}\n".encode())
+                return True
+
+        saved = signal.signal(signal.SIGTERM, lambda signum, frame: None), signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            dispatcher = ForkingDispatcher()
+            dispatcher.dispatch(SignalsJob("job", report))
+            dispatcher.close()
+        finally:
+            signal.signal(signal.SIGTERM, saved[0])
+            signal.signal(signal.SIGINT, saved[1])
+        assert _lines(report) == ["True", "True"]  # (_lines splits on whitespace)
 
     @pytest.mark.timeout(10)
     def test_children_are_reaped(self, report: Pipe) -> None:
