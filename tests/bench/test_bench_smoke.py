@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -91,10 +90,6 @@ def test_external_client_run(scenario: str, tool: str, tmp_path: Path) -> None:
     """A native pool HTTP (or TLS) server answers wrk (or openssl s_time) for the shortest run, 1 s."""
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed")
-    if tool == "openssl" and sys.version_info >= (3, 13):
-        # Seen on 3.13.0 (not 3.11): the server stalls handshakes, the 1 s run
-        # takes 14 s or s_time hangs (2 of 6 runs); open in issue 18's note.
-        pytest.skip("tls-handshake stalls under Python 3.13 (known, under investigation)")
     chosen = next(s for s in SCENARIOS if s.name == scenario)
     if chosen.family == "https-min":
         pytest.importorskip("trustme")
