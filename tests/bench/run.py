@@ -270,27 +270,27 @@ def _start_server(
         env["BENCH_TLS_CERT"], env["BENCH_TLS_KEY"] = tls_files
     if cpus.server is not None:
         env["BENCH_SERVER_CPU"] = str(cpus.server)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.bench_servers", kind, scenario.family, address],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: one killpg reaches forked children
-    )
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 15.0)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        # The whole group: a forked child holding stderr would make the read endless.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        err = proc.stderr.read() if proc.stderr else ""
-        _stop_server(proc)
-        raise RuntimeError(f"{kind} did not start: {err.strip()[-2000:]}")
+    # stderr goes to a file, never a pipe: nobody reads it during the run, and
+    # a server logging tracebacks (a client's reset, on 3.13) would block on a
+    # full pipe in every worker.  The file is read only if the server fails to start.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.bench_servers", kind, scenario.family, address],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            start_new_session=True,  # its own process group: one killpg reaches forked children
+        )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 15.0)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            _stop_server(proc)  # the whole group, so no forked child keeps writing
+            errors.seek(0)
+            err = errors.read().decode(errors="replace")
+            raise RuntimeError(f"{kind} did not start: {err.strip()[-2000:]}")
     bound = json.loads(line)["address"]
     return proc, bound if isinstance(bound, str) else f"{bound[0]}:{bound[1]}"
 
@@ -307,9 +307,8 @@ def _stop_server(proc: subprocess.Popen[str]) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _tls_files(tmpdir: str) -> tuple[str, str]:
