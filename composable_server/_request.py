@@ -331,7 +331,18 @@ class RequestPath(Generic[RequestT, AddressT]):
             :mod:`composable_server.observers`); None: nobody, at no cost.
     """
 
-    __slots__ = ("_kept", "_kept_lock", "_kept_state", "_loop_pid", "_shared", "_wake", "host", "observers", "watchdog")
+    __slots__ = (
+        "_kept",
+        "_kept_lock",
+        "_kept_state",
+        "_loop_pid",
+        "_shared",
+        "_wake",
+        "host",
+        "observers",
+        "traits",
+        "watchdog",
+    )
 
     def __init__(
         self,
@@ -353,6 +364,18 @@ class RequestPath(Generic[RequestT, AddressT]):
         self._kept_lock = threading.Lock()
         self._kept_state = _IN_PLACE
         self._loop_pid = 0
+        # (handler, takes_kernel_timeouts, parks_connections) of the handler
+        # the jobs saw last: asked once per handler, not once per request
+        # (compat lets RequestHandlerClass change, so it is keyed by identity).
+        self.traits: tuple[object, bool, bool] = (None, False, False)
+
+    def handler_traits(self, handler: object) -> tuple[object, bool, bool]:
+        """``(handler, takes_kernel_timeouts(handler), parks_connections(handler))``,
+        remembered for the last *handler* asked about (:attr:`traits`)."""
+        traits = self.traits
+        if traits[0] is not handler:
+            traits = self.traits = (handler, takes_kernel_timeouts(handler), parks_connections(handler))
+        return traits
 
     def job(
         self,
@@ -573,7 +596,24 @@ class RequestJob(Generic[RequestT, AddressT]):
             if self._started:
                 request = self.request
             else:
-                request = self._start(start)
+                # Once per connection: the lifetime budget, start_request (the
+                # TLS handshake, the PROXY header: the client address may
+                # change), the idle budget.
+                self._started = True
+                ops = host.transport.request_ops
+                budget = host.timeout_policy.budget if ops.connections else None
+                if budget is not None and budget.lifetime is not None:
+                    self._entry = path.watchdog.add(budget.lifetime, self._expire)
+                # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
+                request, self.client_address = start(self.request, self.client_address)
+                self.request = request
+                handler = host.handler
+                traits = path.traits
+                if traits[0] is not handler:
+                    traits = path.handler_traits(handler)
+                if budget is not None and budget.idle is not None:
+                    ops.limit_idle(request, budget.idle, kernel=traits[1])
+                self._parks = ops.connections and traits[2]
                 if host.transport.late_admission and not host.verify_request(request, self.client_address):
                     return False  # refused (the verifier logs it): released below, unserved
             while True:
@@ -598,26 +638,6 @@ class RequestJob(Generic[RequestT, AddressT]):
             if not kept:
                 self.release()
 
-    def _start(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]]) -> RequestT:
-        """Once per connection: the lifetime budget, ``start_request`` (the
-        TLS handshake, the PROXY header: the client address may change), the
-        idle budget."""
-        path = self._path
-        host = path.host
-        transport = host.transport
-        ops = transport.request_ops
-        budget = host.timeout_policy.budget if ops.connections else None
-        self._started = True
-        if budget is not None and budget.lifetime is not None:
-            self._entry = path.watchdog.add(budget.lifetime, self._expire)
-        # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
-        request, self.client_address = start(self.request, self.client_address)
-        self.request = request
-        if budget is not None and budget.idle is not None:
-            ops.limit_idle(request, budget.idle, kernel=takes_kernel_timeouts(host.handler))
-        self._parks = ops.connections and parks_connections(host.handler)
-        return request
-
     def _linger(self) -> bool:
         """No loop to park in: wait here for the next message, up to the idle
         budget (reported as ``"idle"`` when it runs out).  True: readable."""
@@ -625,7 +645,7 @@ class RequestJob(Generic[RequestT, AddressT]):
         budget = policy.budget
         idle = None if budget is None else budget.idle
         poller = select.poll()
-        # Only connection requests are kept (_start checks request_ops.connections): sockets.
+        # Only connection requests are kept (_serve checks request_ops.connections): sockets.
         poller.register(cast(Socket, self.request).fileno(), _POLLIN)
         if poller.poll(None if idle is None else idle * 1000.0):
             return True
