@@ -666,6 +666,13 @@ class RequestFinished:
         error: the exception's class name (``handler_error``, ``client_gone``,
             ``start_failed``); None otherwise.
         budget: the budget that cut it (``outcome == "budget"``).
+        bytes_in, bytes_out: bytes the connection received and sent, read
+            at its end and only when an observer asks for them (a
+            ``wants_bytes = True`` attribute, as ``AccessLog`` has): for TCP
+            the kernel's counts (``TCP_INFO``; under TLS wire bytes; out:
+            bytes the peer acknowledged), for a datagram its length in;
+            None where unknown (Unix sockets, a kept connection between two
+            messages, compat's threading body).
     """
 
     client_address: object
@@ -673,6 +680,8 @@ class RequestFinished:
     outcome: Outcome
     error: str | None = None
     budget: Budget | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
 
 
 @final

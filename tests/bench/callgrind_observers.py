@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from composable_server import Observer
 
-__all__ = ("KINDS", "main", "serve")
+__all__ = ("KINDS", "main", "measure", "serve")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
 KINDS: Final = ("none", "noop", "metrics", "access_log")
@@ -89,6 +89,30 @@ def serve(kind: str, requests: int) -> None:
             server.handle_request()
 
 
+# A fixed hash seed: with a random one, dict and set layouts differ from run
+# to run and so does the count (seen: +-200 instructions per request).
+_ENV: Final = {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+def measure(kinds: Sequence[str] = KINDS, small: int = 200, large: int = 1200) -> dict[str, float]:
+    """Instructions per request of each kind in *kinds* (valgrind must be installed)."""
+    per: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            # Once outside valgrind first: the first import of a module writes
+            # its .pyc, which would be counted in the small run only.
+            subprocess.run(
+                [sys.executable, "-m", "tests.bench.callgrind_observers", "--serve", kind, "1"],
+                cwd=ROOT,
+                check=True,
+                timeout=120,
+                env=_ENV,
+            )
+            counts = [_instructions(kind, n, tmp) for n in (small, large)]
+            per[kind] = (counts[1] - counts[0]) / (large - small)
+    return per
+
+
 def _instructions(kind: str, requests: int, tmp: str) -> int:
     out = os.path.join(tmp, f"callgrind.{kind}.{requests}")
     result = subprocess.run(
@@ -108,6 +132,7 @@ def _instructions(kind: str, requests: int, tmp: str) -> int:
         capture_output=True,
         text=True,
         timeout=600,
+        env=_ENV,
     )
     match = re.search(r"Collected : (\d+)", result.stderr)
     if match is None:
@@ -129,24 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        base = None
-        print(f"{'kind':<12} {'instructions/request':>22} {'vs none':>10}")
-        for kind in args.kinds:
-            # Once outside valgrind first: the first import of a module writes
-            # its .pyc, which would be counted in the small run only.
-            subprocess.run(
-                [sys.executable, "-m", "tests.bench.callgrind_observers", "--serve", kind, "1"],
-                cwd=ROOT,
-                check=True,
-                timeout=120,
-            )
-            small = _instructions(kind, args.small, tmp)
-            large = _instructions(kind, args.large, tmp)
-            per = (large - small) / (args.large - args.small)
-            base = per if base is None and kind == "none" else base
-            extra = "" if base is None else f"{per - base:+10.0f}"
-            print(f"{kind:<12} {per:>22.0f} {extra}")
+    print(f"{'kind':<12} {'instructions/request':>22} {'vs none':>10}")
+    per = measure(args.kinds, args.small, args.large)
+    base = per.get("none")
+    for kind, count in per.items():
+        extra = "" if base is None else f"{count - base:+10.0f}"
+        print(f"{kind:<12} {count:>22.0f} {extra}")
     return 0
 
 

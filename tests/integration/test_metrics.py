@@ -126,7 +126,12 @@ class TestCommandLine:
             assert missing.value.code == 404
             missing.value.close()
             assert proc.stop() == 0
-        assert sum(" in=- out=- " in line and line.rstrip().endswith(" ok") for line in proc.lines) == sent
+        # Bytes in: the request line, as TCP_INFO counts it.  Out is what the
+        # client acknowledged when the handler returned (its ACK may come later).
+        logged = [re.search(r" in=(\d+) out=(\d+) .* ok$", line.rstrip()) for line in proc.lines]
+        counts = [(int(found[1]), int(found[2])) for found in logged if found is not None]
+        assert len(counts) == sent
+        assert all(bytes_in == len(b"hello 0\n") and 0 <= bytes_out <= bytes_in for bytes_in, bytes_out in counts)
 
 
 @contextmanager
