@@ -618,7 +618,7 @@ class RequestJob(Generic[RequestT, AddressT]):
         client_address = self.client_address
         transport = self._path.host.transport
         transport_name = type(transport).__name__
-        tls = hasattr(transport, "context")
+        tls = _does_tls(transport)
 
         def start(request: RequestT, address: AddressT) -> tuple[RequestT, AddressT]:
             began = time.perf_counter()
@@ -637,7 +637,7 @@ class RequestJob(Generic[RequestT, AddressT]):
 
         self._error = None
         self._transferred = _UNKNOWN
-        observers.request_started(RequestStarted(client_address))
+        observers.request_started(RequestStarted(client_address, not self._started))
         began = time.perf_counter()
         ok = False
         try:
@@ -723,6 +723,15 @@ class RequestJob(Generic[RequestT, AddressT]):
 
 
 _UNKNOWN: Final = (None, None)
+
+
+def _does_tls(transport: object) -> bool:
+    """True if *transport* or a layer it wraps (``inner``) has a TLS ``context``."""
+    while transport is not None:
+        if hasattr(transport, "context"):
+            return True
+        transport = getattr(transport, "inner", None)
+    return False
 
 
 def _transferred(path: RequestPath[RequestT, AddressT], request: object) -> tuple[int | None, int | None]:

@@ -627,9 +627,13 @@ class RequestStarted:
 
     Attributes:
         client_address: as accepted.
+        starting: ``start_request`` (TLS handshake, PROXY header) follows,
+            and with it a ``transport_started``; False for the next message
+            of a connection kept between messages (parked), already started.
     """
 
     client_address: object
+    starting: bool = True
 
 
 @final
@@ -642,8 +646,9 @@ class TransportStarted:
         transport: the transport's class name.
         duration: seconds ``start_request`` took.
         error: the exception's class name; None if it succeeded.
-        tls: True if the transport does a TLS handshake (a ``context``
-            attribute, as ``TLSTransport`` and a PROXY layer over it have).
+        tls: True if the transport does a TLS handshake: it, or a layer
+            it wraps (``inner``, as a PROXY layer over TLS), has a
+            ``context`` (``TLSTransport``).
     """
 
     client_address: object
