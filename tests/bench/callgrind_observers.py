@@ -94,8 +94,11 @@ def serve(kind: str, requests: int) -> None:
 _ENV: Final = {**os.environ, "PYTHONHASHSEED": "0"}
 
 
-def measure(kinds: Sequence[str] = KINDS, small: int = 200, large: int = 1200) -> dict[str, float]:
-    """Instructions per request of each kind in *kinds* (valgrind must be installed)."""
+def measure(
+    kinds: Sequence[str] = KINDS, small: int = 200, large: int = 1200, *, root: Path = ROOT
+) -> dict[str, float]:
+    """Instructions per request of each kind in *kinds* (valgrind must be
+    installed), on the tree at *root* (another checkout: a baseline)."""
     per: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
@@ -103,17 +106,17 @@ def measure(kinds: Sequence[str] = KINDS, small: int = 200, large: int = 1200) -
             # its .pyc, which would be counted in the small run only.
             subprocess.run(
                 [sys.executable, "-m", "tests.bench.callgrind_observers", "--serve", kind, "1"],
-                cwd=ROOT,
+                cwd=root,
                 check=True,
                 timeout=120,
                 env=_ENV,
             )
-            counts = [_instructions(kind, n, tmp) for n in (small, large)]
+            counts = [_instructions(kind, n, tmp, root) for n in (small, large)]
             per[kind] = (counts[1] - counts[0]) / (large - small)
     return per
 
 
-def _instructions(kind: str, requests: int, tmp: str) -> int:
+def _instructions(kind: str, requests: int, tmp: str, root: Path) -> int:
     out = os.path.join(tmp, f"callgrind.{kind}.{requests}")
     result = subprocess.run(
         [
@@ -127,7 +130,7 @@ def _instructions(kind: str, requests: int, tmp: str) -> int:
             kind,
             str(requests),
         ],
-        cwd=ROOT,
+        cwd=root,
         check=True,
         capture_output=True,
         text=True,
