@@ -3,6 +3,7 @@ cut at a budget, TLS and PROXY failures."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -40,7 +41,7 @@ from composable_server.interfaces import (
 from composable_server.policies import Budget, LoggingErrorPolicy
 from composable_server.proxy import ProxyProtocolTransport
 from composable_server.testing import RecordingObserver
-from composable_server.verifiers import CIDRVerifier, ConnectionCapVerifier, RateLimitVerifier
+from composable_server.verifiers import CIDRVerifier, ConnectionCapVerifier, PeerCredentialsVerifier, RateLimitVerifier
 
 WAIT = 10.0
 
@@ -156,6 +157,22 @@ class TestRefused:
         assert observer.names() == ["connection_accepted", "connection_refused"]
         (refused,) = observer.of(ConnectionRefused)
         assert (refused.reason, refused.detail) == ("cidr", "CIDRVerifier")
+
+    @pytest.mark.timeout(20)
+    def test_peer_credentials_refusal(self, tmp_path: Path) -> None:
+        """A peer-credentials verifier refusing our own uid over a Unix socket reports peer_credentials."""
+        observer = RecordingObserver()
+        path = str(tmp_path / "s.sock")
+        verifier = PeerCredentialsVerifier(uids={os.getuid() + 1})
+        with serving(observer, transport=UnixStreamTransport(path), verifier=verifier):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(WAIT)
+                sock.connect(path)
+                assert sock.recv(10) == b""  # closed unserved
+            ended(observer)
+        assert observer.names() == ["connection_accepted", "connection_refused"]
+        (refused,) = observer.of(ConnectionRefused)
+        assert (refused.reason, refused.detail) == ("peer_credentials", "PeerCredentialsVerifier")
 
     @pytest.mark.timeout(20)
     def test_rate_limit_refusal(self) -> None:
