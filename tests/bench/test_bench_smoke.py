@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import callgrind_udp, importcost
+from tests.bench import callgrind_udp, forkcost, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, build_loadgen, run_one
 
@@ -167,3 +167,19 @@ def test_uvloop_missing_skips_its_kind() -> None:
     """Without uvloop its kind is skipped, and the scenario still runs."""
     tcp16 = next(s for s in SCENARIOS if s.name == "tcp16")
     assert _skips(tcp16, have_uvloop=False) == (["uvloop"], None)
+
+
+@pytest.mark.parametrize("kind", forkcost.KINDS)
+def test_forkcost_counts_a_forking_server(kind: str) -> None:
+    """forkcost serves sequential forked requests and counts faults and CPU of the parent and its reaped children."""
+    counters = forkcost.measure(kind, 10, warmup=2)
+    assert counters.parent_faults > 0
+    assert counters.child_faults > 0  # ten children ran, and were reaped
+
+
+def test_forkcost_reads_callgrind_totals() -> None:
+    """The instruction total of a callgrind output file is its summary (or totals) line."""
+    assert forkcost.parse_callgrind_total("events: Ir\nfn=main\n1 5\nsummary: 123456\n") == 123456
+    assert forkcost.parse_callgrind_total("events: Ir\ntotals: 42\n") == 42
+    with pytest.raises(ValueError):
+        forkcost.parse_callgrind_total("events: Ir\n")
