@@ -73,6 +73,8 @@ _FORKING: Final = ("stdlib-forking", "compat-forking", "native-forking")
 # 160), each of which waits in its handshake for its ClientHello.
 TLS_SILENT: Final = 64
 TLS_SILENT_KINDS: Final = ("native-pool", "prefork", "asyncio", "uvloop")
+OBSERVER_KINDS: Final = ("pool-observers-none", "pool-observers-noop", "pool-observers-metrics",
+                         "pool-observers-access-log")
 
 SCENARIOS: Final = (
     Scenario("tcp16", "TCP persistent, 16 connections", "tcp", "tcp", 16, _PERSISTENT + _EVENT_LOOPS),
@@ -132,6 +134,11 @@ SCENARIOS: Final = (
              "https-min", "s_time", 4, TLS_SILENT_KINDS, silent=TLS_SILENT),
     Scenario("tls-persistent-silent", f"TLS persistent as tls-persistent, with {TLS_SILENT} silent TLS clients",
              "https-min", "wrk-tls", 16, TLS_SILENT_KINDS, silent=TLS_SILENT),
+    # Issue 15: what observing costs per request.  A new connection per
+    # request, since observers are told once per connection (a persistent
+    # connection is one request to them).
+    Scenario("observers", "Observers: TCP new connection per request, native pool, 16 clients", "tcp", "tcp-cpr",
+             16, ("native-pool",) + OBSERVER_KINDS),
 )
 
 EXTRA_SCENARIOS: Final = ("import", "shutdown")
@@ -642,6 +649,19 @@ def _targets(
         )
     else:
         lines.append(("tcp128: prefork peak RSS <= 1/4 stdlib forking", None, "not measured"))
+    # Issue 15: a server without observers pays nothing; what each observer costs.
+    rows = table.get("observers", {})
+    plain, none = get("observers", "native-pool"), get("observers", "pool-observers-none")
+    target = "observers: no observer within noise (5%) of the plain native pool (server CPU per request)"
+    if plain and none and plain.cpu_us > 0:
+        costs = ", ".join(
+            f"{k.removeprefix('pool-observers-')} {row.cpu_us:.1f} µs" for k in OBSERVER_KINDS if (row := rows.get(k))
+        )
+        lines.append((target, none.cpu_us <= 1.05 * plain.cpu_us,
+                      f"{none.cpu_us / plain.cpu_us:.3f}x ({costs}; plain {plain.cpu_us:.1f} µs)"))
+    else:
+        lines.append((target, None, "not run" if not rows else "not measured"))
+    lines += OBSERVER_INSTRUCTIONS
     # 7. shutdown() latency in milliseconds.
     if shutdown:
         worst = max(v for k, v in shutdown.items() if not k.startswith("stdlib"))
@@ -650,6 +670,35 @@ def _targets(
              ", ".join(f"{k} {v:.2f} ms" for k, v in shutdown.items()))
         )
     return lines
+
+
+# Issue 15, under --observer-instructions: callgrind's instructions per
+# request (load-independent), main() fills it before the targets are made.
+OBSERVER_INSTRUCTIONS: list[tuple[str, bool | None, str]] = []
+PRE_OBSERVER_COMMIT: Final = "95cc064"
+"""The last commit before observers existed (the parent of d873e9e)."""
+
+
+def _observer_instructions() -> list[tuple[str, bool | None, str]]:
+    """callgrind_observers' counts on this tree, and ``none`` on the tree of
+    :data:`PRE_OBSERVER_COMMIT` (``git archive`` into a temporary directory)."""
+    from . import callgrind_observers
+
+    target = f"observers: no observer within 0.5% of the tree before observers ({PRE_OBSERVER_COMMIT}; callgrind instructions/request)"
+    if shutil.which("valgrind") is None:
+        return [(target, None, "not measured: valgrind is not installed")]
+    per = callgrind_observers.measure()
+    figure = ", ".join(f"{kind} {count:,.0f}" for kind, count in per.items())
+    with tempfile.TemporaryDirectory(prefix="cs-pre-observers-") as tree:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", PRE_OBSERVER_COMMIT], capture_output=True)
+        if archive.returncode != 0:
+            return [(target, None, f"not measured: no git tree of {PRE_OBSERVER_COMMIT} ({figure})")]
+        subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
+        # The workload of this tree (it imports observer names only for the kinds that use them).
+        shutil.copy(HERE / "callgrind_observers.py", Path(tree, "tests", "bench", "callgrind_observers.py"))
+        before = callgrind_observers.measure(("none",), root=Path(tree))["none"]
+    none = per["none"]
+    return [(target, none <= 1.005 * before, f"{none / before:.4f}x ({none:,.0f} vs {before:,.0f}; {figure})")]
 
 
 def _clients(name: str) -> int:
@@ -758,6 +807,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--import-runs", type=int, default=60, help="runs per command of the import scenario (default 60)")
     parser.add_argument("--import-instructions", action="store_true",
                         help="also count the import commands' instructions under callgrind (slow, load-independent)")
+    parser.add_argument("--observer-instructions", action="store_true",
+                        help="also count the observers' instructions per request under callgrind (slow, load-independent)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     if args.quick:
@@ -833,6 +884,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             imports = dataclasses.replace(imports, instructions=importcost.instructions())
     wanted = args.only is None or "shutdown" in args.only
     shutdown = {} if args.no_shutdown or not wanted else measure_shutdown(3 if args.quick else 7)
+    if args.observer_instructions:
+        OBSERVER_INSTRUCTIONS[:] = _observer_instructions()
     table = {name: {k: _summarise(runs) for k, runs in kinds.items() if runs} for name, kinds in raw.items()}
     targets = _targets(table, shutdown) + (importcost.targets(imports) if imports else [])
     md = _markdown(meta, table, shutdown, args.rounds, imports)
