@@ -396,6 +396,17 @@ DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
 ``ssl_handshake_timeout`` default is 60 s; 30 s is plenty on any real link)."""
 
 
+def _check_tls_inner(instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+    # TLS starts with the connection's first byte, so no layer that reads
+    # bytes before it can sit inside: its start_request would never run.
+    if isinstance(value, _Wrapper):
+        raise TypeError(
+            f"TLSTransport cannot wrap {type(value).__name__}: the layer that reads the first bytes goes "
+            "outside (the PROXY header comes before the TLS handshake on the wire: "
+            "ProxyProtocolTransport(TLSTransport(TCPTransport(...), context), mode=...))"
+        )
+
+
 def _check_handshake_timeout(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:  # also rejects NaN
         raise ValueError(f"handshake_timeout must be a number of seconds > 0, got {value!r}")
@@ -558,7 +569,7 @@ class TLSTransport(_Wrapper[StreamAddressT]):
             cannot stretch it.
     """
 
-    inner: Transport[Socket, StreamAddressT]
+    inner: Transport[Socket, StreamAddressT] = attrs.field(validator=_check_tls_inner)
     context: ssl.SSLContext
     handshake_timeout: float = attrs.field(
         default=DEFAULT_HANDSHAKE_TIMEOUT, kw_only=True, validator=_check_handshake_timeout
