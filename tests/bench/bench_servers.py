@@ -37,8 +37,8 @@ from composable_server import (
 )
 from composable_server.dispatchers import ForkingDispatcher, SyncDispatcher
 from composable_server.factories import make_tcp_server, make_udp_server, make_unix_stream_server
-from composable_server.handlers import DatagramRequestHandler, StreamRequestHandler
-from composable_server.interfaces import Dispatcher, InetAddress, Transport
+from composable_server.handlers import DatagramRequestHandler, ParkingRequestHandler, StreamRequestHandler
+from composable_server.interfaces import Dispatcher, InetAddress, Transport, Verdict
 from composable_server.prefork import Prefork
 
 __all__ = ("KINDS", "announce", "main", "parse_inet")
@@ -66,6 +66,17 @@ class _StreamEcho(StreamRequestHandler[object]):
     def handle(self) -> None:
         for line in self.rfile:
             self.wfile.write(line)
+
+
+class _ParkingEcho(ParkingRequestHandler[object]):
+    """One line per dispatch; between lines the connection is parked."""
+
+    def handle_message(self) -> Verdict:
+        line = self.rfile.readline()
+        if not line:
+            return Verdict.CLOSE
+        self.wfile.write(line)
+        return Verdict.KEEP
 
 
 class _DatagramEcho(DatagramRequestHandler[object]):
