@@ -866,8 +866,9 @@ class Parking(Generic[RequestT, AddressT]):
             the caller waits for the next message itself.
         """
         epoll = self._epoll
-        # Only connection requests are kept (RequestJob checks request_ops.connections): sockets.
-        fd = cast(Socket, job.request).fileno()
+        # Only connection requests are kept (RequestJob checks
+        # request_ops.connections): sockets.  (No typing.cast: a call per message.)
+        fd: int = job.request.fileno()  # type: ignore[attr-defined]  # a socket, as above
         if fd < 0 or epoll is None:
             return _CLOSED
         budget = self._host.timeout_policy.budget
@@ -899,8 +900,11 @@ class Parking(Generic[RequestT, AddressT]):
             # Only the loop removes kept entries, and a ready one is parked:
             # no lock needed for the pops (each is atomic).
             pop = self._kept.pop
-            redispatch = cast("Callable[[RequestJob[RequestT, AddressT]], object]", self._redispatch)
-            for ready_fd, _ in cast(select.epoll, self._epoll).poll(0, _MAX_READY):
+            redispatch = self._redispatch
+            epoll = self._epoll
+            if redispatch is None or epoll is None:  # no kept connections here (then _epoll_fd is -1)
+                return False
+            for ready_fd, _ in epoll.poll(0, _MAX_READY):
                 job = pop(ready_fd, None)
                 if job is not None:
                     redispatch(job)
