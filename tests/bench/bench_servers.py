@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import socketserver
@@ -156,6 +157,26 @@ def _native(make_dispatcher: Callable[[], Dispatcher], family: str, address: str
     _serve(server)
 
 
+# Keep-alive parking (issue 17): 8 workers, connections parked between lines.
+PARK_WORKERS: Final = 8
+MAX_PARKED: Final = 20_000  # above the idle10k scenario's 10,000
+
+
+def _native_park(make_dispatcher: Callable[[], Dispatcher], family: str, address: str) -> None:
+    transport: Transport[socket.socket, object]
+    if family == "unix":
+        transport = UnixStreamTransport(address)
+    elif family == "tcp":
+        transport = TCPTransport(parse_inet(address))
+    else:
+        raise SystemExit("parking serves stream families only")
+    server: Server[socket.socket, object] = Server(
+        transport=transport, acceptor=StreamAcceptor(), handler=_ParkingEcho, dispatcher=make_dispatcher(),
+        max_parked=MAX_PARKED,
+    )
+    _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
+
+
 def _prefork(family: str, address: str) -> None:
     transport: Transport[socket.socket, object]
     if family == "unix":
@@ -230,6 +251,9 @@ KINDS: Final[dict[str, _Runner]] = {
     "native-pool": lambda f, a: _native(lambda: ThreadPoolDispatcher(POOL_WORKERS, queue_size=256), f, a),
     "native-forking": lambda f, a: _native(lambda: ForkingDispatcher(MAX_CHILDREN), f, a),
     "prefork": _prefork,
+    # keep-alive parking: a pool of 8 (the issue's shape) and the loop alone (SyncDispatcher)
+    "native-park-pool": lambda f, a: _native_park(lambda: ThreadPoolDispatcher(PARK_WORKERS, queue_size=256), f, a),
+    "native-park-sync": lambda f, a: _native_park(SyncDispatcher, f, a),
     # event loops
     "asyncio": _asyncio,
     "uvloop": lambda f, a: _asyncio(f, a, uvloop=True),
@@ -243,6 +267,10 @@ def main(argv: list[str]) -> None:
 
     if family not in ("tcp", "udp", "unix") + HTTP_FAMILIES:
         raise SystemExit(f"family must be tcp, udp, unix or one of {', '.join(HTTP_FAMILIES)}, got {family!r}")
+    # Many connections (idle10k): as many descriptors as the hard limit allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cpu = os.environ.get("BENCH_SERVER_CPU")
     if cpu is not None:
         os.sched_setaffinity(0, {int(cpu)})

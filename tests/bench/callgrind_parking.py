@@ -96,7 +96,7 @@ def serve(kind: str, round_trips: int, *, profiles: list[cProfile.Profile] | Non
         thread.join()
         server.server_close()
         if profiles is not None:
-            threading.setprofile(None)  # type: ignore[arg-type]  # None removes the hook (threading docs)
+            threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]  # None removes the hook (typeshed varies)
 
 
 def _callgrind(kind: str, round_trips: int, tmp: str) -> tuple[int, dict[str, int]]:
