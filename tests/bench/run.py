@@ -590,7 +590,7 @@ def _targets(
         )
     # Issue 17: parking at 128 connections, well above thread per connection.
     b, ref = best("tcp128", _PARKING), get("tcp128", "stdlib-threading")
-    target = "tcp128: parking (8 workers) above stdlib thread per connection (server CPU per request)"
+    target = "tcp128: best parking kind above stdlib thread per connection (server CPU per request)"
     if b and ref and b[1].cpu_us > 0:
         r = ref.cpu_us / b[1].cpu_us
         lines.append((target, r > 1.0, f"{r:.2f}x ({b[0]} {b[1].cpu_us:.1f} vs {ref.cpu_us:.1f} µs; "
