@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import callgrind_udp, importcost
+import dataclasses
+
+from tests.bench import callgrind_parking, callgrind_udp, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, build_loadgen, run_one
 
@@ -167,3 +169,23 @@ def test_uvloop_missing_skips_its_kind() -> None:
     """Without uvloop its kind is skipped, and the scenario still runs."""
     tcp16 = next(s for s in SCENARIOS if s.name == "tcp16")
     assert _skips(tcp16, have_uvloop=False) == (["uvloop"], None)
+
+
+@pytest.mark.parametrize("kind", callgrind_parking.KINDS)
+def test_callgrind_parking_workload(kind: str) -> None:
+    """The parking callgrind workload serves its round trips on one connection (without valgrind here)."""
+    callgrind_parking.serve(kind, 20)
+
+
+@needs_cc
+@pytest.mark.parametrize("kind", ["native-park-pool", "native-park-sync"])
+def test_a_short_idle_run_holds_its_idle_connections(kind: str, tmp_path: Path) -> None:
+    """The idle10k shape, 50 idle connections: a parking server answers the active clients and holds every idle one."""
+    idle10k = next(s for s in SCENARIOS if s.name == "idle10k")
+    result = run_one(
+        build_loadgen(), kind, dataclasses.replace(idle10k, idle=50), duration=0.3, warmup=0.1,
+        cpus=_Cpus(None, None), tmpdir=str(tmp_path),
+    )
+    assert float(result["requests"]) > 0  # type: ignore[arg-type]  # a JSON number
+    assert result["errors"] == 0
+    assert result["idle_opened"] == result["idle_alive"] == 50
