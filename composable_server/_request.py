@@ -148,7 +148,7 @@ least recently used one is closed (gunicorn gthread: ``worker_connections``
 _IN_PLACE: Final = 0  # no loop has run in this process: the worker waits itself
 _TO_LOOP: Final = 1  # a serving loop takes kept jobs back
 _CLOSED: Final = 2  # the loop left (shutdown, drain): close kept connections
-_TO_LOOP_OVER_CAP: Final = 3  # Parking.keep: parked, and more are parked than the cap
+_TO_LOOP_WAKE: Final = 3  # Parking.keep: parked, and the loop must look (over the cap, or a new poll set)
 
 # Kept connections wait in an epoll set of their own: a worker re-arms its
 # connection there itself (epoll_ctl from any thread reaches a waiting
@@ -459,8 +459,8 @@ class RequestPath(Generic[RequestT, AddressT]):
         if parking is None:
             return self._returns
         where = parking.keep(job)
-        if where == _TO_LOOP_OVER_CAP:
-            self._wake()  # the loop closes the least recently used one
+        if where == _TO_LOOP_WAKE:
+            self._wake()  # the loop closes the least recently used one, or polls the new set
             return _TO_LOOP
         return where
 
@@ -806,12 +806,10 @@ class Parking(Generic[RequestT, AddressT]):
         self._kept: dict[int, RequestJob[RequestT, AddressT]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Made by the first keep(): a server that never keeps a connection
+        # holds no descriptor more than before parking existed.
         self._epoll: select.epoll | None = None
         self._epoll_fd = -1
-        if redispatch is not None:
-            self._epoll = select.epoll()
-            self._epoll_fd = self._epoll.fileno()
-            poller.register(self._epoll_fd, _POLLIN)
 
     def __bool__(self) -> bool:
         return bool(self._entries) or bool(self._kept)
@@ -858,18 +856,18 @@ class Parking(Generic[RequestT, AddressT]):
 
         Returns:
             ``_TO_LOOP``: parked, the parking owns the job now;
-            ``_TO_LOOP_OVER_CAP``: the same, and more than *max_kept* are
-            parked (wake the loop: it closes the least recently used);
+            ``_TO_LOOP_WAKE``: the same, and the loop must look: more than
+            *max_kept* are parked (it closes the least recently used), or
+            this was the first kept connection (its poll set is new);
             ``_CLOSED``: not parked (the loop left, the descriptor was
             closed, or nothing is kept here): the caller releases the job;
             ``_IN_PLACE``: the poll set refused it (``epoll_ctl`` failed):
             the caller waits for the next message itself.
         """
-        epoll = self._epoll
         # Only connection requests are kept (RequestJob checks
         # request_ops.connections): sockets.  (No typing.cast: a call per message.)
         fd: int = job.request.fileno()  # type: ignore[attr-defined]  # a socket, as above
-        if fd < 0 or epoll is None:
+        if fd < 0 or self._redispatch is None:
             return _CLOSED
         budget = self._host.timeout_policy.budget
         idle = None if budget is None else budget.idle
@@ -877,6 +875,16 @@ class Parking(Generic[RequestT, AddressT]):
         with self._lock:
             if self._closed:
                 return _CLOSED
+            epoll = self._epoll
+            new_set = epoll is None
+            if epoll is None:
+                try:
+                    epoll = self._epoll = select.epoll()
+                except OSError:
+                    return _IN_PLACE  # no descriptor for it (EMFILE): wait in place
+                self._epoll_fd = epoll.fileno()
+                # Taken into account at the loop's next poll(): the caller wakes it.
+                self._poller.register(self._epoll_fd, _POLLIN)
             kept = self._kept
             kept[fd] = job
             # Armed under the lock, after the entry exists: the loop finds
@@ -890,7 +898,7 @@ class Parking(Generic[RequestT, AddressT]):
             except OSError:
                 del kept[fd]
                 return _IN_PLACE
-            return _TO_LOOP_OVER_CAP if len(kept) > self._max_kept else _TO_LOOP
+            return _TO_LOOP_WAKE if new_set or len(kept) > self._max_kept else _TO_LOOP
 
     def ready(self, fd: int) -> bool:
         """*fd* became readable: dispatch its parked connection (for the

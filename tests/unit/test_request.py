@@ -20,7 +20,7 @@ import composable_server
 from composable_server import Budget, Server, StreamRequestHandler
 from composable_server._request import (
     _TO_LOOP,
-    _TO_LOOP_OVER_CAP,
+    _TO_LOOP_WAKE,
     Parking,
     RequestJob,
     RequestPath,
@@ -639,7 +639,7 @@ class TestKeptConnections:
         try:
             with self.parking(rig) as (parking, redispatched, observer):
                 jobs = [self.kept_job(rig, c, f"client-{i}") for i, c in enumerate(conns)]
-                assert [parking.keep(job) for job in jobs] == [_TO_LOOP] * 3
+                assert [parking.keep(job) for job in jobs] == [_TO_LOOP_WAKE, _TO_LOOP, _TO_LOOP]  # the first makes the poll set
                 conns[0].speak()
                 conns[2].speak()
                 assert parking.ready(parking._epoll_fd)
@@ -660,8 +660,8 @@ class TestKeptConnections:
         try:
             with self.parking(rig, max_kept=1) as (parking, _, observer):
                 first, second = (self.kept_job(rig, c, f"client-{i}") for i, c in enumerate(conns))
-                assert parking.keep(first) == _TO_LOOP
-                assert parking.keep(second) == _TO_LOOP_OVER_CAP
+                assert parking.keep(first) == _TO_LOOP_WAKE  # the first makes the poll set
+                assert parking.keep(second) == _TO_LOOP_WAKE  # over the cap
                 assert parking.next_deadline() is not None
                 parking.expire(time.monotonic())
                 assert [(e.client_address, e.outcome, e.budget) for e in observer.of(RequestFinished)] == [
@@ -687,7 +687,7 @@ class TestKeptConnections:
         try:
             with self.parking(rig) as (parking, _, observer):
                 first, late = (self.kept_job(rig, c, f"client-{i}") for i, c in enumerate(conns))
-                assert parking.keep(first) == _TO_LOOP
+                assert parking.keep(first) == _TO_LOOP_WAKE
                 parking.clear()
                 assert [(e.outcome, e.budget) for e in observer.of(RequestFinished)] == [("drain", None)]
                 assert parking.keep(late) != _TO_LOOP
