@@ -114,7 +114,7 @@ from ._watchdog import Watchdog, _Entry
 from .interfaces import Budget, DatagramRequest, Outcome, RequestFinished, RequestStarted, TransportStarted, Verdict
 
 if TYPE_CHECKING:
-    from .interfaces import HandlerFactory, TimeoutPolicy, Transport
+    from .interfaces import HandlerFactory, Outcome, TimeoutPolicy, Transport
     from .observers import ObserverGroup
 
 __all__ = (
@@ -137,6 +137,7 @@ RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
 
 _POLLIN: Final = select.POLLIN
+_KEEP: Final = Verdict.KEEP
 
 DEFAULT_MAX_PARKED: Final = 1000
 """The most kept connections a serving loop parks at once; beyond it the
@@ -147,6 +148,27 @@ least recently used one is closed (gunicorn gthread: ``worker_connections``
 _IN_PLACE: Final = 0  # no loop has run in this process: the worker waits itself
 _TO_LOOP: Final = 1  # a serving loop takes kept jobs back
 _CLOSED: Final = 2  # the loop left (shutdown, drain): close kept connections
+_TO_LOOP_WAKE: Final = 3  # Parking.keep: parked, and the loop must look (over the cap, or a new poll set)
+
+# Kept connections wait in an epoll set of their own: a worker re-arms its
+# connection there itself (epoll_ctl from any thread reaches a waiting
+# epoll_wait, epoll(7)), one-shot so that a readable connection is reported
+# once, to one dispatch, and MOD re-arms it without a second system call.
+_KEPT_EVENTS: Final = select.EPOLLIN | select.EPOLLONESHOT
+_MAX_READY: Final = 256  # ready kept connections taken per wake-up (epoll_wait maxevents)
+
+# How many times this process's ancestry forked since the import: a job
+# given back in a forked child (ForkingDispatcher) finds a count different
+# from its loop's, without a getpid() system call per message.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 # Offsets in RequestPath's shared page.
 _PAUSED: Final = 0
@@ -331,18 +353,7 @@ class RequestPath(Generic[RequestT, AddressT]):
             :mod:`composable_server.observers`); None: nobody, at no cost.
     """
 
-    __slots__ = (
-        "_kept",
-        "_kept_lock",
-        "_kept_state",
-        "_loop_pid",
-        "_shared",
-        "_wake",
-        "host",
-        "observers",
-        "traits",
-        "watchdog",
-    )
+    __slots__ = ("_forks", "_parking", "_returns", "_shared", "_wake", "host", "observers", "traits", "watchdog")
 
     def __init__(
         self,
@@ -359,11 +370,11 @@ class RequestPath(Generic[RequestT, AddressT]):
         # fork keeps them shared, so a child reads its parent's current state.
         # [_PAUSED]: accepting is paused; [_FINISHES]: jobs finished, mod 256.
         self._shared = mmap.mmap(-1, 2)
-        # Kept jobs on their way back to the serving loop (see give_back).
-        self._kept: deque[RequestJob[RequestT, AddressT]] = deque()
-        self._kept_lock = threading.Lock()
-        self._kept_state = _IN_PLACE
-        self._loop_pid = 0
+        # Where kept jobs go (see give_back): the serving loop's parking while
+        # it runs, in the process (_forks: the fork count) that runs it.
+        self._parking: Parking[RequestT, AddressT] | None = None
+        self._returns = _IN_PLACE
+        self._forks = _forks
         # (handler, takes_kernel_timeouts, parks) of the handler the jobs saw
         # last (see handler_traits): asked once per handler, not once per request
         # (compat lets RequestHandlerClass change, so it is keyed by identity).
@@ -432,48 +443,41 @@ class RequestPath(Generic[RequestT, AddressT]):
         if shared[_PAUSED]:
             self._wake()
 
-    def open_returns(self) -> None:
-        """The serving loop starts: from now on kept jobs come back to it."""
-        with self._kept_lock:
-            self._loop_pid = os.getpid()
-            self._kept_state = _TO_LOOP
+    def open_returns(self, parking: Parking[RequestT, AddressT]) -> None:
+        """The serving loop starts: from now on kept jobs are parked in *parking*."""
+        self._forks = _forks
+        self._parking = parking
+        self._returns = _TO_LOOP
 
-    def close_returns(self) -> list[RequestJob[RequestT, AddressT]]:
-        """The serving loop leaves: kept connections are closed from now on.
-
-        Returns:
-            The kept jobs given back but not taken yet: the caller releases them.
-        """
-        with self._kept_lock:
-            self._kept_state = _CLOSED
-            kept, self._kept = list(self._kept), deque()
-        return kept
+    def close_returns(self) -> None:
+        """The serving loop leaves: kept connections are closed from now on
+        (the parking releases those it holds, :meth:`Parking.clear`)."""
+        self._returns = _CLOSED
+        self._parking = None
 
     def give_back(self, job: RequestJob[RequestT, AddressT]) -> int:
-        """Hand a kept *job* to the serving loop (any thread).
+        """Park a kept *job* in the serving loop's poll set (any thread).
+
+        The worker arms the descriptor itself (:meth:`Parking.keep`): no
+        self-pipe, no loop iteration; the loop wakes only when the
+        connection is readable again.
 
         Returns:
-            ``_TO_LOOP``: the loop owns it now (and was woken); ``_IN_PLACE``:
-            no loop here, the caller waits for the next message itself;
+            ``_TO_LOOP``: the loop owns it now; ``_IN_PLACE``: no loop here
+            (none ran, or this is a forked child: its parent's loop cannot
+            poll for it), the caller waits for the next message itself;
             ``_CLOSED``: the loop left, the caller closes the connection.
         """
-        with self._kept_lock:
-            state = self._kept_state
-            if state == _TO_LOOP and self._loop_pid != os.getpid():
-                state = _IN_PLACE  # a forked child: its parent's loop cannot poll for it
-            if state == _TO_LOOP:
-                self._kept.append(job)
-        if state == _TO_LOOP:
-            self._wake()
-        return state
-
-    def take_returns(self) -> list[RequestJob[RequestT, AddressT]]:
-        """The kept jobs given back since the last call (the serving loop)."""
-        kept = self._kept
-        taken = []
-        while kept:
-            taken.append(kept.popleft())
-        return taken
+        if self._forks != _forks:
+            return _IN_PLACE
+        parking = self._parking
+        if parking is None:
+            return self._returns
+        where = parking.keep(job)
+        if where == _TO_LOOP_WAKE:
+            self._wake()  # the loop closes the least recently used one, or polls the new set
+            return _TO_LOOP
+        return where
 
     def close(self) -> None:
         """Stop the lifetime watchdog's thread.  Idempotent."""
@@ -503,10 +507,13 @@ class RequestJob(Generic[RequestT, AddressT]):
     """
 
     __slots__ = (
+        "_began",
         "_body",
         "_cut_by",
         "_entry",
         "_error",
+        "_parked_in",
+        "_parked_until",
         "_parks",
         "_path",
         "_started",
@@ -532,86 +539,25 @@ class RequestJob(Generic[RequestT, AddressT]):
         self._parks = False  # the handler returns verdicts (parks_connections)
         self._entry: _Entry | None = None  # the lifetime watchdog's entry
         self._cut_by: Budget | None = None
-        self._error: Exception | None
-        self._transferred: tuple[int | None, int | None]
-        # _error (the first exception, for observers) is set by _run_observed
-        # only: a server without observers never stores it.
+        self._error: Exception | None = None
+        # While kept: the parking whose poll set holds the descriptor, and
+        # when the idle budget closes it there (time.monotonic()).
+        self._parked_in: Parking[RequestT, AddressT] | None = None
+        self._parked_until = 0.0
+        self._began = 0.0  # with observers: when the connection's first dispatch began (perf_counter)
+        self._transferred: tuple[int | None, int | None] = _UNKNOWN  # byte counts, when observed
 
-    def run(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]] | None = None) -> bool:
+    def run(self) -> bool:
         """Serve the request (see the class); True if the handler returned.
 
         A connection kept by its handler (``Verdict.KEEP``) is given back to
         the serving loop instead of being shut down; the loop runs this
         same job again when the connection is readable.
-
-        Args:
-            start: what prepares the request instead of the transport's
-                ``start_request`` (the observed path's timed one).  None:
-                the transport's, and observers, if any, are told.
         """
-        # One frame for the whole request when nobody observes (the common
-        # case; issue 15: a server without observers pays nothing).
-        path = self._path
-        if start is None and path.observers is not None:
-            return self._run_observed(path.observers)
-        body = self._body
-        if body is not None:
-            try:
-                body(self.request, self.client_address)
-                return True
-            finally:
-                path.finished()
-        host = path.host
-        kept = False
-        try:
-            if self._started:
-                request = self.request
-            else:
-                # Once per connection: the lifetime budget, start_request (the
-                # TLS handshake, the PROXY header: the client address may
-                # change), the idle budget.
-                self._started = True
-                ops = host.transport.request_ops
-                budget = host.timeout_policy.budget if ops.connections else None
-                if budget is not None and budget.lifetime is not None:
-                    self._entry = path.watchdog.add(budget.lifetime, self._expire)
-                # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
-                request, self.client_address = (host.transport.start_request if start is None else start)(
-                    self.request, self.client_address
-                )
-                self.request = request
-                handler = host.handler
-                traits = path.traits
-                if traits[0] is not handler:
-                    traits = path.handler_traits(handler)
-                if budget is not None and budget.idle is not None:
-                    ops.limit_idle(request, budget.idle, kernel=traits[1])
-                self._parks = traits[2]
-                if host.transport.late_admission and not host.verify_request(request, self.client_address):
-                    return False  # refused (the verifier logs it): released below, unserved
-            while True:
-                served = host.finish_request(request, self.client_address)
-                if not self._parks or self.cut or getattr(served, "verdict", None) is not Verdict.KEEP:
-                    return True
-                where = path.give_back(self)
-                if where == _TO_LOOP:
-                    # The loop owns the job now (another worker may run it
-                    # already): touch nothing of it from here on.
-                    kept = True
-                    return True
-                if where == _CLOSED or not self._linger():
-                    return True
-        except Exception as exc:
-            if start is not None and self._error is None:  # observed (see _run_observed)
-                self._error = exc
-            if not self.cut:
-                host.handle_error(self.request, self.client_address)
-            return False
-        finally:
-            if not kept:
-                if start is not None:  # observed: the byte counts, before the socket closes
-                    self._transferred = _transferred(path, self.request)
-                self.release()
+        observers = self._path.observers
+        if observers is not None:
+            return self._run_observed(observers)
+        return self._serve(None) is not False
 
     def _run_observed(self, observers: ObserverGroup) -> bool:
         """:meth:`run`, telling *observers* when it starts and how it ends."""
@@ -635,16 +581,19 @@ class RequestJob(Generic[RequestT, AddressT]):
             )
             return started
 
-        self._error = None
-        self._transferred = _UNKNOWN
-        observers.request_started(RequestStarted(client_address, not self._started))
-        began = time.perf_counter()
-        ok = False
+        # One request_started and one request_finished per connection, however
+        # many times it was parked between messages (README "Observing a server").
+        if not self._started:
+            observers.request_started(RequestStarted(client_address))
+            self._began = time.perf_counter()
+        began = self._began  # read now: once kept, another worker may own the job
+        ok: bool | None = False
         try:
-            ok = self.run(start)
-            return ok
+            ok = self._serve(start)
+            return ok is not False
         finally:
-            observers.request_finished(self._finished_event(ok, time.perf_counter() - began))
+            if ok is not None:  # None: kept, parked in the loop; its end is reported then
+                observers.request_finished(self._finished_event(ok, time.perf_counter() - began))
 
     def _finished_event(self, ok: bool, duration: float) -> RequestFinished:
         error = self._error
@@ -669,6 +618,76 @@ class RequestJob(Generic[RequestT, AddressT]):
                 outcome = "handler_error"
         bytes_in, bytes_out = self._transferred
         return RequestFinished(self.client_address, duration, outcome, name, budget, bytes_in, bytes_out)
+
+    def _serve(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]] | None) -> bool | None:
+        """The default body (or *body*); True if the handler returned, None
+        if it kept the connection and the loop owns the job now.
+
+        Args:
+            start: what prepares the request instead of the transport's
+                ``start_request`` (the observed path's timed one); None: the
+                transport's, and nobody observes.
+        """
+        path = self._path
+        body = self._body
+        if body is not None:
+            try:
+                body(self.request, self.client_address)
+                return True
+            finally:
+                path.finished()
+        host = path.host
+        kept = False
+        try:
+            if self._started:
+                request = self.request
+            else:
+                # Once per connection, inline (one frame less for every
+                # request): the lifetime budget, start_request (the TLS
+                # handshake, the PROXY header: the client address may
+                # change), the idle budget.
+                self._started = True
+                ops = host.transport.request_ops
+                budget = host.timeout_policy.budget if ops.connections else None
+                if budget is not None and budget.lifetime is not None:
+                    self._entry = path.watchdog.add(budget.lifetime, self._expire)
+                # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
+                request, self.client_address = (host.transport.start_request if start is None else start)(
+                    self.request, self.client_address
+                )
+                self.request = request
+                handler = host.handler
+                traits = path.traits
+                if traits[0] is not handler:
+                    traits = path.handler_traits(handler)
+                if budget is not None and budget.idle is not None:
+                    ops.limit_idle(request, budget.idle, kernel=traits[1])
+                self._parks = traits[2]
+                if host.transport.late_admission and not host.verify_request(request, self.client_address):
+                    return False  # refused (the verifier logs it): released below, unserved
+            while True:
+                served = host.finish_request(request, self.client_address)
+                if not self._parks or self.cut or getattr(served, "verdict", None) is not _KEEP:
+                    return True
+                where = path.give_back(self)
+                if where == _TO_LOOP:
+                    # The loop owns the job now (another worker may run it
+                    # already): touch nothing of it from here on.
+                    kept = True
+                    return None
+                if where == _CLOSED or not self._linger():
+                    return True
+        except Exception as exc:
+            if start is not None and self._error is None:  # observed (see _run_observed)
+                self._error = exc
+            if not self.cut:
+                host.handle_error(self.request, self.client_address)
+            return False
+        finally:
+            if not kept:
+                if start is not None:  # observed: the byte counts, before the socket closes
+                    self._transferred = _transferred(path, self.request)
+                self.release()
 
     def _linger(self) -> bool:
         """No loop to park in: wait here for the next message, up to the idle
@@ -769,10 +788,25 @@ class Parking(Generic[RequestT, AddressT]):
     connection (its :class:`RequestJob`, see :meth:`keep`) is handed to
     *redispatch* when readable, closed after the idle budget (``"idle"``),
     and, beyond *max_kept*, the least recently parked one is closed
-    (``"parked"``).  Both go through ``TimeoutPolicy.budget_exceeded``.
+    (``"parked"``).  Both go through ``TimeoutPolicy.budget_exceeded``, and
+    every connection closed here ends in one ``request_finished`` for the
+    observers (``budget`` with its budget, or ``drain`` at :meth:`clear`).
 
-    One heap of ``(deadline, fd)`` serves both kinds; an entry is stale
-    when its descriptor is parked no more, or again with another deadline.
+    Theory of operation.  New silent connections are parked and woken by
+    the serving loop alone: a heap of ``(deadline, fd)`` (an entry is stale
+    once its descriptor is not parked any more) and the loop's poll set.
+    Kept connections are parked by the worker that served their last
+    message, which arms the descriptor in an epoll set of their own,
+    one-shot (:meth:`keep`); that set's descriptor sits in the loop's poll
+    set, so the loop wakes when any kept connection is readable and takes
+    every ready one in one ``epoll_wait`` (:meth:`ready`).  No self-pipe
+    write, no loop iteration, no allocation per message beyond the epoll
+    call's result.  ``_kept`` (fd -> job, under ``_lock``) is in parking
+    order, which is both least-recently-used order and, the idle budget
+    being one length, deadline order: the first entry is the next to
+    expire and the first to evict, and no heap is needed.  Only the loop
+    removes kept entries (ready, expire, clear), so an event the loop
+    holds always names a descriptor still parked, never a reused number.
 
     Args:
         host: the server (its transport's request operations, its timeout policy).
@@ -784,16 +818,19 @@ class Parking(Generic[RequestT, AddressT]):
             readable (the server's guarded ``dispatcher.dispatch``); None:
             nothing is kept here.
         max_kept: the most kept connections parked at once.
-        observers: told of each connection cut at its first-byte deadline
-            or at :meth:`clear`.
+        observers: told of each connection closed here.
     """
 
     __slots__ = (
+        "_closed",
         "_dispatch",
         "_entries",
+        "_epoll",
+        "_epoll_fd",
         "_heap",
         "_host",
         "_kept",
+        "_lock",
         "_max_kept",
         "_observers",
         "_poller",
@@ -816,9 +853,15 @@ class Parking(Generic[RequestT, AddressT]):
         self._redispatch = redispatch
         self._max_kept = max_kept
         self._entries: dict[int, tuple[RequestT, AddressT, float]] = {}
-        # Insertion order is parking order: the first is the least recently used.
-        self._kept: dict[int, tuple[RequestJob[RequestT, AddressT], float]] = {}
         self._heap: list[tuple[float, int]] = []
+        # Kept connections, in parking order (see the class).
+        self._kept: dict[int, RequestJob[RequestT, AddressT]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        # Made by the first keep(): a server that never keeps a connection
+        # holds no descriptor more than before parking existed.
+        self._epoll: select.epoll | None = None
+        self._epoll_fd = -1
 
     def __bool__(self) -> bool:
         return bool(self._entries) or bool(self._kept)
@@ -854,46 +897,77 @@ class Parking(Generic[RequestT, AddressT]):
         self._poller.register(fd, _POLLIN)
         return True
 
-    def keep(self, job: RequestJob[RequestT, AddressT]) -> None:
+    def keep(self, job: RequestJob[RequestT, AddressT]) -> int:
         """Park a kept connection until it is readable (then *redispatch*
         it), its idle budget runs out, or it is the least recently used one
-        when *max_kept* are parked.  The parking owns the job now.
+        when *max_kept* are parked.  Called by the worker that served it
+        (:meth:`RequestPath.give_back`), in any thread.
 
         The handler checked its buffered input before it said KEEP, so
         readiness of the descriptor is all there is to wait for.
+
+        Returns:
+            ``_TO_LOOP``: parked, the parking owns the job now;
+            ``_TO_LOOP_WAKE``: the same, and the loop must look: more than
+            *max_kept* are parked (it closes the least recently used), or
+            this was the first kept connection (its poll set is new);
+            ``_CLOSED``: not parked (the loop left, the descriptor was
+            closed, or nothing is kept here): the caller releases the job;
+            ``_IN_PLACE``: the poll set refused it (``epoll_ctl`` failed):
+            the caller waits for the next message itself.
         """
-        host = self._host
-        policy = host.timeout_policy
-        kept = self._kept
-        # Only connection requests are kept (RequestJob checks request_ops.connections): sockets.
-        fd = cast(Socket, job.request).fileno()
+        # Only connection requests are kept (RequestJob checks
+        # request_ops.connections): sockets.  (No typing.cast: a call per message.)
+        fd: int = job.request.fileno()  # type: ignore[attr-defined]  # a socket, as above
         if fd < 0 or self._redispatch is None:
-            job.release()  # closed under us, or nowhere to serve it again
-            return
-        if len(kept) >= self._max_kept:
-            oldest = next(iter(kept))
-            evicted, _ = kept.pop(oldest)
-            self._poller.unregister(oldest)
-            # Observer hook point: a kept connection evicted (LRU).  Reported
-            # before the close, so whoever sees the EOF sees the count too.
-            policy.budget_exceeded(evicted.client_address, "parked")
-            evicted.release()
-        budget = policy.budget
+            return _CLOSED
+        budget = self._host.timeout_policy.budget
         idle = None if budget is None else budget.idle
-        deadline = math.inf if idle is None else time.monotonic() + idle
-        kept[fd] = (job, deadline)
-        if idle is not None:
-            heapq.heappush(self._heap, (deadline, fd))
-        self._poller.register(fd, _POLLIN)
+        job._parked_until = math.inf if idle is None else time.monotonic() + idle
+        with self._lock:
+            if self._closed:
+                return _CLOSED
+            epoll = self._epoll
+            new_set = epoll is None
+            if epoll is None:
+                try:
+                    epoll = self._epoll = select.epoll()
+                except OSError:
+                    return _IN_PLACE  # no descriptor for it (EMFILE): wait in place
+                self._epoll_fd = epoll.fileno()
+                # Taken into account at the loop's next poll(): the caller wakes it.
+                self._poller.register(self._epoll_fd, _POLLIN)
+            kept = self._kept
+            kept[fd] = job
+            # Armed under the lock, after the entry exists: the loop finds
+            # the job for any event, and cannot close it meanwhile.
+            try:
+                if job._parked_in is self:
+                    epoll.modify(fd, _KEPT_EVENTS)
+                else:
+                    epoll.register(fd, _KEPT_EVENTS)
+                    job._parked_in = self
+            except OSError:
+                del kept[fd]
+                return _IN_PLACE
+            return _TO_LOOP_WAKE if new_set or len(kept) > self._max_kept else _TO_LOOP
 
     def ready(self, fd: int) -> bool:
-        """*fd* became readable: dispatch its parked connection.  False if
-        *fd* is not parked here."""
-        kept = self._kept.pop(fd, None)
-        if kept is not None:
-            self._poller.unregister(fd)
-            # A kept connection's job is not None here: keep() requires it.
-            cast("Callable[[RequestJob[RequestT, AddressT]], object]", self._redispatch)(kept[0])
+        """*fd* became readable: dispatch its parked connection (for the
+        kept connections' set: every one that is ready).  False if *fd* is
+        not parked here."""
+        if fd == self._epoll_fd:
+            # Only the loop removes kept entries, and a ready one is parked:
+            # no lock needed for the pops (each is atomic).
+            pop = self._kept.pop
+            redispatch = self._redispatch
+            epoll = self._epoll
+            if redispatch is None or epoll is None:  # no kept connections here (then _epoll_fd is -1)
+                return False
+            for ready_fd, _ in epoll.poll(0, _MAX_READY):
+                job = pop(ready_fd, None)
+                if job is not None:
+                    redispatch(job)
             return True
         entry = self._entries.pop(fd, None)
         if entry is None:
@@ -904,41 +978,81 @@ class Parking(Generic[RequestT, AddressT]):
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a parked connection (None: none parked
-        with a deadline)."""
-        heap, entries, kept = self._heap, self._entries, self._kept
+        with a deadline; more kept than the cap: now)."""
+        heap, entries = self._heap, self._entries
+        deadline = None
         while heap:
-            deadline, fd = heap[0]
+            first, fd = heap[0]
             entry = entries.get(fd)
-            if entry is not None and entry[2] == deadline:
-                return deadline
-            keeping = kept.get(fd)
-            if keeping is not None and keeping[1] == deadline:
-                return deadline
+            if entry is not None and entry[2] == first:
+                deadline = first
+                break
             heapq.heappop(heap)  # stale: that connection was dispatched
-        return None
+        kept = self._kept
+        if kept:
+            with self._lock:
+                if len(kept) > self._max_kept:
+                    return time.monotonic()
+                oldest = next(iter(kept.values()), None)
+            if oldest is not None and oldest._parked_until != math.inf:
+                if deadline is None or oldest._parked_until < deadline:
+                    deadline = oldest._parked_until
+        return deadline
 
     def expire(self, now: float) -> None:
-        """Shut down every connection whose deadline is past *now*, and report it."""
+        """Shut down every connection whose deadline is past *now*, and the
+        least recently used kept ones beyond the cap; report each."""
         host = self._host
-        while (deadline := self.next_deadline()) is not None and deadline <= now:
-            _, fd = heapq.heappop(self._heap)
+        policy = host.timeout_policy
+        observers = self._observers
+        heap, entries = self._heap, self._entries
+        while heap and heap[0][0] <= now:
+            deadline, fd = heapq.heappop(heap)
+            entry = entries.get(fd)
+            if entry is None or entry[2] != deadline:
+                continue  # stale: that connection was dispatched
+            del entries[fd]
             self._poller.unregister(fd)
-            keeping = self._kept.pop(fd, None)
-            if keeping is not None:
-                job = keeping[0]
-                # Observer hook point: a kept connection idle too long (reported first, as above).
-                host.timeout_policy.budget_exceeded(job.client_address, "idle")
-                job.release()
-                continue
-            request, client_address, _ = self._entries.pop(fd)
+            request, client_address, _ = entry
             host.shutdown_request(request)
-            host.timeout_policy.budget_exceeded(client_address, "first_byte")
-            if self._observers is not None:
-                first_byte = host.timeout_policy.budget
-                waited = 0.0 if first_byte is None else first_byte.first_byte or 0.0
-                self._observers.request_finished(
+            policy.budget_exceeded(client_address, "first_byte")
+            if observers is not None:
+                budget = policy.budget
+                waited = 0.0 if budget is None else budget.first_byte or 0.0
+                observers.request_finished(
                     RequestFinished(client_address, waited + max(0.0, now - deadline), "budget", None, "first_byte")
                 )
+        if not self._kept:
+            return
+        closing: list[tuple[int, RequestJob[RequestT, AddressT], Budget]] = []
+        with self._lock:
+            kept = self._kept
+            over = len(kept) - self._max_kept
+            for fd, job in kept.items():
+                if over > 0:
+                    over -= 1
+                    closing.append((fd, job, "parked"))
+                elif job._parked_until <= now:
+                    closing.append((fd, job, "idle"))
+                else:
+                    break
+            epoll = cast(select.epoll, self._epoll)
+            for fd, _, _ in closing:
+                del kept[fd]
+                epoll.unregister(fd)
+        for _, job, which in closing:
+            # Reported before the close, so whoever sees the EOF sees the count too.
+            policy.budget_exceeded(job.client_address, which)
+            self._closed_kept(job, "budget", which)
+
+    def _closed_kept(self, job: RequestJob[RequestT, AddressT], outcome: Outcome, budget: Budget | None) -> None:
+        """Release a kept *job* closed while parked; its one ``request_finished``."""
+        try:
+            job.release()
+        finally:
+            if self._observers is not None:
+                duration = time.perf_counter() - job._began
+                self._observers.request_finished(RequestFinished(job.client_address, duration, outcome, None, budget))
 
     def settle(self) -> None:
         """Wait until nothing is parked, dispatching or expiring each
@@ -952,15 +1066,21 @@ class Parking(Generic[RequestT, AddressT]):
     def clear(self) -> None:
         """Shut down every parked connection (the loop is leaving): new ones
         never sent a byte and kept ones are between messages, so closing
-        them loses nothing."""
+        them loses nothing.  Kept connections given back later are refused
+        (:meth:`keep` returns ``_CLOSED``)."""
         entries, self._entries = self._entries, {}
-        kept, self._kept = self._kept, {}
+        with self._lock:
+            self._closed = True
+            kept, self._kept = self._kept, {}
+            epoll, self._epoll = self._epoll, None
         self._heap.clear()
         for fd, (request, client_address, _) in entries.items():
             self._poller.unregister(fd)
             self._host.shutdown_request(request)
             if self._observers is not None:
                 self._observers.request_finished(RequestFinished(client_address, 0.0, "drain"))
-        for fd, (job, _) in kept.items():
-            self._poller.unregister(fd)
-            job.release()
+        if epoll is not None:
+            self._poller.unregister(self._epoll_fd)
+            epoll.close()
+        for job in kept.values():
+            self._closed_kept(job, "drain", None)

@@ -450,7 +450,10 @@ def _check_min_workers(instance: ThreadPoolDispatcher, attribute: attrs.Attribut
 
 
 @final
-@attrs.define(eq=False, repr=False)
+# No validating __setattr__: the counters below change several times per job,
+# and attrs' on_setattr hooks cost four Python calls per assignment (the
+# arguments are still validated at construction).
+@attrs.define(eq=False, repr=False, on_setattr=attrs.setters.NO_OP)
 class ThreadPoolDispatcher:
     """Runs jobs on a bounded pool of reused worker threads.
 

@@ -588,8 +588,9 @@ leaving; its client went away (``ConnectionError``); ``start_request``
 (TLS handshake, PROXY header) failed; or, with a transport whose
 ``late_admission`` verifies after ``start_request``, the verifier refused it."""
 
-Budget: TypeAlias = Literal["first_byte", "idle", "lifetime"]
-"""The connection budget that cut a request."""
+Budget: TypeAlias = Literal["first_byte", "idle", "lifetime", "parked"]
+"""The connection budget that cut a request (``parked``: a kept connection
+closed as the least recently used beyond the server's ``max_parked``)."""
 
 
 @final
@@ -627,13 +628,9 @@ class RequestStarted:
 
     Attributes:
         client_address: as accepted.
-        starting: ``start_request`` (TLS handshake, PROXY header) follows,
-            and with it a ``transport_started``; False for the next message
-            of a connection kept between messages (parked), already started.
     """
 
     client_address: object
-    starting: bool = True
 
 
 @final

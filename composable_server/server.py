@@ -277,7 +277,7 @@ class Server(Generic[RequestT, AddressT]):
             parking = self._parking = Parking(
                 self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers
             )
-            requests.open_returns()
+            requests.open_returns(parking)
             batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
@@ -292,7 +292,8 @@ class Server(Generic[RequestT, AddressT]):
                         continue
                     self._resume()
                 wait_ms = timeout_ms
-                if parking and (deadline := parking.next_deadline()) is not None:
+                deadline = parking.next_deadline()
+                if deadline is not None:
                     wait_ms = min(wait_ms, max(0.0, (deadline - time.monotonic()) * 1000.0))
                 for fd, events in poller.poll(wait_ms):
                     if fd == listen_fd:
@@ -304,10 +305,8 @@ class Server(Generic[RequestT, AddressT]):
                         waker.drain()
                     else:
                         parking.ready(fd)
-                for job in requests.take_returns():
-                    parking.keep(job)
-                if parking:
-                    parking.expire(time.monotonic())
+                if deadline is not None and (now := time.monotonic()) >= deadline:
+                    parking.expire(now)
                 self.service_actions()
         finally:
             self._leave_loop()
@@ -324,8 +323,7 @@ class Server(Generic[RequestT, AddressT]):
 
     def _leave_loop(self) -> None:
         """serve_forever's exit: release parked connections, reset the state."""
-        for job in self._requests.close_returns():
-            job.release()
+        self._requests.close_returns()
         if self._parking is not None:
             self._parking.clear()
             self._parking = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import socketserver
@@ -37,8 +38,8 @@ from composable_server import (
 )
 from composable_server.dispatchers import ForkingDispatcher, SyncDispatcher
 from composable_server.factories import make_tcp_server, make_udp_server, make_unix_stream_server
-from composable_server.handlers import DatagramRequestHandler, StreamRequestHandler
-from composable_server.interfaces import Dispatcher, InetAddress, Transport
+from composable_server.handlers import DatagramRequestHandler, ParkingRequestHandler, StreamRequestHandler
+from composable_server.interfaces import Dispatcher, InetAddress, Transport, Verdict
 from composable_server.prefork import Prefork
 
 __all__ = ("KINDS", "announce", "main", "parse_inet")
@@ -66,6 +67,17 @@ class _StreamEcho(StreamRequestHandler[object]):
     def handle(self) -> None:
         for line in self.rfile:
             self.wfile.write(line)
+
+
+class _ParkingEcho(ParkingRequestHandler[object]):
+    """One line per dispatch; between lines the connection is parked."""
+
+    def handle_message(self) -> Verdict:
+        line = self.rfile.readline()
+        if not line:
+            return Verdict.CLOSE
+        self.wfile.write(line)
+        return Verdict.KEEP
 
 
 class _DatagramEcho(DatagramRequestHandler[object]):
@@ -182,6 +194,26 @@ def _observed(kind: str, family: str, address: str) -> None:
     _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
 
 
+# Keep-alive parking (issue 17): 8 workers, connections parked between lines.
+PARK_WORKERS: Final = 8
+MAX_PARKED: Final = 20_000  # above the idle10k scenario's 10,000
+
+
+def _native_park(make_dispatcher: Callable[[], Dispatcher], family: str, address: str) -> None:
+    transport: Transport[socket.socket, object]
+    if family == "unix":
+        transport = UnixStreamTransport(address)
+    elif family == "tcp":
+        transport = TCPTransport(parse_inet(address))
+    else:
+        raise SystemExit("parking serves stream families only")
+    server: Server[socket.socket, object] = Server(
+        transport=transport, acceptor=StreamAcceptor(), handler=_ParkingEcho, dispatcher=make_dispatcher(),
+        max_parked=MAX_PARKED,
+    )
+    _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
+
+
 def _prefork(family: str, address: str) -> None:
     transport: Transport[socket.socket, object]
     if family == "unix":
@@ -261,6 +293,9 @@ KINDS: Final[dict[str, _Runner]] = {
     "pool-observers-noop": lambda f, a: _observed("noop", f, a),
     "pool-observers-metrics": lambda f, a: _observed("metrics", f, a),
     "pool-observers-access-log": lambda f, a: _observed("access-log", f, a),
+    # keep-alive parking: a pool of 8 (the issue's shape) and the loop alone (SyncDispatcher)
+    "native-park-pool": lambda f, a: _native_park(lambda: ThreadPoolDispatcher(PARK_WORKERS, queue_size=256), f, a),
+    "native-park-sync": lambda f, a: _native_park(SyncDispatcher, f, a),
     # event loops
     "asyncio": _asyncio,
     "uvloop": lambda f, a: _asyncio(f, a, uvloop=True),
@@ -274,6 +309,10 @@ def main(argv: list[str]) -> None:
 
     if family not in ("tcp", "udp", "unix") + HTTP_FAMILIES:
         raise SystemExit(f"family must be tcp, udp, unix or one of {', '.join(HTTP_FAMILIES)}, got {family!r}")
+    # Many connections (idle10k): as many descriptors as the hard limit allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cpu = os.environ.get("BENCH_SERVER_CPU")
     if cpu is not None:
         os.sched_setaffinity(0, {int(cpu)})

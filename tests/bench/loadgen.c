@@ -5,7 +5,7 @@
  * a 32-byte line, wait for the 32-byte echo, record the latency, send the
  * next.  Prints one JSON object on stdout.
  *
- *   loadgen MODE TARGET CLIENTS DURATION WARMUP [TIMEOUT]
+ *   loadgen MODE TARGET CLIENTS DURATION WARMUP [TIMEOUT [IDLE]]
  *
  *   MODE      tcp       persistent TCP connections (TARGET host:port)
  *             tcp-cpr   a new TCP connection per request: connect, send,
@@ -18,6 +18,13 @@
  *             unix-cpr  a new Unix stream connection per request
  *   DURATION  seconds measured, after WARMUP seconds not measured
  *   TIMEOUT   seconds (default 1.0) before a UDP request counts as lost
+ *   IDLE      (tcp, unix) connections opened before the active ones, each
+ *             sending one request and reading its echo, then silent until
+ *             the end (keep-alive clients between messages); at most 20000,
+ *             opened within 120 s (fewer if that runs out: "idle_opened").
+ *             "idle_alive" counts those still open at the end.  The
+ *             descriptor limit is raised to the hard limit ("nofile").
+ *             "measuring" is written to stderr when the measured part begins.
  *
  * Only loopback and Unix sockets; the run is bounded by WARMUP+DURATION
  * seconds plus at most one second of wind-down.
@@ -35,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -270,6 +278,34 @@ static int parse_target(const char *target) {
     return 0;
 }
 
+/* One blocking request/echo on a new connection; the connection stays open. */
+static int open_idle(double deadline) {
+    int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (addr.ss_family == AF_INET) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    while (connect(fd, (struct sockaddr *)&addr, addrlen) < 0) {
+        if (errno != EAGAIN || now() > deadline) { close(fd); return -1; }
+        usleep(1000); /* a full Unix backlog */
+    }
+    char line[MSG + 1], in[MSG];
+    snprintf(line, sizeof line, "idle%04x %010u xxxxxxxxxxxx", (unsigned)(fd & 0xffff), 0u);
+    line[MSG - 1] = '\n';
+    if (send(fd, line, MSG, MSG_NOSIGNAL) != MSG) { close(fd); return -1; }
+    int got = 0;
+    while (got < MSG) {
+        ssize_t n = recv(fd, in + got, MSG - got, 0);
+        if (n <= 0) { close(fd); return -1; }
+        got += (int)n;
+    }
+    return fd;
+}
+
 int main(int argc, char **argv) {
     if (argc < 6) {
         fprintf(stderr, "usage: %s tcp|tcp-cpr|udp|unix|unix-cpr TARGET CLIENTS DURATION WARMUP [TIMEOUT]\n", argv[0]);
@@ -286,6 +322,23 @@ int main(int argc, char **argv) {
     int n = atoi(argv[3]);
     double duration = atof(argv[4]), warmup = atof(argv[5]);
     double timeout = argc > 6 ? atof(argv[6]) : 1.0;
+    int idle = argc > 7 ? atoi(argv[7]) : 0;
+    if (idle < 0 || idle > 20000 || (idle && (mode == UDP || is_cpr()))) {
+        fprintf(stderr, "idle must be 0..20000, with tcp or unix only\n");
+        return 2;
+    }
+    struct rlimit nofile;
+    getrlimit(RLIMIT_NOFILE, &nofile);
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+    int *idle_fds = calloc((size_t)(idle ? idle : 1), sizeof *idle_fds);
+    int idle_opened = 0;
+    double idle_deadline = now() + 120;
+    while (idle_opened < idle && now() < idle_deadline) {
+        int fd = open_idle(idle_deadline);
+        if (fd < 0) { errors++; if (errors > 1000) break; continue; }
+        idle_fds[idle_opened++] = fd;
+    }
     if (n < 1 || n > 10000 || duration <= 0 || duration > 600 || warmup < 0 || warmup > 60) {
         fprintf(stderr, "clients must be 1..10000, duration 0..600, warmup 0..60\n");
         return 2;
@@ -302,6 +355,8 @@ int main(int argc, char **argv) {
         if (!measuring && t >= t_measure) {
             measuring = 1;
             t_measure = t;
+            fprintf(stderr, "measuring\n");
+            fflush(stderr);
         }
         if (t >= t_end) break;
         int wait_ms = (int)((t_end - t) * 1000) + 1;
@@ -330,11 +385,20 @@ int main(int argc, char **argv) {
     double elapsed = now() - t_measure;
     int served = 0;
     for (int i = 0; i < n; i++) served += clients[i].served;
+    int idle_alive = 0;
+    for (int i = 0; i < idle_opened; i++) {
+        char c;
+        ssize_t r = recv(idle_fds[i], &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) idle_alive++;
+        close(idle_fds[i]);
+    }
+    free(idle_fds);
     printf("{\"mode\": \"%s\", \"clients\": %d, \"seconds\": %.3f, \"requests\": %llu, \"rps\": %.1f, "
            "\"p50_us\": %.0f, \"p99_us\": %.0f, \"max_us\": %.0f, \"errors\": %llu, \"lost\": %llu, "
-           "\"clients_served\": %d}\n",
+           "\"clients_served\": %d, \"idle_opened\": %d, \"idle_alive\": %d, \"nofile\": %llu}\n",
            m, n, elapsed, (unsigned long long)measured, measured / elapsed, percentile(0.50), percentile(0.99),
-           percentile(1.0), (unsigned long long)errors, (unsigned long long)lost, served);
+           percentile(1.0), (unsigned long long)errors, (unsigned long long)lost, served, idle_opened, idle_alive,
+           (unsigned long long)nofile.rlim_cur);
     for (int i = 0; i < n; i++)
         if (clients[i].fd >= 0) close(clients[i].fd);
     free(clients);

@@ -64,6 +64,7 @@ class Scenario:
     kinds: tuple[str, ...]
     rounds_factor: int = 1  # this scenario runs --rounds x rounds_factor rounds
     silent: int = 0  # TCP connections that connect and say nothing, held open through the run
+    idle: int = 0  # connections held open and silent besides the active clients (loadgen IDLE)
 
 
 _PERSISTENT: Final = ("stdlib-threading", "compat-threading", "native-threading", "native-pool", "prefork")
@@ -75,13 +76,21 @@ TLS_SILENT: Final = 64
 TLS_SILENT_KINDS: Final = ("native-pool", "prefork", "asyncio", "uvloop")
 OBSERVER_KINDS: Final = ("pool-observers-none", "pool-observers-noop", "pool-observers-metrics",
                          "pool-observers-access-log")
+# Keep-alive parking (issue 17): 8 pool workers, and the serving loop alone.
+_PARKING: Final = ("native-park-pool", "native-park-sync")
 
 SCENARIOS: Final = (
     Scenario("tcp16", "TCP persistent, 16 connections", "tcp", "tcp", 16, _PERSISTENT + _EVENT_LOOPS),
     # Rounds at 128 connections varied by 86-136% (issue 18): twice the rounds.
     Scenario(
-        "tcp128", "TCP persistent, 128 connections", "tcp", "tcp", 128, _PERSISTENT + _FORKING + _EVENT_LOOPS,
-        rounds_factor=2,
+        "tcp128", "TCP persistent, 128 connections", "tcp", "tcp", 128,
+        _PERSISTENT + _FORKING + _PARKING + _EVENT_LOOPS, rounds_factor=2,
+    ),
+    # Issue 17: 10,000 connections, 16 active in a closed loop, the rest idle
+    # after one request (keep-alive clients between messages).
+    Scenario(
+        "idle10k", "TCP persistent, 16 active + 10,000 idle connections", "tcp", "tcp", 16,
+        ("native-park-pool", "stdlib-threading") + _EVENT_LOOPS, idle=10_000,
     ),
     Scenario(
         "cpr16",
@@ -154,6 +163,8 @@ TWINS: Final = {
     "compat-forking": "stdlib-forking",
     "native-forking": "stdlib-forking",
     "prefork": "stdlib-forking",
+    "native-park-pool": "stdlib-threading",
+    "native-park-sync": "stdlib-threading",
 }
 
 
@@ -380,13 +391,26 @@ def run_one(
             )
         else:
             cmd = [str(loadgen), scenario.mode, target, str(scenario.clients), str(duration), str(warmup)]
+            if scenario.idle:
+                cmd += ["1.0", str(scenario.idle)]
             gen = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin, start_new_session=True
             )
-            time.sleep(warmup)
+            setup = 0.0
+            if scenario.idle:
+                # The idle connections first (up to 120 s); loadgen says "measuring" when the measured part begins.
+                assert gen.stderr is not None
+                ready, _, _ = select.select([gen.stderr], [], [], 150.0 + warmup)
+                if not ready or gen.stderr.readline().strip() != "measuring":
+                    gen.kill()
+                    gen.communicate()
+                    raise RuntimeError("loadgen did not open its idle connections in time")
+                setup = 150.0
+            else:
+                time.sleep(warmup)
             start.append(_counters(proc.pid))
             try:
-                stdout, stderr = gen.communicate(timeout=duration + 30)
+                stdout, stderr = gen.communicate(timeout=duration + 30 + setup)
             except subprocess.TimeoutExpired:
                 gen.kill()
                 gen.communicate()
@@ -482,6 +506,8 @@ class _Summary:
     faults: float = 0.0
     rounds: list[float] = field(default_factory=list)
     silent_open: float = 0.0  # silent connections the server had not closed at the end
+    idle_alive: float = 0.0  # idle connections still open at the end (idle scenarios)
+    nofile: float = 0.0  # the load generator's descriptor limit
 
 
 def _summarise(runs: list[dict[str, object]]) -> _Summary:
@@ -499,6 +525,8 @@ def _summarise(runs: list[dict[str, object]]) -> _Summary:
         faults=statistics.median(float(r.get("faults_per_req", 0.0)) for r in runs),  # type: ignore[arg-type]  # JSON numbers
         rounds=[float(r["rps"]) for r in runs],  # type: ignore[arg-type]  # JSON numbers
         silent_open=statistics.median(float(r.get("silent_open", 0)) for r in runs),  # type: ignore[arg-type]  # JSON numbers
+        idle_alive=statistics.median(float(r.get("idle_alive", 0)) for r in runs),  # type: ignore[arg-type]  # JSON numbers
+        nofile=max(float(r.get("nofile", 0)) for r in runs),  # type: ignore[arg-type]  # JSON numbers
     )
 
 
@@ -593,6 +621,31 @@ def _targets(
              f"{r:.2f}x ({k} {s.cpu_us:.1f} vs {ref.cpu_us:.1f} µs; {_fmt_rps(s.rps)} vs {_fmt_rps(ref.rps)} req/s, "
              f"p99 {_fmt_us(s.p99_us)} vs {_fmt_us(ref.p99_us)})")
         )
+    # Issue 17: 10,000 connections on a pool of 8 with parking: p99 of the active clients < 5 ms.
+    p = get("idle10k", "native-park-pool")
+    target = "idle10k: parking (pool of 8) p99 < 5 ms with 10,000 idle connections"
+    if p is None:
+        lines.append((target, None, "not run" if "idle10k" not in table else "not measured"))
+    else:
+        others = ", ".join(
+            f"{k} {_fmt_us(s.p99_us)} / {s.rss_kib / 1024:.0f} MiB / {s.cpu_us:.1f} µs/req / {s.idle_alive:.0f} idle held"
+            for k, s in table["idle10k"].items() if k != "native-park-pool"
+        )
+        lines.append(
+            (target, p.p99_us < 5000 and p.idle_alive >= 10_000,
+             f"p99 {_fmt_us(p.p99_us)}, {_fmt_rps(p.rps)} req/s, peak RSS {p.rss_kib / 1024:.0f} MiB, "
+             f"{p.cpu_us:.1f} µs/req, {p.idle_alive:.0f} idle held; {others}")
+        )
+    # Issue 17: parking at 128 connections, well above thread per connection.
+    b, ref = best("tcp128", _PARKING), get("tcp128", "stdlib-threading")
+    target = "tcp128: best parking kind above stdlib thread per connection (server CPU per request)"
+    if b and ref and b[1].cpu_us > 0:
+        r = ref.cpu_us / b[1].cpu_us
+        lines.append((target, r > 1.0, f"{r:.2f}x ({b[0]} {b[1].cpu_us:.1f} vs {ref.cpu_us:.1f} µs; "
+                                       f"{_fmt_rps(b[1].rps)} vs {_fmt_rps(ref.rps)} req/s, p99 "
+                                       f"{_fmt_us(b[1].p99_us)} vs {_fmt_us(ref.p99_us)})"))
+    else:
+        lines.append((target, None, "not run" if "tcp128" not in table else "not measured"))
     # Issue 18: HTTP, the best native mode >= 2x stdlib with keep-alive.
     native_http = [k for k in HTTP_KINDS if k.startswith("native-") or k == "prefork"]
     for name in ("http-min", "http-file"):
@@ -743,6 +796,11 @@ def _markdown(
                 f"{s.rss_kib / 1024:.1f} MiB | {s.cpu_us:.1f} µs | {s.faults:.1f} | {ratio} | {s.served:.0f}/{scenario.clients} | "
                 f"{', '.join(_fmt_rps(r) for r in s.rounds)} |"
             )
+        if scenario.idle:
+            nofile = max(s.nofile for s in rows.values())
+            out += ["", f"Idle connections still open at the end (of {scenario.idle:,}): "
+                    + ", ".join(f"{k} {s.idle_alive:.0f}" for k, s in rows.items())
+                    + f". Descriptor limit raised to the hard limit: {nofile:.0f} (load generator and server)."]
         out.append("")
     if shutdown:
         out += ["## shutdown() latency (idle serve_forever(poll_interval=0.5), median)", ""]

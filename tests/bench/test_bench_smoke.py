@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests._process import run_process
-from tests.bench import callgrind_tls, callgrind_udp, forkcost, importcost
+from tests.bench import callgrind_parking, callgrind_tls, callgrind_udp, forkcost, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, run_one
 
@@ -196,3 +197,23 @@ def test_forkcost_reads_callgrind_totals() -> None:
     assert forkcost.parse_callgrind_total("events: Ir\ntotals: 42\n") == 42
     with pytest.raises(ValueError):
         forkcost.parse_callgrind_total("events: Ir\n")
+
+
+@pytest.mark.parametrize("kind", callgrind_parking.KINDS)
+def test_callgrind_parking_workload(kind: str) -> None:
+    """The parking callgrind workload serves its round trips on one connection (without valgrind here)."""
+    callgrind_parking.serve(kind, 20)
+
+
+@needs_cc
+@pytest.mark.parametrize("kind", ["native-park-pool", "native-park-sync"])
+def test_a_short_idle_run_holds_its_idle_connections(kind: str, tmp_path: Path) -> None:
+    """The idle10k shape, 50 idle connections: a parking server answers the active clients and holds every idle one."""
+    idle10k = next(s for s in SCENARIOS if s.name == "idle10k")
+    result = run_one(
+        build_loadgen(), kind, dataclasses.replace(idle10k, idle=50), duration=0.3, warmup=0.1,
+        cpus=_Cpus(None, None), tmpdir=str(tmp_path),
+    )
+    assert float(result["requests"]) > 0  # type: ignore[arg-type]  # a JSON number
+    assert result["errors"] == 0
+    assert result["idle_opened"] == result["idle_alive"] == 50

@@ -35,7 +35,8 @@ from composable_server import (
     TLSTransport,
 )
 from composable_server.handlers import ParkingRequestHandler, SocketFile, buffered_input
-from composable_server.interfaces import Dispatcher, Verdict
+from composable_server.interfaces import Dispatcher, RequestFinished, Verdict
+from composable_server.testing import RecordingObserver
 
 from ._support import CLIENT_TIMEOUT, OutputProcess, RecordingErrorPolicy, running
 
@@ -85,7 +86,20 @@ def make_server(
     timeouts: ConnectionTimeouts | None = None,
     transport: Any = None,
     verifier: Any = None,
+    observers: list[RecordingObserver] | None = None,
 ) -> Server[socket.socket, Any]:
+    if observers:
+        return Server(
+            transport=TCPTransport((LOCAL, 0)) if transport is None else transport,
+            acceptor=StreamAcceptor(),
+            handler=Lines,
+            dispatcher=ThreadPoolDispatcher(4) if dispatcher is None else dispatcher,
+            error_policy=errors,
+            timeout_policy=ConnectionTimeouts(Budget(idle=idle)) if timeouts is None else timeouts,
+            verifier=verifier,
+            max_parked=max_parked,
+            observers=observers,
+        )
     return Server(
         transport=TCPTransport((LOCAL, 0)) if transport is None else transport,
         acceptor=StreamAcceptor(),
@@ -495,3 +509,93 @@ def test_cli_refuses_park_without_lines_and_lines_over_datagrams(args: list[str]
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+# -- what observers see: one request_started and one request_finished per connection --
+
+
+def _ends(observer: RecordingObserver) -> list[tuple[str, str | None]]:
+    return [(event.outcome, event.budget) for event in observer.of(RequestFinished)]
+
+
+@pytest.mark.parametrize("dispatcher", [SyncDispatcher, lambda: ThreadPoolDispatcher(2)], ids=["sync", "pool"])
+def test_an_observer_sees_one_request_per_connection_however_often_it_was_parked(
+    dispatcher: Callable[[], Dispatcher],
+) -> None:
+    """Three messages with the connection parked between them: one request_started, one request_finished (ok)."""
+    observer = RecordingObserver()
+    with running(make_server(dispatcher(), observers=[observer])) as server:
+        with connect(server) as client:
+            for line in (b"a\n", b"b\n", b"c\n"):
+                assert ask(client, line) == line.upper()
+                assert wait_until(lambda: server.parked_connections == 1)
+        assert observer.wait_for("request_finished", 1, CLIENT_TIMEOUT)
+    assert observer.names().count("request_started") == 1
+    assert _ends(observer) == [("ok", None)]
+    assert len(Lines.instances) == 4  # three messages and the EOF: parked and dispatched again each time
+
+
+def test_a_parked_connection_closed_for_idle_ends_in_one_budget_event() -> None:
+    """The idle budget closing a parked connection is one request_finished: budget, idle."""
+    observer = RecordingObserver()
+    timeouts = ConnectionTimeouts(Budget(idle=0.3))
+    with running(make_server(timeouts=timeouts, observers=[observer])) as server, connect(server) as client:
+        assert ask(client, b"x\n") == b"X\n"
+        assert client.recv(1) == b""
+        assert observer.wait_for("request_finished", 1, CLIENT_TIMEOUT)
+        assert _ends(observer) == [("budget", "idle")]
+        assert observer.of(RequestFinished)[0].duration >= 0.3
+    assert _ends(observer) == [("budget", "idle")]  # and nothing more once the loop left
+    assert observer.names().count("request_started") == 1
+
+
+def test_an_evicted_parked_connection_ends_in_one_budget_event() -> None:
+    """The least recently used parked connection closed beyond max_parked is one request_finished: budget, parked."""
+    observer = RecordingObserver()
+    with running(make_server(max_parked=1, observers=[observer])) as server:
+        with connect(server) as first, connect(server) as second:
+            assert ask(first, b"x\n") == b"X\n"
+            assert wait_until(lambda: server.parked_connections == 1)
+            assert ask(second, b"y\n") == b"Y\n"
+            assert first.recv(1) == b""
+            assert observer.wait_for("request_finished", 1, CLIENT_TIMEOUT)
+            assert _ends(observer) == [("budget", "parked")]
+            assert ask(second, b"z\n") == b"Z\n"
+        assert observer.wait_for("request_finished", 2, CLIENT_TIMEOUT)
+    assert _ends(observer) == [("budget", "parked"), ("ok", None)]
+    assert observer.names().count("connection_accepted") == observer.names().count("request_finished") == 2
+
+
+def test_drain_ends_a_parked_connection_in_one_drain_event() -> None:
+    """drain() closing a parked connection is one request_finished: drain; a busy one that finishes is ok."""
+    observer = RecordingObserver()
+    server = make_server(observers=[observer])
+    with running(server), connect(server) as parked, connect(server) as busy:
+        assert ask(parked, b"x\n") == b"X\n"
+        assert wait_until(lambda: server.parked_connections == 1)
+        busy.sendall(b"wait\n")
+        assert Lines.entered.wait(CLIENT_TIMEOUT)
+        reports = []
+        drainer = threading.Thread(target=lambda: reports.append(server.drain(CLIENT_TIMEOUT)))
+        drainer.start()
+        try:
+            assert parked.recv(1) == b""
+            assert observer.wait_for("request_finished", 1, CLIENT_TIMEOUT)
+            assert _ends(observer) == [("drain", None)]
+        finally:
+            Lines.release.set()
+            drainer.join(CLIENT_TIMEOUT)
+        assert busy.makefile("rb").readline() == b"WAIT\n"
+        assert observer.wait_for("request_finished", 2, CLIENT_TIMEOUT)
+    assert sorted(_ends(observer), key=str) == [("drain", None), ("ok", None)]
+
+
+def test_a_silent_connection_cut_at_its_first_byte_deadline_ends_in_one_budget_event() -> None:
+    """The first-byte budget closing a silent connection is one request_finished (budget, first_byte), no start."""
+    observer = RecordingObserver()
+    timeouts = ConnectionTimeouts(Budget(first_byte=0.2, idle=60.0))
+    with running(make_server(timeouts=timeouts, observers=[observer])) as server, connect(server) as client:
+        assert client.recv(1) == b""
+        assert observer.wait_for("request_finished", 1, CLIENT_TIMEOUT)
+    assert _ends(observer) == [("budget", "first_byte")]
+    assert "request_started" not in observer.names()

@@ -98,19 +98,6 @@ class TestMetricsObserver:
         assert got[key("x_tls_handshake_duration_seconds_count", **labels, error_type="TLSHandshakeError")] == 1
         assert got[key("x_active_connections", **labels)] == 1
 
-    @pytest.mark.timeout(5)
-    def test_kept_connection_has_no_second_handshake(self) -> None:
-        """The next message of a kept connection (starting=False) starts no handshake, so the gauge does not leak."""
-        registry = CollectorRegistry()
-        observer = MetricsObserver(transport="tls", address="a", tls=True, registry=registry, prefix="x")
-        observer.connection_accepted(ConnectionAccepted("c"))
-        observer.request_started(RequestStarted("c"))
-        observer.transport_started(TransportStarted("c", "TLSTransport", 0.01, None, True))
-        observer.request_finished(RequestFinished("c", 0.02, "ok"))
-        observer.request_started(RequestStarted("c", starting=False))
-        labels = {"address": "a", "transport": "tls"}
-        assert samples(registry)[key("x_active_tls_handshakes", **labels)] == 0
-
 
 class TestAccessLog:
     @pytest.mark.timeout(5)

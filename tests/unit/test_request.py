@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import select
 import socketserver
 import threading
 import time
@@ -17,7 +18,17 @@ import pytest
 
 import composable_server
 from composable_server import Budget, Server, StreamRequestHandler
-from composable_server._request import RequestJob, RequestPath, parks_connections, takes_kernel_timeouts
+from composable_server._request import (
+    _TO_LOOP,
+    _TO_LOOP_WAKE,
+    Parking,
+    RequestJob,
+    RequestPath,
+    parks_connections,
+    takes_kernel_timeouts,
+)
+from composable_server.interfaces import RequestFinished
+from composable_server.observers import ObserverGroup
 from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
@@ -26,6 +37,7 @@ from composable_server.testing import (
     MemoryVerifier,
     RecordingErrorPolicy,
     RecordingHandler,
+    RecordingObserver,
     RecordingTimeoutPolicy,
 )
 
@@ -583,3 +595,104 @@ def _wrapper(request: object, client_address: object, server: object) -> object:
 def test_parks_connections_reads_the_capability_through_partials_and_wrappers(handler: object, expected: bool) -> None:
     """A parking handler is recognised by its stated capability, also through partial and __wrapped__."""
     assert parks_connections(handler) is expected
+
+
+class PipeConnection:
+    """A fake kept connection: its descriptor is a pipe's read end, readable once the test writes."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    def fileno(self) -> int:
+        return self.r
+
+    def speak(self) -> None:
+        os.write(self.w, b"x")
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+class TestKeptConnections:
+    @contextmanager
+    def parking(self, rig: Rig, max_kept: int = 10) -> Iterator[tuple[Parking[str, str], list[object], RecordingObserver]]:
+        observer = RecordingObserver()
+        redispatched: list[object] = []
+        parking: Parking[str, str] = Parking(
+            rig.server, select.poll(), lambda r, a: None, redispatched.append, max_kept, ObserverGroup([observer])
+        )
+        try:
+            yield parking, redispatched, observer
+        finally:
+            parking.clear()
+
+    def kept_job(self, rig: Rig, conn: PipeConnection, client: str) -> RequestJob[str, str]:
+        # A kept job holds a connection; the fake's descriptor stands for its socket.
+        return rig.server._requests.job(conn, client)  # type: ignore[arg-type]  # a fake socket
+
+    @pytest.mark.timeout(10)
+    def test_a_readable_kept_connection_is_dispatched_again_once(self) -> None:
+        """A kept connection that becomes readable is handed to redispatch once, with every ready one per wake-up."""
+        rig = Rig(budget=Budget(idle=WAIT))
+        conns = [PipeConnection() for _ in range(3)]
+        try:
+            with self.parking(rig) as (parking, redispatched, observer):
+                jobs = [self.kept_job(rig, c, f"client-{i}") for i, c in enumerate(conns)]
+                assert [parking.keep(job) for job in jobs] == [_TO_LOOP_WAKE, _TO_LOOP, _TO_LOOP]  # the first makes the poll set
+                conns[0].speak()
+                conns[2].speak()
+                assert parking.ready(parking._epoll_fd)
+                assert redispatched == [jobs[0], jobs[2]]
+                assert parking.ready(parking._epoll_fd)  # one-shot: not reported twice
+                assert redispatched == [jobs[0], jobs[2]] and parking.kept == 1
+                assert observer.events == []
+        finally:
+            rig.server.server_close()
+            for c in conns:
+                c.close()
+
+    @pytest.mark.timeout(10)
+    def test_idle_and_lru_closes_each_end_in_one_budget_event(self) -> None:
+        """Beyond the cap the least recently kept is closed ('parked'), past its idle deadline a kept one ('idle'): one event each."""
+        rig = Rig(budget=Budget(idle=WAIT))
+        conns = [PipeConnection() for _ in range(2)]
+        try:
+            with self.parking(rig, max_kept=1) as (parking, _, observer):
+                first, second = (self.kept_job(rig, c, f"client-{i}") for i, c in enumerate(conns))
+                assert parking.keep(first) == _TO_LOOP_WAKE  # the first makes the poll set
+                assert parking.keep(second) == _TO_LOOP_WAKE  # over the cap
+                assert parking.next_deadline() is not None
+                parking.expire(time.monotonic())
+                assert [(e.client_address, e.outcome, e.budget) for e in observer.of(RequestFinished)] == [
+                    ("client-0", "budget", "parked")
+                ]
+                parking.expire(time.monotonic() + WAIT + 1)
+                assert [(e.client_address, e.outcome, e.budget) for e in observer.of(RequestFinished)] == [
+                    ("client-0", "budget", "parked"),
+                    ("client-1", "budget", "idle"),
+                ]
+                assert rig.policy.exceeded == [("client-0", "parked"), ("client-1", "idle")]
+                assert list[object](rig.transport.shutdown_requests) == conns and parking.kept == 0
+        finally:
+            rig.server.server_close()
+            for c in conns:
+                c.close()
+
+    @pytest.mark.timeout(10)
+    def test_clear_ends_each_kept_connection_in_one_drain_event_and_refuses_later_ones(self) -> None:
+        """Leaving the loop closes kept connections (one 'drain' event each); a job given back afterwards is refused."""
+        rig = Rig(budget=Budget(idle=WAIT))
+        conns = [PipeConnection() for _ in range(2)]
+        try:
+            with self.parking(rig) as (parking, _, observer):
+                first, late = (self.kept_job(rig, c, f"client-{i}") for i, c in enumerate(conns))
+                assert parking.keep(first) == _TO_LOOP_WAKE
+                parking.clear()
+                assert [(e.outcome, e.budget) for e in observer.of(RequestFinished)] == [("drain", None)]
+                assert parking.keep(late) != _TO_LOOP
+                assert list[object](rig.transport.shutdown_requests) == [conns[0]]
+        finally:
+            rig.server.server_close()
+            for c in conns:
+                c.close()
