@@ -5,8 +5,10 @@
 Instruction counts do not depend on other load on the machine.  Each kind
 (stdlib ``UDPServer``, compat ``UDPServer``, the native
 ``make_udp_server`` with the synchronous dispatcher; all with the benchmark's
-``DatagramRequestHandler`` echo) serves a fixed number of echo round trips in
-one process: ``serve_forever()`` in a thread (the benchmark's path: stdlib's
+``DatagramRequestHandler`` echo; and the benchmark's ``DatagramProtocol``
+echo on asyncio and on uvloop, the target) serves a fixed number of echo
+round trips in one process: ``serve_forever()`` (``run_forever()`` for the
+event loops) in a thread (the benchmark's path: stdlib's
 ``handle_request()`` would build a selector per call), the client in the
 main thread sends 32 bytes and reads the echo.  Each kind runs twice under
 ``valgrind --tool=callgrind``, with *small* and *large* round trips; the
@@ -23,7 +25,9 @@ the Python functions called per datagram.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
+import importlib.util
 import os
 import pstats
 import re
@@ -41,7 +45,7 @@ from typing import Final, Protocol
 __all__ = ("KINDS", "main", "parse_annotate", "serve")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
-KINDS: Final = ("stdlib", "compat", "native")
+KINDS: Final = ("stdlib", "compat", "native", "asyncio", "uvloop")
 MESSAGE: Final = b"00000000 0000000000 xxxxxxxxxxxx\n"[:31] + b"\n"
 
 
@@ -54,6 +58,31 @@ class _Serving(Protocol):
     def shutdown(self) -> None: ...
 
     def server_close(self) -> None: ...
+
+
+class _EventLoopEcho:
+    """The benchmark's asyncio ``DatagramProtocol`` echo, shaped as a server:
+    ``serve_forever`` runs the loop, ``shutdown`` stops it from another thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from .bench_asyncio import _AsyncDatagramEcho
+
+        self._loop = loop
+        self._transport, _ = loop.run_until_complete(
+            loop.create_datagram_endpoint(_AsyncDatagramEcho, local_addr=("127.0.0.1", 0))
+        )
+        self.server_address: object = self._transport.get_extra_info("sockname")
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._loop.run_forever()
+
+    def shutdown(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def server_close(self) -> None:
+        self._transport.close()
+        self._loop.run_until_complete(asyncio.sleep(0))  # the transport's close callbacks
+        self._loop.close()
 
 
 def _make(kind: str) -> _Serving:
@@ -76,6 +105,14 @@ def _make(kind: str) -> _Serving:
         from .bench_servers import _DatagramEcho
 
         return make_udp_server(address, _DatagramEcho, dispatcher=SyncDispatcher())
+    if kind == "asyncio":
+        return _EventLoopEcho(asyncio.new_event_loop())
+    if kind == "uvloop":
+        try:
+            import uvloop  # optional: the `bench` extra
+        except ImportError:
+            raise SystemExit("uvloop is not installed (pip install composable-server[bench])") from None
+        return _EventLoopEcho(uvloop.new_event_loop())
     raise SystemExit(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
@@ -164,7 +201,8 @@ def _python_calls(kind: str, round_trips: int) -> list[tuple[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.callgrind_udp", description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS,
+                        help="default: all (uvloop only when installed)")
     parser.add_argument("--small", type=int, default=200, help="round trips of the first run (default 200)")
     parser.add_argument("--large", type=int, default=1200, help="round trips of the second run (default 1200)")
     parser.add_argument("--top", type=int, default=15, help="functions listed per kind (default 15)")
@@ -177,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("need 0 < --small < --large")
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         raise SystemExit("valgrind (with callgrind_annotate) is not installed")
+    if args.kinds == list(KINDS) and importlib.util.find_spec("uvloop") is None:
+        args.kinds.remove("uvloop")
     n = args.large - args.small
     out = [f"# UDP echo: instructions per datagram (callgrind, {args.large} - {args.small} round trips)", ""]
     per_kind: dict[str, float] = {}
@@ -198,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.append("")
     if "stdlib" in per_kind:
         out += [f"- {k}: {v / per_kind['stdlib']:.2f}x stdlib's instructions per datagram" for k, v in per_kind.items()]
+    if "uvloop" in per_kind:
+        # The benchmark's udp16 target, in instructions: uvloop's cost over ours.
+        out += [f"- {k}: {per_kind['uvloop'] / v:.2f}x uvloop (uvloop's instructions per datagram over {k}'s)"
+                for k, v in per_kind.items() if k != "uvloop"]
     print("\n".join(out))
     return 0
 
