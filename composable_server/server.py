@@ -76,7 +76,7 @@ from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
-from ._request import DEFAULT_MAX_PARKED, Parking, RequestJob, RequestPath
+from ._request import DEFAULT_MAX_PARKED, DatagramJob, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -531,7 +531,8 @@ class Server(Generic[RequestT, AddressT]):
                 self.shutdown_request(request)
                 return
             parking = self._parking
-            if parking is None or not parking.park(request, client_address):
+            # Only connections park (a datagram is complete): spare datagrams the call.
+            if parking is None or not self.transport.request_ops.connections or not parking.park(request, client_address):
                 self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
@@ -659,7 +660,12 @@ class Server(Generic[RequestT, AddressT]):
 
     def process_request(self, request: RequestT, client_address: AddressT) -> None:
         """Hand the request to the dispatcher."""
-        job: RequestJob[RequestT, AddressT] = RequestJob(self._requests, request, client_address)
+        transport = self.transport
+        job: DatagramJob[RequestT, AddressT] | RequestJob[RequestT, AddressT]
+        if self._observers is None and not transport.request_ops.connections and not transport.late_admission:
+            job = DatagramJob(self._requests, request, client_address)  # the lean job of a datagram
+        else:
+            job = RequestJob(self._requests, request, client_address)
         self.dispatcher.dispatch(job)
 
     def finish_request(self, request: RequestT, client_address: AddressT) -> object:
