@@ -387,11 +387,20 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
         :data:`~composable_server._socketutil.DATAGRAM_SEND_TIMEOUT` seconds,
         then dropped and logged (see :func:`~composable_server._socketutil.send_datagram`).
         """
-        from .proxy import reply_address  # here: proxy (and ipaddress) load only when used
-
         reply = self.wfile.getvalue()
-        to = reply_address(self.request, self.client_address)
-        if not send_datagram(self.socket, reply, cast("Address", to)):
+        request = self.request
+        # The client address of a datagram request is the sender's socket address.
+        to: Address = self.client_address  # type: ignore[assignment]  # AddressT is one of Address's kinds
+        if type(request) is not tuple:  # a plain datagram is a tuple: nothing to import or ask per datagram
+            from .proxy import reply_address  # here: proxy (and ipaddress) load only when used
+
+            to = reply_address(request, to)
+        try:
+            self.socket.sendto(reply, to)
+            return
+        except BlockingIOError:
+            pass  # a non-blocking socket whose queue is full: retry, then drop
+        if not send_datagram(self.socket, reply, to):
             _logger.warning(
                 "dropped a %d-byte reply to %s: its queue stayed full for %g s",
                 len(reply),

@@ -76,7 +76,7 @@ from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
-from ._request import DEFAULT_MAX_PARKED, Parking, RequestJob, RequestPath
+from ._request import DEFAULT_MAX_PARKED, DatagramJob, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -107,6 +107,15 @@ AddressT = TypeVar("AddressT")
 # Connections accepted per wake-up at most (nginx's multi_accept takes all;
 # a bound keeps shutdown and parked connections responsive under a flood).
 _ACCEPT_BATCH: Final = 32
+
+# A datagram loop whose probe for a second datagram found none (EAGAIN)
+# serves this many wake-ups with one recvfrom each before probing again:
+# at low load a failed non-blocking recvfrom (a BlockingIOError raised
+# through three frames) costs about as much as serving a datagram, and poll
+# reports the next one anyway; once datagrams queue up, the next probe finds
+# one and the loop drains up to _ACCEPT_BATCH per wake-up again (libuv
+# drains up to 32 per wake-up too, in C, where EAGAIN costs nothing).
+_DATAGRAM_PROBE_BACKOFF: Final = 8
 
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
@@ -186,6 +195,10 @@ class Server(Generic[RequestT, AddressT]):
 
     # None: no observers (also for subclasses that build themselves, compat).
     _observers: ObserverGroup | None = None
+    # Wake-ups left before _accept_pending probes for a second request
+    # again, and how many a failed probe sets (0: always probe; streams).
+    _probe_skips = 0
+    _probe_backoff = 0
 
     def __init__(
         self,
@@ -279,6 +292,11 @@ class Server(Generic[RequestT, AddressT]):
             )
             requests.open_returns(parking)
             batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
+            # Only connections are parked or kept: a datagram loop skips the
+            # parking's calls (three per wake-up) altogether.
+            connections = self.transport.request_ops.connections
+            self._probe_backoff = 0 if connections else _DATAGRAM_PROBE_BACKOFF
+            self._probe_skips = 0
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
                 if self._resume_at:
@@ -292,7 +310,7 @@ class Server(Generic[RequestT, AddressT]):
                         continue
                     self._resume()
                 wait_ms = timeout_ms
-                deadline = parking.next_deadline()
+                deadline = parking.next_deadline() if connections else None
                 if deadline is not None:
                     wait_ms = min(wait_ms, max(0.0, (deadline - time.monotonic()) * 1000.0))
                 for fd, events in poller.poll(wait_ms):
@@ -475,6 +493,8 @@ class Server(Generic[RequestT, AddressT]):
         With a non-blocking listener (*batch* > 1) every pending connection
         is taken, up to the batch, so the waker and parked connections still
         get their turn under a flood; a blocking one gets exactly one accept.
+        A datagram loop whose probe for a second datagram failed skips the
+        probe for the next :data:`_DATAGRAM_PROBE_BACKOFF` wake-ups.
         Only the first accept consults the AcceptErrorPolicy: at the
         descriptor limit Linux fails accept() with EMFILE even when nothing is
         pending (the descriptor is allocated first), so a follow-up failure
@@ -483,12 +503,17 @@ class Server(Generic[RequestT, AddressT]):
         """
         if not self._handle_request_noblock():
             return
-        for _ in range(batch - 1):
+        if self._probe_skips:  # a datagram loop at low load: see _DATAGRAM_PROBE_BACKOFF
+            self._probe_skips -= 1
+            return
+        for taken in range(batch - 1):
             if self._shutdown_requested or self._resume_at:
                 return
             try:
                 request, client_address = self.get_request()
             except OSError:
+                if not taken:
+                    self._probe_skips = self._probe_backoff
                 return
             self._serve_accepted(request, client_address)
 
@@ -529,7 +554,8 @@ class Server(Generic[RequestT, AddressT]):
                 self.shutdown_request(request)
                 return
             parking = self._parking
-            if parking is None or not parking.park(request, client_address):
+            # Only connections park (a datagram is complete): spare datagrams the call.
+            if parking is None or not self.transport.request_ops.connections or not parking.park(request, client_address):
                 self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
@@ -657,7 +683,12 @@ class Server(Generic[RequestT, AddressT]):
 
     def process_request(self, request: RequestT, client_address: AddressT) -> None:
         """Hand the request to the dispatcher."""
-        job: RequestJob[RequestT, AddressT] = RequestJob(self._requests, request, client_address)
+        transport = self.transport
+        job: DatagramJob[RequestT, AddressT] | RequestJob[RequestT, AddressT]
+        if self._observers is None and not transport.request_ops.connections and not transport.late_admission:
+            job = DatagramJob(self._requests, request, client_address)  # the lean job of a datagram
+        else:
+            job = RequestJob(self._requests, request, client_address)
         self.dispatcher.dispatch(job)
 
     def finish_request(self, request: RequestT, client_address: AddressT) -> object:

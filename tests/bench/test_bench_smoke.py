@@ -162,6 +162,8 @@ def test_parse_annotate() -> None:
 @pytest.mark.parametrize("kind", callgrind_udp.KINDS)
 def test_callgrind_workload(kind: str) -> None:
     """The callgrind workload serves its round trips in one thread (without valgrind here)."""
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
     callgrind_udp.serve(kind, 20)
 
 

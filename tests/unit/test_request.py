@@ -21,6 +21,7 @@ from composable_server import Budget, Server, StreamRequestHandler
 from composable_server._request import (
     _TO_LOOP,
     _TO_LOOP_WAKE,
+    DatagramJob,
     Parking,
     RequestJob,
     RequestPath,
@@ -280,6 +281,107 @@ class TestRequestJob:
         finally:
             rig.server.server_close()
 
+
+
+class TestDatagramJob:
+    @staticmethod
+    def datagram_rig(action: Callable[[str, str, object], object] | None = None, *, hold: bool = False) -> Rig:
+        return Rig(budget=Budget(idle=5.0, lifetime=60.0), connections=False, action=action, hold=hold)
+
+    @staticmethod
+    def dispatched(rig: Rig) -> list[object]:
+        """The jobs the server's process_request hands its (holding) dispatcher."""
+        rig.server.process_request("req-1", "client-1")
+        jobs: list[object] = list(rig.dispatcher.pending)
+        rig.dispatcher.release()
+        return jobs
+
+    @pytest.mark.timeout(5)
+    def test_the_server_gives_datagrams_the_lean_job(self) -> None:
+        """process_request hands a datagram (ops not connections, no observers) a DatagramJob, a connection a RequestJob."""
+        rig = self.datagram_rig(hold=True)
+        connection = Rig(hold=True)
+        try:
+            [job] = self.dispatched(rig)
+            assert isinstance(job, DatagramJob) and repr(job) == "<DatagramJob 'client-1'>"
+            [job] = self.dispatched(connection)
+            assert isinstance(job, RequestJob)
+        finally:
+            rig.server.server_close()
+            connection.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_late_admission_keeps_the_full_job(self) -> None:
+        """A transport that verifies late (its client is known after start_request) gets a RequestJob even for datagrams."""
+        rig = Rig(connections=False, late_admission=True, hold=True)
+        try:
+            [job] = self.dispatched(rig)
+            assert isinstance(job, RequestJob)
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_run_starts_serves_and_shuts_down_without_budgets(self) -> None:
+        """run() calls start_request, the handler and shutdown_request, counts the finish, and sets no idle limit."""
+        rig = self.datagram_rig()
+        try:
+            finishes = rig.server._requests.finishes
+            assert DatagramJob(rig.server._requests, "req-1", "client-1").run() is True
+            assert rig.transport.started_requests == ["req-1"]
+            assert rig.handler.calls == [("req-1", "client-1")]
+            assert rig.transport.shutdown_requests == ["req-1"]
+            assert rig.ops.idle_limits == []
+            assert rig.server._requests.finishes == (finishes + 1) & 0xFF
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_a_handler_error_is_reported_and_the_request_shut_down(self) -> None:
+        """A handler exception reaches handle_error inside the except block; run() returns False."""
+        boom = ValueError("handler broke")
+
+        def explode(request: str, client_address: str, server: object) -> None:
+            raise boom
+
+        rig = self.datagram_rig(explode)
+        try:
+            assert DatagramJob(rig.server._requests, "req-1", "client-1").run() is False
+            [record] = rig.errors.errors
+            assert record.exc is boom and record.in_except
+            assert rig.transport.shutdown_requests == ["req-1"]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_errors_after_an_abort_are_not_reported(self) -> None:
+        """abort() goes through the ops and marks the job cut: the handler's error is not reported."""
+
+        def fail(request: str, client_address: str, server: object) -> None:
+            raise OSError("cut")
+
+        rig = self.datagram_rig(fail)
+        try:
+            job = DatagramJob(rig.server._requests, "req-1", "client-1")
+            job.abort()
+            assert job.cut and rig.ops.aborted == ["req-1"]
+            assert job.run() is False
+            assert rig.errors.errors == []
+            assert rig.transport.shutdown_requests == ["req-1"]
+        finally:
+            rig.server.server_close()
+
+    @pytest.mark.timeout(5)
+    def test_close_rejects_through_the_ops_then_closes(self) -> None:
+        """close(message) sends the message through the transport's ops, then close_request(); no handler runs."""
+        rig = self.datagram_rig()
+        try:
+            job = DatagramJob(rig.server._requests, "req-1", "client-1")
+            job.close(b"busy\r\n")
+            assert rig.ops.rejected == [("req-1", b"busy\r\n", "client-1")]
+            assert rig.transport.closed_requests == ["req-1"]
+            assert rig.handler.calls == []
+        finally:
+            rig.server.server_close()
 
 
 class TestTheClientStartRequestNames:

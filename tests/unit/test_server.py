@@ -27,9 +27,11 @@ from composable_server import (
     ThreadPoolDispatcher,
 )
 from composable_server._request import RequestJob
+from composable_server.interfaces import Transport
 from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
+    MemoryRequestOps,
     MemoryTransport,
     MemoryVerifier,
     RaisingAcceptor,
@@ -309,6 +311,34 @@ class TestServeForever:
             assert rig.handler.wait_for(5, WAIT)
             assert set(rig.handler.threads) == {thread.ident}
         assert [r for r, _ in rig.handler.calls] == [f"req-{i}" for i in range(5)]
+
+    @pytest.mark.timeout(10)
+    def test_a_datagram_loop_at_low_load_probes_for_a_second_datagram_only_now_and_then(self) -> None:
+        """After a probe for a second datagram found none, the next 8 wake-ups take one each without probing; all are served."""
+        accepts: list[int] = []
+        inner = MemoryAcceptor()
+
+        class CountingAcceptor:
+            def accept(self, transport: Transport[str, str]) -> tuple[str, str]:
+                accepts.append(1)
+                return inner.accept(transport)
+
+        transport: MemoryTransport[str, str] = MemoryTransport(
+            "memory", nonblocking=True, request_ops=MemoryRequestOps(False)
+        )
+        handler: RecordingHandler[str, str] = RecordingHandler()
+        server: MemServer = Server(transport=transport, acceptor=CountingAcceptor(), handler=handler)
+        try:
+            # Wake-up 1 probes (2 accepts), 2-9 do not (1 each), 10 probes again (2).
+            expected = [2, 3, 4, 5, 6, 7, 8, 9, 10, 12]
+            with serving(server):
+                for i, total in enumerate(expected):  # the next only once the loop is done: one per wake-up
+                    transport.connect(f"dgram-{i}", "client")
+                    assert handler.wait_for(i + 1, WAIT)
+                    assert eventually(lambda: len(accepts) >= total), (i, len(accepts))
+                    assert len(accepts) == total, (i, len(accepts))
+        finally:
+            server.server_close()
 
     @pytest.mark.timeout(10)
     def test_shutdown_from_another_thread_is_prompt(self, rig: Rig) -> None:
