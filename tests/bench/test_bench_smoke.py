@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import callgrind_udp, importcost
+from tests._process import run_process
+from tests.bench import callgrind_http, callgrind_udp, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, build_loadgen, run_one
 
@@ -161,6 +162,15 @@ def test_parse_annotate() -> None:
 def test_callgrind_workload(kind: str) -> None:
     """The callgrind workload serves its round trips in one thread (without valgrind here)."""
     callgrind_udp.serve(kind, 20)
+
+
+@pytest.mark.parametrize("mode", callgrind_http.MODES)
+@pytest.mark.parametrize("kind", callgrind_http.KINDS)
+def test_callgrind_http_workload(kind: str, mode: str) -> None:
+    """The HTTP callgrind workload serves its requests (a subprocess each: compat swaps socketserver)."""
+    argv = [sys.executable, "-m", "tests.bench.callgrind_http", "--serve", kind, "http-file", mode, "12"]
+    done = run_process(argv, timeout=25, cwd=Path(callgrind_http.ROOT))
+    assert done.returncode == 0, done.stderr
 
 
 def test_uvloop_missing_skips_its_kind() -> None:
