@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--park",
         action="store_true",
         help="--service lines: between lines, park the connection in the server's poll set "
-        "instead of holding a worker (thousands of idle connections on --threads N)",
+        "instead of holding a worker (thousands of idle connections on --threads N); "
+        "--service http: HTTP/1.1 keep-alive, parked between requests",
     )
     serve.add_argument("--directory", help="directory served by --service http (default: the current one)")
     serve.add_argument(
@@ -496,8 +497,8 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--path applies to the unix transports, not --transport {args.transport}")
     if args.service in ("http", "lines") and args.transport not in STREAM_TRANSPORTS:
         parser.error(f"--service {args.service} needs a stream transport (tcp or unix), not {args.transport}")
-    if args.park and args.service != "lines":
-        parser.error(f"--park applies only to --service lines, not --service {args.service}")
+    if args.park and args.service not in ("lines", "http"):
+        parser.error(f"--park applies only to --service lines and http, not --service {args.service}")
     if args.proxy_trust and args.proxy_protocol is None:
         parser.error("--proxy-trust applies only with --proxy-protocol")
     if args.proxy_protocol == "v1" and args.transport not in STREAM_TRANSPORTS:
@@ -613,7 +614,7 @@ def _datagram_transport(args: argparse.Namespace) -> Transport[DatagramRequest, 
 
 def _stream_log(args: argparse.Namespace) -> RequestLog[socket.socket]:
     if args.service == "http":
-        return RequestLog(http_handler(os.path.abspath(args.directory or os.getcwd())), args.service)
+        return RequestLog(http_handler(os.path.abspath(args.directory or os.getcwd()), park=args.park), args.service)
     if args.service == "lines":
         return RequestLog(lines_service(args.max_line or MAX_LINE, park=args.park), args.service)
     return RequestLog(line_service(args.service, args.max_line or MAX_LINE), args.service)

@@ -8,7 +8,8 @@ replies with the line unchanged.  ``lines`` is the persistent form of
 ``--park`` (:func:`lines_service`) the connection waits in the server's poll
 set between lines instead of holding a worker.  ``http`` is the stdlib
 :class:`http.server.SimpleHTTPRequestHandler`, running on a composable server
-as it is.
+as it is; with ``--park`` (:func:`http_handler`) it speaks HTTP/1.1 and
+parks keep-alive connections between requests.
 
 :class:`RequestLog` wraps any handler: one DEBUG line per request, and a
 register of the stream connections in flight, so the command line can cut
@@ -125,9 +126,19 @@ class _LoggingHTTPRequestHandler(http.server.SimpleHTTPRequestHandler):
         _logger.info("%s %s", format_address(self.client_address), format % args)
 
 
-def http_handler(directory: str) -> StreamHandler:
-    """A handler factory serving the files under *directory* over HTTP."""
-    return functools.partial(_LoggingHTTPRequestHandler, directory=directory)
+def http_handler(directory: str, *, park: bool = False) -> StreamHandler:
+    """A handler factory serving the files under *directory* over HTTP:
+    HTTP/1.0, one request per connection (stdlib's default); with *park*,
+    HTTP/1.1 keep-alive, the connection parked between requests
+    (:class:`~composable_server.httpserver.ParkingHTTPRequestHandler`)."""
+    if not park:
+        return functools.partial(_LoggingHTTPRequestHandler, directory=directory)
+    from .httpserver import parking_http  # here: only --park pays for the module
+
+    handler = parking_http(_LoggingHTTPRequestHandler)
+    # SimpleHTTPRequestHandler sends Content-Length on every response, as HTTP/1.1 keep-alive needs.
+    handler.protocol_version = "HTTP/1.1"
+    return functools.partial(handler, directory=directory)
 
 
 _LINE_HANDLERS: Final[dict[str, type[_LineHandler]]] = {

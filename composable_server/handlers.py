@@ -48,6 +48,8 @@ __all__ = (
     "StreamRequestHandler",
     "Verdict",
     "buffered_input",
+    "has_buffered_input",
+    "socket_files",
 )
 
 DEFAULT_MAX_LINE_LENGTH: Final = 65536
@@ -209,6 +211,39 @@ def _buffer_size(size: int) -> int:
     return io.DEFAULT_BUFFER_SIZE if size < 0 else size
 
 
+def socket_files(connection: Socket, rbufsize: int, wbufsize: int) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
+    """``rfile`` and ``wfile`` over *connection*, as stdlib's
+    ``StreamRequestHandler.setup`` opens them (``makefile("rb", rbufsize)``;
+    ``_SocketWriter`` when *wbufsize* is 0, else ``makefile("wb", wbufsize)``),
+    but over :class:`SocketFile` and :class:`SocketWriter`: an expired kernel
+    timeout raises ``TimeoutError``, and :func:`buffered_input` can see
+    what ``rfile`` holds.  Closing the files leaves the socket open."""
+    reader = SocketFile(connection, readable=True, writable=False)
+    if rbufsize == 0:
+        # Unbuffered, as makefile("rb", 0); typed as the buffered file stdlib declares.
+        rfile = cast(io.BufferedIOBase, reader)
+    else:
+        rfile = io.BufferedReader(reader, _buffer_size(rbufsize))
+    if wbufsize == 0:
+        return rfile, SocketWriter(connection)
+    writer = SocketFile(connection, readable=False, writable=True)
+    return rfile, io.BufferedWriter(writer, _buffer_size(wbufsize))
+
+
+def has_buffered_input(rfile: io.BufferedIOBase, connection: object) -> bool:
+    """True if input was read from *connection* but not consumed yet (no
+    system call): what *rfile* holds (:func:`buffered_input`), or decrypted
+    TLS bytes (``SSLSocket.pending()``).  A handler must serve that before it
+    gives its connection back, since no poll would ever report it."""
+    if buffered_input(rfile):
+        return True
+    if "ssl" not in sys.modules:
+        return False  # no TLS socket exists without it; importing it would cost every plain server
+    import ssl  # loaded already: a look-up
+
+    return isinstance(connection, ssl.SSLSocket) and connection.pending() > 0
+
+
 class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
     """A handler for stream requests with file-like ``rfile`` and ``wfile``.
 
@@ -247,18 +282,7 @@ class StreamRequestHandler(BaseRequestHandler[Socket, AddressT]):
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        # As makefile("rb"/"wb", size) in stdlib, over SocketFile (see there).
-        reader = SocketFile(self.connection, readable=True, writable=False)
-        if self.rbufsize == 0:
-            # Unbuffered, as makefile("rb", 0); typed as the buffered file stdlib declares.
-            self.rfile = cast(io.BufferedIOBase, reader)
-        else:
-            self.rfile = io.BufferedReader(reader, _buffer_size(self.rbufsize))
-        if self.wbufsize == 0:
-            self.wfile = SocketWriter(self.connection)
-        else:
-            writer = SocketFile(self.connection, readable=False, writable=True)
-            self.wfile = io.BufferedWriter(writer, _buffer_size(self.wbufsize))
+        self.rfile, self.wfile = socket_files(self.connection, self.rbufsize, self.wbufsize)
 
     def read_line(self) -> bytes:
         """Read one line from ``rfile``, at most :attr:`max_line_length` bytes.
@@ -349,14 +373,7 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         """True if input was read from the connection but not consumed yet
         (no system call): the ``rfile`` buffer, or decrypted TLS bytes
         (``SSLSocket.pending()``)."""
-        if buffered_input(self.rfile):
-            return True
-        if "ssl" not in sys.modules:
-            return False  # no TLS socket exists without it; importing it would cost every plain server
-        import ssl  # loaded already: a look-up
-
-        connection = self.connection
-        return isinstance(connection, ssl.SSLSocket) and connection.pending() > 0
+        return has_buffered_input(self.rfile, self.connection)
 
 
 class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):

@@ -47,11 +47,14 @@ MIN_BODY: Final = b"Hello, world\n"
 FILE_PATH: Final = "/small.txt"
 FILE_BODY: Final = b"0123456789abcdef" * 7 + b"0123456789abcde\n"  # 128 bytes
 
-# The kinds that serve HTTP.  Keep-alive parking (a handler gives an idle
-# connection back to the serving loop) is built by another helper: once it
-# exists, add its kind here and in _native_http below (e.g. "native-parking").
-HTTP_KINDS: Final = ("stdlib-threading", "compat-threading", "native-pool", "prefork")
+# The kinds that serve HTTP.  native-parking: the same handler classes
+# through composable_server.httpserver.make_http_server (parking_http wraps
+# them), a pool of PARKING_THREADS workers, keep-alive connections parked
+# between requests.
+HTTP_KINDS: Final = ("stdlib-threading", "compat-threading", "native-pool", "prefork", "native-parking")
 TLS_KINDS: Final = ("stdlib-threading", "compat-threading", "native-pool", "prefork", "asyncio", "uvloop")
+# The pool of native-parking (issue 17: "an HTTP/1.1 server on a pool of 8").
+PARKING_THREADS: Final = 8
 
 
 def _server_context() -> ssl.SSLContext:
@@ -169,6 +172,18 @@ def _native_http(kind: str, family: str, address: str) -> None:
         prefork.serve_forever()
 
 
+def _parking_http(kind: str, family: str, address: str) -> None:
+    """``make_http_server``: a pool of :data:`PARKING_THREADS`, connections parked between requests."""
+    from composable_server.httpserver import make_http_server
+
+    from .bench_servers import _serve, parse_inet
+
+    context = _server_context() if family == "https-min" else None
+    handler = _handler_classes(family)
+    server = make_http_server(parse_inet(address), handler, threads=PARKING_THREADS, ssl_context=context)
+    _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
+
+
 def run(kind: str, family: str, address: str) -> None:
     """Serve *family* with *kind* on *address* until SIGTERM."""
     runners: dict[str, Callable[[str, str, str], None]] = {
@@ -176,6 +191,7 @@ def run(kind: str, family: str, address: str) -> None:
         "compat-threading": _socketserver_http,
         "native-pool": _native_http,
         "prefork": _native_http,
+        "native-parking": _parking_http,
     }
     if kind in ("asyncio", "uvloop") and family == "https-min":
         from .bench_asyncio import run_https

@@ -160,6 +160,7 @@ TWINS: Final = {
     "compat-threading": "stdlib-threading",
     "native-threading": "stdlib-threading",
     "native-pool": "stdlib-threading",
+    "native-parking": "stdlib-threading",  # HTTP only: make_http_server, parked keep-alive
     "compat-forking": "stdlib-forking",
     "native-forking": "stdlib-forking",
     "prefork": "stdlib-forking",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests._process import run_process
-from tests.bench import callgrind_parking, callgrind_tls, callgrind_udp, forkcost, importcost
+from tests.bench import callgrind_http, callgrind_parking, callgrind_tls, callgrind_udp, forkcost, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, run_one
 
@@ -165,6 +165,15 @@ def test_callgrind_workload(kind: str) -> None:
     if kind == "uvloop":
         pytest.importorskip("uvloop")
     callgrind_udp.serve(kind, 20)
+
+
+@pytest.mark.parametrize("mode", callgrind_http.MODES)
+@pytest.mark.parametrize("kind", callgrind_http.KINDS)
+def test_callgrind_http_workload(kind: str, mode: str) -> None:
+    """The HTTP callgrind workload serves its requests (a subprocess each: compat swaps socketserver)."""
+    argv = [sys.executable, "-m", "tests.bench.callgrind_http", "--serve", kind, "http-file", mode, "12"]
+    done = run_process(argv, timeout=25, cwd=Path(callgrind_http.ROOT))
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("kind", callgrind_tls.KINDS)

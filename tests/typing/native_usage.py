@@ -117,3 +117,29 @@ def datagram_request_is_a_tuple() -> None:
     class Wrong(DatagramRequestHandler[InetAddress]):
         def handle(self) -> None:
             self.request.recv(1)  # type: ignore[attr-defined]
+
+
+def http_server_handlers_park() -> None:
+    import functools
+    import http.server
+
+    from composable_server.httpserver import ParkingHTTPRequestHandler, make_http_server, parking_http
+    from composable_server.interfaces import Verdict
+
+    # A user's subclass of the mix-in and a stdlib handler type-checks, with
+    # both the stdlib attributes and the verdict.
+    class Files(ParkingHTTPRequestHandler, http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            assert_type(self.close_connection, bool)
+            assert_type(self.verdict, Verdict)
+            super().do_GET()
+
+    assert_type(parking_http(http.server.SimpleHTTPRequestHandler), type[http.server.SimpleHTTPRequestHandler])
+    assert_type(parking_http(Files), type[Files])
+    server = make_http_server(("127.0.0.1", 0), Files, threads=8, bind_and_activate=False)
+    assert_type(server, Server[socket.socket, InetAddress])
+    make_http_server(("127.0.0.1", 0), functools.partial(Files, directory="/srv"), bind_and_activate=False)
+    parking_http(StreamRequestHandler)  # type: ignore[type-var]
+    make_http_server("/tmp/s", Files)  # type: ignore[arg-type]
