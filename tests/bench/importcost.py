@@ -181,7 +181,7 @@ def targets(cost: ImportCost) -> list[tuple[str, bool | None, str]]:
     w = cost.wall_ms
     base, stdlib = w["python -c pass"], w["import socketserver"]
     compat, cli = w["import composable_server.compat"], w["composable_server serve --help"]
-    counted = []
+    counted: list[tuple[str, bool | None, str]] = []
     if cost.instructions:
         n = {label: count / 1e6 for label, count in cost.instructions.items()}
         n_base, n_stdlib = n["python -c pass"], n["import socketserver"]
