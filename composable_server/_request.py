@@ -111,7 +111,7 @@ from socket import socket as Socket
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._watchdog import Watchdog, _Entry
-from .interfaces import Budget, DatagramRequest, RequestFinished, RequestStarted, TransportStarted, Verdict
+from .interfaces import Budget, DatagramRequest, Outcome, RequestFinished, RequestStarted, TransportStarted, Verdict
 
 if TYPE_CHECKING:
     from .interfaces import HandlerFactory, TimeoutPolicy, Transport
@@ -331,7 +331,18 @@ class RequestPath(Generic[RequestT, AddressT]):
             :mod:`composable_server.observers`); None: nobody, at no cost.
     """
 
-    __slots__ = ("_kept", "_kept_lock", "_kept_state", "_loop_pid", "_shared", "_wake", "host", "observers", "watchdog")
+    __slots__ = (
+        "_kept",
+        "_kept_lock",
+        "_kept_state",
+        "_loop_pid",
+        "_shared",
+        "_wake",
+        "host",
+        "observers",
+        "traits",
+        "watchdog",
+    )
 
     def __init__(
         self,
@@ -353,6 +364,21 @@ class RequestPath(Generic[RequestT, AddressT]):
         self._kept_lock = threading.Lock()
         self._kept_state = _IN_PLACE
         self._loop_pid = 0
+        # (handler, takes_kernel_timeouts, parks) of the handler the jobs saw
+        # last (see handler_traits): asked once per handler, not once per request
+        # (compat lets RequestHandlerClass change, so it is keyed by identity).
+        self.traits: tuple[object, bool, bool] = (None, False, False)
+
+    def handler_traits(self, handler: object) -> tuple[object, bool, bool]:
+        """``(handler, takes_kernel_timeouts(handler), parks)``, remembered
+        for the last *handler* asked about (:attr:`traits`); *parks*: the
+        handler parks connections (:func:`parks_connections`) and the
+        transport's requests are connections."""
+        traits = self.traits
+        if traits[0] is not handler:
+            parks = self.host.transport.request_ops.connections and parks_connections(handler)
+            traits = self.traits = (handler, takes_kernel_timeouts(handler), parks)
+        return traits
 
     def job(
         self,
@@ -476,7 +502,19 @@ class RequestJob(Generic[RequestT, AddressT]):
             resulting ``BrokenPipe``/EOF errors are not reported again.
     """
 
-    __slots__ = ("_body", "_cut_by", "_entry", "_error", "_parks", "_path", "_started", "client_address", "cut", "request")
+    __slots__ = (
+        "_body",
+        "_cut_by",
+        "_entry",
+        "_error",
+        "_parks",
+        "_path",
+        "_started",
+        "_transferred",
+        "client_address",
+        "cut",
+        "request",
+    )
 
     def __init__(
         self,
@@ -494,26 +532,93 @@ class RequestJob(Generic[RequestT, AddressT]):
         self._parks = False  # the handler returns verdicts (parks_connections)
         self._entry: _Entry | None = None  # the lifetime watchdog's entry
         self._cut_by: Budget | None = None
-        self._error: Exception | None = None
+        self._error: Exception | None
+        self._transferred: tuple[int | None, int | None]
+        # _error (the first exception, for observers) is set by _run_observed
+        # only: a server without observers never stores it.
 
-    def run(self) -> bool:
+    def run(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]] | None = None) -> bool:
         """Serve the request (see the class); True if the handler returned.
 
         A connection kept by its handler (``Verdict.KEEP``) is given back to
         the serving loop instead of being shut down; the loop runs this
         same job again when the connection is readable.
+
+        Args:
+            start: what prepares the request instead of the transport's
+                ``start_request`` (the observed path's timed one).  None:
+                the transport's, and observers, if any, are told.
         """
-        observers = self._path.observers
-        if observers is not None:
-            return self._run_observed(observers)
-        return self._serve(self._path.host.transport.start_request)
+        # One frame for the whole request when nobody observes (the common
+        # case; issue 15: a server without observers pays nothing).
+        path = self._path
+        if start is None and path.observers is not None:
+            return self._run_observed(path.observers)
+        body = self._body
+        if body is not None:
+            try:
+                body(self.request, self.client_address)
+                return True
+            finally:
+                path.finished()
+        host = path.host
+        kept = False
+        try:
+            if self._started:
+                request = self.request
+            else:
+                # Once per connection: the lifetime budget, start_request (the
+                # TLS handshake, the PROXY header: the client address may
+                # change), the idle budget.
+                self._started = True
+                ops = host.transport.request_ops
+                budget = host.timeout_policy.budget if ops.connections else None
+                if budget is not None and budget.lifetime is not None:
+                    self._entry = path.watchdog.add(budget.lifetime, self._expire)
+                # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
+                request, self.client_address = (host.transport.start_request if start is None else start)(
+                    self.request, self.client_address
+                )
+                self.request = request
+                handler = host.handler
+                traits = path.traits
+                if traits[0] is not handler:
+                    traits = path.handler_traits(handler)
+                if budget is not None and budget.idle is not None:
+                    ops.limit_idle(request, budget.idle, kernel=traits[1])
+                self._parks = traits[2]
+                if host.transport.late_admission and not host.verify_request(request, self.client_address):
+                    return False  # refused (the verifier logs it): released below, unserved
+            while True:
+                served = host.finish_request(request, self.client_address)
+                if not self._parks or self.cut or getattr(served, "verdict", None) is not Verdict.KEEP:
+                    return True
+                where = path.give_back(self)
+                if where == _TO_LOOP:
+                    # The loop owns the job now (another worker may run it
+                    # already): touch nothing of it from here on.
+                    kept = True
+                    return True
+                if where == _CLOSED or not self._linger():
+                    return True
+        except Exception as exc:
+            if start is not None and self._error is None:  # observed (see _run_observed)
+                self._error = exc
+            if not self.cut:
+                host.handle_error(self.request, self.client_address)
+            return False
+        finally:
+            if not kept:
+                if start is not None:  # observed: the byte counts, before the socket closes
+                    self._transferred = _transferred(path, self.request)
+                self.release()
 
     def _run_observed(self, observers: ObserverGroup) -> bool:
-        """:meth:`_serve`, telling *observers* when it starts and how it ends."""
+        """:meth:`run`, telling *observers* when it starts and how it ends."""
         client_address = self.client_address
         transport = self._path.host.transport
         transport_name = type(transport).__name__
-        tls = hasattr(transport, "context")
+        tls = _does_tls(transport)
 
         def start(request: RequestT, address: AddressT) -> tuple[RequestT, AddressT]:
             began = time.perf_counter()
@@ -530,93 +635,40 @@ class RequestJob(Generic[RequestT, AddressT]):
             )
             return started
 
-        observers.request_started(RequestStarted(client_address))
+        self._error = None
+        self._transferred = _UNKNOWN
+        observers.request_started(RequestStarted(client_address, not self._started))
         began = time.perf_counter()
         ok = False
         try:
-            ok = self._serve(start)
+            ok = self.run(start)
             return ok
         finally:
             observers.request_finished(self._finished_event(ok, time.perf_counter() - began))
 
     def _finished_event(self, ok: bool, duration: float) -> RequestFinished:
         error = self._error
+        outcome: Outcome
+        name: str | None = None
+        budget: Budget | None = None
         if self.cut:
-            if self._cut_by is None:
-                return RequestFinished(self.client_address, duration, "drain")
-            return RequestFinished(self.client_address, duration, "budget", None, self._cut_by)
-        if isinstance(error, _StartFailed):
-            return RequestFinished(self.client_address, duration, "start_failed", type(error.error).__name__)
-        if ok:
-            return RequestFinished(self.client_address, duration, "ok")
-        if error is None:  # late admission: the verifier refused it after start_request
-            return RequestFinished(self.client_address, duration, "refused")
-        name = type(error).__name__
-        if isinstance(error, (ConnectionError, TimeoutError)):
+            outcome, budget = ("drain", None) if self._cut_by is None else ("budget", self._cut_by)
+        elif isinstance(error, _StartFailed):
+            outcome, name = "start_failed", type(error.error).__name__
+        elif ok:
+            outcome = "ok"
+        elif error is None:  # late admission: the verifier refused it after start_request
+            outcome = "refused"
+        else:
+            name = type(error).__name__
             if isinstance(error, TimeoutError):
-                return RequestFinished(self.client_address, duration, "budget", name, "idle")
-            return RequestFinished(self.client_address, duration, "client_gone", name)
-        return RequestFinished(self.client_address, duration, "handler_error", name)
-
-    def _serve(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]]) -> bool:
-        path = self._path
-        body = self._body
-        if body is not None:
-            try:
-                body(self.request, self.client_address)
-                return True
-            finally:
-                path.finished()
-        host = path.host
-        kept = False
-        try:
-            if self._started:
-                request = self.request
+                outcome, budget = "budget", "idle"
+            elif isinstance(error, ConnectionError):
+                outcome = "client_gone"
             else:
-                request = self._start(start)
-                if host.transport.late_admission and not host.verify_request(request, self.client_address):
-                    return False  # refused (the verifier logs it): released below, unserved
-            while True:
-                served = host.finish_request(request, self.client_address)
-                if not self._parks or self.cut or getattr(served, "verdict", None) is not Verdict.KEEP:
-                    return True
-                where = path.give_back(self)
-                if where == _TO_LOOP:
-                    # The loop owns the job now (another worker may run it
-                    # already): touch nothing of it from here on.
-                    kept = True
-                    return True
-                if where == _CLOSED or not self._linger():
-                    return True
-        except Exception as exc:
-            if self._error is None:
-                self._error = exc
-            if not self.cut:
-                host.handle_error(self.request, self.client_address)
-            return False
-        finally:
-            if not kept:
-                self.release()
-
-    def _start(self, start: Callable[[RequestT, AddressT], tuple[RequestT, AddressT]]) -> RequestT:
-        """Once per connection: the lifetime budget, ``start_request`` (the
-        TLS handshake, the PROXY header: the client address may change), the
-        idle budget."""
-        path = self._path
-        host = path.host
-        transport = host.transport
-        ops = transport.request_ops
-        budget = host.timeout_policy.budget if ops.connections else None
-        self._started = True
-        if budget is not None and budget.lifetime is not None:
-            self._entry = path.watchdog.add(budget.lifetime, self._expire)
-        # TLS handshakes and PROXY headers: here, in the worker, never in the accept loop.
-        request, self.client_address = start(self.request, self.client_address)
-        self.request = request
-        if budget is not None and budget.idle is not None:
-            ops.limit_idle(request, budget.idle, kernel=takes_kernel_timeouts(host.handler))
-        self._parks = ops.connections and parks_connections(host.handler)
-        return request
+                outcome = "handler_error"
+        bytes_in, bytes_out = self._transferred
+        return RequestFinished(self.client_address, duration, outcome, name, budget, bytes_in, bytes_out)
 
     def _linger(self) -> bool:
         """No loop to park in: wait here for the next message, up to the idle
@@ -625,7 +677,7 @@ class RequestJob(Generic[RequestT, AddressT]):
         budget = policy.budget
         idle = None if budget is None else budget.idle
         poller = select.poll()
-        # Only connection requests are kept (_start checks request_ops.connections): sockets.
+        # Only connection requests are kept (run checks request_ops.connections): sockets.
         poller.register(cast(Socket, self.request).fileno(), _POLLIN)
         if poller.poll(None if idle is None else idle * 1000.0):
             return True
@@ -668,6 +720,28 @@ class RequestJob(Generic[RequestT, AddressT]):
 
     def __repr__(self) -> str:
         return f"<Job {self.client_address!r}>"
+
+
+_UNKNOWN: Final = (None, None)
+
+
+def _does_tls(transport: object) -> bool:
+    """True if *transport* or a layer it wraps (``inner``) has a TLS ``context``."""
+    while transport is not None:
+        if hasattr(transport, "context"):
+            return True
+        transport = getattr(transport, "inner", None)
+    return False
+
+
+def _transferred(path: RequestPath[RequestT, AddressT], request: object) -> tuple[int | None, int | None]:
+    """The request's byte counts if an observer of *path* wants them."""
+    observers = path.observers
+    if observers is None or not observers.wants_bytes:
+        return _UNKNOWN
+    from .observers import transferred  # loaded with the observers already
+
+    return transferred(request)
 
 
 @final

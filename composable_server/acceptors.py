@@ -11,9 +11,12 @@ wired to a datagram transport is a type error.
 
 from __future__ import annotations
 
+import _socket
 import logging
 import threading
 import time
+from collections.abc import Callable
+from socket import getdefaulttimeout as _getdefaulttimeout
 from socket import socket as Socket
 from typing import Final, TypeVar, cast, final
 
@@ -35,6 +38,17 @@ AddressT = TypeVar("AddressT")
 DEFAULT_MAX_PACKET_SIZE: Final = 65535
 
 
+# socket.socket.accept() without its two enum conversions: it builds the new
+# socket from ``self.family`` and ``self.type``, properties that turn the C
+# level ints into AddressFamily/SocketKind members through enum.py, Python
+# code that writes ~27 pages per accept (refcounts), which a forking server
+# pays again after every fork as copy-on-write faults (issue 18).  The C
+# level fields give the same ints; the new socket converts them when read.
+_family: Final = cast("Callable[[Socket], int]", vars(_socket.socket)["family"].__get__)
+_type: Final = cast("Callable[[Socket], int]", vars(_socket.socket)["type"].__get__)
+_proto: Final = cast("Callable[[Socket], int]", vars(_socket.socket)["proto"].__get__)
+
+
 @final
 @attrs.frozen
 class StreamAcceptor:
@@ -43,12 +57,27 @@ class StreamAcceptor:
     def accept(self, transport: Transport[Socket, AddressT]) -> tuple[Socket, AddressT]:
         """``transport.socket.accept()``.
 
+        A plain ``socket.socket`` listener is accepted as ``socket.accept()``
+        does, minus its enum conversions; any other (an ``ssl.SSLSocket``)
+        through its own ``accept()``.
+
         Raises:
             OSError: as ``accept(2)``: ``EAGAIN`` (nothing pending on a
                 non-blocking socket), ``ECONNABORTED``, ``EMFILE``, ...
         """
-        conn, address = transport.socket.accept()
-        return conn, cast(AddressT, address)
+        sock = transport.socket
+        if type(sock) is not Socket:
+            conn, address = sock.accept()
+            return conn, cast(AddressT, address)
+        # The C accept that socket.accept() wraps (not in typeshed); no
+        # typing.cast() for the address either: cast is a Python call.
+        fd, address = sock._accept()  # type: ignore[attr-defined]  # see above
+        conn = Socket(_family(sock), _type(sock), _proto(sock), fd)
+        # As socket.accept(): a listener with a timeout may hand out a
+        # non-blocking descriptor (BSD), which a blocking socket must not have.
+        if _getdefaulttimeout() is None and sock.gettimeout():
+            conn.setblocking(True)
+        return conn, address
 
 
 # At most one log record about dropped datagrams per this many seconds.

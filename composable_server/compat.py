@@ -44,7 +44,7 @@ from typing import Any, Protocol, TypeVar, cast, overload
 import attrs
 
 from . import handlers as _handlers
-from ._request import RequestPath
+from ._request import RequestJob, RequestPath
 from ._socketutil import Waker
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
@@ -516,7 +516,10 @@ class ForkingMixIn:
         """Reap children that have exited; with *blocking*, wait for all of them."""
         dispatcher = self.dispatcher
         if isinstance(dispatcher, ForkingDispatcher):
-            dispatcher.max_children = self.max_children
+            # Compared first: assigning runs attrs' validator, code that the
+            # parent would touch (and fault on) between every two forks.
+            if dispatcher.max_children != self.max_children:
+                dispatcher.max_children = self.max_children
             if blocking:
                 dispatcher.join(None)
                 return
@@ -537,7 +540,7 @@ class ForkingMixIn:
             dispatcher.max_children = self.max_children
         # The child runs finish_request, handle_error and shutdown_request,
         # as stdlib's process_request does there.
-        dispatcher.dispatch(self._requests.job(request, client_address))
+        dispatcher.dispatch(RequestJob(self._requests, request, client_address))
 
     def server_close(self: _ForkingHost) -> None:
         """Close the server, then wait for the children if ``block_on_close``."""

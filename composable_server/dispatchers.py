@@ -20,14 +20,14 @@ after sending ``reject_message`` if one is set).
 
 from __future__ import annotations
 
+import importlib
 import queue
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from types import FrameType
-from typing import Final, Literal, TypeAlias, final
+from typing import Final, Literal, TypeAlias, cast, final
 
 import attrs
 
@@ -255,28 +255,40 @@ class _Child:
         return f"<child {self.pid} serving {self.client_address!r}>"
 
 
-_SignalHandler: TypeAlias = "Callable[[int, FrameType | None], object] | int | signal.Handlers | None"
-_CHILD_SIGNALS: Final[tuple[tuple[signal.Signals, _SignalHandler], ...]] = (
-    (signal.SIGTERM, signal.SIG_DFL),
-    (signal.SIGINT, signal.default_int_handler),
+# The C functions under signal.getsignal() and signal.signal(): handlers as
+# ints (SIG_DFL 0, SIG_IGN 1) or callables.  The wrappers convert through
+# enum.py, Python code whose refcount writes cost page faults after every
+# fork (and ~20k instructions per call in the child).
+_c_signal: Final = importlib.import_module("_signal")
+_getsignal: Final = cast("Callable[[int], object]", _c_signal.getsignal)
+_setsignal: Final = cast("Callable[[int, object], object]", _c_signal.signal)
+_SIGTERM: Final = int(signal.SIGTERM)
+_SIGINT: Final = int(signal.SIGINT)
+_Resets: TypeAlias = "tuple[tuple[int, object], ...]"
+_RESET_TERM: Final[_Resets] = ((_SIGTERM, 0),)
+_RESET_INT: Final[_Resets] = ((_SIGINT, signal.default_int_handler),)
+# [SIGTERM differs][SIGINT differs]: built once, no tuple per fork.
+_RESETS: Final[tuple[tuple[_Resets, _Resets], tuple[_Resets, _Resets]]] = (
+    ((), _RESET_INT),
+    (_RESET_TERM, _RESET_TERM + _RESET_INT),
 )
 
 
-def _signals_to_reset() -> tuple[tuple[signal.Signals, _SignalHandler], ...]:
-    """The handlers a child must restore, decided in the parent before fork.
+def _signals_to_reset() -> _Resets:
+    """The (signal, handler) pairs a child must restore, decided in the parent before fork.
 
     A child must not run the parent's Python-level handlers (e.g. a
     "SIGTERM -> shut the server down" handler would wait forever on the
     parent's serving loop): SIGTERM ends the child, Ctrl-C raises as usual.
     Usually nothing is to be reset, and the child then touches nothing.
     """
-    return tuple((signum, default) for signum, default in _CHILD_SIGNALS if signal.getsignal(signum) is not default)
+    return _RESETS[_getsignal(_SIGTERM) != 0][_getsignal(_SIGINT) is not signal.default_int_handler]
 
 
-def _child_main(job: Job, reset: tuple[tuple[signal.Signals, _SignalHandler], ...]) -> int:
+def _child_main(job: Job, reset: _Resets) -> int:
     """The forked child's work: the exit status (0 if the handler returned, 1 if it raised)."""
     for signum, handler in reset:
-        signal.signal(signum, handler)
+        _setsignal(signum, handler)
     return 0 if job.run() else 1
 
 
@@ -305,8 +317,9 @@ class ForkingDispatcher:
     when_full: WhenFull = attrs.field(default="backpressure", kw_only=True, validator=_check_when_full)
     reject_message: bytes = attrs.field(default=b"", kw_only=True)
     _rejected: int = attrs.field(init=False, default=0)
-    # pid -> the parent's handle on the child's job.
-    _children: dict[int, _Child] = attrs.field(init=False, factory=dict)
+    # pid -> the client address its child serves, or its _Child once join()
+    # made one (only then: every object made per fork costs pages).
+    _children: dict[int, object] = attrs.field(init=False, factory=dict)
     _closed: bool = attrs.field(init=False, default=False)
 
     @property
@@ -327,30 +340,32 @@ class ForkingDispatcher:
         """
         if self._closed:
             raise ServerClosedError("ForkingDispatcher is closed")
-        # Every object touched between two forks costs a copy-on-write page
-        # fault, in the parent or the child, so the fork path touches little:
+        # Every page written between two forks costs a copy-on-write fault,
+        # in the parent or the child, so the fork path touches little:
         # children are reaped by service() once per loop iteration (as stdlib),
         # here only when the cap is reached.
-        if len(self._children) >= self.max_children:
+        children = self._children
+        if len(children) >= self.max_children:
             self._reap(blocking=False)
-            if len(self._children) >= self.max_children and self.when_full == "reject":
+            if len(children) >= self.max_children and self.when_full == "reject":
                 self._rejected += 1
                 job.close(self.reject_message)
                 return
-            while len(self._children) >= self.max_children:
+            while len(children) >= self.max_children:
                 self._wait_any(None)
         reset = _signals_to_reset()
         pid = _fork.fork()
         if pid:
-            self._children[pid] = _Child(pid, job.client_address)
+            children[pid] = job.client_address
             job.close()
             return
         # Child.  Whatever happens, never return into the parent's loop.
         _fork.run_child(lambda: _child_main(job, reset))
 
     def _reap(self, *, blocking: bool) -> None:
-        for pid in _fork.reap(list(self._children), blocking=blocking):
-            del self._children[pid]
+        children = self._children
+        for pid in _fork.reap(children, blocking=blocking):
+            del children[pid]
 
     def _wait_any(self, timeout: float | None) -> None:
         """Block until one of our children exits (or *timeout*), then reap."""
@@ -359,8 +374,10 @@ class ForkingDispatcher:
 
     def service(self) -> None:
         """Reap children that have exited (never blocks)."""
-        if self._children:
-            self._reap(blocking=False)
+        children = self._children
+        if children:
+            for pid in _fork.reap(children):
+                del children[pid]
 
     def join(self, timeout: float | None) -> tuple[Job, ...]:
         """Wait up to *timeout* seconds for every child to exit.
@@ -375,7 +392,15 @@ class ForkingDispatcher:
             if remaining == 0:
                 break
             self._wait_any(remaining)
-        return tuple(self._children.values())
+        # The same _Child for a child at every call (drain tells jobs apart
+        # by identity): made at the first join, then kept in place of the address.
+        children = self._children
+        jobs = []
+        for pid, held in children.items():
+            child = held if isinstance(held, _Child) else _Child(pid, held)
+            children[pid] = child  # a value replaced, the size unchanged: iteration goes on
+            jobs.append(child)
+        return tuple(jobs)
 
     def close(self) -> None:
         """Refuse further jobs; wait for every child if *block_on_close*,

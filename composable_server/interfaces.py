@@ -627,9 +627,13 @@ class RequestStarted:
 
     Attributes:
         client_address: as accepted.
+        starting: ``start_request`` (TLS handshake, PROXY header) follows,
+            and with it a ``transport_started``; False for the next message
+            of a connection kept between messages (parked), already started.
     """
 
     client_address: object
+    starting: bool = True
 
 
 @final
@@ -642,8 +646,9 @@ class TransportStarted:
         transport: the transport's class name.
         duration: seconds ``start_request`` took.
         error: the exception's class name; None if it succeeded.
-        tls: True if the transport does a TLS handshake (a ``context``
-            attribute, as ``TLSTransport`` and a PROXY layer over it have).
+        tls: True if the transport does a TLS handshake: it, or a layer
+            it wraps (``inner``, as a PROXY layer over TLS), has a
+            ``context`` (``TLSTransport``).
     """
 
     client_address: object
@@ -666,6 +671,13 @@ class RequestFinished:
         error: the exception's class name (``handler_error``, ``client_gone``,
             ``start_failed``); None otherwise.
         budget: the budget that cut it (``outcome == "budget"``).
+        bytes_in, bytes_out: bytes the connection received and sent, read
+            at its end and only when an observer asks for them (a
+            ``wants_bytes = True`` attribute, as ``AccessLog`` has): for TCP
+            the kernel's counts (``TCP_INFO``; under TLS wire bytes; out:
+            bytes the peer acknowledged), for a datagram its length in;
+            None where unknown (Unix sockets, a kept connection between two
+            messages, compat's threading body).
     """
 
     client_address: object
@@ -673,6 +685,8 @@ class RequestFinished:
     outcome: Outcome
     error: str | None = None
     budget: Budget | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
 
 
 @final

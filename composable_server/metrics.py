@@ -242,8 +242,9 @@ class MetricsObserver(BaseObserver):
         self._active.dec()
 
     def request_started(self, event: RequestStarted) -> None:
-        """A TLS handshake begins (TLS transports)."""
-        if self._tls:
+        """A TLS handshake begins (TLS transports; not for the next message
+        of a kept connection, which has none)."""
+        if self._tls and event.starting:
             self._handshakes.inc()
 
     def transport_started(self, event: TransportStarted) -> None:

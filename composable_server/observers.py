@@ -36,6 +36,8 @@ An observer that raises is logged (at most one record per
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -65,6 +67,7 @@ __all__ = (
     "LOG_INTERVAL",
     "BaseObserver",
     "ObserverGroup",
+    "transferred",
     "verifier_refusal",
 )
 
@@ -72,6 +75,46 @@ _logger = logging.getLogger("composable_server.observers")
 
 LOG_INTERVAL: Final = 10.0
 """Seconds between two log records of failing observers."""
+
+# struct tcp_info (linux/tcp.h, since Linux 4.1/4.2): eight u8 fields, 24
+# u32 (rto ... total_retrans: offset 104), u64 pacing_rate and
+# max_pacing_rate, then u64 tcpi_bytes_acked (RFC 4898
+# tcpEStatsAppHCThruOctetsAcked) at 120 and u64 tcpi_bytes_received
+# (tcpEStatsAppHCThruOctetsReceived) at 128.
+_TCPI_BYTES_ACKED: Final = 120
+_TCPI_BYTES_RECEIVED: Final = 128
+_TCP_INFO_BYTES: Final = 136
+_TCP_FAMILIES: Final = frozenset({socket.AF_INET, socket.AF_INET6})
+
+
+def transferred(request: object) -> tuple[int | None, int | None]:
+    """``(bytes in, bytes out)`` of *request* so far, None where unknown.
+
+    A TCP socket (plain, TLS, or a PROXY layer's ``ProxiedSocket``): the
+    kernel's counts (Linux ``TCP_INFO``: ``tcpi_bytes_received``, and
+    ``tcpi_bytes_acked``, the bytes the peer acknowledged).  They count
+    every byte on the connection, whatever the handler read or wrote them
+    with, so under TLS they are wire bytes (handshake and records), and a
+    PROXY header is counted in.  A datagram request ``(data, socket)``: its
+    length in, unknown out.  Anything else (Unix sockets, another OS): unknown.
+    """
+    if isinstance(request, socket.socket):
+        tcp_info = getattr(socket, "TCP_INFO", None)
+        if tcp_info is None or request.family not in _TCP_FAMILIES or request.type != socket.SOCK_STREAM:
+            return None, None
+        try:
+            info = request.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_BYTES)
+        except OSError:  # closed or not connected
+            return None, None
+        if len(info) < _TCP_INFO_BYTES:  # a kernel older than the fields
+            return None, None
+        received: int = struct.unpack_from("=Q", info, _TCPI_BYTES_RECEIVED)[0]
+        acked: int = struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0]
+        return received, acked
+    if isinstance(request, tuple) and len(request) == 2 and isinstance(request[0], bytes):
+        return len(request[0]), None
+    return None, None
+
 
 class BaseObserver:
     """An :class:`~composable_server.interfaces.Observer` that does nothing:
@@ -117,12 +160,20 @@ class ObserverGroup:
 
     Args:
         observers: the observers, in the order they are told.
+
+    Attributes:
+        wants_bytes: some observer has ``wants_bytes = True``: the server
+            fills :attr:`RequestFinished.bytes_in
+            <composable_server.interfaces.RequestFinished.bytes_in>` and
+            ``bytes_out``.
     """
 
-    __slots__ = ("_limiter", "_lock", "observers")
+    __slots__ = ("_limiter", "_lock", "observers", "wants_bytes")
 
     def __init__(self, observers: Iterable[Observer]) -> None:
         self.observers: tuple[Observer, ...] = tuple(observers)
+        # Byte counts cost a getsockopt per request: read only if one asks.
+        self.wants_bytes = any(getattr(observer, "wants_bytes", False) is True for observer in self.observers)
         self._limiter = LogLimiter(LOG_INTERVAL)
         self._lock = threading.Lock()
 
@@ -204,23 +255,33 @@ def verifier_refusal(client_address: object, verifier: object) -> ConnectionRefu
     return ConnectionRefused(client_address, _VERIFIER_REASONS.get(name, "verifier"), name)
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 @final
 class AccessLog(BaseObserver):
     """One log record per finished request (off unless added to a server)::
 
-        127.0.0.1:51234 in=- out=- 0.0012s ok
-        127.0.0.1:51236 in=- out=- 0.0003s handler_error ValueError
+        127.0.0.1:51234 in=78 out=1520 0.0012s ok
+        127.0.0.1:51236 in=80 out=0 0.0003s handler_error ValueError
+        /tmp/s.sock in=- out=- 0.0002s ok
 
     Args:
         logger: where the records go (default: ``composable_server.access``, at INFO).
         format_address: how a client address is written.
 
-    Bytes in and out are not known (``-``): the request path never sees the
-    handler's reads and writes, which go straight to the socket or through
-    the handler's own files.
+    Bytes in and out (``wants_bytes``: the server reads them at the end of
+    each connection, see :func:`transferred`) are the kernel's counts for
+    TCP, so under TLS they are wire bytes, and out is what the client
+    acknowledged; a datagram's length in; ``-`` where unknown (Unix
+    sockets, out for datagrams).  Nothing is formatted while the logger is
+    disabled for INFO.
     """
 
     __slots__ = ("_format", "_logger")
+
+    wants_bytes: Final = True
 
     def __init__(
         self,
@@ -231,13 +292,16 @@ class AccessLog(BaseObserver):
         self._format = format_address
 
     def request_finished(self, event: RequestFinished) -> None:
-        """Log the request: client, bytes (unknown: ``-``), duration, outcome."""
-        if not self._logger.isEnabledFor(logging.INFO):
+        """Log the request: client, bytes in and out (unknown: ``-``), duration, outcome."""
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
             return
         detail = event.budget if event.outcome == "budget" else event.error
-        self._logger.info(
-            "%s in=- out=- %.4fs %s%s",
+        logger.info(
+            "%s in=%s out=%s %.4fs %s%s",
             self._format(event.client_address),
+            _count(event.bytes_in),
+            _count(event.bytes_out),
             event.duration,
             event.outcome,
             f" {detail}" if detail else "",

@@ -14,6 +14,7 @@ the transport is built, so a wrong shape fails there with an
 from __future__ import annotations
 
 import errno
+import functools
 import select
 import socket
 import threading
@@ -31,6 +32,8 @@ from .interfaces import DatagramRequest, InetAddress, RequestOps, Transport, Uni
 
 if TYPE_CHECKING:
     import ssl  # imported where used: a TLSTransport's context has loaded it
+
+    from _typeshed import WriteableBuffer
 
 __all__ = (
     "DATAGRAM_REQUESTS",
@@ -393,9 +396,63 @@ DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
 ``ssl_handshake_timeout`` default is 60 s; 30 s is plenty on any real link)."""
 
 
+def _check_tls_inner(instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+    # TLS starts with the connection's first byte, so no layer that reads
+    # bytes before it can sit inside: its start_request would never run.
+    if isinstance(value, _Wrapper):
+        raise TypeError(
+            f"TLSTransport cannot wrap {type(value).__name__}: the layer that reads the first bytes goes "
+            "outside (the PROXY header comes before the TLS handshake on the wire: "
+            "ProxyProtocolTransport(TLSTransport(TCPTransport(...), context), mode=...))"
+        )
+
+
 def _check_handshake_timeout(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:  # also rejects NaN
         raise ValueError(f"handshake_timeout must be a number of seconds > 0, got {value!r}")
+
+
+@functools.cache
+def _tls_socket_class() -> type[ssl.SSLSocket]:
+    """The class of the TLS sockets handlers get (made on first use: ``ssl`` is loaded by then)."""
+    import ssl
+
+    # Named as its base: handlers (and their logs) see an SSLSocket, of this module.
+    class SSLSocket(ssl.SSLSocket):
+        """An :class:`ssl.SSLSocket` whose reads take a TCP reset for EOF,
+        as ``suppress_ragged_eofs`` (set: start_request wraps with the
+        default) does a close without ``close_notify``, on every Python
+        version.
+
+        Why: a TLS 1.3 server sends its session tickets right after the
+        handshake (RFC 8446 s. 4.6.1), so a client that closes without
+        reading them (``openssl s_time -new``, health checks, preconnects)
+        leaves them unread in its kernel buffer, and its close becomes a
+        reset.  Python up to 3.12 read that as EOF; 3.13 raises
+        ``ConnectionResetError`` (CPython gh-115627), which made every such
+        client a handler error with a traceback.  A reset and a ragged
+        close are the same unauthenticated end of the stream; the handler
+        sees EOF for both, as before.  Writes are unchanged: writing to a
+        reset connection raises as ever.
+        """
+
+        __slots__ = ()  # the layout of ssl.SSLSocket: start_request retypes its sockets
+
+        def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+            try:
+                return super().recv(buflen, flags)
+            except ConnectionResetError:
+                return b""
+
+        def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
+            try:
+                return super().recv_into(buffer, nbytes, flags)
+            except ConnectionResetError:
+                return 0
+
+    SSLSocket.__module__ = __name__
+    SSLSocket.__qualname__ = "SSLSocket"
+    return SSLSocket
 
 
 def _peer(sock: Socket) -> object:
@@ -512,7 +569,7 @@ class TLSTransport(_Wrapper[StreamAddressT]):
             cannot stretch it.
     """
 
-    inner: Transport[Socket, StreamAddressT]
+    inner: Transport[Socket, StreamAddressT] = attrs.field(validator=_check_tls_inner)
     context: ssl.SSLContext
     handshake_timeout: float = attrs.field(
         default=DEFAULT_HANDSHAKE_TIMEOUT, kw_only=True, validator=_check_handshake_timeout
@@ -547,7 +604,10 @@ class TLSTransport(_Wrapper[StreamAddressT]):
 
         Returns:
             The :class:`ssl.SSLSocket`, with the socket timeout *request* had,
-            and *client_address* unchanged.
+            and *client_address* unchanged.  Its reads return EOF when the
+            client resets the connection, as when it closes it without
+            ``close_notify``, on every Python version (3.13 would raise
+            ``ConnectionResetError``; see ``_tls_socket_class``).
 
         Raises:
             TLSHandshakeError: the handshake failed (bad or missing
@@ -556,12 +616,18 @@ class TLSTransport(_Wrapper[StreamAddressT]):
                 original error.  The TLS socket is closed; *request* is left
                 detached, for the server to release.
         """
+        import ssl
+
         peer = _peer(request)
         previous = request.gettimeout()
         try:
             tls = self.context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as exc:
             raise self._failure(f"cannot start TLS: {exc}", peer, exc) from exc
+        if type(tls) is ssl.SSLSocket:
+            # Resets read as EOF (see _tls_socket_class).  A context with its
+            # own sslsocket_class keeps it, and its semantics.
+            tls.__class__ = _tls_socket_class()
         try:
             self._handshake(tls, peer)
             tls.settimeout(previous)

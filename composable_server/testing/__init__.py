@@ -35,6 +35,7 @@ from ._contracts import check_accept_error_policy as check_accept_error_policy
 from ._contracts import check_acceptor as check_acceptor
 from ._contracts import check_dispatcher as check_dispatcher
 from ._contracts import check_error_policy as check_error_policy
+from ._contracts import check_observer as check_observer
 from ._contracts import check_timeout_policy as check_timeout_policy
 from ._contracts import check_transport as check_transport
 from ._contracts import check_verifier as check_verifier
@@ -71,6 +72,7 @@ __all__ = (
     "check_acceptor",
     "check_dispatcher",
     "check_error_policy",
+    "check_observer",
     "check_timeout_policy",
     "check_transport",
     "check_verifier",

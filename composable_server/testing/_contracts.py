@@ -12,6 +12,7 @@ import errno
 import math
 import os
 import select
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -21,14 +22,25 @@ from typing import Final, TypeVar, final
 from ..exceptions import ServerClosedError
 from ..interfaces import (
     AcceptErrorPolicy,
+    AcceptFailed,
     Acceptor,
+    ConnectionAccepted,
+    ConnectionRefused,
     Dispatcher,
+    DrainFinished,
+    DrainStarted,
     ErrorPolicy,
+    Observer,
+    RequestFinished,
+    RequestStarted,
     TimeoutPolicy,
     Transport,
+    TransportStarted,
     Verifier,
+    WorkerExited,
+    WorkerStarted,
 )
-from ._fakes import _close_fds, _nonblocking_pipe
+from ._fakes import RecordingObserver, _close_fds, _nonblocking_pipe
 
 __all__ = (
     "CONTRACT_WAIT",
@@ -36,6 +48,7 @@ __all__ = (
     "check_acceptor",
     "check_dispatcher",
     "check_error_policy",
+    "check_observer",
     "check_timeout_policy",
     "check_transport",
     "check_verifier",
@@ -441,3 +454,123 @@ def check_accept_error_policy(make_policy: Callable[[], AcceptErrorPolicy]) -> N
         assert not isinstance(delay, bool), f"accept_failed returned {delay!r}, expected seconds"
         assert not math.isnan(delay) and delay >= 0, f"accept_failed returned {delay!r}, expected seconds >= 0"
     policy.accepted()
+
+
+# What check_observer feeds: for each connection, the events a server sends
+# in the order it sends them (see composable_server.observers), one list per
+# way a connection ends, plus the loop's, the drain's and the supervisor's.
+def _connection_events(client: object) -> list[tuple[str, object]]:
+    accepted = ("connection_accepted", ConnectionAccepted(client))
+    started = ("request_started", RequestStarted(client))
+    plain = ("transport_started", TransportStarted(client, "TCPTransport", 0.0, None, False))
+    tls = ("transport_started", TransportStarted(client, "TLSTransport", 0.002, None, True))
+    tls_failed = ("transport_started", TransportStarted(client, "TLSTransport", 0.01, "TLSHandshakeError", True))
+    proxy_failed = ("transport_started", TransportStarted(client, "ProxyProtocolTransport", 0.0, "ProxyProtocolError"))
+
+    finished, refused = "request_finished", "connection_refused"
+    cases = [
+        [accepted, started, plain, (finished, RequestFinished(client, 0.001, "ok", bytes_in=78, bytes_out=1520))],
+        [accepted, started, tls, (finished, RequestFinished(client, 0.003, "handler_error", "ValueError"))],
+        [accepted, started, plain, (finished, RequestFinished(client, 0.2, "client_gone", "ConnectionResetError"))],
+        [accepted, started, plain, (finished, RequestFinished(client, 300.0, "budget", "TimeoutError", "idle"))],
+        [accepted, started, plain, (finished, RequestFinished(client, 60.0, "budget", None, "lifetime"))],
+        [accepted, (finished, RequestFinished(client, 10.0, "budget", None, "first_byte"))],  # cut while parked
+        [accepted, started, plain, (finished, RequestFinished(client, 5.0, "drain"))],
+        [accepted, started, tls_failed, (finished, RequestFinished(client, 0.01, "start_failed", "TLSHandshakeError"))],
+        [accepted, started, proxy_failed, (finished, RequestFinished(client, 0.0, "start_failed", "ProxyProtocolError"))],
+        [accepted, started, plain, (finished, RequestFinished(client, 0.0, "refused"))],  # late admission
+        [accepted, (refused, ConnectionRefused(client, "cidr", "CIDRVerifier"))],
+        [accepted, (refused, ConnectionRefused(client, "connection_cap", "ConnectionCapVerifier"))],
+        [accepted, (refused, ConnectionRefused(client, "rate_limit", "RateLimitVerifier"))],
+        [accepted, (refused, ConnectionRefused(client, "peer_credentials", "PeerCredentialsVerifier"))],
+        [accepted, (refused, ConnectionRefused(client, "verifier", "MyVerifier"))],
+        [accepted, (refused, ConnectionRefused(client, "pool_full", "<ThreadPoolDispatcher [queued: 0]>"))],
+    ]
+    return [event for case in cases for event in case]
+
+
+_SERVER_EVENTS: Final[tuple[tuple[str, object], ...]] = (
+    ("accept_failed", AcceptFailed("OSError(EMFILE)", 0.5)),
+    ("accept_failed", AcceptFailed("OSError(ECONNABORTED)", 0.0)),
+    ("worker_started", WorkerStarted(4242)),
+    ("worker_exited", WorkerExited(4242, -9)),
+    ("worker_started", WorkerStarted(4243, replacing=4242)),
+    ("worker_exited", WorkerExited(4243, 0)),
+    ("drain_started", DrainStarted(10.0)),
+    ("drain_finished", DrainFinished(False, 10.0, (("127.0.0.1", 1),), ())),
+    ("drain_started", DrainStarted(None)),
+    ("drain_finished", DrainFinished(True, 0.1)),
+)
+
+_CLIENTS: Final[tuple[object, ...]] = (("127.0.0.1", 40000), ("::1", 40001, 0, 0), "/tmp/contract.sock", None)
+
+
+def _feed(observer: Observer, events: Iterable[tuple[str, object]]) -> None:
+    for name, event in events:
+        try:
+            returned = getattr(observer, name)(event)
+        except Exception as exc:
+            raise AssertionError(f"{observer!r}.{name}({event!r}) raised {exc!r}; it must not") from exc
+        assert returned is None, f"{observer!r}.{name}() returned {returned!r}, expected None"
+
+
+@final
+class _RaisingObserver:
+    """An observer whose every method raises."""
+
+    def __getattr__(self, name: str) -> Callable[[object], None]:
+        def fail(event: object) -> None:
+            raise RuntimeError(f"contract check: {name} fails")
+
+        return fail
+
+
+def check_observer(make_observer: Callable[[], Observer], *, threads: int = 4, rounds: int = 5) -> None:
+    """Assert the :class:`~composable_server.interfaces.Observer` contract.
+
+    Feeds every event type with realistic records (every outcome, every
+    refusal reason, TLS and PROXY failures, accept errors, drains, prefork
+    workers), in a server's order for each connection, from *threads*
+    threads at once, as a threaded server calls it; every call must return
+    None and not raise.  Then, inside an
+    :class:`~composable_server.observers.ObserverGroup` behind an observer
+    that raises on every event, the group must contain the failures (it
+    logs them to ``composable_server.observers``) and still tell every
+    observer after it.
+
+    Args:
+        make_observer: returns a fresh observer (each call must give one
+            with its own state, e.g. its own metrics registry).
+        threads: threads feeding the observer at once.
+        rounds: how often each thread feeds every connection's events.
+    """
+    from ..observers import ObserverGroup  # the observers module, only for this suite
+
+    observer = make_observer()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait(CONTRACT_WAIT)
+            for _ in range(rounds):
+                for client in _CLIENTS:
+                    _feed(observer, _connection_events(client if client is None else (index, client)))
+            _feed(observer, _SERVER_EVENTS)
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,), name=f"check_observer-{n}") for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(CONTRACT_WAIT * 6)
+    assert not any(worker.is_alive() for worker in workers), f"{observer!r}: a feeding thread did not finish"
+    if errors:
+        raise errors[0]
+
+    recorder = RecordingObserver()
+    group = ObserverGroup([_RaisingObserver(), make_observer(), recorder])
+    events = _connection_events(("127.0.0.1", 40002)) + list(_SERVER_EVENTS)
+    _feed(group, events)
+    assert recorder.events == events, "an ObserverGroup did not tell every observer after a raising one"

@@ -770,9 +770,12 @@ class RecordingObserver:
         events: ``(method name, event record)`` for each call, in order.
         raises: if set, raised from every call after it was recorded (to
             test that a failing observer never breaks serving).
+        wants_bytes: asks the server for the byte counts of each finished
+            request (``RequestFinished.bytes_in``/``bytes_out``).
     """
 
     raises: Exception | None = None
+    wants_bytes: bool = attrs.field(default=False, kw_only=True)
     events: list[tuple[str, object]] = attrs.field(init=False, factory=list)
     _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
 

@@ -120,10 +120,11 @@ def _socketserver_http(kind: str, family: str, address: str) -> None:
         context = _server_context()
 
         class TLSServer(http.server.ThreadingHTTPServer):
-            # The usual way: wrap each accepted socket in get_request (in the
-            # accept loop, so the handshake runs in the worker thread on the
-            # first read, as ssl.wrap_socket's do_handshake_on_connect does
-            # after accept).
+            # The usual way: wrap each accepted socket in get_request.  With
+            # do_handshake_on_connect (the default) wrap_socket handshakes a
+            # connected socket at once, so the handshake runs here, in the
+            # accept loop, and a client that never sends its ClientHello
+            # blocks the loop for good (the socket has no timeout).
             def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
                 sock, addr = self.socket.accept()
                 return context.wrap_socket(sock, server_side=True), addr

@@ -145,6 +145,43 @@ def _native(make_dispatcher: Callable[[], Dispatcher], family: str, address: str
     _serve(server)
 
 
+def _observed(kind: str, family: str, address: str) -> None:
+    """The native pool over TCP with the observers of *kind* (issue 15's
+    ``observers`` scenario): ``none``, ``noop`` (one BaseObserver),
+    ``metrics`` (a MetricsObserver, its own registry), ``access-log`` (an
+    AccessLog at INFO writing to /dev/null)."""
+    if family != "tcp":
+        raise SystemExit(f"the observer kinds serve tcp only, got {family!r}")
+    from composable_server import BaseObserver, Observer
+    from composable_server.observers import AccessLog
+
+    observers: list[Observer] = []
+    if kind == "noop":
+        observers.append(BaseObserver())
+    elif kind == "metrics":
+        from prometheus_client import CollectorRegistry
+
+        from composable_server.metrics import MetricsObserver
+
+        observers.append(MetricsObserver(transport="tcp", address=address, registry=CollectorRegistry()))
+    elif kind == "access-log":
+        import logging
+
+        logger = logging.getLogger("bench.access")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        logger.addHandler(logging.FileHandler(os.devnull))
+        observers.append(AccessLog(logger))
+    server: Server[socket.socket, InetAddress] = Server(
+        transport=TCPTransport(parse_inet(address)),
+        acceptor=StreamAcceptor(),
+        handler=_StreamEcho,
+        dispatcher=ThreadPoolDispatcher(POOL_WORKERS, queue_size=256),
+        observers=observers,
+    )
+    _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
+
+
 def _prefork(family: str, address: str) -> None:
     transport: Transport[socket.socket, object]
     if family == "unix":
@@ -219,6 +256,11 @@ KINDS: Final[dict[str, _Runner]] = {
     "native-pool": lambda f, a: _native(lambda: ThreadPoolDispatcher(POOL_WORKERS, queue_size=256), f, a),
     "native-forking": lambda f, a: _native(lambda: ForkingDispatcher(MAX_CHILDREN), f, a),
     "prefork": _prefork,
+    # issue 15: the native pool with observers (the `observers` scenario)
+    "pool-observers-none": lambda f, a: _observed("none", f, a),
+    "pool-observers-noop": lambda f, a: _observed("noop", f, a),
+    "pool-observers-metrics": lambda f, a: _observed("metrics", f, a),
+    "pool-observers-access-log": lambda f, a: _observed("access-log", f, a),
     # event loops
     "asyncio": _asyncio,
     "uvloop": lambda f, a: _asyncio(f, a, uvloop=True),

@@ -29,9 +29,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-__all__ = ("KINDS", "main", "serve")
+if TYPE_CHECKING:
+    from composable_server import Observer
+
+__all__ = ("KINDS", "main", "measure", "serve")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
 KINDS: Final = ("none", "noop", "metrics", "access_log")
@@ -43,12 +46,15 @@ def _nothing(request: str, client_address: str, server: object) -> None:
 
 def serve(kind: str, requests: int) -> None:
     """Serve *requests* requests on the fakes with the observers of *kind*."""
-    from composable_server import BaseObserver, Observer, Server
-    from composable_server.observers import AccessLog
+    from composable_server import Server
     from composable_server.testing import InlineDispatcher, MemoryAcceptor, MemoryTransport
 
+    # Observer names are imported only for the kinds that use them, so `none`
+    # also runs on a tree from before observers existed (the baseline).
     observers: list[Observer] = []
     if kind == "noop":
+        from composable_server import BaseObserver
+
         observers.append(BaseObserver())
     elif kind == "metrics":
         from prometheus_client import CollectorRegistry
@@ -57,6 +63,8 @@ def serve(kind: str, requests: int) -> None:
 
         observers.append(MetricsObserver(transport="memory", address="memory", registry=CollectorRegistry()))
     elif kind == "access_log":
+        from composable_server.observers import AccessLog
+
         logger = logging.getLogger("bench.access")
         logger.propagate = False
         logger.setLevel(logging.INFO)
@@ -81,7 +89,34 @@ def serve(kind: str, requests: int) -> None:
             server.handle_request()
 
 
-def _instructions(kind: str, requests: int, tmp: str) -> int:
+# A fixed hash seed: with a random one, dict and set layouts differ from run
+# to run and so does the count (seen: +-200 instructions per request).
+_ENV: Final = {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+def measure(
+    kinds: Sequence[str] = KINDS, small: int = 200, large: int = 1200, *, root: Path = ROOT
+) -> dict[str, float]:
+    """Instructions per request of each kind in *kinds* (valgrind must be
+    installed), on the tree at *root* (another checkout: a baseline)."""
+    per: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            # Once outside valgrind first: the first import of a module writes
+            # its .pyc, which would be counted in the small run only.
+            subprocess.run(
+                [sys.executable, "-m", "tests.bench.callgrind_observers", "--serve", kind, "1"],
+                cwd=root,
+                check=True,
+                timeout=120,
+                env=_ENV,
+            )
+            counts = [_instructions(kind, n, tmp, root) for n in (small, large)]
+            per[kind] = (counts[1] - counts[0]) / (large - small)
+    return per
+
+
+def _instructions(kind: str, requests: int, tmp: str, root: Path) -> int:
     out = os.path.join(tmp, f"callgrind.{kind}.{requests}")
     result = subprocess.run(
         [
@@ -95,11 +130,12 @@ def _instructions(kind: str, requests: int, tmp: str) -> int:
             kind,
             str(requests),
         ],
-        cwd=ROOT,
+        cwd=root,
         check=True,
         capture_output=True,
         text=True,
         timeout=600,
+        env=_ENV,
     )
     match = re.search(r"Collected : (\d+)", result.stderr)
     if match is None:
@@ -121,24 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        base = None
-        print(f"{'kind':<12} {'instructions/request':>22} {'vs none':>10}")
-        for kind in args.kinds:
-            # Once outside valgrind first: the first import of a module writes
-            # its .pyc, which would be counted in the small run only.
-            subprocess.run(
-                [sys.executable, "-m", "tests.bench.callgrind_observers", "--serve", kind, "1"],
-                cwd=ROOT,
-                check=True,
-                timeout=120,
-            )
-            small = _instructions(kind, args.small, tmp)
-            large = _instructions(kind, args.large, tmp)
-            per = (large - small) / (args.large - args.small)
-            base = per if base is None and kind == "none" else base
-            extra = "" if base is None else f"{per - base:+10.0f}"
-            print(f"{kind:<12} {per:>22.0f} {extra}")
+    print(f"{'kind':<12} {'instructions/request':>22} {'vs none':>10}")
+    per = measure(args.kinds, args.small, args.large)
+    base = per.get("none")
+    for kind, count in per.items():
+        extra = "" if base is None else f"{count - base:+10.0f}"
+        print(f"{kind:<12} {count:>22.0f} {extra}")
     return 0
 
 

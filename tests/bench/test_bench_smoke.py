@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.bench import callgrind_udp, importcost
+from tests._process import run_process
+from tests.bench import callgrind_tls, callgrind_udp, forkcost, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
-from tests.bench.run import SCENARIOS, _Cpus, _skips, build_loadgen, run_one
+from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, run_one
 
 # The thread method: the run waits on child processes and their pipes.
 pytestmark = pytest.mark.timeout(30, method="thread")
@@ -85,16 +87,13 @@ def test_one_short_run(scenario: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("scenario", "tool"), [("http-min", "wrk"), ("http-file-close", "wrk"), ("tls-handshake", "openssl")]
+    ("scenario", "tool"),
+    [("http-min", "wrk"), ("http-file-close", "wrk"), ("tls-handshake", "openssl"), ("tls-handshake-silent", "openssl")],
 )
 def test_external_client_run(scenario: str, tool: str, tmp_path: Path) -> None:
     """A native pool HTTP (or TLS) server answers wrk (or openssl s_time) for the shortest run, 1 s."""
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed")
-    if tool == "openssl" and sys.version_info >= (3, 13):
-        # Seen on 3.13.0 (not 3.11): the server stalls handshakes, the 1 s run
-        # takes 14 s or s_time hangs (2 of 6 runs); open in issue 18's note.
-        pytest.skip("tls-handshake stalls under Python 3.13 (known, under investigation)")
     chosen = next(s for s in SCENARIOS if s.name == scenario)
     if chosen.family == "https-min":
         pytest.importorskip("trustme")
@@ -105,6 +104,8 @@ def test_external_client_run(scenario: str, tool: str, tmp_path: Path) -> None:
     assert int(result["requests"]) > 0  # type: ignore[call-overload]  # a JSON number
     assert result["errors"] == 0
     assert float(result["cpu_us_per_req"]) > 0  # type: ignore[arg-type]  # a JSON number
+    if chosen.silent:
+        assert result["silent_open"] == chosen.silent  # held through the run, none cut
 
 
 def test_parse_wrk() -> None:
@@ -163,7 +164,35 @@ def test_callgrind_workload(kind: str) -> None:
     callgrind_udp.serve(kind, 20)
 
 
+@pytest.mark.parametrize("kind", callgrind_tls.KINDS)
+def test_callgrind_tls_workload(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TLS callgrind workload serves its s_time-like handshakes (without valgrind here)."""
+    pytest.importorskip("trustme")
+    monkeypatch.setenv("BENCH_TLS_CERT", _tls_files(str(tmp_path))[0])
+    monkeypatch.setenv("BENCH_TLS_KEY", _tls_files(str(tmp_path))[1])
+    # Its own process group, killed on the way out (the workload starts the client).
+    done = run_process([sys.executable, "-m", "tests.bench.callgrind_tls", "--serve", kind, "5"], timeout=60,
+                       cwd=callgrind_tls.ROOT, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+
+
 def test_uvloop_missing_skips_its_kind() -> None:
     """Without uvloop its kind is skipped, and the scenario still runs."""
     tcp16 = next(s for s in SCENARIOS if s.name == "tcp16")
     assert _skips(tcp16, have_uvloop=False) == (["uvloop"], None)
+
+
+@pytest.mark.parametrize("kind", forkcost.KINDS)
+def test_forkcost_counts_a_forking_server(kind: str) -> None:
+    """forkcost serves sequential forked requests and counts faults and CPU of the parent and its reaped children."""
+    counters = forkcost.measure(kind, 10, warmup=2)
+    assert counters.parent_faults > 0
+    assert counters.child_faults > 0  # ten children ran, and were reaped
+
+
+def test_forkcost_reads_callgrind_totals() -> None:
+    """The instruction total of a callgrind output file is its summary (or totals) line."""
+    assert forkcost.parse_callgrind_total("events: Ir\nfn=main\n1 5\nsummary: 123456\n") == 123456
+    assert forkcost.parse_callgrind_total("events: Ir\ntotals: 42\n") == 42
+    with pytest.raises(ValueError):
+        forkcost.parse_callgrind_total("events: Ir\n")

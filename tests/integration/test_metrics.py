@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 import pytest
+import trustme
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from composable_server.metrics import QueueDepthCollector, accept_queue_depth
+from composable_server import Server, StreamAcceptor, TCPTransport, ThreadingDispatcher, TLSTransport
+from composable_server.interfaces import Transport, TransportStarted
+from composable_server.metrics import MetricsObserver, QueueDepthCollector, accept_queue_depth
+from composable_server.policies import LoggingErrorPolicy
+from composable_server.proxy import ProxyProtocolTransport
+from composable_server.testing import RecordingObserver
 
 from .test_cli import ServeProcess
 
@@ -126,7 +134,12 @@ class TestCommandLine:
             assert missing.value.code == 404
             missing.value.close()
             assert proc.stop() == 0
-        assert sum(" in=- out=- " in line and line.rstrip().endswith(" ok") for line in proc.lines) == sent
+        # Bytes in: the request line, as TCP_INFO counts it.  Out is what the
+        # client acknowledged when the handler returned (its ACK may come later).
+        logged = [re.search(r" in=(\d+) out=(\d+) .* ok$", line.rstrip()) for line in proc.lines]
+        counts = [(int(found[1]), int(found[2])) for found in logged if found is not None]
+        assert len(counts) == sent
+        assert all(bytes_in == len(b"hello 0\n") and 0 <= bytes_out <= bytes_in for bytes_in, bytes_out in counts)
 
 
 @contextmanager
@@ -137,3 +150,67 @@ def serve(*args: str) -> Iterator[ServeProcess]:
         yield proc
     finally:
         proc.close()
+
+
+def _echo_line(request: socket.socket, client_address: object, server: object) -> None:
+    """Read one line, send it back."""
+    with request.makefile("rb") as reader:
+        request.sendall(reader.readline())
+
+
+def _proxy_over_tls(context: ssl.SSLContext) -> Transport[socket.socket, Any]:
+    return ProxyProtocolTransport(TLSTransport(TCPTransport(("127.0.0.1", 0)), context), mode="v1")
+
+
+class TestTLSHandshakesBehindProxy:
+    @pytest.mark.timeout(30)
+    def test_active_tls_handshakes(self) -> None:
+        """With PROXY over TLS (as the command line layers them), a handshake
+        in progress counts 1 (from the PROXY header on), then 0 once it ended, well or not."""
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        registry = CollectorRegistry()
+        recorder = RecordingObserver()
+        observer = MetricsObserver(transport="tls", address="test", tls=True, registry=registry)
+        server: Server[socket.socket, Any] = Server(
+            transport=_proxy_over_tls(context),
+            acceptor=StreamAcceptor(),
+            handler=_echo_line,
+            dispatcher=ThreadingDispatcher(),
+            error_policy=LoggingErrorPolicy(),
+            observers=[observer, recorder],
+        )
+        labels = {"transport": "tls", "address": "test"}
+        header = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 443\r\n"
+
+        def value(name: str, **extra: str) -> float | None:
+            return registry.get_sample_value(f"composable_server_{name}", {**labels, **extra})
+
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        try:
+            address = server.server_address
+            with socket.create_connection(address, timeout=WAIT) as raw:
+                raw.sendall(header)  # the PROXY header, then silence: the handshake is under way
+                assert recorder.wait_for("request_started", 1, WAIT)
+                assert value("active_tls_handshakes") == 1
+                with client_context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    tls.sendall(b"hello\n")
+                    assert tls.recv(100) == b"hello\n"
+                    assert value("active_tls_handshakes") == 0
+            with socket.create_connection(address, timeout=WAIT) as raw:
+                raw.sendall(header + b"not a TLS client hello\r\n\r\n")
+                assert recorder.wait_for("request_finished", 2, WAIT), recorder.events
+            assert recorder.wait_for("request_finished", 2, WAIT), recorder.events
+            assert value("active_tls_handshakes") == 0
+            assert value("tls_handshake_duration_seconds_count", error_type="") == 1
+            failed = [event for event in recorder.of(TransportStarted) if event.error is not None]
+            assert len(failed) == 1 and all(event.tls for event in recorder.of(TransportStarted))
+            assert value("tls_handshake_duration_seconds_count", error_type=failed[0].error or "") == 1
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(WAIT)

@@ -3,11 +3,13 @@ cut at a budget, TLS and PROXY failures."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,10 @@ from composable_server import (
     ThreadPoolDispatcher,
     ThreadingDispatcher,
     TLSTransport,
+    UDPTransport,
+    UnixStreamTransport,
 )
+from composable_server.acceptors import DatagramAcceptor
 from composable_server.interfaces import (
     ConnectionAccepted,
     ConnectionRefused,
@@ -36,7 +41,7 @@ from composable_server.interfaces import (
 from composable_server.policies import Budget, LoggingErrorPolicy
 from composable_server.proxy import ProxyProtocolTransport
 from composable_server.testing import RecordingObserver
-from composable_server.verifiers import CIDRVerifier, ConnectionCapVerifier, RateLimitVerifier
+from composable_server.verifiers import CIDRVerifier, ConnectionCapVerifier, PeerCredentialsVerifier, RateLimitVerifier
 
 WAIT = 10.0
 
@@ -58,11 +63,12 @@ def serving(
     verifier: Verifier[Any, Any] | None = None,
     dispatcher: Dispatcher | None = None,
     budget: Budget | None = None,
+    acceptor: Any = None,
 ) -> Iterator[Server[Any, Any]]:
     """A server on 127.0.0.1 with *observer*, serving in a thread; shut down and closed on exit."""
     server: Server[Any, Any] = Server(
         transport=TCPTransport(("127.0.0.1", 0)) if transport is None else transport,
-        acceptor=StreamAcceptor(),
+        acceptor=StreamAcceptor() if acceptor is None else acceptor,
         handler=handler,
         verifier=verifier,
         dispatcher=ThreadingDispatcher() if dispatcher is None else dispatcher,
@@ -151,6 +157,22 @@ class TestRefused:
         assert observer.names() == ["connection_accepted", "connection_refused"]
         (refused,) = observer.of(ConnectionRefused)
         assert (refused.reason, refused.detail) == ("cidr", "CIDRVerifier")
+
+    @pytest.mark.timeout(20)
+    def test_peer_credentials_refusal(self, tmp_path: Path) -> None:
+        """A peer-credentials verifier refusing our own uid over a Unix socket reports peer_credentials."""
+        observer = RecordingObserver()
+        path = str(tmp_path / "s.sock")
+        verifier = PeerCredentialsVerifier(uids={os.getuid() + 1})
+        with serving(observer, transport=UnixStreamTransport(path), verifier=verifier):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(WAIT)
+                sock.connect(path)
+                assert sock.recv(10) == b""  # closed unserved
+            ended(observer)
+        assert observer.names() == ["connection_accepted", "connection_refused"]
+        (refused,) = observer.of(ConnectionRefused)
+        assert (refused.reason, refused.detail) == ("peer_credentials", "PeerCredentialsVerifier")
 
     @pytest.mark.timeout(20)
     def test_rate_limit_refusal(self) -> None:
@@ -251,6 +273,120 @@ class TestCut:
         (finished,) = observer.of(RequestFinished)
         assert finished.outcome == "drain"
         assert observer.names()[-1] == "drain_finished"
+
+
+def exchange(request: socket.socket, client_address: object, server: object) -> None:
+    """Read 100 bytes, send 300, then wait for the client's one-byte receipt:
+    when it arrives the client has acknowledged all 300 (every segment
+    carries the cumulative ACK), so both counts are exact."""
+    with request.makefile("rb") as reader:
+        reader.read(100)
+        request.sendall(b"y" * 300)
+        reader.read(1)
+
+
+def client_exchange(sock: socket.socket) -> None:
+    """The client side of :func:`exchange` on a connected (maybe TLS) socket."""
+    sock.sendall(b"x" * 100)
+    received = 0
+    while received < 300:
+        chunk = sock.recv(4096)
+        assert chunk, "EOF before the reply was complete"
+        received += len(chunk)
+    sock.sendall(b"!")
+    assert sock.recv(10) == b""
+
+
+class TestBytes:
+    @pytest.mark.timeout(20)
+    def test_tcp_bytes_in_and_out(self) -> None:
+        """Over TCP, bytes in and out are the kernel's counts of what crossed the connection."""
+        observer = RecordingObserver(wants_bytes=True)
+        with serving(observer, handler=exchange) as server:
+            with socket.create_connection(server.server_address, timeout=WAIT) as sock:
+                client_exchange(sock)
+            ended(observer)
+        (finished,) = observer.of(RequestFinished)
+        assert (finished.outcome, finished.bytes_in, finished.bytes_out) == ("ok", 101, 300)
+
+    @pytest.mark.timeout(20)
+    def test_unwanted_bytes_are_not_read(self) -> None:
+        """Without an observer that wants them, the counts stay unknown."""
+        observer = RecordingObserver()
+        with serving(observer, handler=exchange) as server:
+            with socket.create_connection(server.server_address, timeout=WAIT) as sock:
+                client_exchange(sock)
+            ended(observer)
+        (finished,) = observer.of(RequestFinished)
+        assert (finished.outcome, finished.bytes_in, finished.bytes_out) == ("ok", None, None)
+
+    @pytest.mark.timeout(20)
+    def test_tls_counts_wire_bytes(self) -> None:
+        """Under TLS the counts are wire bytes: the handshake and record overhead on top of the payload."""
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        observer = RecordingObserver(wants_bytes=True)
+        transport = TLSTransport(TCPTransport(("127.0.0.1", 0)), context)
+        with serving(observer, handler=exchange, transport=transport) as server:
+            with socket.create_connection(server.server_address, timeout=WAIT) as raw:
+                with client_context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    client_exchange(tls)
+            ended(observer)
+        (finished,) = observer.of(RequestFinished)
+        assert finished.outcome == "ok"
+        assert finished.bytes_in is not None and finished.bytes_in > 101
+        assert finished.bytes_out is not None and finished.bytes_out > 300 + 500  # a certificate went out
+
+    @pytest.mark.timeout(20)
+    def test_proxy_header_is_counted_in(self) -> None:
+        """Behind a PROXY layer the header is part of the bytes in."""
+        header = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n"
+        observer = RecordingObserver(wants_bytes=True)
+        transport = ProxyProtocolTransport(TCPTransport(("127.0.0.1", 0)), mode="v1")
+        with serving(observer, handler=exchange, transport=transport) as server:
+            with socket.create_connection(server.server_address, timeout=WAIT) as sock:
+                sock.sendall(header)
+                client_exchange(sock)
+            ended(observer)
+        (finished,) = observer.of(RequestFinished)
+        assert (finished.outcome, finished.client_address) == ("ok", ("192.0.2.1", 1234))
+        assert (finished.bytes_in, finished.bytes_out) == (len(header) + 101, 300)
+
+    @pytest.mark.timeout(20)
+    def test_unix_stream_bytes_are_unknown(self, tmp_path: Path) -> None:
+        """A Unix stream socket has no TCP_INFO: both counts are unknown."""
+        observer = RecordingObserver(wants_bytes=True)
+        path = str(tmp_path / "s.sock")
+        with serving(observer, handler=exchange, transport=UnixStreamTransport(path)):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(WAIT)
+                sock.connect(path)
+                client_exchange(sock)
+            ended(observer)
+        (finished,) = observer.of(RequestFinished)
+        assert (finished.outcome, finished.bytes_in, finished.bytes_out) == ("ok", None, None)
+
+    @pytest.mark.timeout(20)
+    def test_datagram_bytes_in_is_its_length(self) -> None:
+        """A datagram's bytes in are its length; bytes out are unknown."""
+
+        def echo(request: Any, client_address: Any, server: object) -> None:
+            data, sock = request  # a datagram request: (data, the listening socket)
+            sock.sendto(data.upper(), client_address)
+
+        observer = RecordingObserver(wants_bytes=True)
+        transport = UDPTransport(("127.0.0.1", 0))
+        with serving(observer, handler=echo, transport=transport, acceptor=DatagramAcceptor()) as server:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(WAIT)
+                sock.sendto(b"hello datagram", server.server_address)
+                assert sock.recv(100) == b"HELLO DATAGRAM"
+            ended(observer)
+        (finished,) = observer.of(RequestFinished)
+        assert (finished.outcome, finished.bytes_in, finished.bytes_out) == ("ok", 14, None)
 
 
 class TestLayers:

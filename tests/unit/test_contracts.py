@@ -17,8 +17,10 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from typing import cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from composable_server import (
     AllowAll,
@@ -41,7 +43,9 @@ from composable_server import (
     any_of,
 )
 from composable_server.dispatchers import ThreadPoolDispatcher
-from composable_server.interfaces import AcceptErrorPolicy
+from composable_server.interfaces import AcceptErrorPolicy, DrainFinished, Observer, RequestFinished
+from composable_server.metrics import MetricsObserver
+from composable_server.observers import AccessLog, BaseObserver, ObserverGroup
 from composable_server.policies import AcceptBackoff, Budget, ConnectionTimeouts, RetryImmediately
 from composable_server.testing import (
     InlineDispatcher,
@@ -54,11 +58,13 @@ from composable_server.testing import (
     RecordingAcceptErrorPolicy,
     RecordingErrorPolicy,
     RecordingHandler,
+    RecordingObserver,
     RecordingTimeoutPolicy,
     check_accept_error_policy,
     check_acceptor,
     check_dispatcher,
     check_error_policy,
+    check_observer,
     check_timeout_policy,
     check_transport,
     check_verifier,
@@ -832,3 +838,66 @@ class TestRecordingHandlerBehaviour:
         assert handler.servers == [server]
         assert handler.threads == [threading.get_ident()]
         assert handler.wait_for(1, 0) and not handler.wait_for(2, 0)
+
+
+class TestObservers:
+    @pytest.mark.parametrize(
+        "make",
+        [
+            pytest.param(BaseObserver, id="BaseObserver"),
+            pytest.param(lambda: AccessLog(_quiet_logger()), id="AccessLog"),
+            pytest.param(lambda: AccessLog(_quiet_logger(logging.WARNING)), id="AccessLog-disabled"),
+            pytest.param(
+                lambda: MetricsObserver(transport="tcp", address="127.0.0.1:0", registry=CollectorRegistry()),
+                id="MetricsObserver",
+            ),
+            pytest.param(RecordingObserver, id="RecordingObserver"),
+            pytest.param(lambda: ObserverGroup([RecordingObserver(), BaseObserver()]), id="ObserverGroup"),
+        ],
+    )
+    def test_observer_contract(self, make: Callable[[], Observer], caplog: pytest.LogCaptureFixture) -> None:
+        """Every observer takes every event from several threads at once and is contained in a group."""
+        check_observer(make)
+        # The raising observer's failure was logged by the group, not raised.
+        assert any(record.name == "composable_server.observers" for record in caplog.records)
+
+
+def _quiet_logger(level: int = logging.INFO) -> logging.Logger:
+    """A logger at *level* that writes nowhere (the access log's lines are not under test)."""
+    logger = logging.getLogger(f"tests.contracts.access.{level}")
+    logger.propagate = False
+    logger.setLevel(level)
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+class _FailingObserver(BaseObserver):
+    """Raises when a request fails in its handler."""
+
+    __slots__ = ()
+
+    def request_finished(self, event: RequestFinished) -> None:
+        if event.outcome == "handler_error":
+            raise KeyError(event.error)
+
+
+class _ReturningObserver(BaseObserver):
+    """Returns something from drain_finished (the contract says None)."""
+
+    __slots__ = ()
+
+    def drain_finished(self, event: DrainFinished) -> None:
+        return cast(None, event)
+
+
+class TestCheckObserverHasTeeth:
+    def test_catches_an_observer_that_raises(self) -> None:
+        """An observer raising on one kind of event fails the suite, naming the event."""
+        with pytest.raises(AssertionError, match="request_finished.*raised KeyError"):
+            check_observer(_FailingObserver)
+
+    def test_catches_an_observer_that_returns_a_value(self) -> None:
+        """An observer returning something fails the suite."""
+        with pytest.raises(AssertionError, match="drain_finished.*expected None"):
+            check_observer(_ReturningObserver)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import select
 import threading
 import time
@@ -404,6 +405,38 @@ class TestForkingDispatcher:
         dispatcher.close()
         assert _lines(report) == ["job-1"]
         assert (job.parent_runs, job.closes) == (0, 1)
+
+    @pytest.mark.timeout(10)
+    def test_join_returns_the_same_job_for_a_child_every_time(self, report: Pipe, gate: Pipe) -> None:
+        """join() hands out one job object per running child, the same at every call (drain compares them by identity)."""
+        dispatcher = ForkingDispatcher()
+        dispatcher.dispatch(ChildJob("slow", report, gate=gate))
+        first, second = dispatcher.join(0), dispatcher.join(0)
+        assert len(first) == 1 and first[0] is second[0]
+        assert first[0].client_address == "slow"
+        os.write(gate.w, b"\0")
+        dispatcher.close()
+        assert _lines(report) == ["slow"]
+
+    @pytest.mark.timeout(10)
+    def test_child_restores_the_default_sigterm_and_sigint_handlers(self, report: Pipe) -> None:
+        """A child does not inherit the parent's Python-level SIGTERM and SIGINT handlers: SIGTERM ends it, Ctrl-C raises."""
+
+        class SignalsJob(ChildJob):
+            def run(self) -> bool:
+                term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+                os.write(self.report.w, f"{term is signal.SIG_DFL} {intr is signal.default_int_handler}\n".encode())
+                return True
+
+        saved = signal.signal(signal.SIGTERM, lambda signum, frame: None), signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            dispatcher = ForkingDispatcher()
+            dispatcher.dispatch(SignalsJob("job", report))
+            dispatcher.close()
+        finally:
+            signal.signal(signal.SIGTERM, saved[0])
+            signal.signal(signal.SIGINT, saved[1])
+        assert _lines(report) == ["True", "True"]  # (_lines splits on whitespace)
 
     @pytest.mark.timeout(10)
     def test_children_are_reaped(self, report: Pipe) -> None:

@@ -17,7 +17,7 @@ from composable_server.interfaces import (
     TransportStarted,
 )
 from composable_server.metrics import MetricsObserver
-from composable_server.observers import AccessLog
+from composable_server.observers import AccessLog, BaseObserver, ObserverGroup
 from composable_server.testing import (
     InlineDispatcher,
     MemoryAcceptor,
@@ -98,18 +98,33 @@ class TestMetricsObserver:
         assert got[key("x_tls_handshake_duration_seconds_count", **labels, error_type="TLSHandshakeError")] == 1
         assert got[key("x_active_connections", **labels)] == 1
 
+    @pytest.mark.timeout(5)
+    def test_kept_connection_has_no_second_handshake(self) -> None:
+        """The next message of a kept connection (starting=False) starts no handshake, so the gauge does not leak."""
+        registry = CollectorRegistry()
+        observer = MetricsObserver(transport="tls", address="a", tls=True, registry=registry, prefix="x")
+        observer.connection_accepted(ConnectionAccepted("c"))
+        observer.request_started(RequestStarted("c"))
+        observer.transport_started(TransportStarted("c", "TLSTransport", 0.01, None, True))
+        observer.request_finished(RequestFinished("c", 0.02, "ok"))
+        observer.request_started(RequestStarted("c", starting=False))
+        labels = {"address": "a", "transport": "tls"}
+        assert samples(registry)[key("x_active_tls_handshakes", **labels)] == 0
+
 
 class TestAccessLog:
     @pytest.mark.timeout(5)
     def test_one_line_per_request(self, caplog: pytest.LogCaptureFixture) -> None:
-        """Each finished request is one INFO line with client, bytes (unknown), duration and outcome."""
+        """Each finished request is one INFO line with client, bytes (``-``: unknown), duration and outcome."""
         log = AccessLog()
         with caplog.at_level(logging.INFO, logger="composable_server.access"):
+            log.request_finished(RequestFinished("c0", 0.125, "ok", bytes_in=78, bytes_out=1520))
             log.request_finished(RequestFinished("c1", 0.5, "ok"))
             log.request_finished(RequestFinished("c2", 0.25, "handler_error", "ValueError"))
             log.request_finished(RequestFinished("c3", 1.0, "budget", None, "lifetime"))
             log.connection_refused(ConnectionRefused("c4", "rate_limit", "RateLimitVerifier"))
         assert [record.getMessage() for record in caplog.records] == [
+            "c0 in=78 out=1520 0.1250s ok",
             "c1 in=- out=- 0.5000s ok",
             "c2 in=- out=- 0.2500s handler_error ValueError",
             "c3 in=- out=- 1.0000s budget lifetime",
@@ -122,5 +137,11 @@ class TestAccessLog:
         with caplog.at_level(logging.WARNING, logger="composable_server.access"):
             AccessLog().request_finished(RequestFinished("c1", 0.5, "ok"))
         assert caplog.records == []
+
+    def test_wants_bytes(self) -> None:
+        """The access log asks the server for byte counts; a group of observers passes that on."""
+        assert AccessLog.wants_bytes is True
+        assert ObserverGroup([BaseObserver(), AccessLog()]).wants_bytes
+        assert not ObserverGroup([BaseObserver()]).wants_bytes
 
 

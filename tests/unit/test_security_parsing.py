@@ -138,6 +138,18 @@ class TestTLSTransportArguments:
             TLSTransport(TCPTransport(("127.0.0.1", 0)), context, handshake_timeout=timeout)
 
     @pytest.mark.timeout(5)
+    def test_a_proxy_layer_inside_is_refused(self) -> None:
+        """PROXY inside TLS would never read its header (TLS takes the first bytes): a TypeError naming the order."""
+        from composable_server.proxy import ProxyProtocolTransport
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        proxied = ProxyProtocolTransport(TCPTransport(("127.0.0.1", 0)), mode="v1")
+        with pytest.raises(TypeError, match=r"cannot wrap ProxyProtocolTransport.*ProxyProtocolTransport\(TLSTransport"):
+            TLSTransport(proxied, context)
+        with pytest.raises(TypeError, match="cannot wrap TLSTransport"):
+            TLSTransport(TLSTransport(TCPTransport(("127.0.0.1", 0)), context), context)
+
+    @pytest.mark.timeout(5)
     def test_delegates_to_the_inner_transport(self) -> None:
         """Address and closing are the inner transport's; the repr names both."""
         inner = TCPTransport(("127.0.0.1", 0))
