@@ -1,8 +1,10 @@
-"""The command line's choices: transports and dispatch modes.
+"""The dispatchers behind the command line's ``--dispatch`` choices.
 
 Shared by the CLI (``serve``) and the demo, so that neither imports the
-other: the demo runs every transport x dispatch mode the CLI offers,
-with the same dispatchers.
+other: the demo runs every transport x dispatch mode the CLI offers, with
+the same dispatchers.  The choices themselves (names only) are in
+:mod:`composable_server._cliparse`, which the parser reads without loading
+any dispatcher.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Final
 
-from ._classes import TransportName
+from ._cliparse import DISPATCH_MODES, STREAM_TRANSPORTS, TRANSPORTS, UNIX_TRANSPORTS
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher, ThreadPoolDispatcher
 from .interfaces import Dispatcher
 
@@ -30,16 +32,3 @@ DISPATCHERS: Final[Mapping[str, Callable[[], Dispatcher]]] = {
 
 # --dispatch prefork: --workers processes (default: one per CPU), each with this pool.
 PREFORK_POOL: Final = DISPATCHERS["pool"]
-DISPATCH_MODES: Final = (*DISPATCHERS, "prefork")
-
-# --transport: the CLI's name -> the factories' name.  "unix-dgram" is the
-# older spelling of "unix-datagram", kept for the scripts that use it.
-TRANSPORTS: Final[Mapping[str, TransportName]] = {
-    "tcp": "tcp",
-    "udp": "udp",
-    "unix": "unix_stream",
-    "unix-datagram": "unix_datagram",
-    "unix-dgram": "unix_datagram",
-}
-STREAM_TRANSPORTS: Final = frozenset(name for name, kind in TRANSPORTS.items() if kind in ("tcp", "unix_stream"))
-UNIX_TRANSPORTS: Final = frozenset(name for name, kind in TRANSPORTS.items() if kind.startswith("unix"))

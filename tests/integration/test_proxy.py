@@ -39,7 +39,8 @@ from composable_server import (
     per_ip_cap,
     rate_limit,
 )
-from composable_server._cli import build_parser, build_server, main
+from composable_server.__main__ import main
+from composable_server._cli import build_parser, build_server
 from composable_server._request import DATAGRAM_REQUESTS, STREAM_REQUESTS
 from composable_server.exceptions import ProxyProtocolError
 from composable_server.proxy import (

@@ -35,9 +35,20 @@ NOT_FOR_COMPAT = frozenset(
         f"{PACKAGE}.testing",
         f"{PACKAGE}._services",
         f"{PACKAGE}._cli",
+        f"{PACKAGE}._cliparse",
+        f"{PACKAGE}._modes",
+        f"{PACKAGE}._demo",
         f"{PACKAGE}._pytest_support",
+        f"{PACKAGE}.metrics",
+        "prometheus_client",
     }
 )
+
+# What the command line may load before its arguments are known to be good
+# (--help, --version, a usage error): argparse and the parser module, none of
+# the engine, not attrs and not typing (which alone costs as much as argparse).
+CLI_PARSER_ONLY = frozenset({PACKAGE, f"{PACKAGE}.__main__", f"{PACKAGE}._cliparse"})
+NOT_FOR_THE_PARSER = frozenset({"attr", "attrs", "typing", "ssl", "socket", "ipaddress", "importlib.metadata"})
 
 
 def _loaded_by(statement: str, *, first: str = "") -> set[str]:
@@ -58,6 +69,21 @@ def _loaded_by(statement: str, *, first: str = "") -> set[str]:
     return set(loaded)
 
 
+def _loaded_by_command(*args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """The modules ``python -X importtime ARGS`` imports, as the whole process
+    (``-m`` and its runpy included) from its ``-X importtime`` lines; and the run."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    loaded = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+    loaded.discard("imported package")  # the header line
+    return loaded, done
+
+
 def _package_modules(modules: set[str]) -> set[str]:
     return {name for name in modules if name == PACKAGE or name.startswith(f"{PACKAGE}.")}
 
@@ -65,10 +91,10 @@ def _package_modules(modules: set[str]) -> set[str]:
 class TestImportCost:
     @pytest.mark.timeout(60)
     def test_the_package_imports_none_of_its_modules(self) -> None:
-        """``import composable_server`` loads no submodule and not attrs: every name is loaded on first use."""
+        """``import composable_server`` loads no submodule, not attrs and not typing: every name is loaded on first use."""
         loaded = _loaded_by(f"import {PACKAGE}")
         assert _package_modules(loaded) == {PACKAGE}
-        assert not {"attr", "attrs"} & loaded
+        assert not {"attr", "attrs", "typing"} & loaded
 
     @pytest.mark.timeout(60)
     def test_compat_loads_only_what_it_uses(self) -> None:
@@ -85,12 +111,43 @@ class TestImportCost:
         assert not {"attr", "attrs"} & loaded
 
     @pytest.mark.timeout(60)
+    @pytest.mark.parametrize(
+        ("argv", "status"),
+        [
+            (["serve", "--help"], 0),
+            (["--help"], 0),
+            (["serve", "--port", "x"], 2),  # refused by argparse
+            (["serve", "--workers", "3"], 2),  # refused by the usage checks
+            (["serve", "--transport", "unix"], 2),  # needs --path
+        ],
+    )
+    def test_the_command_line_loads_no_engine_before_its_arguments_are_good(
+        self, argv: list[str], status: int
+    ) -> None:
+        """``python -m composable_server`` with --help or a bad option loads the parser only: no component, attrs or typing."""
+        loaded, done = _loaded_by_command("-m", PACKAGE, *argv)
+        assert done.returncode == status, done.stderr
+        assert "argparse" in loaded  # the walk saw the parser
+        assert sorted(_package_modules(loaded) - CLI_PARSER_ONLY) == []
+        assert sorted(NOT_FOR_THE_PARSER & loaded) == []
+
+    @pytest.mark.timeout(60)
+    def test_serve_loads_the_engine_after_parsing(self) -> None:
+        """Good ``serve`` arguments load the engine (the walk sees it), via the command line module."""
+        loaded = _loaded_by(
+            f"from {PACKAGE}.__main__ import main\nimport {PACKAGE}._cli as cli\n"
+            "cli._serve = lambda parser, args: 0\nassert main(['serve', '--port', '0']) == 0",
+        )
+        assert {f"{PACKAGE}._cliparse", f"{PACKAGE}._cli", f"{PACKAGE}.server", "attrs"} <= loaded
+
+    @pytest.mark.timeout(60)
     def test_help_does_not_read_the_installed_version(self) -> None:
         """``serve --help`` does not import importlib.metadata: ``--version`` reads it only when asked for."""
-        loaded = _loaded_by(
-            f"from {PACKAGE}._cli import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass",
-        )
-        assert f"{PACKAGE}._cli" in loaded  # the walk saw the command line
+        loaded, done = _loaded_by_command("-m", PACKAGE, "--version")
+        assert done.returncode == 0, done.stderr
+        assert "importlib.metadata" in loaded  # the walk sees what --version reads
+        loaded, done = _loaded_by_command("-m", PACKAGE, "serve", "--help")
+        assert done.returncode == 0, done.stderr
         assert "importlib.metadata" not in loaded
 
     @pytest.mark.timeout(60)
