@@ -66,6 +66,7 @@ __all__ = (
     "AnyServer",
     "Background",
     "CLIENT_TIMEOUT",
+    "IDLE_CLIENTS",
     "CloseHookDispatcher",
     "Dispatch",
     "Family",
@@ -96,6 +97,8 @@ AnyServer: TypeAlias = Server[Any, Any]
 
 # Upper bound for any single client wait: a bound, never a synchronisation.
 CLIENT_TIMEOUT: Final = 5.0
+# Idle connections of the 2,000-parked-connections tests (the descriptors fixture sizes RLIMIT_NOFILE for them).
+IDLE_CLIENTS: Final = 2000
 
 
 class MagicError(Exception):

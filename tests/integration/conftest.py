@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import resource
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ._support import KINDS, Dispatch, Family, Responder, ServerKind, ipv6_available
+from ._support import IDLE_CLIENTS, KINDS, Dispatch, Family, Responder, ServerKind, ipv6_available
 
 
 @functools.cache
@@ -74,3 +75,18 @@ def responder() -> Iterator[Responder]:
     r = Responder()
     yield r
     r.close()
+
+
+@pytest.fixture
+def descriptors() -> Iterator[None]:
+    """Raise RLIMIT_NOFILE for two descriptors per idle client (bounded, restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * IDLE_CLIENTS + 256
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {need} descriptors this test needs")
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -9,7 +9,6 @@ enough.
 from __future__ import annotations
 
 import io
-import resource
 import signal
 import socket
 import ssl
@@ -38,7 +37,7 @@ from composable_server.handlers import ParkingRequestHandler, SocketFile, buffer
 from composable_server.interfaces import Dispatcher, RequestFinished, Verdict
 from composable_server.testing import RecordingObserver
 
-from ._support import CLIENT_TIMEOUT, OutputProcess, RecordingErrorPolicy, running
+from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, OutputProcess, RecordingErrorPolicy, running
 
 LOCAL = "127.0.0.1"
 
@@ -313,24 +312,6 @@ def test_tls_bytes_pending_in_the_ssl_object_are_served_before_parking() -> None
             assert reader.readline() == b"SECOND\n"
             assert wait_until(lambda: server.parked_connections == 1)
             assert len(Lines.instances) == 1  # both served in one dispatch, from pending bytes
-
-
-IDLE_CLIENTS = 2000
-
-
-@pytest.fixture
-def descriptors() -> Iterator[None]:
-    """Raise RLIMIT_NOFILE for two descriptors per idle client (bounded, restored after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * IDLE_CLIENTS + 256
-    if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {need} descriptors this test needs")
-    if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.timeout(180)

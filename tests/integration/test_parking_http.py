@@ -12,7 +12,6 @@ import functools
 import http.client
 import http.server
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -33,7 +32,7 @@ from composable_server import Budget, ConnectionTimeouts, Server
 from composable_server.httpserver import ParkingHTTPRequestHandler, make_http_server, parking_http
 
 from .._process import kill_group
-from ._support import CLIENT_TIMEOUT, OutputProcess, RecordingErrorPolicy, running
+from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, OutputProcess, RecordingErrorPolicy, running
 
 LOCAL = "127.0.0.1"
 
@@ -349,24 +348,6 @@ def test_drain_closes_parked_http_connections_and_lets_a_busy_request_finish() -
         finally:
             for client in parked if busy is None else (*parked, busy):
                 client.close()
-
-
-IDLE_CLIENTS = 2000
-
-
-@pytest.fixture
-def descriptors() -> Iterator[None]:
-    """Raise RLIMIT_NOFILE for two descriptors per idle client (bounded, restored after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * IDLE_CLIENTS + 256
-    if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {need} descriptors this test needs")
-    if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.timeout(180)
