@@ -31,6 +31,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,6 +68,8 @@ __all__ = (
     "Background",
     "CLIENT_TIMEOUT",
     "IDLE_CLIENTS",
+    "cli_address",
+    "serve_cli",
     "CloseHookDispatcher",
     "Dispatch",
     "Family",
@@ -662,3 +665,15 @@ class OutputProcess:
         if self._reader.is_alive():
             raise AssertionError(f"the output pipe of {self.proc.args!r} is still open {self.wait} s after its group died")
         self._stream.close()
+
+
+def serve_cli(*args: str) -> OutputProcess:
+    """``python -m composable_server serve --port 0 *args`` (log level debug), its stderr read for the address."""
+    argv = [sys.executable, "-m", "composable_server", "serve", "--log-level", "debug", "--port", "0", *args]
+    return OutputProcess(argv, read="stderr", wait=CLIENT_TIMEOUT)
+
+
+def cli_address(proc: OutputProcess) -> tuple[str, int]:
+    """The address a :func:`serve_cli` server logged as ``listening on KIND HOST:PORT``."""
+    host, _, port = proc.wait_for(r"listening on \S+ (\S+)").group(1).rpartition(":")
+    return host.strip("[]"), int(port)

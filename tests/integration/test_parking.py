@@ -37,7 +37,7 @@ from composable_server.handlers import ParkingRequestHandler, SocketFile, buffer
 from composable_server.interfaces import Dispatcher, RequestFinished, Verdict
 from composable_server.testing import RecordingObserver
 
-from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, OutputProcess, RecordingErrorPolicy, running
+from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, RecordingErrorPolicy, cli_address, running, serve_cli
 
 LOCAL = "127.0.0.1"
 
@@ -417,16 +417,6 @@ def test_a_handler_that_does_not_park_serves_every_line_in_place_until_eof(
 # -- the command line: serve --service lines [--park] --------------------------------
 
 
-def _serve(*args: str) -> OutputProcess:
-    argv = [sys.executable, "-m", "composable_server", "serve", "--log-level", "debug", "--port", "0", *args]
-    return OutputProcess(argv, read="stderr", wait=CLIENT_TIMEOUT)
-
-
-def _address(proc: OutputProcess) -> tuple[str, int]:
-    host, _, port = proc.wait_for(r"listening on \S+ (\S+)").group(1).rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "dispatch",
@@ -435,9 +425,9 @@ def _address(proc: OutputProcess) -> tuple[str, int]:
 )
 def test_cli_lines_park_serves_more_open_connections_than_threads(dispatch: list[str]) -> None:
     """`--service lines --park` on 2 threads: 12 open connections take turns, each answered every round."""
-    proc = _serve("--service", "lines", "--park", *dispatch)
+    proc = serve_cli("--service", "lines", "--park", *dispatch)
     try:
-        address = _address(proc)
+        address = cli_address(proc)
         clients = [socket.create_connection(address, timeout=CLIENT_TIMEOUT) for _ in range(12)]
         try:
             for round_ in range(3):
@@ -459,9 +449,9 @@ def test_cli_lines_park_serves_more_open_connections_than_threads(dispatch: list
 @pytest.mark.timeout(60)
 def test_cli_lines_without_park_keeps_the_connection_in_its_worker() -> None:
     """`--service lines` alone: one worker serves a whole conversation in place, until EOF."""
-    proc = _serve("--service", "lines", "--dispatch", "pool", "--threads", "2")
+    proc = serve_cli("--service", "lines", "--dispatch", "pool", "--threads", "2")
     try:
-        with socket.create_connection(_address(proc), timeout=CLIENT_TIMEOUT) as client:
+        with socket.create_connection(cli_address(proc), timeout=CLIENT_TIMEOUT) as client:
             for line in (b"a\n", b"b\n", b"c\n"):
                 assert ask(client, line) == line.upper()
             client.shutdown(socket.SHUT_WR)

@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -32,7 +31,7 @@ from composable_server import Budget, ConnectionTimeouts, Server
 from composable_server.httpserver import ParkingHTTPRequestHandler, make_http_server, parking_http
 
 from .._process import kill_group
-from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, OutputProcess, RecordingErrorPolicy, running
+from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, RecordingErrorPolicy, cli_address, running, serve_cli
 
 LOCAL = "127.0.0.1"
 
@@ -408,16 +407,6 @@ def test_wrk_keep_alive_load_gets_only_2xx_and_no_socket_errors() -> None:
 # -- the command line: serve --service http --park --------------------------------
 
 
-def _serve(*args: str) -> OutputProcess:
-    argv = [sys.executable, "-m", "composable_server", "serve", "--log-level", "info", "--port", "0", *args]
-    return OutputProcess(argv, read="stderr", wait=CLIENT_TIMEOUT)
-
-
-def _address(proc: OutputProcess) -> tuple[str, int]:
-    host, _, port = proc.wait_for(r"listening on \S+ (\S+)").group(1).rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "dispatch",
@@ -427,9 +416,9 @@ def _address(proc: OutputProcess) -> tuple[str, int]:
 def test_cli_http_park_serves_more_keep_alive_clients_than_threads(dispatch: list[str], tmp_path: Path) -> None:
     """`--service http --park` on 2 threads: 8 keep-alive clients take turns, each answered every round."""
     (tmp_path / "index.txt").write_bytes(b"served\n")
-    proc = _serve("--service", "http", "--park", "--directory", str(tmp_path), *dispatch)
+    proc = serve_cli("--service", "http", "--park", "--directory", str(tmp_path), *dispatch)
     try:
-        host, port = _address(proc)
+        host, port = cli_address(proc)
         clients = [http.client.HTTPConnection(host, port, timeout=CLIENT_TIMEOUT) for _ in range(8)]
         try:
             for client in clients:
