@@ -22,10 +22,11 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
-__all__ = ("fork", "kill", "open_pidfd", "reap", "run_child", "wait_any")
+__all__ = ("flush_std_streams", "fork", "kill", "open_pidfd", "reap", "run_child", "wait_any")
 
 
-def _flush_std_streams() -> None:
+def flush_std_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` (those that are not None)."""
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
@@ -37,7 +38,7 @@ def fork() -> int:
     Raises:
         OSError: ``fork(2)`` failed (``EAGAIN``, ``ENOMEM``).
     """
-    _flush_std_streams()
+    flush_std_streams()
     return os.fork()
 
 
@@ -55,7 +56,7 @@ def run_child(body: Callable[[], int]) -> NoReturn:
         traceback.print_exc()
     finally:
         try:
-            _flush_std_streams()
+            flush_std_streams()
         finally:
             os._exit(status)
 

@@ -603,12 +603,12 @@ class StreamRequestHandler(_handlers.StreamRequestHandler[Any], BaseRequestHandl
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        # Typed as the buffered files stdlib declares (makefile("rb", 0) is raw).
-        self.rfile = cast(io.BufferedIOBase, self.connection.makefile("rb", self.rbufsize))
+        # No typing.cast() here: a forked child would fault on its pages.
+        self.rfile = self.connection.makefile("rb", self.rbufsize)  # type: ignore[assignment]  # typed as the buffered file stdlib declares (makefile("rb", 0) is raw)
         if self.wbufsize == 0:
             self.wfile = _handlers.SocketWriter(self.connection)
         else:
-            self.wfile = cast(io.BufferedIOBase, self.connection.makefile("wb", self.wbufsize))
+            self.wfile = self.connection.makefile("wb", self.wbufsize)  # type: ignore[assignment]  # as rfile
 
 
 class DatagramRequestHandler(_handlers.DatagramRequestHandler[Any], BaseRequestHandler):

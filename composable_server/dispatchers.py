@@ -21,10 +21,12 @@ after sending ``reject_message`` if one is set).
 from __future__ import annotations
 
 import importlib
+import os
 import queue
 import signal
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Literal, TypeAlias, cast, final
@@ -285,13 +287,6 @@ def _signals_to_reset() -> _Resets:
     return _RESETS[_getsignal(_SIGTERM) != 0][_getsignal(_SIGINT) is not signal.default_int_handler]
 
 
-def _child_main(job: Job, reset: _Resets) -> int:
-    """The forked child's work: the exit status (0 if the handler returned, 1 if it raised)."""
-    for signum, handler in reset:
-        _setsignal(signum, handler)
-    return 0 if job.run() else 1
-
-
 @final
 @attrs.define(eq=False)
 class ForkingDispatcher:
@@ -359,8 +354,25 @@ class ForkingDispatcher:
             children[pid] = job.client_address
             job.close()
             return
-        # Child.  Whatever happens, never return into the parent's loop.
-        _fork.run_child(lambda: _child_main(job, reset))
+        # The child, inline (as _fork.run_child, without its two frames and a
+        # closure: every function run here writes its refcount on a page
+        # shared with the parent, one copy-on-write fault each).  Whatever
+        # happens, never return into the parent's loop: status 0 if the
+        # handler returned, 1 if it raised; the std streams flushed; os._exit,
+        # so no atexit handler and no buffer of the parent runs twice.
+        status = 1
+        try:
+            for signum, handler in reset:
+                _setsignal(signum, handler)
+            if job.run():
+                status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                _fork.flush_std_streams()
+            finally:
+                os._exit(status)
 
     def _reap(self, *, blocking: bool) -> None:
         children = self._children

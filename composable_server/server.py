@@ -291,6 +291,9 @@ class Server(Generic[RequestT, AddressT]):
                 self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers
             )
             requests.open_returns(parking)
+            # Asked here, in the serving process: a forked child (ForkingDispatcher)
+            # would otherwise ask in every child, and never keep the answer.
+            requests.handler_traits(self.handler)
             batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
             # Only connections are parked or kept: a datagram loop skips the
             # parking's calls (three per wake-up) altogether.
