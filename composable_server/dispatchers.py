@@ -24,6 +24,7 @@ import importlib
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -266,25 +267,15 @@ _getsignal: Final = cast("Callable[[int], object]", _c_signal.getsignal)
 _setsignal: Final = cast("Callable[[int, object], object]", _c_signal.signal)
 _SIGTERM: Final = int(signal.SIGTERM)
 _SIGINT: Final = int(signal.SIGINT)
+_DEFAULT_INT: Final = signal.default_int_handler
 _Resets: TypeAlias = "tuple[tuple[int, object], ...]"
 _RESET_TERM: Final[_Resets] = ((_SIGTERM, 0),)
-_RESET_INT: Final[_Resets] = ((_SIGINT, signal.default_int_handler),)
+_RESET_INT: Final[_Resets] = ((_SIGINT, _DEFAULT_INT),)
 # [SIGTERM differs][SIGINT differs]: built once, no tuple per fork.
 _RESETS: Final[tuple[tuple[_Resets, _Resets], tuple[_Resets, _Resets]]] = (
     ((), _RESET_INT),
     (_RESET_TERM, _RESET_TERM + _RESET_INT),
 )
-
-
-def _signals_to_reset() -> _Resets:
-    """The (signal, handler) pairs a child must restore, decided in the parent before fork.
-
-    A child must not run the parent's Python-level handlers (e.g. a
-    "SIGTERM -> shut the server down" handler would wait forever on the
-    parent's serving loop): SIGTERM ends the child, Ctrl-C raises as usual.
-    Usually nothing is to be reset, and the child then touches nothing.
-    """
-    return _RESETS[_getsignal(_SIGTERM) != 0][_getsignal(_SIGINT) is not signal.default_int_handler]
 
 
 @final
@@ -348,18 +339,29 @@ class ForkingDispatcher:
                 return
             while len(children) >= self.max_children:
                 self._wait_any(None)
-        reset = _signals_to_reset()
-        pid = _fork.fork()
+        # What a child must reset, decided here (the child then touches
+        # nothing when nothing differs): it must not run the parent's
+        # Python-level handlers (a "SIGTERM -> shut the server down" handler
+        # would wait forever on the parent's loop): SIGTERM ends the child,
+        # Ctrl-C raises as usual.
+        reset = _RESETS[_getsignal(_SIGTERM) != 0][_getsignal(_SIGINT) is not _DEFAULT_INT]
+        # _fork.fork() and _fork.run_child(), inline: every function run
+        # between two forks writes its refcount on a page shared with the
+        # other process, one copy-on-write fault each (two frames and a
+        # closure less).  The std streams are flushed first, so the child
+        # does not repeat what the parent wrote before.
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        pid = os.fork()
         if pid:
             children[pid] = job.client_address
             job.close()
             return
-        # The child, inline (as _fork.run_child, without its two frames and a
-        # closure: every function run here writes its refcount on a page
-        # shared with the parent, one copy-on-write fault each).  Whatever
-        # happens, never return into the parent's loop: status 0 if the
-        # handler returned, 1 if it raised; the std streams flushed; os._exit,
-        # so no atexit handler and no buffer of the parent runs twice.
+        # The child.  Whatever happens, never return into the parent's loop:
+        # status 0 if the handler returned, 1 if it raised (or anything else
+        # did: printed); the std streams flushed; os._exit, so no atexit
+        # handler and no buffer of the parent runs twice.
         status = 1
         try:
             for signum, handler in reset:
@@ -370,7 +372,9 @@ class ForkingDispatcher:
             traceback.print_exc()
         finally:
             try:
-                _fork.flush_std_streams()
+                for stream in (sys.stdout, sys.stderr):
+                    if stream is not None:
+                        stream.flush()
             finally:
                 os._exit(status)
 
