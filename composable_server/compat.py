@@ -44,7 +44,7 @@ from typing import Any, Protocol, TypeVar, cast, overload
 import attrs
 
 from . import handlers as _handlers
-from ._request import RequestPath
+from ._request import RequestJob, RequestPath
 from ._socketutil import Waker
 from .acceptors import DatagramAcceptor, StreamAcceptor
 from .dispatchers import ForkingDispatcher, SyncDispatcher, ThreadingDispatcher
@@ -543,7 +543,7 @@ class ForkingMixIn:
         # as stdlib's process_request does there: the job's body is that
         # sequence, and nothing else runs in the child (every object it
         # touches costs a copy-on-write fault).
-        dispatcher.dispatch(self._requests.job(request, client_address, self._serve_in_child))
+        dispatcher.dispatch(RequestJob(self._requests, request, client_address, self._serve_in_child))
 
     def _serve_in_child(self: _ForkingHost, request: Any, client_address: Any) -> bool:
         """What stdlib's ``process_request`` runs in the child; False if
