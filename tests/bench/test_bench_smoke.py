@@ -202,6 +202,15 @@ def test_forkcost_counts_a_forking_server(kind: str) -> None:
     assert counters.child_faults > 0  # ten children ran, and were reaped
 
 
+@pytest.mark.skipif(shutil.which("perf") is None, reason="needs perf")
+def test_forkcost_attributes_faults_to_objects(tmp_path: Path) -> None:
+    """forkcost --where attributes the faults of a forking server's parent and children to objects or mappings."""
+    parent, children = forkcost.faults_by_object("compat", 5, str(tmp_path))
+    assert sum(parent.values()) > 0 and sum(children.values()) > 0
+    assert any(where.startswith("text: ") for where in children)  # the child's first instruction fetches
+    assert any(where.startswith("code composable_server.") for where in children)  # the child ran our code
+
+
 def test_forkcost_reads_callgrind_totals() -> None:
     """The instruction total of a callgrind output file is its summary (or totals) line."""
     assert forkcost.parse_callgrind_total("events: Ir\nfn=main\n1 5\nsummary: 123456\n") == 123456
