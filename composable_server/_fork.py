@@ -22,11 +22,10 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
-__all__ = ("flush_std_streams", "fork", "kill", "open_pidfd", "reap", "run_child", "wait_any")
+__all__ = ("fork", "kill", "open_pidfd", "reap", "run_child", "wait_any")
 
 
-def flush_std_streams() -> None:
-    """Flush ``sys.stdout`` and ``sys.stderr`` (those that are not None)."""
+def _flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
@@ -38,7 +37,7 @@ def fork() -> int:
     Raises:
         OSError: ``fork(2)`` failed (``EAGAIN``, ``ENOMEM``).
     """
-    flush_std_streams()
+    _flush_std_streams()
     return os.fork()
 
 
@@ -56,7 +55,7 @@ def run_child(body: Callable[[], int]) -> NoReturn:
         traceback.print_exc()
     finally:
         try:
-            flush_std_streams()
+            _flush_std_streams()
         finally:
             os._exit(status)
 
