@@ -618,12 +618,12 @@ class StreamRequestHandler(_handlers.StreamRequestHandler[Any], BaseRequestHandl
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        # No typing.cast() here: a forked child would fault on its pages.
-        self.rfile = self.connection.makefile("rb", self.rbufsize)  # type: ignore[assignment]  # typed as the buffered file stdlib declares (makefile("rb", 0) is raw)
+        # Typed as the buffered files stdlib declares (makefile("rb", 0) is raw).
+        self.rfile = cast(io.BufferedIOBase, self.connection.makefile("rb", self.rbufsize))
         if self.wbufsize == 0:
             self.wfile = _handlers.SocketWriter(self.connection)
         else:
-            self.wfile = self.connection.makefile("wb", self.wbufsize)  # type: ignore[assignment]  # as rfile
+            self.wfile = cast(io.BufferedIOBase, self.connection.makefile("wb", self.wbufsize))
 
 
 class DatagramRequestHandler(_handlers.DatagramRequestHandler[Any], BaseRequestHandler):
