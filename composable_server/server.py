@@ -78,6 +78,7 @@ import attrs
 
 from ._request import DEFAULT_MAX_PARKED, DatagramJob, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
+from ._util import attrs_repr
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import (
@@ -151,6 +152,8 @@ class DrainReport:
             cut and the grace period: threads blocked on something other than
             their connection.  Empty in a clean drain.
     """
+
+    __repr__ = attrs_repr
 
     finished: bool
     elapsed: float

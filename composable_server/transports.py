@@ -27,6 +27,7 @@ import attrs
 from ._request import DATAGRAM_REQUESTS, STREAM_REQUESTS, DatagramRequests, StreamRequests
 from ._socketutil import check_inet_address, check_unix_address, family_name, inet_family_for
 from ._unixpath import SocketFile, check_mode, unix_path
+from ._util import attrs_repr
 from .exceptions import AddressError, BindError, ServerClosedError, TLSHandshakeError
 from .interfaces import DatagramRequest, InetAddress, RequestOps, Transport, UnixAddress
 
@@ -473,6 +474,8 @@ class TLSStatistics:
         failed: handshakes that failed, the timed-out ones included.
         timed_out: handshakes cut at the deadline.
     """
+
+    __repr__ = attrs_repr
 
     completed: int
     failed: int
