@@ -28,6 +28,7 @@ NOT_FOR_COMPAT = frozenset(
         "http.server",
         "argparse",
         f"{PACKAGE}.factories",
+        f"{PACKAGE}._tls",
         f"{PACKAGE}.prefork",
         f"{PACKAGE}.proxy",
         f"{PACKAGE}.systemd",
