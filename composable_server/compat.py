@@ -41,8 +41,6 @@ from collections.abc import Sequence
 from socket import socket as Socket
 from typing import Any, Protocol, TypeVar, cast, overload
 
-import attrs
-
 from . import handlers as _handlers
 from ._request import RequestJob, RequestPath
 from ._socketutil import Waker
@@ -78,14 +76,19 @@ if hasattr(socket, "AF_UNIX"):
 _SocketTransport = TCPTransport | UDPTransport | UnixStreamTransport | UnixDatagramTransport
 
 
-@attrs.define(eq=False)
 class _NullTransport:
     """The transport of a server built on :class:`BaseServer` directly: stdlib
     ``BaseServer`` has no socket, its subclasses bring their own (and override
     ``fileno``/``get_request``)."""
 
-    address: object
-    _sock: Socket | None = None
+    __slots__ = ("_sock", "address")
+
+    def __init__(self, address: object) -> None:
+        self.address = address
+        self._sock: Socket | None = None
+
+    def __repr__(self) -> str:
+        return f"_NullTransport(address={self.address!r}, _sock={self._sock!r})"
 
     @property
     def server_address(self) -> object:
@@ -163,8 +166,9 @@ class _OpaqueRequests:
 _OPAQUE_REQUESTS = _OpaqueRequests()
 
 
-@attrs.frozen
 class _NullAcceptor:
+    __slots__ = ()
+
     def accept(self, transport: object) -> tuple[Any, Any]:
         raise NotImplementedError("a BaseServer subclass must define get_request()")
 

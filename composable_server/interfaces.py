@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol, TypeAlias, TypeVar, final
 
 import attrs
 
+from ._util import attrs_repr
 
 __all__ = (
     "AcceptErrorPolicy",
@@ -602,6 +603,8 @@ class ConnectionAccepted:
         client_address: as the acceptor reported it.
     """
 
+    __repr__ = attrs_repr
+
     client_address: object
 
 
@@ -616,6 +619,8 @@ class ConnectionRefused:
         detail: the refusing verifier's class name, or the error's message.
     """
 
+    __repr__ = attrs_repr
+
     client_address: object
     reason: RefusalReason
     detail: str = ""
@@ -629,6 +634,8 @@ class RequestStarted:
     Attributes:
         client_address: as accepted.
     """
+
+    __repr__ = attrs_repr
 
     client_address: object
 
@@ -647,6 +654,8 @@ class TransportStarted:
             it wraps (``inner``, as a PROXY layer over TLS), has a
             ``context`` (``TLSTransport``).
     """
+
+    __repr__ = attrs_repr
 
     client_address: object
     transport: str
@@ -677,6 +686,8 @@ class RequestFinished:
             messages, compat's threading body).
     """
 
+    __repr__ = attrs_repr
+
     client_address: object
     duration: float
     outcome: Outcome
@@ -696,6 +707,8 @@ class AcceptFailed:
         delay: seconds the loop pauses accepting (the back-off; 0: none).
     """
 
+    __repr__ = attrs_repr
+
     error: str
     delay: float
 
@@ -708,6 +721,8 @@ class DrainStarted:
     Attributes:
         timeout: its deadline in seconds (None: none).
     """
+
+    __repr__ = attrs_repr
 
     timeout: float | None
 
@@ -723,6 +738,8 @@ class DrainFinished:
         cut: client addresses of the requests cut at the deadline.
         remaining: client addresses of the requests still running after the grace period.
     """
+
+    __repr__ = attrs_repr
 
     finished: bool
     elapsed: float
@@ -740,6 +757,8 @@ class WorkerStarted:
         replacing: the pid of the exited worker it replaces (None: first start).
     """
 
+    __repr__ = attrs_repr
+
     pid: int
     replacing: int | None = None
 
@@ -753,6 +772,8 @@ class WorkerExited:
         pid: its process id.
         status: its exit code, or minus the signal that killed it.
     """
+
+    __repr__ = attrs_repr
 
     pid: int
     status: int

@@ -42,7 +42,7 @@ from typing import ClassVar, Final, final
 import attrs
 
 from ._socketutil import ACCEPT_TRANSIENT_ERRNOS
-from ._util import LogLimiter
+from ._util import LogLimiter, attrs_repr
 
 __all__ = (
     # error policies
@@ -77,6 +77,8 @@ class PrintTracebackErrorPolicy:
         ----------------------------------------
     """
 
+    __repr__ = attrs_repr
+
     def handle_error(self, request: object, client_address: object, exc: BaseException) -> None:
         """Print the banner, the client address and the traceback to ``sys.stderr``."""
         # sys.stderr looked up at call time, as stdlib does, so redirection works.
@@ -96,6 +98,8 @@ class LoggingErrorPolicy:
         level: the record's level (default ``ERROR``).
     """
 
+    __repr__ = attrs_repr
+
     logger: logging.Logger = attrs.field(default=_logger)
     level: int = attrs.field(default=logging.ERROR)
 
@@ -113,6 +117,8 @@ class ReRaiseErrorPolicy:
     ``handle_request()``; in a thread it goes to ``threading.excepthook``; in a
     forked child it ends the child with status 1.
     """
+
+    __repr__ = attrs_repr
 
     def handle_error(self, request: object, client_address: object, exc: BaseException) -> None:
         """Raise *exc* again."""
@@ -149,6 +155,8 @@ class Budget:
             second defeats *idle* but not *lifetime*).
     """
 
+    __repr__ = attrs_repr
+
     first_byte: float | None = attrs.field(default=None, validator=_check_limit)
     idle: float | None = attrs.field(default=None, validator=_check_limit)
     lifetime: float | None = attrs.field(default=None, validator=_check_limit)
@@ -169,6 +177,8 @@ connections are legitimate (set *lifetime* to bound them)."""
 class NoTimeout:
     """A timeout policy without any timeout: ``handle_request()`` waits
     forever and connections have no time limits (stdlib)."""
+
+    __repr__ = attrs_repr
 
     @property
     def timeout(self) -> None:
@@ -197,6 +207,8 @@ class FixedTimeout:
         timeout: seconds, >= 0.
         on_timeout: called with no arguments when the wait ran out.
     """
+
+    __repr__ = attrs_repr
 
     timeout: float = attrs.field(validator=_check_timeout)
     on_timeout: Callable[[], object] = attrs.field(default=lambda: None)
@@ -227,6 +239,8 @@ class ConnectionTimeouts:
         on_timeout: called when ``handle_request()`` waited in vain.
         logger: where cut connections are logged.
     """
+
+    __repr__ = attrs_repr
 
     budget: Budget = attrs.field(default=DEFAULT_BUDGET)
     timeout: float | None = attrs.field(default=None, kw_only=True)
@@ -264,6 +278,8 @@ class RetryImmediately:
     loop spins at 100% CPU until one frees.
     """
 
+    __repr__ = attrs_repr
+
     def accept_failed(self, exc: OSError) -> float:
         """Return 0: retry at once."""
         return 0.0
@@ -299,6 +315,8 @@ class AcceptBackoff:
         logger: where to log.
         clock: a monotonic clock (injectable for tests).
     """
+
+    __repr__ = attrs_repr
 
     initial: float = attrs.field(default=0.005, validator=attrs.validators.gt(0))
     maximum: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
