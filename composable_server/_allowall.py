@@ -9,7 +9,6 @@ from typing import final
 
 import attrs
 
-from ._util import attrs_repr
 
 __all__ = ("AllowAll",)
 
@@ -18,8 +17,6 @@ __all__ = ("AllowAll",)
 @attrs.frozen
 class AllowAll:
     """A verifier that admits every request."""
-
-    __repr__ = attrs_repr
 
     def verify(self, request: object, client_address: object) -> bool:
         """Return True."""

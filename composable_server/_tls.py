@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, ClassVar, Final, TypeVar, final
 
 import attrs
 
-from ._util import attrs_repr
 from ._wrapper import _Wrapper
 from .exceptions import TLSHandshakeError
 from .interfaces import Transport
@@ -114,8 +113,6 @@ class TLSStatistics:
         failed: handshakes that failed, the timed-out ones included.
         timed_out: handshakes cut at the deadline.
     """
-
-    __repr__ = attrs_repr
 
     completed: int
     failed: int

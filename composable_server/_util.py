@@ -2,44 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from typing import final
 
-import attrs
-
-__all__ = ("LogLimiter", "attrs_repr")
-
-_repring = threading.local()
-
-
-def attrs_repr(self: attrs.AttrsInstance) -> str:
-    """The ``__repr__`` attrs generates (``Name(field=value, ...)``: the fields
-    with ``repr=True`` or their own repr callable, ``...`` for a cycle), shared.
-
-    A class body sets ``__repr__ = attrs_repr`` and attrs (which detects an
-    own ``__repr__``) compiles none for it: compiling one costs ~0.9M
-    instructions per class at import, about a fifth of what compat's own
-    modules cost to import (issue 18).
-    """
-    try:
-        active: set[int] = _repring.active
-    except AttributeError:
-        active = _repring.active = set()
-    key = id(self)
-    if key in active:
-        return "..."
-    active.add(key)
-    try:
-        parts = []
-        for field in attrs.fields(type(self)):
-            if field.repr is False:
-                continue
-            value = getattr(self, field.name) if field.init else getattr(self, field.name, attrs.NOTHING)
-            shown = repr(value) if field.repr is True else field.repr(value)
-            parts.append(f"{field.name}={shown}")
-        return f"{type(self).__qualname__.rsplit('>.', 1)[-1]}({', '.join(parts)})"
-    finally:
-        active.discard(key)
+__all__ = ("LogLimiter",)
 
 
 @final

@@ -22,7 +22,7 @@ from typing import Final, TypeVar, cast, final
 
 import attrs
 
-from ._util import LogLimiter, attrs_repr
+from ._util import LogLimiter
 from .exceptions import DatagramTooLargeError
 from .interfaces import DatagramRequest, Transport
 
@@ -53,8 +53,6 @@ _proto: Final = cast("Callable[[Socket], int]", vars(_socket.socket)["proto"].__
 @attrs.frozen
 class StreamAcceptor:
     """Accepts one connection: the request is the connected socket."""
-
-    __repr__ = attrs_repr
 
     def accept(self, transport: Transport[Socket, AddressT]) -> tuple[Socket, AddressT]:
         """``transport.socket.accept()``.
@@ -106,8 +104,6 @@ class DatagramAcceptor:
             stdlib's 8192, where stdlib ``UDPServer`` truncates silently).
         logger: where drops are logged.
     """
-
-    __repr__ = attrs_repr
 
     max_packet_size: int = attrs.field(default=DEFAULT_MAX_PACKET_SIZE, validator=attrs.validators.ge(1))
     logger: logging.Logger = attrs.field(default=_logger, kw_only=True, repr=False)

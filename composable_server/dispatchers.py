@@ -35,7 +35,6 @@ from typing import Final, Literal, TypeAlias, cast, final
 import attrs
 
 from . import _fork
-from ._util import attrs_repr
 from .exceptions import ServerClosedError
 from .interfaces import Job
 
@@ -459,8 +458,6 @@ class PoolStatistics:
         rejected: jobs rejected because the pool was full (``when_full="reject"``).
         completed: jobs finished (normally or not).
     """
-
-    __repr__ = attrs_repr
 
     workers: int
     busy: int

@@ -35,7 +35,6 @@ from typing import Any, Literal, Protocol, TypeAlias, TypeVar, final
 
 import attrs
 
-from ._util import attrs_repr
 
 __all__ = (
     "AcceptErrorPolicy",
@@ -603,8 +602,6 @@ class ConnectionAccepted:
         client_address: as the acceptor reported it.
     """
 
-    __repr__ = attrs_repr
-
     client_address: object
 
 
@@ -619,8 +616,6 @@ class ConnectionRefused:
         detail: the refusing verifier's class name, or the error's message.
     """
 
-    __repr__ = attrs_repr
-
     client_address: object
     reason: RefusalReason
     detail: str = ""
@@ -634,8 +629,6 @@ class RequestStarted:
     Attributes:
         client_address: as accepted.
     """
-
-    __repr__ = attrs_repr
 
     client_address: object
 
@@ -654,8 +647,6 @@ class TransportStarted:
             it wraps (``inner``, as a PROXY layer over TLS), has a
             ``context`` (``TLSTransport``).
     """
-
-    __repr__ = attrs_repr
 
     client_address: object
     transport: str
@@ -686,8 +677,6 @@ class RequestFinished:
             messages, compat's threading body).
     """
 
-    __repr__ = attrs_repr
-
     client_address: object
     duration: float
     outcome: Outcome
@@ -707,8 +696,6 @@ class AcceptFailed:
         delay: seconds the loop pauses accepting (the back-off; 0: none).
     """
 
-    __repr__ = attrs_repr
-
     error: str
     delay: float
 
@@ -721,8 +708,6 @@ class DrainStarted:
     Attributes:
         timeout: its deadline in seconds (None: none).
     """
-
-    __repr__ = attrs_repr
 
     timeout: float | None
 
@@ -738,8 +723,6 @@ class DrainFinished:
         cut: client addresses of the requests cut at the deadline.
         remaining: client addresses of the requests still running after the grace period.
     """
-
-    __repr__ = attrs_repr
 
     finished: bool
     elapsed: float
@@ -757,8 +740,6 @@ class WorkerStarted:
         replacing: the pid of the exited worker it replaces (None: first start).
     """
 
-    __repr__ = attrs_repr
-
     pid: int
     replacing: int | None = None
 
@@ -772,8 +753,6 @@ class WorkerExited:
         pid: its process id.
         status: its exit code, or minus the signal that killed it.
     """
-
-    __repr__ = attrs_repr
 
     pid: int
     status: int

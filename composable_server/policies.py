@@ -42,7 +42,7 @@ from typing import ClassVar, Final, final
 import attrs
 
 from ._socketutil import ACCEPT_TRANSIENT_ERRNOS
-from ._util import LogLimiter, attrs_repr
+from ._util import LogLimiter
 
 __all__ = (
     # error policies
@@ -77,8 +77,6 @@ class PrintTracebackErrorPolicy:
         ----------------------------------------
     """
 
-    __repr__ = attrs_repr
-
     def handle_error(self, request: object, client_address: object, exc: BaseException) -> None:
         """Print the banner, the client address and the traceback to ``sys.stderr``."""
         # sys.stderr looked up at call time, as stdlib does, so redirection works.
@@ -98,8 +96,6 @@ class LoggingErrorPolicy:
         level: the record's level (default ``ERROR``).
     """
 
-    __repr__ = attrs_repr
-
     logger: logging.Logger = attrs.field(default=_logger)
     level: int = attrs.field(default=logging.ERROR)
 
@@ -117,8 +113,6 @@ class ReRaiseErrorPolicy:
     ``handle_request()``; in a thread it goes to ``threading.excepthook``; in a
     forked child it ends the child with status 1.
     """
-
-    __repr__ = attrs_repr
 
     def handle_error(self, request: object, client_address: object, exc: BaseException) -> None:
         """Raise *exc* again."""
@@ -155,8 +149,6 @@ class Budget:
             second defeats *idle* but not *lifetime*).
     """
 
-    __repr__ = attrs_repr
-
     first_byte: float | None = attrs.field(default=None, validator=_check_limit)
     idle: float | None = attrs.field(default=None, validator=_check_limit)
     lifetime: float | None = attrs.field(default=None, validator=_check_limit)
@@ -177,8 +169,6 @@ connections are legitimate (set *lifetime* to bound them)."""
 class NoTimeout:
     """A timeout policy without any timeout: ``handle_request()`` waits
     forever and connections have no time limits (stdlib)."""
-
-    __repr__ = attrs_repr
 
     @property
     def timeout(self) -> None:
@@ -207,8 +197,6 @@ class FixedTimeout:
         timeout: seconds, >= 0.
         on_timeout: called with no arguments when the wait ran out.
     """
-
-    __repr__ = attrs_repr
 
     timeout: float = attrs.field(validator=_check_timeout)
     on_timeout: Callable[[], object] = attrs.field(default=lambda: None)
@@ -239,8 +227,6 @@ class ConnectionTimeouts:
         on_timeout: called when ``handle_request()`` waited in vain.
         logger: where cut connections are logged.
     """
-
-    __repr__ = attrs_repr
 
     budget: Budget = attrs.field(default=DEFAULT_BUDGET)
     timeout: float | None = attrs.field(default=None, kw_only=True)
@@ -278,8 +264,6 @@ class RetryImmediately:
     loop spins at 100% CPU until one frees.
     """
 
-    __repr__ = attrs_repr
-
     def accept_failed(self, exc: OSError) -> float:
         """Return 0: retry at once."""
         return 0.0
@@ -315,8 +299,6 @@ class AcceptBackoff:
         logger: where to log.
         clock: a monotonic clock (injectable for tests).
     """
-
-    __repr__ = attrs_repr
 
     initial: float = attrs.field(default=0.005, validator=attrs.validators.gt(0))
     maximum: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))

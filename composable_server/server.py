@@ -79,7 +79,6 @@ import attrs
 from ._allowall import AllowAll
 from ._request import DEFAULT_MAX_PARKED, DatagramJob, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
-from ._util import attrs_repr
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import (
@@ -153,8 +152,6 @@ class DrainReport:
             cut and the grace period: threads blocked on something other than
             their connection.  Empty in a clean drain.
     """
-
-    __repr__ = attrs_repr
 
     finished: bool
     elapsed: float

@@ -74,13 +74,10 @@ class TestProtocols:
 
     @pytest.mark.timeout(5)
     def test_interfaces_import_no_implementation(self) -> None:
-        """interfaces.py imports nothing from the package but the shared attrs repr, so the contracts read on their own."""
+        """interfaces.py imports nothing from the package, so the contracts read on their own."""
         tree = ast.parse(inspect.getsource(interfaces))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
-                if node.level == 1 and node.module == "_util":  # a leaf: it imports nothing from the package
-                    assert [alias.name for alias in node.names] == ["attrs_repr"], ast.dump(node)
-                    continue
                 assert node.level == 0 and not (node.module or "").startswith("composable_server"), ast.dump(node)
             elif isinstance(node, ast.Import):
                 assert not any(alias.name.startswith("composable_server") for alias in node.names)
