@@ -97,6 +97,7 @@ from .prefork import (
     Prefork,
     RecyclingDispatcher,
     RestartLimitError,
+    _refuse_new_connections,
     _take_backlog,
 )
 from .proxy import (
@@ -705,9 +706,11 @@ def _close_listener(server: AnyServer) -> None:
     """Serve the connections waiting in the listener's backlog, then close it.
 
     Called once the loop has stopped (see :func:`~composable_server.prefork._take_backlog`).
-    Only a connect that completes between the last accept and the close (a
-    few microseconds) is still reset.
+    A TCP listener bound here takes no further connection first
+    (:func:`~composable_server.prefork._refuse_new_connections`), so none
+    completes between the last accept and the close, to be reset by it.
     """
+    _refuse_new_connections(server.transport)
     taken = _take_backlog(server.fileno(), server._handle_request_noblock)  # noqa: SLF001  # see _take_backlog
     server.transport.close()
     _logger.debug("listener closed; %d connection(s) taken from its backlog first", taken)

@@ -81,6 +81,7 @@ import random
 import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -625,6 +626,8 @@ class Prefork(Generic[RequestT, AddressT]):
 
     def _stop_workers(self) -> None:
         """SIGTERM every worker, wait up to stop_timeout, SIGKILL the rest, reap all."""
+        if not self._handed_over:  # the whole instance stops: no connection joins the backlog any more
+            _refuse_new_connections(self.transport)
         for pid in self.pids:
             _fork.kill(pid, signal.SIGTERM)
         # Drop our copy of the listening descriptor (not the transport: a Unix
@@ -807,6 +810,51 @@ def _take_backlog(listener: int, accept_one: Callable[[], bool]) -> int:
     while taken < socket.SOMAXCONN and poller.poll(0) and accept_one():
         taken += 1
     return taken
+
+
+_SO_ATTACH_FILTER: Final = 26  # Linux, <asm-generic/socket.h>; the socket module does not name it
+# One classic BPF instruction, BPF_RET|BPF_K with k = 0: keep no byte of any packet.
+_DROP_EVERY_PACKET: Final = struct.pack("HBBI", 0x06, 0, 0, 0)
+
+
+def _refuse_new_connections(transport: object) -> bool:
+    """Make the TCP listener of a stopping *transport* complete no further
+    connection; True if it did.  Called before :func:`_take_backlog`.
+
+    Taking the backlog and then closing leaves a window: a connection the
+    kernel completes between the last accept and the close is reset, and its
+    request is lost (a loaded machine may preempt the stopping process right
+    there).  A socket filter that drops every packet, attached to the
+    listener, closes the window: the kernel runs a listener's filter on each
+    SYN and on each handshake's last ACK, so from then on no connection joins
+    the backlog, while those already in it (accepted sockets keep the filter
+    they were made with: none) are taken and served.  A client whose SYN was
+    dropped retries it, and meets the closed port: refused, which a load
+    balancer retries on another instance.
+
+    Only for a listener this process bound itself (a :class:`~composable_server.transports.TCPTransport`,
+    under any TLS or PROXY wrappers): a socket inherited from systemd or a
+    predecessor outlives this process, and the next one would inherit the
+    filter.  Elsewhere (not Linux, a Unix socket, which no filter refuses)
+    nothing is done.
+    """
+    from .transports import TCPTransport  # loaded already: the server was built from it
+
+    inner = transport
+    while not isinstance(inner, TCPTransport):
+        inner = getattr(inner, "inner", None)
+        if inner is None:
+            return False
+    if not sys.platform.startswith("linux"):
+        return False
+    program = ctypes.create_string_buffer(_DROP_EVERY_PACKET, len(_DROP_EVERY_PACKET))
+    try:
+        # struct sock_fprog { unsigned short len; struct sock_filter *filter; }; the kernel copies the program.
+        inner.socket.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, struct.pack("@HP", 1, ctypes.addressof(program)))
+    except (OSError, ServerClosedError) as exc:
+        _logger.debug("could not stop the listener taking connections (%s): its backlog is taken, then it closes", exc)
+        return False
+    return True
 
 
 def _die_with_parent(signum: int) -> None:

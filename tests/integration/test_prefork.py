@@ -35,7 +35,7 @@ from composable_server import (
     UnixStreamTransport,
 )
 from composable_server.interfaces import Address
-from composable_server.prefork import Prefork, RestartLimitError
+from composable_server.prefork import Prefork, RestartLimitError, _refuse_new_connections
 
 from .._process import kill_group
 from ._support import OutputProcess
@@ -328,6 +328,66 @@ class TestStopRace:
                 worst = max(worst, time.monotonic() - started)
             timer.join()
         assert worst < stop_timeout / 2, f"a worker needed SIGKILL: stop took {worst:.2f} s"
+
+
+class TestRefuseNewConnections:
+    @pytest.mark.timeout(30)
+    def test_a_stopping_listener_completes_no_connection_and_keeps_its_backlog(self) -> None:
+        """Once refused, a TCP listener completes no new connect (its SYN is dropped: the connect
+        times out, then meets the closed port), while a connection already in its backlog is
+        accepted and works both ways."""
+        transport = TCPTransport(("127.0.0.1", 0))
+        transport.bind()
+        transport.activate()
+        try:
+            queued = socket.create_connection(_inet(transport.server_address), timeout=TIMEOUT)
+            queued.sendall(b"before the stop")
+            assert _refuse_new_connections(transport)
+            with socket.socket() as late:
+                late.settimeout(0.3)
+                with pytest.raises(TimeoutError):
+                    late.connect(_inet(transport.server_address))
+            listener = transport.socket
+            listener.settimeout(TIMEOUT)
+            accepted, _ = listener.accept()
+            with accepted, queued:
+                accepted.settimeout(TIMEOUT)
+                assert accepted.recv(64) == b"before the stop"
+                accepted.sendall(b"served")
+                assert queued.recv(64) == b"served"
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+            address = _inet(transport.server_address)
+        finally:
+            transport.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=TIMEOUT).close()
+
+    def test_only_a_listener_bound_here(self, tmp_path: Path) -> None:
+        """A Unix listener and a TCP listener inherited (systemd, a predecessor: the socket outlives
+        this process) are left as they are; a TCP listener under a wrapper is found through it."""
+        from composable_server.proxy import ProxyProtocolTransport
+        from composable_server.systemd import InheritedStreamTransport
+
+        unix = UnixStreamTransport(str(tmp_path / "s.sock"))
+        unix.bind()
+        unix.activate()
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            inherited = InheritedStreamTransport(sock)
+            assert not _refuse_new_connections(inherited)
+            assert not _refuse_new_connections(unix)
+        unix.close()
+        wrapped = ProxyProtocolTransport(TCPTransport(("127.0.0.1", 0)), mode="any")
+        wrapped.bind()
+        try:
+            assert _refuse_new_connections(wrapped)
+        finally:
+            wrapped.close()
+
+
+def _inet(address: InetAddress) -> tuple[str, int]:
+    return address[0], address[1]
 
 
 def _children(pid: int) -> set[int]:
