@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import io
 import math
 import mmap
 import os
@@ -99,7 +100,7 @@ import struct
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
 from socket import MSG_PEEK as _MSG_PEEK
@@ -119,10 +120,12 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DATAGRAM_REQUESTS",
+    "DEFAULT_KEPT_FILES",
     "DEFAULT_MAX_PARKED",
     "STREAM_REQUESTS",
     "DatagramJob",
     "DatagramRequests",
+    "KeptFiles",
     "Parking",
     "RequestHost",
     "RequestJob",
@@ -321,6 +324,100 @@ def parks_connections(handler: object) -> bool:
             return getattr(handler, "parks_connections", False) is True
 
 
+# -- the files of kept connections --------------------------------------------------
+
+DEFAULT_KEPT_FILES: Final = 256
+"""The most kept connections whose ``rfile``/``wfile`` a server keeps for
+their next message (:class:`KeptFiles`): at most ~2 MiB of 8 KiB read
+buffers, however many connections are parked."""
+
+KeptEntry = tuple[io.BufferedIOBase, io.BufferedIOBase, int, int]
+"""``(rfile, wfile, rbufsize, wbufsize)``: what :class:`KeptFiles` holds for a connection."""
+
+
+@final
+class KeptFiles:
+    """The ``rfile``/``wfile`` that handlers of kept connections leave for the
+    connection's next message, for at most *size* connections (least
+    recently kept ones beyond it are closed).
+
+    A handler that parks connections (``handlers.ParkingRequestHandler``)
+    is instantiated afresh for every message; building its files each time
+    (a raw file, an 8 KiB ``BufferedReader``, a writer, and closing them)
+    is most of what a parked message costs.  So on ``KEEP`` the handler
+    puts its files here (:meth:`put`), and the next message's handler takes
+    them back (:meth:`take`).  The files hold nothing then: a handler
+    keeps a connection only once its ``rfile`` buffer is empty.  Entries
+    are keyed by the connection object, so files only ever serve the
+    connection they were opened on; the job ends an entry when its
+    connection ends (:meth:`discard`), whoever ends it (the handler, the
+    idle budget, the cap, a drain).  The bound keeps memory flat however
+    many connections are parked: a connection beyond it just gets new
+    files at its next message.
+
+    Each operation is one dictionary operation (atomic under the GIL): a
+    connection is served by one thread at a time, and its entry is not here
+    while it is served, so no entry is closed while in use.
+
+    Args:
+        size: the most connections whose files are kept (0: none).
+    """
+
+    __slots__ = ("_entries", "size")
+
+    def __init__(self, size: int = DEFAULT_KEPT_FILES) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        self.size = size
+        self._entries: OrderedDict[object, KeptEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, connection: object) -> KeptEntry | None:
+        """The files kept for *connection*, no longer kept here (None: none)."""
+        return self._entries.pop(connection, None)
+
+    def put(self, connection: object, entry: KeptEntry) -> None:
+        """Keep *entry* for *connection*'s next message; close the least
+        recently kept files beyond :attr:`size`."""
+        entries = self._entries
+        entries[connection] = entry
+        if len(entries) > self.size:
+            try:
+                _, oldest = entries.popitem(last=False)
+            except KeyError:  # another thread evicted it meanwhile
+                return
+            _close_files(oldest)
+
+    def discard(self, connection: object) -> None:
+        """*connection* ended: close its kept files, if any."""
+        entry = self._entries.pop(connection, None)
+        if entry is not None:
+            _close_files(entry)
+
+    def clear(self) -> None:
+        """Close every kept file."""
+        while self._entries:
+            try:
+                _, entry = self._entries.popitem(last=False)
+            except KeyError:
+                return
+            _close_files(entry)
+
+    def __repr__(self) -> str:
+        return f"<KeptFiles {len(self._entries)}/{self.size}>"
+
+
+def _close_files(entry: KeptEntry) -> None:
+    """Close the files of *entry* (not the connection under them)."""
+    for file in entry[:2]:
+        try:
+            file.close()
+        except (OSError, ValueError):
+            pass  # a buffered wfile whose peer is gone: nothing is pending after a KEEP anyway
+
+
 # -- what a job needs from its server ---------------------------------------------
 
 
@@ -354,7 +451,18 @@ class RequestPath(Generic[RequestT, AddressT]):
             :mod:`composable_server.observers`); None: nobody, at no cost.
     """
 
-    __slots__ = ("_forks", "_parking", "_returns", "_shared", "_wake", "host", "observers", "traits", "watchdog")
+    __slots__ = (
+        "_forks",
+        "_parking",
+        "_returns",
+        "_shared",
+        "_wake",
+        "host",
+        "kept_files",
+        "observers",
+        "traits",
+        "watchdog",
+    )
 
     def __init__(
         self,
@@ -380,6 +488,8 @@ class RequestPath(Generic[RequestT, AddressT]):
         # last (see handler_traits): asked once per handler, not once per request
         # (compat lets RequestHandlerClass change, so it is keyed by identity).
         self.traits: tuple[object, bool, bool] = (None, False, False)
+        # The files of kept connections between their messages (see KeptFiles).
+        self.kept_files = KeptFiles()
 
     def handler_traits(self, handler: object) -> tuple[object, bool, bool]:
         """``(handler, takes_kernel_timeouts(handler), parks)``, remembered
@@ -636,6 +746,8 @@ class RequestJob(Generic[RequestT, AddressT]):
                 body(self.request, self.client_address)
                 return True
             finally:
+                if path.kept_files._entries:  # a parking handler that the body does not park (compat)
+                    path.kept_files.discard(self.request)
                 path.finished()
         host = path.host
         kept = False
@@ -711,6 +823,8 @@ class RequestJob(Generic[RequestT, AddressT]):
         entry, self._entry = self._entry, None
         if entry is not None:
             path.watchdog.cancel(entry)
+        if self._parks:
+            path.kept_files.discard(self.request)
         try:
             path.host.shutdown_request(self.request)
         finally:
@@ -729,6 +843,8 @@ class RequestJob(Generic[RequestT, AddressT]):
         entry, self._entry = self._entry, None
         if entry is not None:  # a kept connection, refused on its way back
             path.watchdog.cancel(entry)
+        if self._parks:
+            path.kept_files.discard(self.request)
         if message:
             host.transport.request_ops.reject(self.request, message, self.client_address)
         host.close_request(self.request)

@@ -36,6 +36,8 @@ from .interfaces import Address, DatagramRequest, Verdict
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
 
+    from ._request import KeptFiles
+
     from .server import Server
 
 __all__ = (
@@ -237,6 +239,11 @@ def has_buffered_input(rfile: io.BufferedIOBase, connection: object) -> bool:
     gives its connection back, since no poll would ever report it."""
     if buffered_input(rfile):
         return True
+    return _tls_pending(connection)
+
+
+def _tls_pending(connection: object) -> bool:
+    """True if *connection* is a TLS socket holding decrypted bytes."""
     if "ssl" not in sys.modules:
         return False  # no TLS socket exists without it; importing it would cost every plain server
     import ssl  # loaded already: a look-up
@@ -349,6 +356,47 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
 
     parks_connections: ClassVar[bool] = True
     verdict: Verdict = Verdict.CLOSE
+    # The server's KeptFiles (None: a server without one, stdlib's).
+    _kept_files: KeptFiles | None = None
+
+    def setup(self) -> None:
+        """As :meth:`StreamRequestHandler.setup`, but ``rfile``/``wfile`` are
+        the ones the connection's previous message left on the server
+        (``server.kept_files``), if it kept them: the same buffer sizes,
+        empty (a connection is kept only once its buffer is), and never
+        another connection's."""
+        self.connection = connection = self.request
+        if self.timeout is not None:
+            connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        # A composable Server has kept_files; a stdlib socketserver has not.
+        kept: KeptFiles | None = getattr(self.server, "kept_files", None)
+        if kept is not None:
+            self._kept_files = kept
+            entry = kept.take(connection)
+            if entry is not None:
+                if entry[2] == self.rbufsize and entry[3] == self.wbufsize:
+                    self.rfile, self.wfile = entry[0], entry[1]
+                    return
+                entry[1].close()  # made by a handler class with other buffer sizes
+                entry[0].close()
+        self.rfile, self.wfile = socket_files(connection, self.rbufsize, self.wbufsize)
+
+    def finish(self) -> None:
+        """On ``KEEP``: flush ``wfile`` and leave both files on the server for
+        the connection's next message (``server.kept_files``).  Otherwise (or
+        if the flush fails) as :meth:`StreamRequestHandler.finish`: close them."""
+        kept = self._kept_files
+        if kept is not None and self.verdict is Verdict.KEEP and not self.wfile.closed and not self.rfile.closed:
+            try:
+                self.wfile.flush()
+            except OSError:
+                pass  # the peer is gone: close the files below
+            else:
+                kept.put(self.connection, (self.rfile, self.wfile, self.rbufsize, self.wbufsize))
+                return
+        super().finish()
 
     def handle(self) -> None:
         """Serve messages while input is buffered (all of them if not
@@ -373,7 +421,19 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         """True if input was read from the connection but not consumed yet
         (no system call): the ``rfile`` buffer, or decrypted TLS bytes
         (``SSLSocket.pending()``)."""
-        return has_buffered_input(self.rfile, self.connection)
+        rfile = self.rfile
+        # has_buffered_input(), inlined for the files socket_files() opens: once per message.
+        if type(rfile) is io.BufferedReader and type(raw := rfile.raw) is SocketFile:
+            raw._held = True
+            try:
+                if rfile.peek(1):
+                    return True
+            finally:
+                raw._held = False
+        elif buffered_input(rfile):
+            return True
+        connection = self.connection
+        return type(connection) is not Socket and _tls_pending(connection)
 
 
 class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):

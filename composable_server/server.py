@@ -76,7 +76,7 @@ from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
-from ._request import DEFAULT_MAX_PARKED, DatagramJob, Parking, RequestJob, RequestPath
+from ._request import DEFAULT_MAX_PARKED, DatagramJob, KeptFiles, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -654,6 +654,13 @@ class Server(Generic[RequestT, AddressT]):
         (silent new ones and kept ones between messages); 0 when no loop runs."""
         parking = self._parking
         return 0 if parking is None else len(parking)
+
+    @property
+    def kept_files(self) -> KeptFiles:
+        """The ``rfile``/``wfile`` of kept connections between their messages,
+        which the next message's handler takes back
+        (:class:`~composable_server._request.KeptFiles`; ``handlers.ParkingRequestHandler``)."""
+        return self._requests.kept_files
 
     @property
     def timeout(self) -> float | None:
