@@ -26,6 +26,8 @@ import io
 import logging
 import socket
 import sys
+from collections import deque
+from collections.abc import Callable
 from socket import socket as Socket
 from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
@@ -123,7 +125,6 @@ class SocketFile(io.RawIOBase):
         self._sock = sock
         self._readable = readable
         self._writable = writable
-        self._held = False  # buffered_input(): read nothing, report "no data yet"
 
     def readable(self) -> bool:
         return self._readable
@@ -133,9 +134,7 @@ class SocketFile(io.RawIOBase):
 
     def readinto(self, buffer: Buffer, /) -> int | None:
         """Receive into *buffer*; None only on a non-blocking socket with no
-        data (or while :func:`buffered_input` looks at the buffer)."""
-        if self._held:
-            return None
+        data (:func:`buffered_input` replaces it for one call)."""
         try:
             return self._sock.recv_into(buffer)
         except BlockingIOError as exc:
@@ -191,21 +190,35 @@ def buffered_input(rfile: io.BufferedIOBase) -> int:
     not consumed yet; no system call is made.
 
     ``BufferedReader.peek`` returns the buffer when it is not empty, but
-    reads from the raw file when it is, which would block on a socket: the
-    :class:`SocketFile` under it is held for the call, so such a read
-    returns "no data yet" and ``peek`` returns ``b""``.  An unbuffered
-    ``rfile`` (``rbufsize = 0``), or any other file, holds nothing.
+    reads from the raw file when it is, which would block on a socket: for
+    the call, the :class:`SocketFile` under it reads nothing and reports "no
+    data yet", so ``peek`` returns ``b""``.  An unbuffered ``rfile``
+    (``rbufsize = 0``), or any other file, holds nothing.
     """
     if not isinstance(rfile, io.BufferedReader):
         return 0
     raw = rfile.raw
     if not isinstance(raw, SocketFile):
         return 0
-    raw._held = True
+    return len(_peek_held(rfile, raw))
+
+
+# A readinto that reads nothing and returns None ("no data yet"), in C: a
+# deque of length 0 drops what it is given and its append returns None.
+# _peek_held() puts it on a SocketFile instance for one peek() (an instance
+# attribute hides the class's method: BufferedReader looks readinto up per
+# call), so peek() on an empty buffer costs no Python frame and no system call.
+_NO_DATA: Final[Callable[[object], None]] = deque[object](maxlen=0).append
+
+
+def _peek_held(rfile: io.BufferedReader, raw: SocketFile) -> bytes:
+    """``rfile.peek(1)`` with *raw* (its raw file) reading nothing."""
+    attributes = raw.__dict__
+    attributes["readinto"] = _NO_DATA
     try:
-        return len(rfile.peek(1))
+        return rfile.peek(1)
     finally:
-        raw._held = False
+        del attributes["readinto"]
 
 
 def _buffer_size(size: int) -> int:
@@ -374,7 +387,7 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         kept: KeptFiles | None = getattr(self.server, "kept_files", None)
         if kept is not None:
             self._kept_files = kept
-            entry = kept.take(connection)
+            entry = kept.pop(connection, None)
             if entry is not None:
                 if entry[2] == self.rbufsize and entry[3] == self.wbufsize:
                     self.rfile, self.wfile = entry[0], entry[1]
@@ -424,12 +437,14 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         rfile = self.rfile
         # has_buffered_input(), inlined for the files socket_files() opens: once per message.
         if type(rfile) is io.BufferedReader and type(raw := rfile.raw) is SocketFile:
-            raw._held = True
+            # _peek_held(), inlined as well.
+            attributes = raw.__dict__
+            attributes["readinto"] = _NO_DATA
             try:
                 if rfile.peek(1):
                     return True
             finally:
-                raw._held = False
+                del attributes["readinto"]
         elif buffered_input(rfile):
             return True
         connection = self.connection

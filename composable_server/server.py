@@ -76,7 +76,7 @@ from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
-from ._request import DEFAULT_MAX_PARKED, DatagramJob, KeptFiles, Parking, RequestJob, RequestPath
+from ._request import DEFAULT_KEPT_FILES, DEFAULT_MAX_PARKED, DatagramJob, KeptFiles, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -187,10 +187,15 @@ class Server(Generic[RequestT, AddressT]):
         observers: told of each connection's life, accept errors and drains
             (:class:`~composable_server.interfaces.Observer`); none: the
             request path checks one attribute and pays nothing more.
+        max_kept_files: the most kept connections whose ``rfile``/``wfile``
+            the server keeps for their next message (:attr:`kept_files`,
+            :class:`~composable_server._request.KeptFiles`; default
+            :data:`~composable_server._request.DEFAULT_KEPT_FILES`, 256:
+            ~2 MiB of read buffers); others get new files per message.
 
     Raises:
         BindError: the address could not be bound.
-        ValueError: *max_parked* is below 1.
+        ValueError: *max_parked* is below 1, or *max_kept_files* below 0.
     """
 
     # None: no observers (also for subclasses that build themselves, compat).
@@ -214,6 +219,7 @@ class Server(Generic[RequestT, AddressT]):
         bind_and_activate: bool = True,
         max_parked: int = DEFAULT_MAX_PARKED,
         observers: Iterable[Observer] = (),
+        max_kept_files: int = DEFAULT_KEPT_FILES,
     ) -> None:
         if max_parked < 1:
             raise ValueError(f"max_parked must be >= 1, got {max_parked}")
@@ -245,6 +251,9 @@ class Server(Generic[RequestT, AddressT]):
         self._stopped.set()
         self._closed = False
         self._waker = Waker()
+        # The rfile/wfile of kept connections between their messages, which
+        # the next message's handler takes back (handlers.ParkingRequestHandler).
+        self.kept_files = KeptFiles(max_kept_files)
         # What this server's jobs share (watchdog, pause flag, wake-up).
         self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake, self._observers)
         # Silent new connections, while serve_forever or handle_request runs.
@@ -288,7 +297,9 @@ class Server(Generic[RequestT, AddressT]):
             paused.register(waker_fd, _POLLIN)
             requests = self._requests
             parking = self._parking = Parking(
-                self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers
+                self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers,
+                # SyncDispatcher (final) runs jobs here: kept connections are served inline.
+                inline=type(self.dispatcher) is SyncDispatcher,
             )
             requests.open_returns(parking)
             batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
@@ -635,6 +646,7 @@ class Server(Generic[RequestT, AddressT]):
         self.dispatcher.close()
         self.transport.close()
         self._requests.close()
+        self.kept_files.close_all()
         if not in_loop:  # else serve_forever closes it on its way out
             self._waker.close()
 
@@ -654,13 +666,6 @@ class Server(Generic[RequestT, AddressT]):
         (silent new ones and kept ones between messages); 0 when no loop runs."""
         parking = self._parking
         return 0 if parking is None else len(parking)
-
-    @property
-    def kept_files(self) -> KeptFiles:
-        """The ``rfile``/``wfile`` of kept connections between their messages,
-        which the next message's handler takes back
-        (:class:`~composable_server._request.KeptFiles`; ``handlers.ParkingRequestHandler``)."""
-        return self._requests.kept_files
 
     @property
     def timeout(self) -> float | None:
