@@ -346,7 +346,8 @@ class KeptFiles(OrderedDict[object, KeptEntry]):
     is instantiated afresh for every message; building its files each time
     (a raw file, an 8 KiB ``BufferedReader``, a writer, and closing them)
     was most of what a parked message cost.  So on ``KEEP`` the handler
-    leaves its files here (:meth:`put`), and the next message's handler
+    leaves its files here (:meth:`put`, or as ``self[connection] = entry``
+    and :meth:`evict`), and the next message's handler
     takes them back (``pop(connection, None)``, one C call).  They hold
     nothing then: a handler keeps a connection only once its ``rfile``
     buffer is empty.  Entries are keyed by the connection object, so files
@@ -377,6 +378,11 @@ class KeptFiles(OrderedDict[object, KeptEntry]):
         recently kept files beyond :attr:`size`."""
         self[connection] = entry
         if len(self) > self.size:
+            self.evict()
+
+    def evict(self) -> None:
+        """Close the least recently kept files while more than :attr:`size` are kept."""
+        while len(self) > self.size:
             try:
                 _, oldest = self.popitem(last=False)
             except KeyError:  # another thread evicted it meanwhile
@@ -453,6 +459,7 @@ class RequestPath(Generic[RequestT, AddressT]):
         "host",
         "kept_files",
         "observers",
+        "plain_finish",
         "traits",
         "watchdog",
     )
@@ -481,6 +488,10 @@ class RequestPath(Generic[RequestT, AddressT]):
         # last (see handler_traits): asked once per handler, not once per request
         # (compat lets RequestHandlerClass change, so it is keyed by identity).
         self.traits: tuple[object, bool, bool] = (None, False, False)
+        # The host's finish_request is the engine's own, ``handler(request,
+        # client_address, host)``: a kept connection's job calls the handler
+        # itself (a frame less per message).  Set by the native Server.
+        self.plain_finish = False
         # The files of kept connections between their messages (see
         # KeptFiles): the server's own, which its handlers find as
         # server.kept_files (compat makes a new path per reopen, not new files).
@@ -580,15 +591,6 @@ class RequestPath(Generic[RequestT, AddressT]):
         parking = self._parking
         if parking is None:
             return self._returns
-        if job is parking._serving:
-            # Served inline by the loop (Parking.ready): still registered,
-            # level-triggered; back in the kept set (Parking.keep, inlined:
-            # once per message).  The loop looks at the cap before it polls.
-            parking._serving = None
-            job._parked_until = parking._serving_until
-            # Only connection requests are kept: sockets.  (No typing.cast: a call per message.)
-            parking._kept[job.request.fileno()] = job  # type: ignore[attr-defined]  # a socket, as above
-            return _TO_LOOP
         where = parking.keep(job)
         if where == _TO_LOOP_WAKE:
             self._wake()  # the loop closes the least recently used one, or polls the new set
@@ -784,9 +786,24 @@ class RequestJob(Generic[RequestT, AddressT]):
                 if host.transport.late_admission and not host.verify_request(request, self.client_address):
                     return False  # refused (the verifier logs it): released below, unserved
             while True:
-                served = host.finish_request(request, self.client_address)
+                if path.plain_finish:
+                    served = host.handler(request, self.client_address, host)
+                else:
+                    served = host.finish_request(request, self.client_address)
                 if not self._parks or self.cut or getattr(served, "verdict", None) is not _KEEP:
                     return True
+                parking = path._parking
+                if parking is not None and parking._serving is self:
+                    # Served inline by the loop (Parking.ready): still
+                    # registered, level-triggered, and back in the kept set
+                    # here (give_back and Parking.keep, inlined: once per
+                    # message).  The loop looks at the cap before it polls.
+                    parking._serving = None
+                    self._parked_until = parking._serving_until
+                    # Only connection requests are kept: sockets.  (No typing.cast: a call per message.)
+                    parking._kept[request.fileno()] = self  # type: ignore[attr-defined]  # a socket, as above
+                    kept = True
+                    return None
                 where = path.give_back(self)
                 if where == _TO_LOOP:
                     # The loop owns the job now (another worker may run it
@@ -1198,7 +1215,7 @@ class Parking(Generic[RequestT, AddressT]):
             if redispatch is None or epoll is None:  # no kept connections here (then _epoll_fd is -1)
                 return False
             if self._inline:
-                self._serve_ready(epoll)
+                self._serve_ready(epoll.poll(0, _MAX_READY))
                 return True
             for ready_fd, _ in epoll.poll(0, _MAX_READY):
                 job = pop(ready_fd, None)
@@ -1212,7 +1229,7 @@ class Parking(Generic[RequestT, AddressT]):
         self._dispatch(entry[0], entry[1])
         return True
 
-    def _serve_ready(self, epoll: select.epoll) -> None:
+    def _serve_ready(self, events: list[tuple[int, int]]) -> None:
         """Inline: serve every ready kept connection here, one after the other."""
         budget = self._host.timeout_policy.budget
         idle = None if budget is None else budget.idle
@@ -1220,7 +1237,7 @@ class Parking(Generic[RequestT, AddressT]):
         pop = self._kept.pop
         host = self._host
         observed = self._observers is not None
-        for ready_fd, _ in epoll.poll(0, _MAX_READY):
+        for ready_fd, _ in events:
             job = pop(ready_fd, None)
             if job is None:
                 continue

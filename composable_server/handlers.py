@@ -401,13 +401,16 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         the connection's next message (``server.kept_files``).  Otherwise (or
         if the flush fails) as :meth:`StreamRequestHandler.finish`: close them."""
         kept = self._kept_files
-        if kept is not None and self.verdict is Verdict.KEEP and not self.wfile.closed and not self.rfile.closed:
+        if kept is not None and self.verdict is Verdict.KEEP and not self.rfile.closed:
             try:
                 self.wfile.flush()
-            except OSError:
-                pass  # the peer is gone: close the files below
+            except (OSError, ValueError):
+                pass  # the peer is gone, or wfile was closed: close the files below
             else:
-                kept.put(self.connection, (self.rfile, self.wfile, self.rbufsize, self.wbufsize))
+                # KeptFiles.put, inlined (once per message).
+                kept[self.connection] = (self.rfile, self.wfile, self.rbufsize, self.wbufsize)
+                if len(kept) > kept.size:
+                    kept.evict()
                 return
         super().finish()
 

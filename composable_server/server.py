@@ -256,6 +256,7 @@ class Server(Generic[RequestT, AddressT]):
         self.kept_files = KeptFiles(max_kept_files)
         # What this server's jobs share (watchdog, pause flag, wake-up).
         self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake, self._observers)
+        self._requests.plain_finish = type(self).finish_request is Server.finish_request
         # Silent new connections, while serve_forever or handle_request runs.
         self._parking: Parking[RequestT, AddressT] | None = None
         if bind_and_activate:
