@@ -403,7 +403,8 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         kept = self._kept_files
         if kept is not None and self.verdict is Verdict.KEEP and not self.rfile.closed:
             try:
-                self.wfile.flush()
+                if self.wbufsize:  # else SocketWriter: every write was sent already
+                    self.wfile.flush()
             except (OSError, ValueError):
                 pass  # the peer is gone, or wfile was closed: close the files below
             else:
