@@ -65,9 +65,13 @@ same job again.  The job keeps what belongs to the connection: the
 transport's wrapped request (the TLS handshake ran once), the lifetime
 watchdog entry, the verifier's admission (released once, at the end).  The
 handler is instantiated afresh on every dispatch, so it owns nothing
-between messages; it must not park while it holds buffered input (its
-``rfile`` buffer, ``SSLSocket.pending()``): it serves that at once instead,
-since no poll would ever report it.  Where no loop can take the job back
+between messages but its files, which it leaves in the path's
+:class:`KeptFiles` (bounded; the job discards them when the connection
+ends); it must not park while it holds buffered input (its ``rfile``
+buffer, ``SSLSocket.pending()``): it serves that at once instead, since no
+poll would ever report it.  On a ``SyncDispatcher`` the loop serves ready
+kept connections itself, registered level-triggered once (see
+:class:`Parking`, "Inline serving").  Where no loop can take the job back
 (a forked child of ``ForkingDispatcher``, ``handle_request`` with no loop
 ever run) the worker waits for the next message in place, up to the idle
 budget; once a loop has left (shutdown, drain) a kept connection is closed.
@@ -125,6 +129,7 @@ __all__ = (
     "STREAM_REQUESTS",
     "DatagramJob",
     "DatagramRequests",
+    "KeptEntry",
     "KeptFiles",
     "Parking",
     "RequestHost",

@@ -353,7 +353,14 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
     set, costing no worker, and instantiates the handler again when the
     next message arrives; so a parked connection holds no buffered input,
     and state kept between messages belongs on the server (or keyed by
-    ``client_address``), not on the handler.
+    ``client_address``), not on the handler.  Only the files outlive a
+    message: on KEEP, :meth:`finish` leaves ``rfile``/``wfile`` (empty, and
+    flushed) on the server (``server.kept_files``, a bounded
+    :class:`~composable_server._request.KeptFiles`), and the next message's
+    :meth:`setup` takes them back instead of opening new ones, so the same
+    file objects serve every message of a connection (a connection beyond
+    the bound gets new ones).  A handler that wraps or replaces them per
+    message should override :meth:`setup` and :meth:`finish` as a pair.
 
     Class attributes:
         parks_connections: the capability the server reads (as

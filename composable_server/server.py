@@ -42,9 +42,10 @@ its own, and returns once the connection spoke (and was dispatched) or expired.
 
 Kept connections.  A handler that parks connections
 (``handlers.ParkingRequestHandler``) answers the messages a connection has
-ready and says KEEP: its job comes back to the loop (through the self-pipe)
-and waits in the same poll set until the next message, then is dispatched
-again; idle too long (the idle budget) or least recently used beyond
+ready and says KEEP: its job comes back to the loop (the worker arms its
+descriptor in the kept connections' epoll set, which sits in the loop's
+poll set) and waits there until the next message, then is dispatched again
+(on a ``SyncDispatcher``, served by the loop itself); idle too long (the idle budget) or least recently used beyond
 ``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
 every parked connection at once; busy ones finish their message and close.
 
