@@ -67,9 +67,13 @@ same job again.  The job keeps what belongs to the connection: the
 transport's wrapped request (the TLS handshake ran once), the lifetime
 watchdog entry, the verifier's admission (released once, at the end).  The
 handler is instantiated afresh on every dispatch, so it owns nothing
-between messages; it must not park while it holds buffered input (its
-``rfile`` buffer, ``SSLSocket.pending()``): it serves that at once instead,
-since no poll would ever report it.  Where no loop can take the job back
+between messages but its files, which it leaves in the path's
+:class:`KeptFiles` (bounded; the job discards them when the connection
+ends); it must not park while it holds buffered input (its ``rfile``
+buffer, ``SSLSocket.pending()``): it serves that at once instead, since no
+poll would ever report it.  On a ``SyncDispatcher`` the loop serves ready
+kept connections itself, registered level-triggered once (see
+:class:`Parking`, "Inline serving").  Where no loop can take the job back
 (a forked child of ``ForkingDispatcher``, ``handle_request`` with no loop
 ever run) the worker waits for the next message in place, up to the idle
 budget; once a loop has left (shutdown, drain) a kept connection is closed.
@@ -93,6 +97,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import io
 import math
 import mmap
 import os
@@ -101,7 +106,7 @@ import struct
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
 from socket import MSG_PEEK as _MSG_PEEK
@@ -121,10 +126,13 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DATAGRAM_REQUESTS",
+    "DEFAULT_KEPT_FILES",
     "DEFAULT_MAX_PARKED",
     "STREAM_REQUESTS",
     "DatagramJob",
     "DatagramRequests",
+    "KeptEntry",
+    "KeptFiles",
     "Parking",
     "RequestHost",
     "RequestJob",
@@ -328,6 +336,99 @@ def parks_connections(handler: object) -> bool:
             return getattr(handler, "parks_connections", False) is True
 
 
+# -- the files of kept connections --------------------------------------------------
+
+DEFAULT_KEPT_FILES: Final = 256
+"""The most kept connections whose ``rfile``/``wfile`` a server keeps for
+their next message (:class:`KeptFiles`): at most ~2 MiB of 8 KiB read
+buffers, however many connections are parked."""
+
+KeptEntry = tuple[io.BufferedIOBase, io.BufferedIOBase, int, int]
+"""``(rfile, wfile, rbufsize, wbufsize)``: what :class:`KeptFiles` holds for a connection."""
+
+
+@final
+class KeptFiles(OrderedDict[object, KeptEntry]):
+    """The ``rfile``/``wfile`` that handlers of kept connections leave for the
+    connection's next message, for at most *size* connections (least
+    recently kept ones beyond it are closed): a mapping from the connection
+    to its :data:`KeptEntry`, least recently kept first.
+
+    A handler that parks connections (``handlers.ParkingRequestHandler``)
+    is instantiated afresh for every message; building its files each time
+    (a raw file, an 8 KiB ``BufferedReader``, a writer, and closing them)
+    was most of what a parked message cost.  So on ``KEEP`` the handler
+    leaves its files here (:meth:`put`, or as ``self[connection] = entry``
+    and :meth:`evict`), and the next message's handler
+    takes them back (``pop(connection, None)``, one C call).  They hold
+    nothing then: a handler keeps a connection only once its ``rfile``
+    buffer is empty.  Entries are keyed by the connection object, so files
+    only ever serve the connection they were opened on; the job ends an
+    entry when its connection ends (:meth:`discard`), whoever ends it (the
+    handler, the idle budget, the cap, a drain).  The bound keeps memory
+    flat however many connections are parked: a connection beyond it just
+    gets new files at its next message.
+
+    Each operation is one dictionary operation (atomic under the GIL): a
+    connection is served by one thread at a time, and its entry is not here
+    while it is served, so no entry is closed while in use.
+
+    Args:
+        size: the most connections whose files are kept (0: none).
+    """
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int = DEFAULT_KEPT_FILES) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        super().__init__()
+        self.size = size
+
+    def put(self, connection: object, entry: KeptEntry) -> None:
+        """Keep *entry* for *connection*'s next message; close the least
+        recently kept files beyond :attr:`size`."""
+        self[connection] = entry
+        if len(self) > self.size:
+            self.evict()
+
+    def evict(self) -> None:
+        """Close the least recently kept files while more than :attr:`size` are kept."""
+        while len(self) > self.size:
+            try:
+                _, oldest = self.popitem(last=False)
+            except KeyError:  # another thread evicted it meanwhile
+                return
+            _close_files(oldest)
+
+    def discard(self, connection: object) -> None:
+        """*connection* ended: close its kept files, if any."""
+        entry = self.pop(connection, None)
+        if entry is not None:
+            _close_files(entry)
+
+    def close_all(self) -> None:
+        """Close every kept file."""
+        while self:
+            try:
+                _, entry = self.popitem(last=False)
+            except KeyError:
+                return
+            _close_files(entry)
+
+    def __repr__(self) -> str:
+        return f"<KeptFiles {len(self)}/{self.size}>"
+
+
+def _close_files(entry: KeptEntry) -> None:
+    """Close the files of *entry* (not the connection under them)."""
+    for file in entry[:2]:
+        try:
+            file.close()
+        except (OSError, ValueError):
+            pass  # a buffered wfile whose peer is gone: nothing is pending after a KEEP anyway
+
+
 # -- what a job needs from its server ---------------------------------------------
 
 
@@ -361,7 +462,19 @@ class RequestPath(Generic[RequestT, AddressT]):
             :mod:`composable_server.observers`); None: nobody, at no cost.
     """
 
-    __slots__ = ("_forks", "_parking", "_returns", "_shared", "_wake", "host", "observers", "traits", "watchdog")
+    __slots__ = (
+        "_forks",
+        "_parking",
+        "_returns",
+        "_shared",
+        "_wake",
+        "host",
+        "kept_files",
+        "observers",
+        "plain_finish",
+        "traits",
+        "watchdog",
+    )
 
     def __init__(
         self,
@@ -387,6 +500,15 @@ class RequestPath(Generic[RequestT, AddressT]):
         # last (see handler_traits): asked once per handler, not once per request
         # (compat lets RequestHandlerClass change, so it is keyed by identity).
         self.traits: tuple[object, bool, bool] = (None, False, False)
+        # The host's finish_request is the engine's own, ``handler(request,
+        # client_address, host)``: a kept connection's job calls the handler
+        # itself (a frame less per message).  Set by the native Server.
+        self.plain_finish = False
+        # The files of kept connections between their messages (see
+        # KeptFiles): the server's own, which its handlers find as
+        # server.kept_files (compat makes a new path per reopen, not new files).
+        kept_files = getattr(host, "kept_files", None)
+        self.kept_files = kept_files if isinstance(kept_files, KeptFiles) else KeptFiles()
 
     def handler_traits(self, handler: object) -> tuple[object, bool, bool]:
         """``(handler, takes_kernel_timeouts(handler), parks)``, remembered
@@ -643,6 +765,8 @@ class RequestJob(Generic[RequestT, AddressT]):
             try:
                 return body(self.request, self.client_address) is not False
             finally:
+                if path.kept_files:  # a parking handler that the body does not park (compat)
+                    path.kept_files.discard(self.request)
                 path.finished()
         host = path.host
         kept = False
@@ -674,9 +798,24 @@ class RequestJob(Generic[RequestT, AddressT]):
                 if host.transport.late_admission and not host.verify_request(request, self.client_address):
                     return False  # refused (the verifier logs it): released below, unserved
             while True:
-                served = host.finish_request(request, self.client_address)
+                if path.plain_finish:
+                    served = host.handler(request, self.client_address, host)
+                else:
+                    served = host.finish_request(request, self.client_address)
                 if not self._parks or self.cut or getattr(served, "verdict", None) is not _KEEP:
                     return True
+                parking = path._parking
+                if parking is not None and parking._serving is self:
+                    # Served inline by the loop (Parking.ready): still
+                    # registered, level-triggered, and back in the kept set
+                    # here (give_back and Parking.keep, inlined: once per
+                    # message).  The loop looks at the cap before it polls.
+                    parking._serving = None
+                    self._parked_until = parking._serving_until
+                    # Only connection requests are kept: sockets.  (No typing.cast: a call per message.)
+                    parking._kept[request.fileno()] = self  # type: ignore[attr-defined]  # a socket, as above
+                    kept = True
+                    return None
                 where = path.give_back(self)
                 if where == _TO_LOOP:
                     # The loop owns the job now (another worker may run it
@@ -718,6 +857,12 @@ class RequestJob(Generic[RequestT, AddressT]):
         entry, self._entry = self._entry, None
         if entry is not None:
             path.watchdog.cancel(entry)
+        if self._parks:
+            path.kept_files.discard(self.request)
+            parked_in, self._parked_in = self._parked_in, None
+            if parked_in is not None:
+                # Only connection requests are kept: sockets.
+                parked_in.forget(cast(Socket, self.request).fileno())
         try:
             path.host.shutdown_request(self.request)
         finally:
@@ -736,6 +881,11 @@ class RequestJob(Generic[RequestT, AddressT]):
         entry, self._entry = self._entry, None
         if entry is not None:  # a kept connection, refused on its way back
             path.watchdog.cancel(entry)
+        if self._parks:
+            path.kept_files.discard(self.request)
+            parked_in, self._parked_in = self._parked_in, None
+            if parked_in is not None:
+                parked_in.forget(cast(Socket, self.request).fileno())
         if message:
             host.transport.request_ops.reject(self.request, message, self.client_address)
         host.close_request(self.request)
@@ -895,6 +1045,23 @@ class Parking(Generic[RequestT, AddressT]):
             nothing is kept here.
         max_kept: the most kept connections parked at once.
         observers: told of each connection closed here.
+        inline: the dispatcher runs every job in the loop's thread before it
+            returns (``SyncDispatcher``): kept connections are then
+            registered level-triggered, once, and served by :meth:`ready`
+            itself, every ready one per wake-up, with no ``epoll_ctl`` per
+            message (see "Inline serving" below).
+
+    Inline serving.  With a pool, a ready kept connection goes to a worker
+    while the loop polls on, so its registration must be one-shot (else
+    every poll reports it again until the worker has read the message) and
+    re-armed after each message.  When the loop serves it itself, nothing
+    polls meanwhile: the registration stays level-triggered from the first
+    message to the close, a message that comes back ``KEEP`` from
+    :meth:`ready` is only put back in ``_kept`` (:meth:`keep` sees it is
+    :attr:`_serving`), and all of it happens on the loop's thread, so
+    ``_kept`` needs no lock.  A closed connection's registration is removed
+    before its socket closes (:meth:`forget`, from ``RequestJob.release``),
+    so a stale one can never report a reused descriptor.
     """
 
     __slots__ = (
@@ -905,12 +1072,15 @@ class Parking(Generic[RequestT, AddressT]):
         "_epoll_fd",
         "_heap",
         "_host",
+        "_inline",
         "_kept",
         "_lock",
         "_max_kept",
         "_observers",
         "_poller",
         "_redispatch",
+        "_serving",
+        "_serving_until",
     )
 
     def __init__(
@@ -921,8 +1091,15 @@ class Parking(Generic[RequestT, AddressT]):
         redispatch: Callable[[RequestJob[RequestT, AddressT]], object] | None = None,
         max_kept: int = DEFAULT_MAX_PARKED,
         observers: ObserverGroup | None = None,
+        *,
+        inline: bool = False,
     ) -> None:
         self._host = host
+        self._inline = inline
+        # Inline: the kept job ready() is serving now, and the idle deadline
+        # of the kept connections it serves (taken once per wake-up).
+        self._serving: RequestJob[RequestT, AddressT] | None = None
+        self._serving_until = math.inf
         self._observers = observers
         self._poller = poller
         self._dispatch = dispatch
@@ -995,6 +1172,13 @@ class Parking(Generic[RequestT, AddressT]):
         # Only connection requests are kept (RequestJob checks
         # request_ops.connections): sockets.  (No typing.cast: a call per message.)
         fd: int = job.request.fileno()  # type: ignore[attr-defined]  # a socket, as above
+        if job is self._serving:
+            # Served inline by ready(), on the loop's thread: its level-triggered
+            # registration stays; the loop looks at the cap after ready().
+            self._serving = None
+            job._parked_until = self._serving_until
+            self._kept[fd] = job
+            return _TO_LOOP
         if fd < 0 or self._redispatch is None:
             return _CLOSED
         budget = self._host.timeout_policy.budget
@@ -1018,14 +1202,16 @@ class Parking(Generic[RequestT, AddressT]):
             # Armed under the lock, after the entry exists: the loop finds
             # the job for any event, and cannot close it meanwhile.
             try:
-                if job._parked_in is self:
-                    epoll.modify(fd, _KEPT_EVENTS)
-                else:
-                    epoll.register(fd, _KEPT_EVENTS)
+                if job._parked_in is not self:
+                    epoll.register(fd, select.EPOLLIN if self._inline else _KEPT_EVENTS)
                     job._parked_in = self
+                elif not self._inline:  # inline: still registered, level-triggered
+                    epoll.modify(fd, _KEPT_EVENTS)
             except OSError:
                 del kept[fd]
                 return _IN_PLACE
+            if self._inline:
+                return _TO_LOOP  # kept by the loop's own thread, which looks at both before it polls again
             return _TO_LOOP_WAKE if new_set or len(kept) > self._max_kept else _TO_LOOP
 
     def ready(self, fd: int) -> bool:
@@ -1040,6 +1226,9 @@ class Parking(Generic[RequestT, AddressT]):
             epoll = self._epoll
             if redispatch is None or epoll is None:  # no kept connections here (then _epoll_fd is -1)
                 return False
+            if self._inline:
+                self._serve_ready(epoll.poll(0, _MAX_READY))
+                return True
             for ready_fd, _ in epoll.poll(0, _MAX_READY):
                 job = pop(ready_fd, None)
                 if job is not None:
@@ -1051,6 +1240,46 @@ class Parking(Generic[RequestT, AddressT]):
         self._poller.unregister(fd)
         self._dispatch(entry[0], entry[1])
         return True
+
+    def _serve_ready(self, events: list[tuple[int, int]]) -> None:
+        """Inline: serve every ready kept connection here, one after the other."""
+        budget = self._host.timeout_policy.budget
+        idle = None if budget is None else budget.idle
+        self._serving_until = math.inf if idle is None else time.monotonic() + idle
+        pop = self._kept.pop
+        host = self._host
+        observed = self._observers is not None
+        for ready_fd, _ in events:
+            job = pop(ready_fd, None)
+            if job is None:
+                continue
+            self._serving = job
+            # The dispatcher's work, done here (it would run the job in this
+            # thread too), guarded as the server's redispatch; without
+            # observers, run() is _serve(None) (a frame less per message).
+            try:
+                if observed:
+                    job.run()
+                else:
+                    job._serve(None)
+            except Exception:
+                host.handle_error(job.request, job.client_address)
+                job.release()
+            except BaseException:
+                job.release()
+                raise
+            finally:
+                self._serving = None
+
+    def forget(self, fd: int) -> None:
+        """*fd*, parked here before, is about to close: remove its registration
+        (a level-triggered one would report a reused descriptor number)."""
+        epoll = self._epoll
+        if epoll is not None:
+            try:
+                epoll.unregister(fd)
+            except (OSError, ValueError):  # not registered (any more), or the set is closed
+                pass
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a parked connection (None: none parked
@@ -1066,10 +1295,15 @@ class Parking(Generic[RequestT, AddressT]):
             heapq.heappop(heap)  # stale: that connection was dispatched
         kept = self._kept
         if kept:
-            with self._lock:
+            if self._inline:  # only the loop's thread touches _kept
                 if len(kept) > self._max_kept:
                     return time.monotonic()
                 oldest = next(iter(kept.values()), None)
+            else:
+                with self._lock:
+                    if len(kept) > self._max_kept:
+                        return time.monotonic()
+                    oldest = next(iter(kept.values()), None)
             if oldest is not None and oldest._parked_until != math.inf:
                 if deadline is None or oldest._parked_until < deadline:
                     deadline = oldest._parked_until
@@ -1113,9 +1347,13 @@ class Parking(Generic[RequestT, AddressT]):
                 else:
                     break
             epoll = cast(select.epoll, self._epoll)
-            for fd, _, _ in closing:
+            for fd, job, _ in closing:
                 del kept[fd]
-                epoll.unregister(fd)
+                job._parked_in = None
+                try:
+                    epoll.unregister(fd)
+                except OSError:
+                    pass  # closed under us already: nothing left to remove
         for _, job, which in closing:
             # Reported before the close, so whoever sees the EOF sees the count too.
             policy.budget_exceeded(job.client_address, which)
@@ -1159,4 +1397,5 @@ class Parking(Generic[RequestT, AddressT]):
             self._poller.unregister(self._epoll_fd)
             epoll.close()
         for job in kept.values():
+            job._parked_in = None
             self._closed_kept(job, "drain", None)

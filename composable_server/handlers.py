@@ -26,6 +26,8 @@ import io
 import logging
 import socket
 import sys
+from collections import deque
+from collections.abc import Callable
 from socket import socket as Socket
 from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
 
@@ -35,6 +37,8 @@ from .interfaces import Address, DatagramRequest, Verdict
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
+
+    from ._request import KeptFiles
 
     from .server import Server
 
@@ -121,7 +125,6 @@ class SocketFile(io.RawIOBase):
         self._sock = sock
         self._readable = readable
         self._writable = writable
-        self._held = False  # buffered_input(): read nothing, report "no data yet"
 
     def readable(self) -> bool:
         return self._readable
@@ -131,9 +134,7 @@ class SocketFile(io.RawIOBase):
 
     def readinto(self, buffer: Buffer, /) -> int | None:
         """Receive into *buffer*; None only on a non-blocking socket with no
-        data (or while :func:`buffered_input` looks at the buffer)."""
-        if self._held:
-            return None
+        data (:func:`buffered_input` replaces it for one call)."""
         try:
             return self._sock.recv_into(buffer)
         except BlockingIOError as exc:
@@ -189,21 +190,35 @@ def buffered_input(rfile: io.BufferedIOBase) -> int:
     not consumed yet; no system call is made.
 
     ``BufferedReader.peek`` returns the buffer when it is not empty, but
-    reads from the raw file when it is, which would block on a socket: the
-    :class:`SocketFile` under it is held for the call, so such a read
-    returns "no data yet" and ``peek`` returns ``b""``.  An unbuffered
-    ``rfile`` (``rbufsize = 0``), or any other file, holds nothing.
+    reads from the raw file when it is, which would block on a socket: for
+    the call, the :class:`SocketFile` under it reads nothing and reports "no
+    data yet", so ``peek`` returns ``b""``.  An unbuffered ``rfile``
+    (``rbufsize = 0``), or any other file, holds nothing.
     """
     if not isinstance(rfile, io.BufferedReader):
         return 0
     raw = rfile.raw
     if not isinstance(raw, SocketFile):
         return 0
-    raw._held = True
+    return len(_peek_held(rfile, raw))
+
+
+# A readinto that reads nothing and returns None ("no data yet"), in C: a
+# deque of length 0 drops what it is given and its append returns None.
+# _peek_held() puts it on a SocketFile instance for one peek() (an instance
+# attribute hides the class's method: BufferedReader looks readinto up per
+# call), so peek() on an empty buffer costs no Python frame and no system call.
+_NO_DATA: Final[Callable[[object], None]] = deque[object](maxlen=0).append
+
+
+def _peek_held(rfile: io.BufferedReader, raw: SocketFile) -> bytes:
+    """``rfile.peek(1)`` with *raw* (its raw file) reading nothing."""
+    attributes = raw.__dict__
+    attributes["readinto"] = _NO_DATA
     try:
-        return len(rfile.peek(1))
+        return rfile.peek(1)
     finally:
-        raw._held = False
+        del attributes["readinto"]
 
 
 def _buffer_size(size: int) -> int:
@@ -237,6 +252,11 @@ def has_buffered_input(rfile: io.BufferedIOBase, connection: object) -> bool:
     gives its connection back, since no poll would ever report it."""
     if buffered_input(rfile):
         return True
+    return _tls_pending(connection)
+
+
+def _tls_pending(connection: object) -> bool:
+    """True if *connection* is a TLS socket holding decrypted bytes."""
     if "ssl" not in sys.modules:
         return False  # no TLS socket exists without it; importing it would cost every plain server
     import ssl  # loaded already: a look-up
@@ -333,7 +353,14 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
     set, costing no worker, and instantiates the handler again when the
     next message arrives; so a parked connection holds no buffered input,
     and state kept between messages belongs on the server (or keyed by
-    ``client_address``), not on the handler.
+    ``client_address``), not on the handler.  Only the files outlive a
+    message: on KEEP, :meth:`finish` leaves ``rfile``/``wfile`` (empty, and
+    flushed) on the server (``server.kept_files``, a bounded
+    :class:`~composable_server._request.KeptFiles`), and the next message's
+    :meth:`setup` takes them back instead of opening new ones, so the same
+    file objects serve every message of a connection (a connection beyond
+    the bound gets new ones).  A handler that wraps or replaces them per
+    message should override :meth:`setup` and :meth:`finish` as a pair.
 
     Class attributes:
         parks_connections: the capability the server reads (as
@@ -349,6 +376,51 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
 
     parks_connections: ClassVar[bool] = True
     verdict: Verdict = Verdict.CLOSE
+    # The server's KeptFiles (None: a server without one, stdlib's).
+    _kept_files: KeptFiles | None = None
+
+    def setup(self) -> None:
+        """As :meth:`StreamRequestHandler.setup`, but ``rfile``/``wfile`` are
+        the ones the connection's previous message left on the server
+        (``server.kept_files``), if it kept them: the same buffer sizes,
+        empty (a connection is kept only once its buffer is), and never
+        another connection's."""
+        self.connection = connection = self.request
+        if self.timeout is not None:
+            connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        # A composable Server has kept_files; a stdlib socketserver has not.
+        kept: KeptFiles | None = getattr(self.server, "kept_files", None)
+        if kept is not None:
+            self._kept_files = kept
+            entry = kept.pop(connection, None)
+            if entry is not None:
+                if entry[2] == self.rbufsize and entry[3] == self.wbufsize:
+                    self.rfile, self.wfile = entry[0], entry[1]
+                    return
+                entry[1].close()  # made by a handler class with other buffer sizes
+                entry[0].close()
+        self.rfile, self.wfile = socket_files(connection, self.rbufsize, self.wbufsize)
+
+    def finish(self) -> None:
+        """On ``KEEP``: flush ``wfile`` and leave both files on the server for
+        the connection's next message (``server.kept_files``).  Otherwise (or
+        if the flush fails) as :meth:`StreamRequestHandler.finish`: close them."""
+        kept = self._kept_files
+        if kept is not None and self.verdict is Verdict.KEEP and not self.rfile.closed:
+            try:
+                if self.wbufsize:  # else SocketWriter: every write was sent already
+                    self.wfile.flush()
+            except (OSError, ValueError):
+                pass  # the peer is gone, or wfile was closed: close the files below
+            else:
+                # KeptFiles.put, inlined (once per message).
+                kept[self.connection] = (self.rfile, self.wfile, self.rbufsize, self.wbufsize)
+                if len(kept) > kept.size:
+                    kept.evict()
+                return
+        super().finish()
 
     def handle(self) -> None:
         """Serve messages while input is buffered (all of them if not
@@ -373,7 +445,21 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
         """True if input was read from the connection but not consumed yet
         (no system call): the ``rfile`` buffer, or decrypted TLS bytes
         (``SSLSocket.pending()``)."""
-        return has_buffered_input(self.rfile, self.connection)
+        rfile = self.rfile
+        # has_buffered_input(), inlined for the files socket_files() opens: once per message.
+        if type(rfile) is io.BufferedReader and type(raw := rfile.raw) is SocketFile:
+            # _peek_held(), inlined as well.
+            attributes = raw.__dict__
+            attributes["readinto"] = _NO_DATA
+            try:
+                if rfile.peek(1):
+                    return True
+            finally:
+                del attributes["readinto"]
+        elif buffered_input(rfile):
+            return True
+        connection = self.connection
+        return type(connection) is not Socket and _tls_pending(connection)
 
 
 class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):

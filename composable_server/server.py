@@ -42,9 +42,10 @@ its own, and returns once the connection spoke (and was dispatched) or expired.
 
 Kept connections.  A handler that parks connections
 (``handlers.ParkingRequestHandler``) answers the messages a connection has
-ready and says KEEP: its job comes back to the loop (through the self-pipe)
-and waits in the same poll set until the next message, then is dispatched
-again; idle too long (the idle budget) or least recently used beyond
+ready and says KEEP: its job comes back to the loop (the worker arms its
+descriptor in the kept connections' epoll set, which sits in the loop's
+poll set) and waits there until the next message, then is dispatched again
+(on a ``SyncDispatcher``, served by the loop itself); idle too long (the idle budget) or least recently used beyond
 ``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
 every parked connection at once; busy ones finish their message and close.
 
@@ -77,7 +78,7 @@ from typing import Final, Generic, Self, TypeVar, final
 import attrs
 
 from ._allowall import AllowAll
-from ._request import DEFAULT_MAX_PARKED, DatagramJob, Parking, RequestJob, RequestPath
+from ._request import DEFAULT_KEPT_FILES, DEFAULT_MAX_PARKED, DatagramJob, KeptFiles, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -188,10 +189,15 @@ class Server(Generic[RequestT, AddressT]):
         observers: told of each connection's life, accept errors and drains
             (:class:`~composable_server.interfaces.Observer`); none: the
             request path checks one attribute and pays nothing more.
+        max_kept_files: the most kept connections whose ``rfile``/``wfile``
+            the server keeps for their next message (:attr:`kept_files`,
+            :class:`~composable_server._request.KeptFiles`; default
+            :data:`~composable_server._request.DEFAULT_KEPT_FILES`, 256:
+            ~2 MiB of read buffers); others get new files per message.
 
     Raises:
         BindError: the address could not be bound.
-        ValueError: *max_parked* is below 1.
+        ValueError: *max_parked* is below 1, or *max_kept_files* below 0.
     """
 
     # None: no observers (also for subclasses that build themselves, compat).
@@ -215,6 +221,7 @@ class Server(Generic[RequestT, AddressT]):
         bind_and_activate: bool = True,
         max_parked: int = DEFAULT_MAX_PARKED,
         observers: Iterable[Observer] = (),
+        max_kept_files: int = DEFAULT_KEPT_FILES,
     ) -> None:
         if max_parked < 1:
             raise ValueError(f"max_parked must be >= 1, got {max_parked}")
@@ -250,8 +257,12 @@ class Server(Generic[RequestT, AddressT]):
         self._stopped.set()
         self._closed = False
         self._waker = Waker()
+        # The rfile/wfile of kept connections between their messages, which
+        # the next message's handler takes back (handlers.ParkingRequestHandler).
+        self.kept_files = KeptFiles(max_kept_files)
         # What this server's jobs share (watchdog, pause flag, wake-up).
         self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake, self._observers)
+        self._requests.plain_finish = type(self).finish_request is Server.finish_request
         # Silent new connections, while serve_forever or handle_request runs.
         self._parking: Parking[RequestT, AddressT] | None = None
         if bind_and_activate:
@@ -293,7 +304,9 @@ class Server(Generic[RequestT, AddressT]):
             paused.register(waker_fd, _POLLIN)
             requests = self._requests
             parking = self._parking = Parking(
-                self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers
+                self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers,
+                # SyncDispatcher (final) runs jobs here: kept connections are served inline.
+                inline=type(self.dispatcher) is SyncDispatcher,
             )
             requests.open_returns(parking)
             # Asked here, in the serving process: a forked child (ForkingDispatcher)
@@ -643,6 +656,7 @@ class Server(Generic[RequestT, AddressT]):
         self.dispatcher.close()
         self.transport.close()
         self._requests.close()
+        self.kept_files.close_all()
         if not in_loop:  # else serve_forever closes it on its way out
             self._waker.close()
 

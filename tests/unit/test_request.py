@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import io
 import os
 import select
 import socketserver
@@ -22,6 +23,7 @@ from composable_server._request import (
     _TO_LOOP,
     _TO_LOOP_WAKE,
     DatagramJob,
+    KeptFiles,
     Parking,
     RequestJob,
     RequestPath,
@@ -804,3 +806,93 @@ class TestKeptConnections:
             rig.server.server_close()
             for c in conns:
                 c.close()
+
+
+def kept_entry(tag: bytes = b"") -> tuple[io.BytesIO, io.BytesIO, int, int]:
+    """A KeptFiles entry over in-memory files (rbufsize -1, wbufsize 0)."""
+    return io.BytesIO(tag), io.BytesIO(), -1, 0
+
+
+class TestKeptFiles:
+    def test_files_put_for_a_connection_are_taken_back_once(self) -> None:
+        """An entry put for a connection comes back for that connection only, and only once."""
+        kept = KeptFiles(4)
+        entry = kept_entry()
+        kept.put("conn-a", entry)
+        assert kept.pop("conn-b", None) is None
+        assert kept.pop("conn-a", None) is entry
+        assert kept.pop("conn-a", None) is None
+
+    def test_beyond_size_the_least_recently_kept_files_are_closed(self) -> None:
+        """With size 2, a third entry closes the files of the first one; the other two stay open."""
+        kept = KeptFiles(2)
+        entries = [kept_entry() for _ in range(3)]
+        for i, entry in enumerate(entries):
+            kept.put(f"conn-{i}", entry)
+        assert len(kept) == 2 and list(kept) == ["conn-1", "conn-2"]
+        assert entries[0][0].closed and entries[0][1].closed
+        assert not any(f.closed for entry in entries[1:] for f in entry[:2])
+
+    def test_evict_closes_what_is_over_the_size_after_direct_assignment(self) -> None:
+        """Entries set as items (the handler's inlined put) are bounded by evict()."""
+        kept = KeptFiles(1)
+        first, second = kept_entry(), kept_entry()
+        kept["a"] = first
+        kept["b"] = second
+        kept.evict()
+        assert list(kept) == ["b"] and first[0].closed and not second[0].closed
+
+    def test_size_zero_keeps_nothing(self) -> None:
+        """A size of 0 closes every entry as it is put."""
+        kept = KeptFiles(0)
+        entry = kept_entry()
+        kept.put("conn", entry)
+        assert len(kept) == 0 and entry[0].closed
+
+    def test_discard_closes_the_files_of_an_ended_connection(self) -> None:
+        """discard() closes and forgets a connection's files; an unknown connection is a no-op."""
+        kept = KeptFiles()
+        entry = kept_entry()
+        kept.put("conn", entry)
+        kept.discard("other")
+        kept.discard("conn")
+        assert len(kept) == 0 and entry[0].closed and entry[1].closed
+
+    def test_close_all_closes_every_entry(self) -> None:
+        """close_all() empties the mapping and closes each file."""
+        kept = KeptFiles()
+        entries = [kept_entry() for _ in range(3)]
+        for i, entry in enumerate(entries):
+            kept.put(i, entry)
+        kept.close_all()
+        assert len(kept) == 0 and all(f.closed for entry in entries for f in entry[:2])
+
+    def test_a_negative_size_is_refused_and_the_repr_shows_the_fill(self) -> None:
+        """size must be >= 0; the repr reads kept/size."""
+        with pytest.raises(ValueError, match="size must be >= 0, got -1"):
+            KeptFiles(-1)
+        kept = KeptFiles(3)
+        kept.put("a", kept_entry())
+        assert repr(kept) == "<KeptFiles 1/3>"
+
+    def test_the_request_path_shares_its_servers_kept_files(self) -> None:
+        """A server's request path uses the server's own KeptFiles, so a new path (compat reopen) keeps them."""
+        rig = Rig()
+        try:
+            assert rig.server._requests.kept_files is rig.server.kept_files
+            assert RequestPath(rig.server, lambda: None).kept_files is rig.server.kept_files
+        finally:
+            rig.server.server_close()
+
+    def test_releasing_a_parking_job_discards_its_kept_files(self) -> None:
+        """The job of a handler that parks ends its connection's kept files when it releases it."""
+        rig = Rig()
+        try:
+            job = rig.server._requests.job("req", "client")
+            job._parks = True
+            entry = kept_entry()
+            rig.server.kept_files.put("req", entry)
+            job.release()
+            assert len(rig.server.kept_files) == 0 and entry[0].closed
+        finally:
+            rig.server.server_close()
