@@ -67,6 +67,7 @@ from __future__ import annotations
 import email.parser
 import io
 import email.utils
+import functools
 import http.client
 import http.server
 import re
@@ -77,7 +78,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, TypeVar, cast
 from ._request import DEFAULT_MAX_PARKED
 from .acceptors import StreamAcceptor
 from .dispatchers import ThreadPoolDispatcher
-from .handlers import SocketFile, SocketWriter, has_buffered_input, socket_files
+from .handlers import SocketFile, SocketWriter, _kernel_timeout, has_buffered_input, socket_files
 from .interfaces import InetAddress, Verdict
 from .policies import Budget, ConnectionTimeouts
 from .server import Server
@@ -140,23 +141,37 @@ _PARSED_BODY: Final = re.compile(r"multipart|message", re.IGNORECASE)
 _VERSIONS: Final = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
 
 
-def _read_header_lines(fp: io.BufferedIOBase) -> list[bytes]:
-    """The header lines of a request, the empty line included, as stdlib's
-    ``http.client._read_headers`` reads them: at most ``_MAXLINE`` bytes a
-    line and ``_MAXHEADERS`` lines (read from ``http.client`` at every call,
-    so a program that raises them raises them here too)."""
+def _parse_headers(fp: io.BufferedIOBase, cls: Callable[[], http.client.HTTPMessage]) -> tuple[http.client.HTTPMessage, str]:
+    """:func:`parse_headers`, and the header block in lower case if the
+    message was built here (then every field name is in it), else ``""``."""
+    # The lines as stdlib's http.client._read_headers reads them; the limits
+    # are read at every call, so a program that raises them raises them here too.
     max_line: int = getattr(http.client, "_MAXLINE", 65536)
     max_headers: int = getattr(http.client, "_MAXHEADERS", 100)
-    headers = []
+    lines = []
     while True:
         line = fp.readline(max_line + 1)
         if len(line) > max_line:
             raise http.client.LineTooLong("header line")
-        headers.append(line)
-        if len(headers) > max_headers:
+        lines.append(line)
+        if len(lines) > max_headers:
             raise http.client.HTTPException(f"got more than {max_headers} headers")
         if line in (b"\r\n", b"\n", b""):
-            return headers
+            break
+    text = b"".join(lines).decode("iso-8859-1")
+    if cls is http.client.HTTPMessage and _SIMPLE_BLOCK.fullmatch(text):
+        lowered = text.lower()
+        if not (_PARSED_BODY.search(lowered) and _has_parsed_body(_SIMPLE_LINE.findall(text))):
+            message = http.client.HTTPMessage()
+            # What email.feedparser stores, compat32's set_raw() for each
+            # header and set_payload("") for the empty body, set at once.
+            vars(message).update(_headers=_SIMPLE_LINE.findall(text), _payload="")
+            return message, lowered
+    return email.parser.Parser(_class=cls).parsestr(text), ""
+
+
+def _has_parsed_body(fields: list[tuple[str, str]]) -> bool:
+    return any(name.lower() == "content-type" and _PARSED_BODY.search(value) for name, value in fields)
 
 
 def parse_headers(
@@ -169,11 +184,11 @@ def parse_headers(
     ``http.client._MAXLINE``, ``http.client.HTTPException`` beyond
     ``_MAXHEADERS`` lines), and the same message results.  A plain block
     (``name: value`` lines of printable ASCII, see ``_SIMPLE_BLOCK``) into an
-    ``http.client.HTTPMessage`` is built directly, header by header, as
-    ``email.feedparser`` with the compat32 policy stores them; anything else
-    (continuation lines, malformed lines, non-ASCII, a ``multipart`` or
-    ``message`` Content-Type, another message class) goes through the email
-    parser, exactly as stdlib does.
+    ``http.client.HTTPMessage`` is built directly, as ``email.feedparser``
+    with the compat32 policy stores it; anything else (continuation lines,
+    malformed lines, non-ASCII, a ``multipart`` or ``message`` Content-Type,
+    another message class) goes through the email parser, exactly as stdlib
+    does.
 
     Args:
         fp: the request's ``rfile``, just after the request line.
@@ -183,17 +198,7 @@ def parse_headers(
         http.client.LineTooLong: a header line is too long.
         http.client.HTTPException: too many header lines.
     """
-    lines = _read_header_lines(fp)
-    text = b"".join(lines).decode("iso-8859-1")
-    if _class is http.client.HTTPMessage and _SIMPLE_BLOCK.fullmatch(text):
-        fields = _SIMPLE_LINE.findall(text)
-        if not any(name.lower() == "content-type" and _PARSED_BODY.search(value) for name, value in fields):
-            message = http.client.HTTPMessage()
-            for name, value in fields:
-                message.set_raw(name, value)
-            message.set_payload("")  # what the email parser leaves for an empty body
-            return message
-    return email.parser.Parser(_class=_class).parsestr(text)
+    return _parse_headers(fp, _class)[0]
 
 
 class ResponseWriter(SocketWriter):
@@ -225,6 +230,12 @@ class ResponseWriter(SocketWriter):
         if not head:
             return super().write(b)
         self._head = b""
+        if type(b) is bytes and len(b) <= COALESCE_LIMIT:  # the usual body: one send, no view
+            try:
+                self._sock.sendall(head + b)
+            except BlockingIOError as exc:
+                raise _kernel_timeout(self._sock, exc) from None
+            return len(b)
         with memoryview(b) as view:
             size = view.nbytes
             if size <= COALESCE_LIMIT:
@@ -260,6 +271,13 @@ class _RequestReader(SocketFile):
 _date: tuple[int, str] = (0, "")
 
 
+@functools.lru_cache(maxsize=256)
+def _http_date(timestamp: float) -> str:
+    """``formatdate(timestamp, usegmt=True)``, remembered: a file's
+    ``Last-Modified`` (SimpleHTTPRequestHandler) is the same at every request."""
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
 class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     """A ``BaseHTTPRequestHandler`` that does less per request, with the
     same behaviour: a mix-in for the front of a handler's bases
@@ -288,7 +306,7 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     raw_requestline: bytes
 
     # The methods above; __init_subclass__ gives a later base's own version precedence.
-    _FAST: ClassVar[tuple[str, ...]] = ("parse_request", "date_time_string", "flush_headers", "setup")
+    _FAST: ClassVar[tuple[str, ...]] = ("parse_request", "date_time_string", "send_header", "flush_headers", "setup")
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -311,6 +329,7 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self._headers_buffer = []  # stdlib creates it at the first header; send_header need not look
         if self.wbufsize != 0:
             self.rfile, self.wfile = socket_files(connection, self.rbufsize, self.wbufsize)
             return
@@ -381,21 +400,23 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         if path.startswith("//"):
             self.path = "/" + path.lstrip("/")  # reduce to a single /
         try:
-            self.headers = parse_headers(self.rfile, _class=self.MessageClass)
+            self.headers, lowered = _parse_headers(self.rfile, self.MessageClass)
         except http.client.LineTooLong as err:
             self.send_error(http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
             return False
         except http.client.HTTPException as err:
             self.send_error(http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err))
             return False
-        conntype = self.headers.get("Connection", "").lower()
-        if conntype == "close":
-            self.close_connection = True
-        elif conntype == "keep-alive" and self.protocol_version >= "HTTP/1.1":
-            self.close_connection = False
-        expect = self.headers.get("Expect", "")
+        # A header whose name is not in the block is not there: no need to look.
+        if not lowered or "connection" in lowered:
+            conntype = self.headers.get("Connection", "").lower()
+            if conntype == "close":
+                self.close_connection = True
+            elif conntype == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+                self.close_connection = False
         if (
-            expect.lower() == "100-continue"
+            (not lowered or "expect" in lowered)
+            and self.headers.get("Expect", "").lower() == "100-continue"
             and self.protocol_version >= "HTTP/1.1"
             and self.request_version >= "HTTP/1.1"
         ):
@@ -405,16 +426,32 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The date for a header, as stdlib's; the current one is formatted
-        once per second."""
+        once per second, the last 256 others once."""
         global _date
         if timestamp is not None:
-            return email.utils.formatdate(timestamp, usegmt=True)
+            return _http_date(timestamp)
         now = int(time.time())
         second, text = _date
         if second != now:
             text = email.utils.formatdate(now, usegmt=True)
             _date = (now, text)
         return text
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """Add a header line to the head, as stdlib's (``Connection: close``
+        or ``keep-alive`` sets ``close_connection``)."""
+        if self.request_version != "HTTP/0.9":
+            try:
+                buffer = self._headers_buffer
+            except AttributeError:  # a setup() of a later base ran instead of this class's
+                buffer = self._headers_buffer = []
+            buffer.append(("%s: %s\r\n" % (keyword, value)).encode("latin-1", "strict"))  # noqa: UP031  # stdlib's %s, not format()
+        if len(keyword) == 10 and keyword.lower() == "connection":  # no other name lowers to it
+            value = value.lower()
+            if value == "close":
+                self.close_connection = True
+            elif value == "keep-alive":
+                self.close_connection = False
 
     def flush_headers(self) -> None:
         """Hand the buffered head to ``wfile``: held by a
