@@ -502,6 +502,13 @@ class ParkingHTTPRequestHandler(HTTPRequestHandler):
     kernel_timeouts_safe: ClassVar[bool] = True
     verdict: Verdict = Verdict.CLOSE
 
+    def setup(self) -> None:
+        """:meth:`HTTPRequestHandler.setup`, even when a later base has its
+        own ``setup``: parking is safe only with files whose buffer
+        :meth:`has_buffered_input` sees (a pipelined request held in any
+        other ``rfile`` would wait for a wake-up that never comes)."""
+        super().setup()
+
     def handle(self) -> None:
         """Serve one request, and the next ones while they are buffered
         already (all of them if the connection is not parked); record the

@@ -608,3 +608,27 @@ class TestResponseWriter:
         writer.hold(b"Y")
         writer.close()
         assert connection.output == b"H1H2bodyXY"
+
+
+class TestParkingSetup:
+    def test_a_later_bases_setup_does_not_replace_the_files_parking_needs(self) -> None:
+        """``class H(ParkingHTTPRequestHandler, Mine)``: the rfile whose buffer parking checks is kept."""
+
+        class Mine(http.server.BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                raise AssertionError("a setup without visible buffers")
+
+        class H(ParkingHTTPRequestHandler, Mine):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        connection = Connection(GET % b"1" + GET % b"2")
+        handler = H(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, native_server()))
+        assert handler.verdict is Verdict.KEEP
+        assert connection.output.count(b"HTTP/1.1 204 ") == 2
