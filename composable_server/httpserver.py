@@ -1,10 +1,14 @@
-"""``http.server`` on parked connections: an idle keep-alive client waits in
-the server's poll set between requests, not in a worker.
+"""``http.server`` doing less per request, and on parked connections: an
+idle keep-alive client waits in the server's poll set between requests, not
+in a worker.
 
-:class:`ParkingHTTPRequestHandler` is a
-:class:`http.server.BaseHTTPRequestHandler` that serves one request per
-dispatch; mix it in front of any handler class, or wrap one with
-:func:`parking_http`; :func:`make_http_server` is the server::
+:class:`HTTPRequestHandler` is a :class:`http.server.BaseHTTPRequestHandler`
+with the same behaviour and less work per request (headers without the email
+parser, the ``Date`` once per second, head and body in one send);
+:class:`ParkingHTTPRequestHandler` is one that also serves one request per
+dispatch.  Mix either in front of any handler class, or wrap one with
+:func:`fast_http` / :func:`parking_http`; :func:`make_http_server` is the
+server (``park=False``: a worker serves a connection in place, as stdlib)::
 
     import http.server
     from composable_server.httpserver import ParkingHTTPRequestHandler, make_http_server
@@ -54,6 +58,27 @@ so ``setup()``, ``handle()`` and ``finish()`` run each time:
   ``TimeoutError`` that ``handle_one_request()`` catches.  A subclass that
   calls ``self.connection.recv``/``sendfile`` itself sets it False.
 
+Doing less per request (:class:`HTTPRequestHandler`, under both).  Under
+callgrind (``tests/bench/callgrind_http.py``) ~205k of stdlib's ~225k
+instructions per keep-alive request were ``http.server`` itself, most of it
+``http.client.parse_headers`` (``email.feedparser``) and
+``email.utils.formatdate``.  The handler keeps stdlib's hooks and their
+order (``handle_one_request``, ``send_response``, ``log_request``,
+``log_message``, ``send_header``, ``end_headers``, ``do_*``), and replaces
+only what it can do with less work for the same result:
+
+* ``parse_request``: stdlib's code, the headers from :func:`parse_headers`
+  (the same ``HTTPMessage``, built without the email parser for ordinary
+  header blocks; anything unusual goes to the email parser);
+* ``date_time_string``: formatted once per second (an explicit timestamp,
+  such as ``Last-Modified``, once per value);
+* ``send_header``: no ``hasattr`` per call;
+* ``flush_headers``: the head is held by :class:`ResponseWriter` and sent
+  with the body's first write: one send per response instead of two.
+
+A later base's own version of one of these wins (``__init_subclass__``), as
+if this class were not among the bases.
+
 Only a server that dispatches through the native job parks (the
 :class:`~composable_server.server.Server` engine's own ``process_request``:
 native servers, prefork workers).  On any other server (stdlib
@@ -65,9 +90,9 @@ as stdlib does, so the class stays a drop-in ``BaseHTTPRequestHandler``.
 from __future__ import annotations
 
 import email.parser
-import io
 import email.utils
 import functools
+import io
 import http.client
 import http.server
 import re
@@ -93,6 +118,7 @@ if TYPE_CHECKING:
     from .interfaces import ErrorPolicy, HandlerFactory, Observer, TimeoutPolicy, Transport, Verifier
 
 __all__ = (
+    "COALESCE_LIMIT",
     "DEFAULT_HTTP_BUDGET",
     "DEFAULT_HTTP_THREADS",
     "HTTPRequestHandler",
