@@ -58,6 +58,7 @@ from .interfaces import (
     ErrorPolicy,
     HandlerFactory,
     InetAddress,
+    Observer,
     TimeoutPolicy,
     Transport,
     UnixAddress,
@@ -763,6 +764,7 @@ _ROLE_METHODS: Final = {
     "error_policy": ("handle_error",),
     "timeout_policy": ("handle_timeout", "budget_exceeded"),
     "accept_error_policy": ("accept_failed", "accepted"),
+    "observer": ("connection_accepted", "connection_refused", "request_started", "request_finished"),
 }
 
 _DEFAULT_SAMPLES: Final[tuple[tuple[object, object], ...]] = (
@@ -807,7 +809,8 @@ def check_contracts(
 
     The role is recognised by the component's methods (``verify``: a
     Verifier; ``dispatch``/``service``/``join``/``close``: a Dispatcher; a
-    transport's ``bind``/``activate``/...; ``accept``: an Acceptor; ...).
+    transport's ``bind``/``activate``/...; ``accept``: an Acceptor;
+    ``connection_accepted``/``request_started``/...: an Observer; ...).
     A transport with a real socket is also checked with the matching
     built-in acceptor and a loopback client; an acceptor is checked on
     *transport* (default: a TCP transport on 127.0.0.1).
@@ -881,6 +884,9 @@ def check_contracts(
     if "accept_error_policy" in roles:
         testing.check_accept_error_policy(cast("Callable[[], AcceptErrorPolicy]", make))
         ran.append("check_accept_error_policy")
+    if "observer" in roles:
+        testing.check_observer(cast("Callable[[], Observer]", make))
+        ran.append("check_observer")
     return tuple(ran)
 
 

@@ -1,6 +1,7 @@
 """Where a TLS handshake's server time goes: instruction counts under callgrind (issue 18).
 
     python -m tests.bench.callgrind_tls [--kinds stdlib compat native] [--small N] [--large N] [--top K]
+                                        [--persistent]
 
 Instruction counts do not depend on other load on the machine.  Each kind
 serves the benchmark's ``https-min`` server (:mod:`tests.bench.bench_http`)
@@ -28,8 +29,13 @@ function (self cost, ``callgrind_annotate``) splits it between OpenSSL
 (``libssl``/``libcrypto``, the same work for every kind) and the rest (the
 interpreter, libc, the kernel calls: what the server's own code costs).
 
-    python -m tests.bench.callgrind_tls --serve KIND N    # the workload (BENCH_TLS_CERT/KEY set)
-    python -m tests.bench.callgrind_tls --client HOST PORT N    # the client
+With ``--persistent`` the client makes one TLS connection and sends N
+keep-alive ``GET`` requests on it, one at a time (``http.client``), as the
+``tls-persistent`` scenario's wrk connections do: the figure is then the
+server's cost of one request over an established TLS connection.
+
+    python -m tests.bench.callgrind_tls --serve KIND N [--persistent]    # the workload (BENCH_TLS_CERT/KEY set)
+    python -m tests.bench.callgrind_tls --client HOST PORT N [--persistent]    # the client
 """
 
 from __future__ import annotations
@@ -90,6 +96,26 @@ def client(host: str, port: int, handshakes: int) -> None:
             tls.close()
 
 
+def persistent_client(host: str, port: int, requests: int) -> None:
+    """*requests* keep-alive ``GET /`` requests on one TLS connection, each
+    answer read before the next request is sent."""
+    import http.client
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection(host, port, timeout=30.0, context=context)
+    try:
+        for _ in range(requests):
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET / answered {response.status}")
+    finally:
+        connection.close()
+
+
 def _make(kind: str, finished: threading.Semaphore) -> _Serving:
     """A *kind* https-min server on an ephemeral port whose handler releases
     *finished* once per connection."""
@@ -135,20 +161,23 @@ def _make(kind: str, finished: threading.Semaphore) -> _Serving:
     raise SystemExit(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
-def serve(kind: str, handshakes: int) -> None:
-    """Serve *handshakes* s_time-like connections with a *kind* server; the
-    client in a child process (not traced by valgrind)."""
+def serve(kind: str, handshakes: int, *, persistent: bool = False) -> None:
+    """Serve *handshakes* s_time-like connections with a *kind* server (or,
+    *persistent*, that many requests on one connection); the client in a
+    child process (not traced by valgrind)."""
     finished = threading.Semaphore(0)
+    connections = 1 if persistent else handshakes
     server = _make(kind, finished)
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
         host, port = cast("tuple[str, int]", server.server_address)  # AF_INET
         subprocess.run(
-            [sys.executable, "-m", "tests.bench.callgrind_tls", "--client", host, str(port), str(handshakes)],
+            [sys.executable, "-m", "tests.bench.callgrind_tls", "--client", host, str(port), str(handshakes)]
+            + (["--persistent"] if persistent else []),
             cwd=ROOT, check=True, timeout=600,
         )
-        for _ in range(handshakes):
+        for _ in range(connections):
             if not finished.acquire(timeout=60.0):
                 raise RuntimeError("a handler did not finish")
     finally:
@@ -157,14 +186,17 @@ def serve(kind: str, handshakes: int) -> None:
         server.server_close()
 
 
-def _callgrind(kind: str, handshakes: int, tmp: str, env: dict[str, str]) -> tuple[int, dict[str, int]]:
+def _callgrind(
+    kind: str, handshakes: int, tmp: str, env: dict[str, str], persistent: bool
+) -> tuple[int, dict[str, int]]:
     # Once without valgrind first: a module compiled in one traced run and
     # loaded from its .pyc in the other would not cancel out.
     argv = [sys.executable, "-m", "tests.bench.callgrind_tls", "--serve", kind]
-    subprocess.run(argv + ["2"], cwd=ROOT, env=env, check=True, timeout=120)
+    mode = ["--persistent"] if persistent else []
+    subprocess.run(argv + ["2"] + mode, cwd=ROOT, env=env, check=True, timeout=120)
     out = os.path.join(tmp, f"callgrind.{kind}.{handshakes}")
     subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv + [str(handshakes)],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv + [str(handshakes)] + mode,
         cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=3600,
     )
     text = subprocess.run(
@@ -199,14 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=20, help="handshakes of the first run (default 20)")
     parser.add_argument("--large", type=int, default=120, help="handshakes of the second run (default 120)")
     parser.add_argument("--top", type=int, default=12, help="functions listed per kind (default 12)")
+    parser.add_argument("--persistent", action="store_true",
+                        help="N keep-alive requests on one TLS connection instead of N handshakes")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=3, metavar=("HOST", "PORT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
-        client(args.client[0], int(args.client[1]), int(args.client[2]))
+        (persistent_client if args.persistent else client)(args.client[0], int(args.client[1]), int(args.client[2]))
         return 0
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
+        serve(args.serve[0], int(args.serve[1]), persistent=args.persistent)
         return 0
     if not 0 < args.small < args.large:
         parser.error("need 0 < --small < --large")
@@ -215,15 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .run import _tls_files
 
     n = args.large - args.small
-    out = [f"# TLS handshake (s_time -new): server instructions per handshake (callgrind, {args.large} - "
-           f"{args.small} handshakes, Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION})", ""]
+    unit = "request" if args.persistent else "handshake"
+    what = "keep-alive requests on one TLS connection" if args.persistent else "TLS handshake (s_time -new)"
+    out = [f"# {what}: server instructions per {unit} (callgrind, {args.large} - "
+           f"{args.small} {unit}s, Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION})", ""]
     per_kind: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="cs-callgrind-tls-") as tmp:
         env = dict(os.environ)
         env["BENCH_TLS_CERT"], env["BENCH_TLS_KEY"] = _tls_files(tmp)
         for kind in args.kinds:
-            total_small, small = _callgrind(kind, args.small, tmp, env)
-            total_large, large = _callgrind(kind, args.large, tmp, env)
+            total_small, small = _callgrind(kind, args.small, tmp, env, args.persistent)
+            total_large, large = _callgrind(kind, args.large, tmp, env, args.persistent)
             objects = _object_files(tmp, kind, args.large)
             total = (total_large - total_small) / n
             deltas = sorted(
@@ -234,17 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 group = _group(objects.get(name, ""))
                 groups[group] = groups.get(group, 0.0) + d
             per_kind[kind] = (total, groups.get("OpenSSL", 0.0))
-            out += [f"## {kind}: {total:,.0f} instructions per handshake", "",
+            out += [f"## {kind}: {total:,.0f} instructions per {unit}", "",
                     "By object file: " + ", ".join(
                         f"{g} {d:,.0f} ({d / total:.0%})" for g, d in sorted(groups.items(), key=lambda x: -x[1])
                     ), "",
-                    "| C function (self) | object | instructions/handshake | share |", "|---|---|--:|--:|"]
+                    f"| C function (self) | object | instructions/{unit} | share |", "|---|---|--:|--:|"]
             out += [f"| `{name}` | {objects.get(name, '?')} | {d:,.0f} | {d / total:.1%} |"
                     for name, d in deltas[: args.top]]
             out.append("")
     if "stdlib" in per_kind:
         base_total, base_openssl = per_kind["stdlib"]
-        out += [f"- {k}: {t / base_total:.2f}x stdlib's instructions per handshake; outside OpenSSL "
+        out += [f"- {k}: {t / base_total:.2f}x stdlib's instructions per {unit}; outside OpenSSL "
                 f"{t - o:,.0f} vs stdlib's {base_total - base_openssl:,.0f} ({t - o - base_total + base_openssl:+,.0f})"
                 for k, (t, o) in per_kind.items()]
     print("\n".join(out))

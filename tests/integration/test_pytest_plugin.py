@@ -5,11 +5,12 @@ point as any user's run does."""
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import pytest
 
@@ -23,6 +24,8 @@ from composable_server import (
     UDPTransport,
     allow_networks,
 )
+from composable_server.interfaces import RequestFinished
+from composable_server.observers import AccessLog, BaseObserver
 from composable_server.pytest_plugin import check_contracts
 
 pytest_plugins = ["pytester"]
@@ -273,6 +276,18 @@ class TestCheckContracts:
         assert check_contracts(NoTimeout) == ("check_timeout_policy",)
         assert check_contracts(AcceptBackoff) == ("check_accept_error_policy",)
         assert check_contracts(lambda: allow_networks("127.0.0.0/8")) == ("check_verifier",)
+        assert check_contracts(BaseObserver) == ("check_observer",)
+        assert check_contracts(lambda: AccessLog(logging.getLogger("test_pytest_plugin.access"))) == ("check_observer",)
+
+    def test_a_broken_observer_fails(self) -> None:
+        """An observer whose event method returns a value fails its contract."""
+
+        class Answering(BaseObserver):
+            def request_finished(self, event: RequestFinished) -> None:
+                return cast(None, "done")
+
+        with pytest.raises(AssertionError):
+            check_contracts(Answering)
 
     def test_a_broken_component_fails(self) -> None:
         """A verifier that answers something other than a bool fails its contract."""
