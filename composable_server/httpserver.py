@@ -349,8 +349,14 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
         """As stdlib's ``StreamRequestHandler.setup`` (``timeout``,
         ``disable_nagle_algorithm``, ``rbufsize``, ``wbufsize``), with
         ``wfile`` a :class:`ResponseWriter` when unbuffered and files whose
-        buffer :meth:`has_buffered_input` can see."""
-        self.connection = connection = self.request
+        buffer :meth:`has_buffered_input` can see; a request that is not a
+        socket (no ``recv_into``: a test's mock) gets stdlib's files."""
+        connection = self.request
+        if not hasattr(type(connection), "recv_into"):
+            # Not a socket (a test's mock with a makefile()): stdlib's files.
+            super().setup()
+            return
+        self.connection = connection
         if self.timeout is not None:
             connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:

@@ -627,3 +627,46 @@ def test_wrk_keep_alive_load_on_the_fast_handler_gets_only_2xx(park: bool) -> No
     match = re.search(r"(\d+) requests in", output)
     assert match is not None and int(match.group(1)) >= 100, output
     assert "Socket errors" not in output and "Non-2xx" not in output, output
+
+
+_CPYTHON_SUITE = """
+import http.server, sys, unittest
+from composable_server.httpserver import HTTPRequestHandler, fast_http
+
+class BaseHTTPRequestHandler(HTTPRequestHandler):  # what the suite's handlers now derive from
+    pass
+
+http.server.BaseHTTPRequestHandler = BaseHTTPRequestHandler
+http.server.SimpleHTTPRequestHandler = fast_http(http.server.SimpleHTTPRequestHandler)
+http.server.CGIHTTPRequestHandler = fast_http(http.server.CGIHTTPRequestHandler)
+result = unittest.main(module="test.test_httpservers", argv=["suite"], exit=False, verbosity=0).result
+print("RESULT", result.testsRun, len(result.skipped), *sorted(t.id() for t, _ in result.failures + result.errors))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_cpythons_http_server_suite_passes_on_the_fast_paths() -> None:
+    """CPython's test_httpservers, its handlers built on HTTPRequestHandler: every test passes but test_all
+    (which checks the names' __module__, rebound here)."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("test.test_httpservers") is None:
+        pytest.skip("this Python ships without its test package")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CPYTHON_SUITE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        kill_group(proc)
+        proc.wait()
+    line = next((row for row in output.splitlines() if row.startswith("RESULT ")), None)
+    assert line is not None, output
+    _, ran, skipped, *failed = line.split()
+    assert int(ran) - int(skipped) >= 50, output
+    assert failed == ["test.test_httpservers.MiscTestCase.test_all"], output
