@@ -332,7 +332,12 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     raw_requestline: bytes
 
     # The methods above; __init_subclass__ gives a later base's own version precedence.
-    _FAST: ClassVar[tuple[str, ...]] = ("parse_request", "date_time_string", "send_header", "flush_headers", "setup")
+    _FAST: ClassVar[tuple[str, ...]] = (
+        "parse_request", "date_time_string", "send_response", "send_header", "flush_headers", "setup"
+    )
+    # send_response() writes the Server and Date lines itself while
+    # send_header() is this class's and version_string() stdlib's.
+    _plain_server_date: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -344,6 +349,10 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             owner = next(base for base in after if name in vars(base))
             if owner not in http.server.BaseHTTPRequestHandler.__mro__:  # stdlib's, or compat's under it
                 setattr(cls, name, vars(owner)[name])
+        cls._plain_server_date = (
+            cls.send_header is HTTPRequestHandler.send_header
+            and cls.version_string is http.server.BaseHTTPRequestHandler.version_string
+        )
 
     def setup(self) -> None:
         """As stdlib's ``StreamRequestHandler.setup`` (``timeout``,
@@ -468,6 +477,21 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             text = email.utils.formatdate(now, usegmt=True)
             _date = (now, text)
         return text
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """As stdlib's: ``log_request(code)``, the status line
+        (``send_response_only``), then the ``Server`` and ``Date`` headers, in
+        one step when ``send_header`` and ``version_string`` are the stock ones."""
+        self.log_request(code)
+        self.send_response_only(code, message)
+        if not self._plain_server_date:
+            self.send_header("Server", self.version_string())
+            self.send_header("Date", self.date_time_string())
+        else:
+            date = self.date_time_string()
+            if self.request_version != "HTTP/0.9":
+                lines = "Server: %s %s\r\nDate: %s\r\n" % (self.server_version, self.sys_version, date)  # noqa: UP031  # stdlib's %s
+                self._headers_buffer.append(lines.encode("latin-1", "strict"))
 
     def send_header(self, keyword: str, value: str) -> None:
         """Add a header line to the head, as stdlib's (``Connection: close``

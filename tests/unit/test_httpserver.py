@@ -591,6 +591,27 @@ class TestHTTPRequestHandler:
         assert "parse_request" not in vars(fast_http(http.server.SimpleHTTPRequestHandler))
 
 
+class TestSendResponse:
+    def test_overridden_send_header_and_version_string_are_called_for_server_and_date(self) -> None:
+        """With a send_header or version_string of its own, send_response goes through them, as stdlib's."""
+
+        class Mine(FastRecorded):
+            seen: ClassVar[list[str]] = []
+
+            def version_string(self) -> str:
+                return "Mine/1"
+
+            def send_header(self, keyword: str, value: str) -> None:
+                Mine.seen.append(keyword)
+                super().send_header(keyword, value)
+
+        connection = Connection(b"GET /v HTTP/1.1\r\n\r\n", eof=True)
+        Mine(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert Mine.seen == ["Server", "Date", "Content-Length"]
+        assert b"\r\nServer: Mine/1\r\nDate: " in connection.output
+        assert not Mine._plain_server_date and FastRecorded._plain_server_date
+
+
 class TestResponseWriter:
     def test_the_held_head_goes_with_the_first_write_or_flush_or_close(self) -> None:
         """hold() sends nothing; write sends head and data together; flush and close send a lone head."""
