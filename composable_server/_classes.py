@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from typing import Final, Literal, TypeAlias
-
-import attrs
+from typing import Final, Literal, TypeAlias, final
 
 __all__ = (
     "COMPAT_MODULE",
@@ -41,9 +39,10 @@ DispatcherName: TypeAlias = Literal["sync", "threading", "forking"]
 """A row of :data:`DISPATCHERS`."""
 
 
-@attrs.frozen
+@final
 class TransportRow:
-    """One transport of the classic class table.
+    """One transport of the classic class table (a plain class: attrs would
+    cost ~1M instructions at every import of compat, for three fields).
 
     Attributes:
         class_name: the stdlib class name (``"UDPServer"``).
@@ -54,9 +53,15 @@ class TransportRow:
             stdlib values (socketserver.py, 3.11-3.13).
     """
 
-    class_name: str
-    parent: TransportName | None
-    attributes: Mapping[str, object]
+    __slots__ = ("attributes", "class_name", "parent")
+
+    def __init__(self, class_name: str, parent: TransportName | None, attributes: Mapping[str, object]) -> None:
+        self.class_name: Final = class_name
+        self.parent: Final = parent
+        self.attributes: Final = attributes
+
+    def __repr__(self) -> str:
+        return f"TransportRow(class_name={self.class_name!r}, parent={self.parent!r}, attributes={self.attributes!r})"
 
 
 TRANSPORTS: Final[Mapping[TransportName, TransportRow]] = {

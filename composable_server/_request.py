@@ -41,8 +41,10 @@ One job type serves both ways in.  The native engine dispatches jobs with
 the default body; compat's ``ThreadingMixIn`` passes stdlib's own
 ``process_request_thread`` as the body (which calls ``finish_request``,
 ``handle_error`` and ``shutdown_request`` itself, as stdlib users expect to
-override), and ``ForkingMixIn`` uses the default body in the child.  Either
-way the job ends with the same early wake.
+override), and ``ForkingMixIn`` passes the sequence stdlib's
+``process_request`` runs in the child (a body's False result makes the
+job's result False: the child's exit status 1).  Either way the job ends
+with the same early wake.
 
 Who knows what.  A job reaches its server only through :class:`RequestHost`
 (the stdlib-named hooks, the transport, the timeout policy, the handler) and
@@ -179,11 +181,16 @@ _FINISHES: Final = 1
 # -- the request operations of each kind of transport ----------------------------
 
 
-@functools.lru_cache(maxsize=8)
+# Compiled once, in the serving process: struct.pack() would compile (and
+# cache) the format in every forked child, and an lru_cache filled only in
+# children would miss in each of them (~20 page faults per child together).
+_TIMEVAL: Final = struct.Struct("@ll")
+
+
 def _timeval(seconds: float) -> bytes:
     """*seconds* as the ``struct timeval`` of ``SO_RCVTIMEO``/``SO_SNDTIMEO``."""
     whole = int(seconds)
-    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    return _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000))
 
 
 def _is_tls(request: Socket) -> bool:
@@ -499,7 +506,8 @@ class RequestJob(Generic[RequestT, AddressT]):
         body: None for the default serving (budget, ``start_request``,
             ``finish_request``, ``handle_error``, ``shutdown_request``);
             else called as ``body(request, client_address)`` instead, and it
-            owns all of that (compat's ``process_request_thread``).
+            owns all of that (compat's ``process_request_thread``); if it
+            returns False, so does :meth:`run`.
 
     Attributes:
         cut: set by :meth:`abort`: the server cut this connection (drain
@@ -633,8 +641,7 @@ class RequestJob(Generic[RequestT, AddressT]):
         body = self._body
         if body is not None:
             try:
-                body(self.request, self.client_address)
-                return True
+                return body(self.request, self.client_address) is not False
             finally:
                 path.finished()
         host = path.host

@@ -27,8 +27,6 @@ import stat
 from socket import socket as Socket
 from typing import final
 
-import attrs
-
 from .exceptions import AddressError, BindError
 from .interfaces import UnixAddress
 
@@ -139,12 +137,17 @@ def _bind(sock: Socket, address: UnixAddress) -> None:
 
 
 @final
-@attrs.define(eq=False)
 class SocketFile:
     """The socket file a Unix transport binds to, and removes on close."""
 
-    # (path, st_dev, st_ino) of the file bind() created; None for an abstract name.
-    _created: tuple[UnixAddress, int, int] | None = attrs.field(init=False, default=None)
+    __slots__ = ("_created",)
+
+    def __init__(self) -> None:
+        # (path, st_dev, st_ino) of the file bind() created; None for an abstract name.
+        self._created: tuple[UnixAddress, int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"SocketFile(_created={self._created!r})"
 
     def bind(self, sock: Socket, address: UnixAddress, mode: int | None = None) -> None:
         """Bind *sock* to *address* with *mode* (None: the umask's), replacing a stale socket file.

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 from typing import final
 
-import attrs
-
 __all__ = ("LogLimiter",)
 
 
 @final
-@attrs.define(eq=False)
 class LogLimiter:
     """Decides whether a rate-limited log record is due: at most one per *interval* seconds.
 
     Not thread-safe on its own: its owner calls :meth:`due` under the lock
     that guards the counters the record reports.  The owner passes the time,
-    from its own (injectable) clock.
+    from its own (injectable) clock.  A plain class: it is private and built
+    at import by several modules, where an attrs class costs ~1M instructions.
 
     Args:
         interval: the least time between two records, in seconds.
     """
 
-    interval: float
-    _last: float | None = attrs.field(init=False, default=None)
-    _skipped: int = attrs.field(init=False, default=0)
+    __slots__ = ("_last", "_skipped", "interval")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+        self._skipped = 0
+
+    def __repr__(self) -> str:
+        return f"LogLimiter(interval={self.interval!r}, _last={self._last!r}, _skipped={self._skipped!r})"
 
     def due(self, now: float) -> int | None:
         """If a record is due at *now*: how many were skipped since the last one; else None (and count it)."""

@@ -41,8 +41,6 @@ from collections.abc import Sequence
 from socket import socket as Socket
 from typing import Any, Protocol, TypeVar, cast, overload
 
-import attrs
-
 from . import handlers as _handlers
 from ._request import RequestJob, RequestPath
 from ._socketutil import Waker
@@ -78,14 +76,19 @@ if hasattr(socket, "AF_UNIX"):
 _SocketTransport = TCPTransport | UDPTransport | UnixStreamTransport | UnixDatagramTransport
 
 
-@attrs.define(eq=False)
 class _NullTransport:
     """The transport of a server built on :class:`BaseServer` directly: stdlib
     ``BaseServer`` has no socket, its subclasses bring their own (and override
     ``fileno``/``get_request``)."""
 
-    address: object
-    _sock: Socket | None = None
+    __slots__ = ("_sock", "address")
+
+    def __init__(self, address: object) -> None:
+        self.address = address
+        self._sock: Socket | None = None
+
+    def __repr__(self) -> str:
+        return f"_NullTransport(address={self.address!r}, _sock={self._sock!r})"
 
     @property
     def server_address(self) -> object:
@@ -163,8 +166,9 @@ class _OpaqueRequests:
 _OPAQUE_REQUESTS = _OpaqueRequests()
 
 
-@attrs.frozen
 class _NullAcceptor:
+    __slots__ = ()
+
     def accept(self, transport: object) -> tuple[Any, Any]:
         raise NotImplementedError("a BaseServer subclass must define get_request()")
 
@@ -435,6 +439,7 @@ class _ForkingHost(_Host, Protocol):
     block_on_close: bool
 
     def collect_children(self, *, blocking: bool = False) -> None: ...
+    def _serve_in_child(self, request: Any, client_address: Any) -> bool: ...
 
 
 class ThreadingMixIn:
@@ -539,8 +544,22 @@ class ForkingMixIn:
         if isinstance(dispatcher, ForkingDispatcher) and dispatcher.max_children != self.max_children:
             dispatcher.max_children = self.max_children
         # The child runs finish_request, handle_error and shutdown_request,
-        # as stdlib's process_request does there.
-        dispatcher.dispatch(RequestJob(self._requests, request, client_address))
+        # as stdlib's process_request does there: the job's body is that
+        # sequence, and nothing else runs in the child (every object it
+        # touches costs a copy-on-write fault).
+        dispatcher.dispatch(RequestJob(self._requests, request, client_address, self._serve_in_child))
+
+    def _serve_in_child(self: _ForkingHost, request: Any, client_address: Any) -> bool:
+        """What stdlib's ``process_request`` runs in the child; False if
+        ``finish_request`` raised (the child's exit status is then 1)."""
+        try:
+            self.finish_request(request, client_address)
+            return True
+        except Exception:
+            self.handle_error(request, client_address)
+            return False
+        finally:
+            self.shutdown_request(request)
 
     def server_close(self: _ForkingHost) -> None:
         """Close the server, then wait for the children if ``block_on_close``."""

@@ -21,10 +21,13 @@ after sending ``reject_message`` if one is set).
 from __future__ import annotations
 
 import importlib
+import os
 import queue
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Literal, TypeAlias, cast, final
@@ -264,32 +267,15 @@ _getsignal: Final = cast("Callable[[int], object]", _c_signal.getsignal)
 _setsignal: Final = cast("Callable[[int, object], object]", _c_signal.signal)
 _SIGTERM: Final = int(signal.SIGTERM)
 _SIGINT: Final = int(signal.SIGINT)
+_DEFAULT_INT: Final = signal.default_int_handler
 _Resets: TypeAlias = "tuple[tuple[int, object], ...]"
 _RESET_TERM: Final[_Resets] = ((_SIGTERM, 0),)
-_RESET_INT: Final[_Resets] = ((_SIGINT, signal.default_int_handler),)
+_RESET_INT: Final[_Resets] = ((_SIGINT, _DEFAULT_INT),)
 # [SIGTERM differs][SIGINT differs]: built once, no tuple per fork.
 _RESETS: Final[tuple[tuple[_Resets, _Resets], tuple[_Resets, _Resets]]] = (
     ((), _RESET_INT),
     (_RESET_TERM, _RESET_TERM + _RESET_INT),
 )
-
-
-def _signals_to_reset() -> _Resets:
-    """The (signal, handler) pairs a child must restore, decided in the parent before fork.
-
-    A child must not run the parent's Python-level handlers (e.g. a
-    "SIGTERM -> shut the server down" handler would wait forever on the
-    parent's serving loop): SIGTERM ends the child, Ctrl-C raises as usual.
-    Usually nothing is to be reset, and the child then touches nothing.
-    """
-    return _RESETS[_getsignal(_SIGTERM) != 0][_getsignal(_SIGINT) is not signal.default_int_handler]
-
-
-def _child_main(job: Job, reset: _Resets) -> int:
-    """The forked child's work: the exit status (0 if the handler returned, 1 if it raised)."""
-    for signum, handler in reset:
-        _setsignal(signum, handler)
-    return 0 if job.run() else 1
 
 
 @final
@@ -353,14 +339,44 @@ class ForkingDispatcher:
                 return
             while len(children) >= self.max_children:
                 self._wait_any(None)
-        reset = _signals_to_reset()
-        pid = _fork.fork()
+        # What a child must reset, decided here (the child then touches
+        # nothing when nothing differs): it must not run the parent's
+        # Python-level handlers (a "SIGTERM -> shut the server down" handler
+        # would wait forever on the parent's loop): SIGTERM ends the child,
+        # Ctrl-C raises as usual.
+        reset = _RESETS[_getsignal(_SIGTERM) != 0][_getsignal(_SIGINT) is not _DEFAULT_INT]
+        # _fork.fork() and _fork.run_child(), inline: every function run
+        # between two forks writes its refcount on a page shared with the
+        # other process, one copy-on-write fault each (two frames and a
+        # closure less).  The std streams are flushed first, so the child
+        # does not repeat what the parent wrote before.
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        pid = os.fork()
         if pid:
             children[pid] = job.client_address
             job.close()
             return
-        # Child.  Whatever happens, never return into the parent's loop.
-        _fork.run_child(lambda: _child_main(job, reset))
+        # The child.  Whatever happens, never return into the parent's loop:
+        # status 0 if the handler returned, 1 if it raised (or anything else
+        # did: printed); the std streams flushed; os._exit, so no atexit
+        # handler and no buffer of the parent runs twice.
+        status = 1
+        try:
+            for signum, handler in reset:
+                _setsignal(signum, handler)
+            if job.run():
+                status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                for stream in (sys.stdout, sys.stderr):
+                    if stream is not None:
+                        stream.flush()
+            finally:
+                os._exit(status)
 
     def _reap(self, *, blocking: bool) -> None:
         children = self._children
@@ -375,8 +391,15 @@ class ForkingDispatcher:
     def service(self) -> None:
         """Reap children that have exited (never blocks)."""
         children = self._children
-        if children:
-            for pid in _fork.reap(children):
+        if not children:
+            return
+        # _fork.reap(), inline: this runs once per loop iteration, between two forks.
+        for pid in list(children):
+            try:
+                reaped = os.waitpid(pid, os.WNOHANG)[0]
+            except ChildProcessError:
+                reaped = pid  # reaped elsewhere: forget it
+            if reaped:
                 del children[pid]
 
     def join(self, timeout: float | None) -> tuple[Job, ...]:

@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Final, final
+from typing import ClassVar, Final, final
 
 import attrs
 
@@ -178,10 +178,10 @@ class NoTimeout:
     def handle_timeout(self) -> None:
         """Never called by the server; does nothing."""
 
-    @property
-    def budget(self) -> None:
-        """Always None: no per-connection limits."""
-        return None
+    # A class attribute, not a property: read on the path of every request
+    # (in the loop and in a forked child), where a call costs a frame.
+    budget: ClassVar[None] = None
+    """Always None: no per-connection limits."""
 
     def budget_exceeded(self, client_address: object, limit: str) -> None:
         """Never called (there is no budget); does nothing."""
@@ -205,10 +205,10 @@ class FixedTimeout:
         """Call *on_timeout*."""
         self.on_timeout()
 
-    @property
-    def budget(self) -> None:
-        """Always None: no per-connection limits."""
-        return None
+    # A class attribute, not a property: read on the path of every request
+    # (in the loop and in a forked child), where a call costs a frame.
+    budget: ClassVar[None] = None
+    """Always None: no per-connection limits."""
 
     def budget_exceeded(self, client_address: object, limit: str) -> None:
         """Never called (there is no budget); does nothing."""

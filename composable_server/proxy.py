@@ -81,10 +81,10 @@ from typing import ClassVar, Final, Generic, Literal, TypeAlias, TypeVar, cast, 
 
 import attrs
 
+from ._wrapper import _Wrapper
 from .acceptors import OVERSIZE_LOG_INTERVAL, DatagramAcceptor
 from .exceptions import ProxyProtocolError, ServerStateError
 from .interfaces import Acceptor, Address, DatagramRequest, RequestOps, Transport
-from .transports import _Wrapper
 from .verifiers import CIDRVerifier, allow_networks
 
 __all__ = (

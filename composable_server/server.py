@@ -70,12 +70,13 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Final, Generic, Self, TypeVar, final
 
 import attrs
 
+from ._allowall import AllowAll
 from ._request import DEFAULT_MAX_PARKED, DatagramJob, Parking, RequestJob, RequestPath
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
@@ -218,16 +219,20 @@ class Server(Generic[RequestT, AddressT]):
         if max_parked < 1:
             raise ValueError(f"max_parked must be >= 1, got {max_parked}")
         self.max_parked = max_parked
-        from .verifiers import AllowAll, releaser  # here: verifiers (ipaddress) load with a server
-
         self._observers = ObserverGroup.of(observers)
         self.transport = transport
         self.acceptor = acceptor
         self.handler = handler
-        self.verifier: Verifier[RequestT, AddressT] = AllowAll() if verifier is None else verifier
         # A verifier that counts requests in flight (per-client cap) is told
         # when each one ends; None (no per-request cost) for all others.
-        self._release = releaser(self.verifier)
+        if verifier is None:
+            self.verifier: Verifier[RequestT, AddressT] = AllowAll()
+            self._release: Callable[[object], None] | None = None  # AllowAll counts nothing
+        else:
+            from .verifiers import releaser  # here: verifiers (ipaddress) load with a server that has one
+
+            self.verifier = verifier
+            self._release = releaser(verifier)
         self.dispatcher: Dispatcher = SyncDispatcher() if dispatcher is None else dispatcher
         self.error_policy: ErrorPolicy = PrintTraceback() if error_policy is None else error_policy
         self.timeout_policy: TimeoutPolicy = ConnectionTimeouts() if timeout_policy is None else timeout_policy
@@ -291,6 +296,9 @@ class Server(Generic[RequestT, AddressT]):
                 self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers
             )
             requests.open_returns(parking)
+            # Asked here, in the serving process: a forked child (ForkingDispatcher)
+            # would otherwise ask in every child, and never keep the answer.
+            requests.handler_traits(self.handler)
             batch = _ACCEPT_BATCH if self.transport.nonblocking else 1
             # Only connections are parked or kept: a datagram loop skips the
             # parking's calls (three per wake-up) altogether.

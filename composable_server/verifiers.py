@@ -29,6 +29,7 @@ from typing import Final, Literal, TypeVar, cast, final
 
 import attrs
 
+from ._allowall import AllowAll
 from ._util import LogLimiter
 from .exceptions import AddressError
 from .interfaces import Verifier
@@ -59,16 +60,6 @@ _logger = logging.getLogger("composable_server.verifiers")
 
 RequestT = TypeVar("RequestT")
 AddressT = TypeVar("AddressT")
-
-
-@final
-@attrs.frozen
-class AllowAll:
-    """A verifier that admits every request."""
-
-    def verify(self, request: object, client_address: object) -> bool:
-        """Return True."""
-        return True
 
 
 def _releasers(verifiers: tuple[Verifier[object, object], ...]) -> tuple[Callable[[object], None], ...]:

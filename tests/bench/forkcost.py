@@ -25,6 +25,19 @@ children, the interpreter's start and the imports cancelled out.  Instructions
 leave out the kernel's share (fork, faults, exit), which the faults show.
 
     python -m tests.bench.forkcost --dirty KIND    # pages the parent writes per request, by mapping
+    python -m tests.bench.forkcost --where KIND    # which Python objects the faults land on (perf)
+
+``--where`` runs the server under ``perf record -e page-faults -c 1 -d`` (every
+fault, with its data address; children inherit the event) and has the server
+write, just before its first fork, the address, size and name of every
+object the garbage collector knows (functions, their code objects, modules,
+types, instances).  Each fault of the children, and of the parent while it
+serves the measured requests, is attributed to the object at its address
+(a function called writes its refcount, and its code object's: two faults
+unless a neighbour already took the page), or else to its mapping
+(``text:`` an instruction fetch, ``data:`` static data, arenas, the heap).
+Soft-dirty bits (``--dirty``) need ``CONFIG_MEM_SOFT_DIRTY``, which some
+kernels lack (then it reports nothing); ``--where`` needs only perf.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +277,112 @@ def dirty_per_request(kind: str, requests: int) -> dict[str, float]:
     return {name: n / requests for name, n in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
+# -- where the faults land (perf) ----------------------------------------------------------
+
+
+def _dump_objects(path: str) -> None:
+    """Write ``address size name`` of every object gc knows (and each
+    function's code object, each module's dict) to *path*."""
+    import gc
+
+    rows: dict[int, str] = {}
+
+    def add(obj: object, name: str) -> None:
+        rows.setdefault(id(obj), f"{id(obj)} {sys.getsizeof(obj)} {name}")
+
+    for obj in gc.get_objects():
+        if isinstance(obj, type):
+            add(obj, f"type {obj.__module__}.{obj.__qualname__}")
+        elif isinstance(obj, types.FunctionType):
+            add(obj, f"function {obj.__module__}.{obj.__qualname__}")
+            add(obj.__code__, f"code {obj.__module__}.{obj.__qualname__}")
+        elif isinstance(obj, types.ModuleType):
+            add(obj, f"module {obj.__name__}")
+            add(obj.__dict__, f"module dict {obj.__name__}")
+        else:
+            add(obj, type(obj).__name__)
+    Path(path).write_text("\n".join(rows.values()))
+
+
+def serve_mapped(kind: str, map_path: str) -> None:
+    """Run the *kind* forking server; just before its first fork, dump its objects to *map_path*."""
+    from . import bench_servers
+
+    dumped: list[bool] = []
+
+    def before_fork() -> None:
+        if not dumped:
+            dumped.append(True)
+            _dump_objects(map_path)
+
+    os.register_at_fork(before=before_fork)
+    bench_servers.main([f"{kind}-forking", "tcp", "127.0.0.1:0"])
+
+
+_SAMPLE: Final = re.compile(r"\s*(\d+)\s+([\d.]+):\s+([0-9a-f]+)\s+\((.*?)\)\s+([0-9a-f]+)\s")
+
+
+def faults_by_object(kind: str, requests: int, tmp: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Faults per request of a *kind* server, (parent, children), by object or mapping (see ``--where``)."""
+    import bisect
+    from collections import Counter
+
+    data, map_path = os.path.join(tmp, f"{kind}.data"), os.path.join(tmp, f"{kind}.map")
+    wrapper = ["perf", "record", "-q", "-e", "page-faults", "-c", "1", "-d", "-o", data, "--"]
+    proc = subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "tests.bench.forkcost", "--serve-mapped", kind, map_path],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    assert proc.stdout is not None
+    try:
+        host, port = json.loads(proc.stdout.readline())["address"]
+        round_trips((host, int(port)), 5)  # warm-up (and the first fork: the object map)
+        round_trips((host, int(port)), requests)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # perf writes its file; the server shuts down
+        proc.wait(60)
+        proc.stdout.close()
+    objects = sorted(
+        (int(a), int(size), name) for a, size, name in (line.split(" ", 2) for line in Path(map_path).read_text().splitlines())
+    )
+    starts = [o[0] for o in objects]
+    script = subprocess.run(
+        ["perf", "script", "-i", data, "-F", "pid,time,addr,ip,dso"], capture_output=True, text=True, check=True
+    ).stdout
+    samples = [(int(m[1]), float(m[2]), int(m[3], 16), m[4], int(m[5], 16)) for m in map(_SAMPLE.match, script.splitlines()) if m]
+    per_pid = Counter(pid for pid, *_ in samples)
+    parent = per_pid.most_common(1)[0][0]
+    started: dict[int, float] = {}
+    for pid, when, *_ in samples:
+        if pid != parent:
+            started.setdefault(pid, when)
+    children = sorted(started, key=started.__getitem__)[5:]  # the measured requests' children
+    if len(children) < 2:
+        raise RuntimeError(f"perf saw {len(children)} measured children")
+    window = (started[children[0]], started[children[-1]])
+    n = len(children) - 1  # parent faults between the first and the last measured fork
+    measured = set(children)
+    counts: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+    for pid, when, addr, mapping, ip in samples:
+        if pid == parent and not window[0] <= when < window[1]:
+            continue
+        if pid != parent and pid not in measured:
+            continue
+        name = Path(mapping).name or mapping
+        k = bisect.bisect_right(starts, addr) - 1
+        if addr == ip:
+            where = f"text: {name}"
+        elif k >= 0 and objects[k][0] <= addr < objects[k][0] + max(objects[k][1], 16):
+            where = objects[k][2]
+        else:
+            where = f"data: {name}"
+        counts[pid != parent][where] += 1
+    return (
+        {w: c / n for w, c in counts[0].most_common()},
+        {w: c / len(children) for w, c in counts[1].most_common()},
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.forkcost", description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
@@ -271,7 +391,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=20, help="requests of the first callgrind run (default 20)")
     parser.add_argument("--large", type=int, default=60, help="requests of the second callgrind run (default 60)")
     parser.add_argument("--dirty", metavar="KIND", choices=KINDS, help="pages the parent writes per request")
+    parser.add_argument("--where", metavar="KIND", choices=KINDS, help="which objects the faults land on (perf)")
+    parser.add_argument("--top", type=int, default=40, help="--where: lines per process (default 40)")
+    parser.add_argument("--serve-mapped", nargs=2, metavar=("KIND", "MAP"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_mapped:
+        serve_mapped(*args.serve_mapped)
+        return 0
+    if args.where:
+        if shutil.which("perf") is None:
+            raise SystemExit("perf is not installed")
+        with tempfile.TemporaryDirectory(prefix="cs-forkwhere-") as tmp:
+            parent, children = faults_by_object(args.where, args.requests, tmp)
+        for title, table in (("parent", parent), ("children", children)):
+            print(f"# {args.where}: faults per request in the {title} ({sum(table.values()):.1f}), by object or mapping")
+            for where, n in list(table.items())[: args.top]:
+                print(f"{n:8.2f}  {where}")
+        return 0
     if args.dirty:
         print(f"# {args.dirty}: pages the parent writes per request (soft-dirty, {args.requests} requests)")
         for name, n in dirty_per_request(args.dirty, args.requests).items():

@@ -143,12 +143,12 @@ def test_parse_importtime() -> None:
 
 @pytest.mark.timeout(120)
 def test_import_cost_few_runs() -> None:
-    """The import scenario times every command with the internal timer and reports two targets."""
+    """The import scenario times every command with the internal timer and reports three targets."""
     cost = importcost.measure(3, importtime_runs=1, top=3, use_hyperfine=False, warmup=0)
     assert set(cost.wall_ms) == set(importcost.COMMANDS)
     assert all(ms > 0 for ms in cost.wall_ms.values())
     assert any(x.module == "composable_server.compat" for x in cost.top_cumulative)
-    assert len(importcost.targets(cost)) == 2
+    assert len(importcost.targets(cost)) == 3
     assert "| `import socketserver` |" in "\n".join(importcost.markdown(cost))
 
 
@@ -200,6 +200,15 @@ def test_forkcost_counts_a_forking_server(kind: str) -> None:
     counters = forkcost.measure(kind, 10, warmup=2)
     assert counters.parent_faults > 0
     assert counters.child_faults > 0  # ten children ran, and were reaped
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="needs perf")
+def test_forkcost_attributes_faults_to_objects(tmp_path: Path) -> None:
+    """forkcost --where attributes the faults of a forking server's parent and children to objects or mappings."""
+    parent, children = forkcost.faults_by_object("compat", 5, str(tmp_path))
+    assert sum(parent.values()) > 0 and sum(children.values()) > 0
+    assert any(where.startswith("text: ") for where in children)  # the child's first instruction fetches
+    assert any(where.startswith("code composable_server.") for where in children)  # the child ran our code
 
 
 def test_forkcost_reads_callgrind_totals() -> None:

@@ -504,6 +504,40 @@ class TestDrain:
             os.waitpid(-1, os.WNOHANG)
 
 
+class TestForkingDrain:
+    @pytest.mark.timeout(30)
+    def test_drain_waits_for_every_child_in_flight(self) -> None:
+        """drain() with forked children in flight returns only once each has served its client and been reaped: every reply arrives, nothing is cut, no child is left."""
+
+        def held(request: socket.socket, client_address: Any, server: Any) -> None:
+            request.sendall(b"entered\n")
+            request.sendall(read_line(request).upper())
+
+        clients: list[socket.socket] = []
+        reports: list[DrainReport] = []
+        server = make_server(held, ForkingDispatcher(), timeout_policy=NoTimeout())
+        with running(server):
+            try:
+                for _ in range(3):
+                    sock = connect(server)
+                    clients.append(sock)
+                    assert read_line(sock) == b"entered\n"  # its child is serving it
+                drainer = threading.Thread(target=lambda: reports.append(server.drain(WAIT)), name="drain")
+                drainer.start()
+                for i, sock in enumerate(clients):
+                    sock.sendall(b"go %d\n" % i)
+                replies = [read_to_eof(sock) for sock in clients]
+                drainer.join(WAIT)
+                # Every child reaped by drain itself, before server_close.
+                with pytest.raises(ChildProcessError):
+                    os.waitpid(-1, os.WNOHANG)
+            finally:
+                close_all(clients)
+        assert replies == [b"GO %d\n" % i for i in range(3)]
+        [report] = reports
+        assert report.finished and report.cut == () and report.remaining == ()
+
+
 class TestForkFailure:
     @pytest.mark.timeout(20)
     def test_fork_eagain_closes_the_request_reports_it_and_goes_on(self, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -453,6 +453,44 @@ def test_forking_active_children_reflects_the_dispatcher(tmp_path: Path) -> None
         os.close(w)
 
 
+@pytest.mark.skipif(not HAS_FORK, reason="no fork")
+@pytest.mark.parametrize("module", [socketserver, compat], ids=["stdlib", "compat"])
+def test_forked_child_exit_status_and_error_report(module: ModuleType) -> None:
+    """A ForkingTCPServer's child exits 0 after a handler that returned and 1 after one that raised, whose traceback the default handle_error prints in the child, as stdlib's."""
+    r, w = os.pipe()
+
+    def handle(self: Any) -> None:
+        # The child's stderr (pytest captures the real one), line-buffered:
+        # stdlib's child does not flush before os._exit.
+        sys.stderr = open(w, "w", buffering=1, closefd=False)
+        if self.rfile.readline() == b"boom\n":
+            raise RuntimeError("boom")
+        self.wfile.write(b"ok\n")
+
+    server = module.ForkingTCPServer(("127.0.0.1", 0), type("H", (module.StreamRequestHandler,), {"handle": handle}))
+    statuses = []
+    seen: set[int] = set()
+    try:
+        for line in (b"hello\n", b"boom\n"):
+            with socket.create_connection(server.server_address[:2], timeout=WAIT) as conn:
+                conn.sendall(line)
+                server.handle_request()
+                [pid] = set(server.active_children or ()) - seen
+                seen.add(pid)
+                _, status = os.waitpid(pid, 0)
+                statuses.append(os.waitstatus_to_exitcode(status))
+                assert conn.recv(10) == (b"ok\n" if line == b"hello\n" else b"")
+        os.set_blocking(r, False)
+        printed = os.read(r, 65536)
+    finally:
+        server.server_close()
+        os.close(r)
+        os.close(w)
+    assert statuses == [0, 1]
+    assert b"Exception occurred during processing of request from" in printed
+    assert b"RuntimeError: boom" in printed
+
+
 class _TimingOut(compat.UDPServer):
     """A UDPServer that counts its handle_timeout calls."""
 

@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -465,6 +466,51 @@ class TestForkingDispatcher:
         assert os.waitstatus_to_exitcode(wait_status) == status
         assert dispatcher.join(WAIT) == ()
         dispatcher.close()
+
+    @pytest.mark.timeout(10)
+    def test_a_job_that_raises_is_printed_in_the_child_and_exits_1(self, report: Pipe) -> None:
+        """An exception escaping the job (KeyboardInterrupt too) is printed to the child's stderr, which is flushed, and the child exits 1 without returning into the parent's code."""
+
+        class RaisingJob(ChildJob):
+            def run(self) -> bool:
+                # Block-buffered: only the child's exit flush delivers it.
+                sys.stderr = open(self.report.w, "w", closefd=False)  # the child's; pytest captures the real one
+                raise KeyboardInterrupt("child broke")
+
+        dispatcher = ForkingDispatcher()
+        dispatcher.dispatch(RaisingJob("job", report))
+        children = dispatcher.active_children
+        assert children is not None and len(children) == 1
+        [pid] = children
+        _, wait_status = os.waitpid(pid, 0)
+        dispatcher.close()
+        os.set_blocking(report.r, False)
+        printed = os.read(report.r, 65536)
+        assert os.waitstatus_to_exitcode(wait_status) == 1
+        assert b"KeyboardInterrupt: child broke" in printed
+        assert printed.count(b"Traceback") == 1  # printed once: the child never ran the parent's code
+
+    @pytest.mark.timeout(10)
+    def test_std_streams_flushed_before_fork_and_at_the_childs_exit(
+        self, report: Pipe, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """What the parent buffered before the fork is written once (not repeated by the child), and what the child buffered is not lost at its os._exit."""
+        out = open(report.w, "w", closefd=False)  # closed below; block-buffered
+        monkeypatch.setattr(sys, "stdout", out)
+
+        class PrintingJob(ChildJob):
+            def run(self) -> bool:
+                print("child")
+                return True
+
+        try:
+            print("parent")
+            dispatcher = ForkingDispatcher()
+            dispatcher.dispatch(PrintingJob("job", report))
+            dispatcher.close()
+        finally:
+            out.close()
+        assert _lines(report) == ["parent", "child"]
 
     @pytest.mark.timeout(20)
     def test_max_children_blocks_dispatch(self, report: Pipe, gate: Pipe) -> None:

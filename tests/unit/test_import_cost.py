@@ -28,6 +28,7 @@ NOT_FOR_COMPAT = frozenset(
         "http.server",
         "argparse",
         f"{PACKAGE}.factories",
+        f"{PACKAGE}._tls",
         f"{PACKAGE}.prefork",
         f"{PACKAGE}.proxy",
         f"{PACKAGE}.systemd",
@@ -102,6 +103,30 @@ class TestImportCost:
         loaded = _loaded_by(f"import {PACKAGE}.compat")
         assert {f"{PACKAGE}.server", f"{PACKAGE}.transports"} <= loaded  # the walk sees the engine
         assert sorted(NOT_FOR_COMPAT & loaded) == []
+
+    @pytest.mark.timeout(60)
+    def test_a_compat_server_loads_only_what_it_uses(self) -> None:
+        """Building and closing a compat ``TCPServer`` (no verifier) loads none of those modules either."""
+        loaded = _loaded_by(
+            f"from {PACKAGE} import compat\n"
+            "compat.TCPServer(('127.0.0.1', 0), compat.BaseRequestHandler).server_close()"
+        )
+        assert {f"{PACKAGE}.compat", f"{PACKAGE}.server"} <= loaded  # the walk sees the engine
+        assert sorted(NOT_FOR_COMPAT & loaded) == []
+
+    @pytest.mark.timeout(60)
+    def test_a_server_with_a_verifier_loads_the_verifiers(self) -> None:
+        """A server given a verifier loads the verifiers module (asked for its releaser) as it is built."""
+        loaded = _loaded_by(
+            "class Mine:\n"
+            "    def verify(self, request, client_address):\n"
+            "        return True\n"
+            "server = Server(transport=TCPTransport(('127.0.0.1', 0)), acceptor=StreamAcceptor(),\n"
+            "                handler=print, verifier=Mine(), bind_and_activate=False)\n"
+            "server.server_close()",
+            first=f"from {PACKAGE} import Server, StreamAcceptor, TCPTransport",
+        )
+        assert f"{PACKAGE}.verifiers" in loaded
 
     @pytest.mark.timeout(60)
     def test_the_pytest_plugin_loads_no_component(self) -> None:

@@ -234,6 +234,12 @@ class TestRequestJob:
         assert rig.transport.started_requests == [] and rig.transport.finished_requests == []
 
     @pytest.mark.timeout(5)
+    def test_a_body_returning_false_makes_the_job_fail(self, rig: Rig) -> None:
+        """A body's False result is the job's (a forked child then exits 1); any other result counts as success."""
+        assert rig.server._requests.job("req-1", "client-1", lambda request, address: False).run() is False
+        assert rig.server._requests.job("req-2", "client-2", lambda request, address: None).run() is True
+
+    @pytest.mark.timeout(5)
     def test_close_rejects_through_the_ops_then_closes(self, rig: Rig) -> None:
         """close(message) sends the message through the transport's ops, then close_request()."""
         job = rig.job()

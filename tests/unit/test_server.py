@@ -313,6 +313,15 @@ class TestServeForever:
         assert [r for r, _ in rig.handler.calls] == [f"req-{i}" for i in range(5)]
 
     @pytest.mark.timeout(10)
+    def test_the_handler_traits_are_learnt_before_the_first_request(self, rig: Rig) -> None:
+        """serve_forever asks for its handler's traits in the serving process, so a forked child finds them known instead of asking in every child."""
+        assert rig.server._requests.traits[0] is None
+        with serving(rig.server):
+            # No request yet: the loop itself asked.
+            assert eventually(lambda: rig.server._requests.traits[0] is rig.handler)
+        assert rig.handler.calls == []
+
+    @pytest.mark.timeout(10)
     def test_a_datagram_loop_at_low_load_probes_for_a_second_datagram_only_now_and_then(self) -> None:
         """After a probe for a second datagram found none, the next 8 wake-ups take one each without probing; all are served."""
         accepts: list[int] = []
