@@ -139,8 +139,13 @@ def _socketserver_http(kind: str, family: str, address: str) -> None:
 
 
 def _native_http(kind: str, family: str, address: str) -> None:
-    """The native API: a thread pool, or prefork workers each with a pool."""
+    """The native API: for HTTP, ``make_http_server(park=False)`` (a pool
+    worker per connection, serving its requests in place), or prefork workers
+    each with a pool serving ``fast_http(handler)`` (as a user of ``Prefork``
+    builds it); for HTTPS (the TLS scenarios), the handler class as it is on
+    a ``Server`` with a ``TLSTransport``."""
     from composable_server import Server, StreamAcceptor, TCPTransport, ThreadPoolDispatcher
+    from composable_server.httpserver import fast_http, make_http_server
     from composable_server.interfaces import Transport
     from composable_server.prefork import Prefork
     from composable_server.transports import TLSTransport
@@ -148,9 +153,15 @@ def _native_http(kind: str, family: str, address: str) -> None:
     from .bench_servers import POOL_WORKERS, _serve, announce, parse_inet
 
     handler = _handler_classes(family)
+    tls = family == "https-min"
+    if kind == "native-pool" and not tls:
+        server = make_http_server(parse_inet(address), handler, threads=POOL_WORKERS, park=False)
+        _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
+        return
     transport: Transport[socket.socket, object] = TCPTransport(parse_inet(address))
-    if family == "https-min":
+    if tls:
         transport = TLSTransport(transport, _server_context())
+    served = handler if tls else fast_http(handler)
 
     def make_server(
         transport: Transport[socket.socket, object], *, bind_and_activate: bool = False
@@ -158,7 +169,7 @@ def _native_http(kind: str, family: str, address: str) -> None:
         return Server(
             transport=transport,
             acceptor=StreamAcceptor(),
-            handler=handler,  # a socketserver handler class: called (request, address, server)
+            handler=served,  # a socketserver handler class: called (request, address, server)
             dispatcher=ThreadPoolDispatcher(POOL_WORKERS, queue_size=256),
             bind_and_activate=bind_and_activate,
         )

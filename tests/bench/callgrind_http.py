@@ -85,16 +85,11 @@ def _make(kind: str, family: str) -> _Serving:
 
         return http.server.ThreadingHTTPServer(address, handler)
     if kind == "native-pool":
-        from composable_server import Server, StreamAcceptor, TCPTransport, ThreadPoolDispatcher
+        from composable_server.httpserver import make_http_server
 
         from .bench_servers import POOL_WORKERS
 
-        return Server(
-            transport=TCPTransport(address),
-            acceptor=StreamAcceptor(),
-            handler=handler,
-            dispatcher=ThreadPoolDispatcher(POOL_WORKERS, queue_size=256),
-        )
+        return make_http_server(address, handler, threads=POOL_WORKERS, park=False)
     if kind == "native-parking":
         from composable_server.httpserver import make_http_server
 

@@ -8,23 +8,35 @@ handler that parks must never do).
 
 from __future__ import annotations
 
+import email.message
 import functools
+import http.client
 import http.server
+import io
+import re
 import socket
 import ssl
 from typing import Any, ClassVar, cast
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from composable_server import Server
 from composable_server._request import parks_connections, takes_kernel_timeouts
 from composable_server.httpserver import (
+    COALESCE_LIMIT,
     DEFAULT_HTTP_BUDGET,
     DEFAULT_HTTP_THREADS,
+    HTTPRequestHandler,
     ParkingHTTPRequestHandler,
+    ResponseWriter,
+    fast_http,
     make_http_server,
     parking_http,
+    parse_headers,
 )
+from composable_server.handlers import SocketFile
 from composable_server.interfaces import Verdict
 from composable_server.testing import MemoryAcceptor, MemoryTransport
 from composable_server.transports import TCPTransport, TLSTransport
@@ -72,6 +84,14 @@ class Connection:
 
     def fileno(self) -> int:
         return -1
+
+    def makefile(self, mode: str, buffering: int) -> io.BufferedIOBase:
+        """What stdlib's StreamRequestHandler.setup opens (socket.makefile, over this connection)."""
+        raw = SocketFile(cast(socket.socket, self), readable="r" in mode, writable="w" in mode)
+        size = io.DEFAULT_BUFFER_SIZE if buffering < 0 else buffering
+        if "r" in mode:
+            return io.BufferedReader(raw, size)
+        return io.BufferedWriter(raw, size)
 
 
 class Paths(ParkingHTTPRequestHandler):
@@ -301,3 +321,335 @@ class TestMakeHTTPServer:
         """HTTP clients speak first: the default budget has a first-byte and an idle limit."""
         assert DEFAULT_HTTP_BUDGET.first_byte is not None
         assert DEFAULT_HTTP_BUDGET.idle is not None
+
+
+def message_state(message: email.message.Message) -> tuple[object, ...]:
+    """Everything a parsed message holds, comparable (defects by type, parts as text)."""
+    fields = {k: v for k, v in vars(message).items() if k not in ("defects", "_payload")}
+    payload = message.get_payload()
+    return (
+        type(message),
+        fields,
+        payload if isinstance(payload, str) else message.as_string(),
+        [type(defect) for defect in message.defects],
+    )
+
+
+def parsed(parse: Any, data: bytes) -> tuple[object, ...]:
+    """What *parse* makes of *data*: the message state and what it left unread, or the error."""
+    fp = io.BytesIO(data)
+    try:
+        message = parse(fp)
+    except http.client.HTTPException as exc:
+        return (type(exc), str(exc), fp.read())
+    return (*message_state(message), fp.read())
+
+
+HEADER_NAMES = st.sampled_from(
+    ["Host", "host", "Connection", "Content-Type", "content-type", "Expect", "X-A", "From", "a.b", "Accept"]
+)
+HEADER_VALUES = st.sampled_from(
+    ["", "x", " spaced ", "\t tab", "close", "keep-alive", "text/plain", "multipart/form-data; boundary=b",
+     "message/rfc822", "message/delivery-status", "Multipart/Mixed", "100-continue", "a:b", "caf\xe9", "x\x00y",
+     "x\x0by", "x\x85y", "x\ry", "\u2028"]
+)
+NEWLINES = st.sampled_from(["\r\n", "\n"])
+HEADER_LINES = st.one_of(
+    st.builds(lambda n, v, nl: f"{n}: {v}{nl}", HEADER_NAMES, HEADER_VALUES, NEWLINES),
+    st.builds(lambda n, v, nl: f"{n}:{v}{nl}", HEADER_NAMES, HEADER_VALUES, NEWLINES),
+    st.builds(lambda v, nl: f" continued {v}{nl}", HEADER_VALUES, NEWLINES),  # a continuation line
+    st.sampled_from(["From someone\r\n", ": no name\r\n", "no colon\r\n", "Bad Name: x\r\n", "X-\xff: y\r\n",
+                     "\tlead\r\n", "X: a\rb\r\n", "X:\r\n", "X: trailing \t\r\n", "--b\r\n"]),
+    st.text(alphabet=st.characters(max_codepoint=255), max_size=20).map(lambda t: t.replace("\n", "") + "\r\n"),
+)
+ENDINGS = st.sampled_from(["\r\n", "\n", "", "\r\nbody after"])
+
+
+class TestParseHeaders:
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(HEADER_LINES, max_size=8), ENDINGS)
+    @example(["Host: a\r\n", "Content-Type: multipart/mixed; boundary=x\r\n"], "\r\n")
+    @example(["Host: a\r\n", " folded\r\n"], "\r\n")
+    @example(["X: a\r\n", "x" * 70000 + "\r\n"], "\r\n")
+    def test_it_builds_what_http_client_parse_headers_builds(self, lines: list[str], ending: str) -> None:
+        """On valid and malformed header blocks: the same message, errors and unread input as stdlib."""
+        data = "".join(lines + [ending]).encode()  # UTF-8: non-ASCII bytes, \x85 among them
+        assert parsed(parse_headers, data) == parsed(http.client.parse_headers, data)
+
+    def test_a_plain_block_is_built_without_the_email_parser(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Ordinary headers never reach email.parser (that is where the time went)."""
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the email parser was used")
+
+        monkeypatch.setattr("email.parser.Parser.parsestr", refuse)
+        message = parse_headers(io.BytesIO(b"Host: a\r\nAccept:  */* \r\nX-Empty:\r\n\r\n"))
+        assert message.items() == [("Host", "a"), ("Accept", "*/* "), ("X-Empty", "")]
+        assert message.get_payload() == ""
+
+    def test_a_line_longer_than_maxline_is_line_too_long(self) -> None:
+        """A header line over ``http.client._MAXLINE`` raises LineTooLong, as stdlib."""
+        data = b"X: " + b"a" * 65536 + b"\r\n\r\n"
+        with pytest.raises(http.client.LineTooLong, match="header line"):
+            parse_headers(io.BytesIO(data))
+
+    def test_more_than_maxheaders_lines_is_an_http_exception(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Beyond ``http.client._MAXHEADERS`` lines (read at each call, so a program may change it)."""
+        data = b"X: y\r\n" * 101 + b"\r\n"
+        with pytest.raises(http.client.HTTPException, match="got more than 100 headers"):
+            parse_headers(io.BytesIO(data))
+        monkeypatch.setattr(http.client, "_MAXHEADERS", 3)
+        with pytest.raises(http.client.HTTPException, match="got more than 3 headers"):
+            parse_headers(io.BytesIO(b"X: y\r\n" * 4 + b"\r\n"))
+        assert parse_headers(io.BytesIO(b"X: y\r\n" * 2 + b"\r\n")).get_all("X") == ["y", "y"]
+
+    def test_another_message_class_is_built_by_the_email_parser(self) -> None:
+        """A MessageClass other than HTTPMessage is stdlib's business, unchanged."""
+
+        class Mine(http.client.HTTPMessage):
+            pass
+
+        message = parse_headers(io.BytesIO(b"Host: a\r\n\r\n"), _class=Mine)
+        assert type(message) is Mine
+        assert message["Host"] == "a"
+
+
+class Recorded(http.server.BaseHTTPRequestHandler):
+    """A stdlib handler: GET and HEAD answer the path, POST echoes its body; the log is kept."""
+
+    protocol_version = "HTTP/1.1"
+    logged: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        body = f"{self.command} {self.path} {self.headers.items()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        Recorded.logged.append(format % args)
+
+
+class FastRecorded(HTTPRequestHandler, Recorded):
+    pass
+
+
+def exchange(handler: type[http.server.BaseHTTPRequestHandler], data: bytes) -> tuple[object, ...]:
+    """What *handler* answers and logs for *data* (then EOF), the Date header left out."""
+    Recorded.logged.clear()
+    connection = Connection(data, eof=True)
+    done = handler(cast(socket.socket, connection), ("192.0.2.1", 4000), cast(Any, object()))
+    output = re.sub(rb"\r\nDate: [^\r]*", b"", bytes(connection.output))
+    fields = ("command", "path", "request_version", "close_connection", "requestline")
+    return output, list(Recorded.logged), [getattr(done, name, None) for name in fields]
+
+
+REQUEST_LINES = st.builds(
+    lambda method, path, version: " ".join(w for w in (method, path, version) if w is not None),
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "get", "", "GET GET"]),
+    st.sampled_from(["/", "//double", "/a?b", "/\xe9", "*", ""]),
+    st.sampled_from([None, "HTTP/1.1", "HTTP/1.0", "HTTP/0.9", "HTTP/2.0", "HTTP/1", "HTTP/1.1.1", "HTTP/a.b",
+                     "HTTP/01.1", "HTTP/1.12345678901", "HTTPS/1.1", "http/1.1", "HTTP/1.1 extra", "HTTP/ 1.1"]),
+)
+REQUEST_HEADERS = st.lists(
+    st.sampled_from(["Host: h\r\n", "Connection: close\r\n", "Connection: keep-alive\r\n",
+                     "Connection: Keep-Alive\r\n", "Expect: 100-continue\r\n", "Content-Length: 3\r\n",
+                     " folded\r\n", "bad line\r\n", "Content-Type: multipart/x\r\n"]),
+    max_size=4,
+)
+
+
+class TestHTTPRequestHandler:
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(REQUEST_LINES, st.sampled_from(["\r\n", "\n"]), REQUEST_HEADERS, st.sampled_from([b"", b"abc", GET % b"next"]))
+    @example("GET / HTTP/1.1", "\r\n", ["Host: h\r\n"] * 101, b"")
+    @example("GET / HTTP/1.1", "\r\n", ["X: " + "a" * 65536 + "\r\n"], b"")
+    @example("GET /" + "a" * 65536 + " HTTP/1.1", "\r\n", [], b"")
+    def test_it_answers_and_logs_as_stdlib(self, line: str, newline: str, headers: list[str], rest: bytes) -> None:
+        """Any request (valid, malformed, pipelined, 0.9, too long): the same bytes out, log and state."""
+        data = (line + newline + "".join(headers) + "\r\n").encode() + rest
+        assert exchange(FastRecorded, data) == exchange(Recorded, data)
+
+    def test_head_and_body_go_out_in_one_send(self) -> None:
+        """stdlib sends the head, then the body; the fast handler sends both at once."""
+        sends: list[bytes] = []
+
+        class Counting(Connection):
+            def sendall(self, data: bytes) -> None:
+                sends.append(bytes(data))
+                super().sendall(data)
+
+        connection = Counting(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n", eof=True)
+        FastRecorded(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert len(sends) == 1 and sends[0].startswith(b"HTTP/1.1 200 OK\r\n") and sends[0].endswith(b"GET /one [('Host', 'h')]")
+
+    def test_the_head_of_a_bodiless_response_is_sent_at_the_end_of_the_request(self) -> None:
+        """HEAD: nothing is written after end_headers(), and the head still goes out."""
+        connection = Connection(b"HEAD /h HTTP/1.1\r\n\r\n", eof=True)
+        FastRecorded(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert connection.output.startswith(b"HTTP/1.1 200 OK\r\n") and connection.output.endswith(b"\r\n\r\n")
+
+    def test_100_continue_is_sent_before_the_body_is_read(self) -> None:
+        """The held interim response goes out before the handler waits for the request body."""
+        order: list[str] = []
+
+        class Watching(Connection):
+            def recv_into(self, buffer: bytearray | memoryview) -> int:
+                order.append("recv")
+                return super().recv_into(buffer)
+
+            def sendall(self, data: bytes) -> None:
+                order.append(bytes(data).split(b"\r\n", 1)[0].decode())
+                super().sendall(data)
+
+        class Unbuffered(FastRecorded):
+            rbufsize = 0  # every read is a receive, so the order shows
+
+        request = b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc"
+        Unbuffered(cast(socket.socket, Watching(request, eof=True)), ("192.0.2.1", 1), cast(Any, object()))
+        first_body_read = order.index("HTTP/1.1 100 Continue") + 1
+        assert order[first_body_read] == "recv"
+        assert order.index("HTTP/1.1 201 Created") > first_body_read
+
+    def test_a_large_body_is_streamed_behind_the_head_without_a_copy(self) -> None:
+        """A first write over COALESCE_LIMIT follows the head in its own send; every byte arrives."""
+        sends: list[int] = []
+
+        class Counting(Connection):
+            def sendall(self, data: bytes) -> None:
+                sends.append(len(data))
+                super().sendall(data)
+
+        body = b"z" * (COALESCE_LIMIT + 1)
+
+        class Large(FastRecorded):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(2 * len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.write(body)
+
+        connection = Counting(GET % b"big", eof=True)
+        Large(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert sends[1:] == [len(body), len(body)]
+        assert connection.output.endswith(b"\r\n\r\n" + body + body)
+
+    def test_a_buffered_wfile_is_stdlibs(self) -> None:
+        """With ``wbufsize`` set, wfile is a BufferedWriter (flushed per request), not the head holder."""
+
+        class Buffered(FastRecorded):
+            wbufsize = 4096
+
+        connection = Connection(GET % b"b", eof=True)
+        handler = Buffered(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert isinstance(handler.wfile, io.BufferedWriter)
+        assert connection.output.startswith(b"HTTP/1.1 200 OK\r\n") and connection.output.endswith(b"GET /b [('Host', 'test')]")
+
+    def test_the_date_header_is_stdlibs_format_and_an_explicit_timestamp_is_formatted(self) -> None:
+        """date_time_string() caches the current second; with a timestamp it is formatdate's."""
+        handler = FastRecorded.__new__(FastRecorded)
+        stdlib = Recorded.__new__(Recorded)
+        assert handler.date_time_string(1e9) == stdlib.date_time_string(1e9) == "Sun, 09 Sep 2001 01:46:40 GMT"
+        now = handler.date_time_string()
+        assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", now)
+        assert now in {stdlib.date_time_string(), handler.date_time_string()}
+
+    def test_an_override_in_a_later_base_wins(self) -> None:
+        """``class H(HTTPRequestHandler, Mine)``: Mine's own parse_request and date_time_string are used."""
+
+        class Mine(http.server.BaseHTTPRequestHandler):
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return "mine"
+
+            def parse_request(self) -> bool:
+                return super().parse_request()
+
+        class H(HTTPRequestHandler, Mine):
+            pass
+
+        class Front(HTTPRequestHandler, Mine):
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return "front"
+
+        handler = H.__new__(H)
+        assert handler.date_time_string() == "mine"
+        assert vars(H)["parse_request"] is vars(Mine)["parse_request"]
+        assert "flush_headers" not in vars(H)  # Mine does not override it: the fast one stays
+        assert Front.__new__(Front).date_time_string() == "front"
+        assert "parse_request" not in vars(fast_http(http.server.SimpleHTTPRequestHandler))
+
+
+class TestSendResponse:
+    def test_overridden_send_header_and_version_string_are_called_for_server_and_date(self) -> None:
+        """With a send_header or version_string of its own, send_response goes through them, as stdlib's."""
+
+        class Mine(FastRecorded):
+            seen: ClassVar[list[str]] = []
+
+            def version_string(self) -> str:
+                return "Mine/1"
+
+            def send_header(self, keyword: str, value: str) -> None:
+                Mine.seen.append(keyword)
+                super().send_header(keyword, value)
+
+        connection = Connection(b"GET /v HTTP/1.1\r\n\r\n", eof=True)
+        Mine(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert Mine.seen == ["Server", "Date", "Content-Length"]
+        assert b"\r\nServer: Mine/1\r\nDate: " in connection.output
+        assert not Mine._plain_server_date and FastRecorded._plain_server_date
+
+
+class TestResponseWriter:
+    def test_the_held_head_goes_with_the_first_write_or_flush_or_close(self) -> None:
+        """hold() sends nothing; write sends head and data together; flush and close send a lone head."""
+        connection = Connection(b"")
+        writer = ResponseWriter(cast(socket.socket, connection))
+        writer.hold(b"H1")
+        writer.hold(b"H2")
+        assert connection.output == b""
+        assert writer.write(memoryview(b"body")) == 4
+        assert connection.output == b"H1H2body"
+        writer.hold(b"X")
+        writer.flush()
+        writer.flush()
+        assert connection.output == b"H1H2bodyX"
+        writer.hold(b"Y")
+        writer.close()
+        assert connection.output == b"H1H2bodyXY"
+
+
+class TestParkingSetup:
+    def test_a_later_bases_setup_does_not_replace_the_files_parking_needs(self) -> None:
+        """``class H(ParkingHTTPRequestHandler, Mine)``: the rfile whose buffer parking checks is kept."""
+
+        class Mine(http.server.BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                raise AssertionError("a setup without visible buffers")
+
+        class H(ParkingHTTPRequestHandler, Mine):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        connection = Connection(GET % b"1" + GET % b"2")
+        handler = H(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, native_server()))
+        assert handler.verdict is Verdict.KEEP
+        assert connection.output.count(b"HTTP/1.1 204 ") == 2
