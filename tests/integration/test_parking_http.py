@@ -383,25 +383,30 @@ def test_two_thousand_idle_keep_alive_clients_on_a_pool_of_eight_leave_an_active
 def test_wrk_keep_alive_load_gets_only_2xx_and_no_socket_errors() -> None:
     """wrk, 16 keep-alive connections for 1 s on 4 workers: many requests, no errors, no non-2xx."""
     with running(make_server(threads=4)) as server:
-        host, port = server.server_address
-        proc = subprocess.Popen(
-            ["wrk", "-t1", "-c16", "-d1s", f"http://{host}:{port}/w"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            output, _ = proc.communicate(timeout=30)
-        finally:
-            kill_group(proc)
-            proc.wait()
+        output = _wrk(server.server_address, connections=16)
+    assert "Socket errors" not in output and "Non-2xx" not in output, output
+
+
+def _wrk(address: tuple[str, int], *, connections: int) -> str:
+    """wrk's report of 1 s of keep-alive GETs on *connections* connections, checked to have
+    exited 0 after at least 100 requests."""
+    host, port = address
+    proc = subprocess.Popen(
+        ["wrk", "-t1", f"-c{connections}", "-d1s", f"http://{host}:{port}/w"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        kill_group(proc)
+        proc.wait()
     assert proc.returncode == 0, output
     match = re.search(r"(\d+) requests in", output)
-    assert match is not None, output
-    assert int(match.group(1)) >= 100, output
-    assert "Socket errors" not in output, output
-    assert "Non-2xx" not in output, output
+    assert match is not None and int(match.group(1)) >= 100, output
+    return output
 
 
 # -- the command line: serve --service http --park --------------------------------
@@ -610,22 +615,7 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(park: bool) -> 
 def test_wrk_keep_alive_load_on_the_fast_handler_gets_only_2xx(park: bool) -> None:
     """wrk, 8 keep-alive connections for 1 s: many requests, no socket errors, no non-2xx."""
     with running(fast_server(park=park, threads=8)) as server:
-        host, port = server.server_address
-        proc = subprocess.Popen(
-            ["wrk", "-t1", "-c8", "-d1s", f"http://{host}:{port}/w"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            output, _ = proc.communicate(timeout=30)
-        finally:
-            kill_group(proc)
-            proc.wait()
-    assert proc.returncode == 0, output
-    match = re.search(r"(\d+) requests in", output)
-    assert match is not None and int(match.group(1)) >= 100, output
+        output = _wrk(server.server_address, connections=8)
     assert "Socket errors" not in output and "Non-2xx" not in output, output
 
 
