@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import urllib.request
@@ -30,7 +29,7 @@ import trustme
 from composable_server import Budget, ConnectionTimeouts, Server
 from composable_server.httpserver import HTTPRequestHandler, ParkingHTTPRequestHandler, make_http_server, parking_http
 
-from .._process import kill_group
+from .._process import run_process
 from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, RecordingErrorPolicy, cli_address, running, serve_cli
 
 LOCAL = "127.0.0.1"
@@ -391,19 +390,9 @@ def _wrk(address: tuple[str, int], *, connections: int) -> str:
     """wrk's report of 1 s of keep-alive GETs on *connections* connections, checked to have
     exited 0 after at least 100 requests."""
     host, port = address
-    proc = subprocess.Popen(
-        ["wrk", "-t1", f"-c{connections}", "-d1s", f"http://{host}:{port}/w"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        kill_group(proc)
-        proc.wait()
-    assert proc.returncode == 0, output
+    done = run_process(["wrk", "-t1", f"-c{connections}", "-d1s", f"http://{host}:{port}/w"], timeout=30)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
     match = re.search(r"(\d+) requests in", output)
     assert match is not None and int(match.group(1)) >= 100, output
     return output
@@ -643,18 +632,8 @@ def test_cpythons_http_server_suite_passes_on_the_fast_paths() -> None:
 
     if importlib.util.find_spec("test.test_httpservers") is None:
         pytest.skip("this Python ships without its test package")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CPYTHON_SUITE],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=240)
-    finally:
-        kill_group(proc)
-        proc.wait()
+    done = run_process([sys.executable, "-c", _CPYTHON_SUITE], timeout=240)
+    output = done.stdout + done.stderr
     line = next((row for row in output.splitlines() if row.startswith("RESULT ")), None)
     assert line is not None, output
     _, ran, skipped, *failed = line.split()
