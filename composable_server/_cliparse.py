@@ -15,9 +15,7 @@ below, so that printing them imports none of those modules;
 from __future__ import annotations
 
 import argparse
-import grp
 import os
-import pwd
 import sys
 
 # Not typing.TYPE_CHECKING: typing costs more than argparse (see __init__.py).
@@ -88,6 +86,46 @@ takes SIGHUP (rolling restart of the workers), SIGUSR2 (run this command
 again on the same socket, then hand over), SIGTTIN/SIGTTOU (one worker
 more/fewer).
 """
+
+
+class _TerminalWidth(argparse.HelpFormatter):
+    """A help formatter as wide as :func:`shutil.get_terminal_size` says, as
+    argparse's own, without importing shutil: shutil loads zlib, bz2, lzma
+    and fnmatch (three extension modules), a tenth of ``serve --help`` on
+    Python 3.13 (issue 18), and argparse builds a formatter for every
+    ``add_argument`` there, so even building the parser would load it."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # argparse's margin
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _Formatter(_TerminalWidth):
+    """argparse's default help formatter (text wrapped) at the terminal's width."""
+
+
+class _RawDescriptionFormatter(_TerminalWidth, argparse.RawDescriptionHelpFormatter):
+    """:class:`argparse.RawDescriptionHelpFormatter` at the terminal's width."""
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS when it is a positive
+    integer, else the width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    try:
+        columns = 0 if stdout is None else os.get_terminal_size(stdout.fileno()).columns
+    except (ValueError, OSError):  # not a terminal; or stdout closed or detached
+        columns = 0
+    return columns or 80
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Python's socketserver, assembled from typed components.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawDescriptionFormatter,
     )
     parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="{serve,demo}")
@@ -189,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a server until SIGINT/SIGTERM",
         description="Run a server until SIGINT or SIGTERM, then stop gracefully.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawDescriptionFormatter,
     )
     # Filled in by the usage checks (--systemd's socket); None for code that
     # builds a server from parsed arguments directly.
@@ -347,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start every server kind in turn, send requests, print a table",
         description="Start every server kind (TCP/UDP/Unix stream/Unix datagram x sync/threading/forking) "
         "on free local addresses, send a few requests to each, print a table; exit 0 if every reply is correct.",
+        formatter_class=_Formatter,
     )
     demo.add_argument("--requests", type=int, default=3, help="requests per server kind (default: 3)")
     demo.add_argument("--timeout", type=_seconds, default=5.0, help="client timeout in seconds (default: 5)")
@@ -478,6 +517,9 @@ def _check_operations(parser: argparse.ArgumentParser, args: argparse.Namespace)
         except (OSError, ssl.SSLError) as exc:
             parser.error(f"cannot load the TLS certificate or key: {_one_line(exc)}")
     args.uid = args.gid = None
+    import grp  # here: grp is an extension module to load, for --user/--group only
+    import pwd
+
     if args.user is not None:
         try:
             entry = pwd.getpwnam(args.user)

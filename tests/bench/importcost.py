@@ -118,17 +118,29 @@ def _env() -> dict[str, str]:
     return env
 
 
+HYPERFINE_ROUNDS: Final = 5
+"""hyperfine runs one command's runs back to back, then the next command's:
+a change of load in between skews the ratios (seen on a busy machine:
+``serve --help`` at 0.85x ``import socketserver``).  So the runs are split
+into this many rounds of every command, and each median is over all rounds."""
+
+
 def _hyperfine(python: str, runs: int, warmup: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {label: [] for label in COMMANDS}
+    # *runs* in all: the first runs % ROUNDS rounds take one more.
+    per_round = [runs // HYPERFINE_ROUNDS + (i < runs % HYPERFINE_ROUNDS) for i in range(HYPERFINE_ROUNDS)]
     with tempfile.TemporaryDirectory(prefix="cs-bench-import-") as tmp:
         out = Path(tmp) / "hyperfine.json"
-        cmd = ["hyperfine", "-N", "--style", "none", "--warmup", str(warmup), "--runs", str(runs),
-               "--export-json", str(out)]
-        for label, args in COMMANDS.items():
-            cmd += ["-n", label, " ".join([python, *(_quote(a) for a in args)])]
-        subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       timeout=600)
-        data = json.loads(out.read_text())
-    return {r["command"]: float(r["median"]) * 1000.0 for r in data["results"]}
+        for i, count in enumerate(n for n in per_round if n):
+            cmd = ["hyperfine", "-N", "--style", "none", "--warmup", str(warmup if i == 0 else min(warmup, 1)),
+                   "--runs", str(count), "--export-json", str(out)]
+            for label, args in COMMANDS.items():
+                cmd += ["-n", label, " ".join([python, *(_quote(a) for a in args)])]
+            subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           timeout=600)
+            for result in json.loads(out.read_text())["results"]:
+                times[result["command"]] += [float(t) for t in result["times"]]
+    return {label: statistics.median(t) * 1000.0 for label, t in times.items()}
 
 
 def _quote(arg: str) -> str:

@@ -867,30 +867,48 @@ def _skips(scenario: Scenario, have_uvloop: bool) -> tuple[list[str], str | None
     return ([] if have_uvloop else ["uvloop"]), None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# The run lengths: normal and --quick; an option given explicitly wins over both.
+_RUN_DEFAULTS: Final = {"rounds": 3, "duration": 2.0, "warmup": 0.5, "import_runs": 60}
+_QUICK_DEFAULTS: Final = {"rounds": 1, "duration": 0.5, "warmup": 0.2, "import_runs": 10}
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The benchmark's options from *argv*; exit 2 on a bad one.  ``--quick``
+    shortens every run length not given explicitly (``--quick --rounds 3``: 3 rounds)."""
     names = [s.name for s in SCENARIOS] + list(EXTRA_SCENARIOS)
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario (default 3)")
-    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per run (default 2)")
-    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per run (default 0.5)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 0.5 s")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds per scenario (default 3; --quick: 1)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="measured seconds per run (default 2; --quick: 0.5)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="unmeasured seconds per run (default 0.5; --quick: 0.2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 round of 0.5 s, unless --rounds, --duration, ... say otherwise")
     parser.add_argument("--only", nargs="*", default=None, choices=names, metavar="SCENARIO",
                         help=f"scenario names ({' '.join(names)})")
     parser.add_argument("--kinds", nargs="*", default=None, help="only these server kinds")
     parser.add_argument("--no-shutdown", action="store_true", help="skip the shutdown latency measurement")
-    parser.add_argument("--import-runs", type=int, default=60, help="runs per command of the import scenario (default 60)")
+    parser.add_argument("--import-runs", type=int, default=None,
+                        help="runs per command of the import scenario (default 60; --quick: 10)")
     parser.add_argument("--import-instructions", action="store_true",
                         help="also count the import commands' instructions under callgrind (slow, load-independent)")
     parser.add_argument("--observer-instructions", action="store_true",
                         help="also count the observers' instructions per request under callgrind (slow, load-independent)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.duration, args.warmup, args.import_runs = 1, 0.5, 0.2, 10
+    for option, default in (_QUICK_DEFAULTS if args.quick else _RUN_DEFAULTS).items():
+        if getattr(args, option) is None:
+            setattr(args, option, default)
     if not 1 <= args.rounds <= 20 or not 0 < args.duration <= 60 or not 0 <= args.warmup <= 10:
         parser.error("rounds must be 1..20, duration 0..60 s, warmup 0..10 s")
     if not 3 <= args.import_runs <= 1000:
         parser.error("--import-runs must be 3..1000")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(argv)
     if _missing("composable_server"):
         raise SystemExit(
             f"composable_server (or its dependency attrs) is not importable with {sys.executable}: run the benchmark "

@@ -13,7 +13,7 @@ import pytest
 from tests._process import run_process
 from tests.bench import callgrind_http, callgrind_parking, callgrind_tls, callgrind_udp, forkcost, importcost
 from tests.bench.clients import parse_s_time, parse_wrk
-from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, run_one
+from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, parse_arguments, run_one
 
 # The thread method: the run waits on child processes and their pipes.
 pytestmark = pytest.mark.timeout(30, method="thread")
@@ -237,3 +237,27 @@ def test_a_short_idle_run_holds_its_idle_connections(kind: str, tmp_path: Path) 
     assert float(result["requests"]) > 0  # type: ignore[arg-type]  # a JSON number
     assert result["errors"] == 0
     assert result["idle_opened"] == result["idle_alive"] == 50
+
+
+def test_quick_shortens_the_runs() -> None:
+    """--quick alone gives 1 round of 0.5 s and 10 import runs; no option gives the full lengths."""
+    quick, full = parse_arguments(["--quick"]), parse_arguments([])
+    assert (quick.rounds, quick.duration, quick.warmup, quick.import_runs) == (1, 0.5, 0.2, 10)
+    assert (full.rounds, full.duration, full.warmup, full.import_runs) == (3, 2.0, 0.5, 60)
+
+
+def test_an_explicit_run_length_wins_over_quick() -> None:
+    """--quick --rounds 4 runs 4 rounds (the other lengths stay quick's), whichever option comes first."""
+    for argv in (["--quick", "--rounds", "4"], ["--rounds", "4", "--quick"]):
+        args = parse_arguments(argv)
+        assert (args.rounds, args.duration, args.import_runs) == (4, 0.5, 10)
+    args = parse_arguments(["--quick", "--duration", "1.5", "--import-runs", "5"])
+    assert (args.rounds, args.duration, args.import_runs) == (1, 1.5, 5)
+
+
+def test_a_run_length_out_of_range_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """--quick --rounds 0 exits 2 naming the range, as --rounds 0 alone does."""
+    with pytest.raises(SystemExit) as info:
+        parse_arguments(["--quick", "--rounds", "0"])
+    assert info.value.code == 2
+    assert "rounds must be 1..20" in capsys.readouterr().err

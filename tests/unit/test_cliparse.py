@@ -8,6 +8,8 @@ test_import_cost.py; the options' behaviour in integration/test_cli.py.)
 
 from __future__ import annotations
 
+import argparse
+import shutil
 from typing import get_args
 
 import pytest
@@ -56,6 +58,36 @@ class TestChoices:
             assert parser.parse_args(["serve", "--transport", transport]).transport == transport
         for mode in _cliparse.DISPATCH_MODES:
             assert parser.parse_args(["serve", "--dispatch", mode]).dispatch == mode
+
+
+def _helps(parser: argparse.ArgumentParser) -> list[str]:
+    """The help of *parser* and of each of its subcommands."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [parser.format_help(), *(sub.format_help() for sub in commands.choices.values())]
+
+
+class TestHelpWidth:
+    @pytest.mark.parametrize("columns", [None, "50", "200", "0", "-3", "wide"])
+    def test_the_width_is_shutil_s(self, monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+        """_terminal_columns() is shutil.get_terminal_size().columns, with $COLUMNS unset, good or bad."""
+        if columns is None:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        else:
+            monkeypatch.setenv("COLUMNS", columns)
+        assert _cliparse._terminal_columns() == shutil.get_terminal_size().columns
+
+    def test_the_help_is_argparse_s(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every help text is the one argparse's own formatters print (which import shutil for the width), at any width."""
+        ours, stock = [], []
+        for columns in ("60", "100"):
+            monkeypatch.setenv("COLUMNS", columns)
+            with monkeypatch.context() as patch:
+                ours.append(_helps(_cliparse.build_parser()))
+                patch.setattr(_cliparse, "_Formatter", argparse.HelpFormatter)
+                patch.setattr(_cliparse, "_RawDescriptionFormatter", argparse.RawDescriptionHelpFormatter)
+                stock.append(_helps(_cliparse.build_parser()))
+        assert ours == stock
+        assert ours[0] != ours[1]  # the width applied
 
 
 class TestCheckUsage:

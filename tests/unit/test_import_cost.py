@@ -49,7 +49,11 @@ NOT_FOR_COMPAT = frozenset(
 # (--help, --version, a usage error): argparse and the parser module, none of
 # the engine, not attrs and not typing (which alone costs as much as argparse).
 CLI_PARSER_ONLY = frozenset({PACKAGE, f"{PACKAGE}.__main__", f"{PACKAGE}._cliparse"})
-NOT_FOR_THE_PARSER = frozenset({"attr", "attrs", "typing", "ssl", "socket", "ipaddress", "importlib.metadata"})
+# Nor shutil (zlib, bz2, lzma: argparse reads the terminal width with it) or
+# grp (an extension module, for --group): a tenth of `serve --help` on 3.13.
+NOT_FOR_THE_PARSER = frozenset(
+    {"attr", "attrs", "typing", "ssl", "socket", "ipaddress", "importlib.metadata", "shutil", "grp"}
+)
 
 
 def _loaded_by(statement: str, *, first: str = "") -> set[str]:
