@@ -96,7 +96,9 @@ import functools
 import io
 import http.client
 import http.server
+import mimetypes
 import os
+import posixpath
 import re
 import shutil
 import socket
@@ -170,6 +172,11 @@ _PARSED_BODY: Final = re.compile(r"multipart|message", re.IGNORECASE)
 # Request versions parse_request meets all the time, parsed (stdlib's
 # parse_request checks any other one digit by digit, as below).
 _VERSIONS: Final = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
+# The attributes email.message.Message.__init__ sets (the compat32 policy;
+# the same in 3.11 to 3.13); parse_headers copies them into a new message
+# instead of calling it (the mutable ones, _headers and defects, anew).
+_MESSAGE_STATE: Final = vars(http.client.HTTPMessage())
+_new_message: Final = object.__new__
 
 
 def _parse_headers(fp: io.BufferedIOBase, cls: Callable[[], http.client.HTTPMessage]) -> tuple[http.client.HTTPMessage, str]:
@@ -193,10 +200,11 @@ def _parse_headers(fp: io.BufferedIOBase, cls: Callable[[], http.client.HTTPMess
     if cls is http.client.HTTPMessage and _SIMPLE_BLOCK.fullmatch(text):
         lowered = text.lower()
         if not (_PARSED_BODY.search(lowered) and _has_parsed_body(_SIMPLE_LINE.findall(text))):
-            message = http.client.HTTPMessage()
-            # What email.feedparser stores, compat32's set_raw() for each
-            # header and set_payload("") for the empty body, set at once.
-            vars(message).update(_headers=_SIMPLE_LINE.findall(text), _payload="")
+            message = _new_message(http.client.HTTPMessage)
+            # What Message.__init__ sets, then what email.feedparser stores:
+            # compat32's set_raw() for each header and set_payload("") for
+            # the empty body, set at once.
+            vars(message).update(_MESSAGE_STATE, _headers=_SIMPLE_LINE.findall(text), _payload="", defects=[])
             return message, lowered
     return email.parser.Parser(_class=cls).parsestr(text), ""
 
@@ -294,7 +302,13 @@ class _RequestReader(SocketFile):
     def readinto(self, buffer: Buffer, /) -> int | None:
         if self._writer._head:
             self._writer.flush()
-        return super().readinto(buffer)
+        try:  # SocketFile.readinto, inline: one Python frame per read
+            return self._sock.recv_into(buffer)
+        except BlockingIOError as exc:
+            error = _kernel_timeout(self._sock, exc)
+            if error is exc:
+                return None
+            raise error from None
 
 
 # The date of the Date header, once per second for every handler: the second
@@ -323,6 +337,43 @@ def _translate_path(self: _SimpleHandler, path: str) -> str:
     """``SimpleHTTPRequestHandler.translate_path``, remembered for the last 1024
     (directory, path) pairs (the whole path, query and fragment included)."""
     return _translated(self.directory, path)
+
+
+def _mimetypes_version() -> tuple[object, ...]:
+    """What a guess of :mod:`mimetypes` depends on, cheaply: its database
+    (``init()`` replaces it) and how many entries its maps hold (an
+    ``add_type()`` of a new extension grows one)."""
+    db: mimetypes.MimeTypes = mimetypes._db  # type: ignore[attr-defined]  # the database guess_type() asks; not in typeshed
+    strict, common = db.types_map
+    return db, len(strict), len(common), len(db.encodings_map), len(db.suffix_map)
+
+
+@functools.lru_cache(maxsize=256)
+def _mimetypes_guess(path: str, version: tuple[object, ...]) -> str | None:
+    """The type stdlib's ``guess_type`` asks :mod:`mimetypes` for (Python
+    3.13: ``guess_file_type``), remembered per path and *version*."""
+    guess = getattr(mimetypes, "guess_file_type", mimetypes.guess_type)
+    return cast("str | None", guess(path)[0])
+
+
+def _guess_type(self: _SimpleHandler, path: str | os.PathLike[str]) -> str:
+    """``SimpleHTTPRequestHandler.guess_type``: ``extensions_map`` looked up
+    at every call as stdlib does, then the answer of :mod:`mimetypes`,
+    remembered for the last 256 paths while its maps keep their size (a
+    ``mimetypes.add_type`` that re-maps an extension it knew already, after
+    a path was served, is not seen for that path: stdlib's own maps change
+    that way only on such a call)."""
+    path = os.fspath(path)
+    ext = posixpath.splitext(path)[1]
+    extensions = self.extensions_map
+    if ext in extensions:
+        return extensions[ext]
+    ext = ext.lower()
+    if ext in extensions:
+        return extensions[ext]
+    if mimetypes._db is None:  # type: ignore[attr-defined]  # mimetypes.guess_type's own init(), first
+        mimetypes.init()
+    return _mimetypes_guess(path, _mimetypes_version()) or "application/octet-stream"
 
 
 # The flags of the open in _send_file_head: O_NONBLOCK, so that opening a FIFO
@@ -406,12 +457,14 @@ def _do_GET_file(self: _SimpleHandler) -> None:  # noqa: N802  # stdlib's name
 
 def _install_file_paths(cls: type[_SimpleHandler]) -> None:
     """Give *cls*, a ``SimpleHTTPRequestHandler``, the cached ``translate_path``
-    and the file-descriptor ``do_GET`` while the methods they stand in for
+    and ``guess_type`` and the file-descriptor ``do_GET`` while the methods they stand in for
     (and ``send_head``, ``copyfile``) are stdlib's; take the ``do_GET`` back
     when a subclass overrides one of them."""
     simple = vars(_SimpleHandler)
     if cls.translate_path is simple["translate_path"]:
         cls.translate_path = _translate_path  # type: ignore[method-assign]  # the same method, cached
+    if cls.guess_type is simple["guess_type"]:
+        cls.guess_type = _guess_type  # type: ignore[method-assign]  # the same method, cached
     stock = (
         cls.translate_path is _translate_path
         and cls.send_head is simple["send_head"]
