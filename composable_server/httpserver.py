@@ -510,6 +510,8 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     # send_response() writes the Server and Date lines itself while
     # send_header() is this class's and version_string() stdlib's.
     _plain_server_date: ClassVar[bool] = True
+    # ... and the status line too while send_response_only() is stdlib's.
+    _plain_status: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -525,6 +527,7 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             cls.send_header is HTTPRequestHandler.send_header
             and cls.version_string is http.server.BaseHTTPRequestHandler.version_string
         )
+        cls._plain_status = cls.send_response_only is http.server.BaseHTTPRequestHandler.send_response_only
         if issubclass(cls, _SimpleHandler):
             _install_file_paths(cls)
 
@@ -655,17 +658,33 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     def send_response(self, code: int, message: str | None = None) -> None:
         """As stdlib's: ``log_request(code)``, the status line
         (``send_response_only``), then the ``Server`` and ``Date`` headers, in
-        one step when ``send_header`` and ``version_string`` are the stock ones."""
+        one step when ``send_response_only``, ``send_header`` and
+        ``version_string`` are the stock ones."""
         self.log_request(code)
-        self.send_response_only(code, message)
         if not self._plain_server_date:
+            self.send_response_only(code, message)
             self.send_header("Server", self.version_string())
             self.send_header("Date", self.date_time_string())
+            return
+        if not self._plain_status:
+            self.send_response_only(code, message)
+        date = self.date_time_string()
+        if self.request_version == "HTTP/0.9":
+            return
+        if self._plain_status:  # send_response_only, inline: the status line leads the same string
+            if message is None:
+                responses = self.responses
+                message = responses[code][0] if code in responses else ""
+            lines = "%s %d %s\r\nServer: %s %s\r\nDate: %s\r\n" % (  # noqa: UP031  # stdlib's %s and %d
+                self.protocol_version, code, message, self.server_version, self.sys_version, date
+            )
         else:
-            date = self.date_time_string()
-            if self.request_version != "HTTP/0.9":
-                lines = "Server: %s %s\r\nDate: %s\r\n" % (self.server_version, self.sys_version, date)  # noqa: UP031  # stdlib's %s
-                self._headers_buffer.append(lines.encode("latin-1", "strict"))
+            lines = "Server: %s %s\r\nDate: %s\r\n" % (self.server_version, self.sys_version, date)  # noqa: UP031  # stdlib's %s
+        try:
+            buffer = self._headers_buffer
+        except AttributeError:  # a setup() of a later base ran instead of this class's
+            buffer = self._headers_buffer = []
+        buffer.append(lines.encode("latin-1", "strict"))
 
     def send_header(self, keyword: str, value: str) -> None:
         """Add a header line to the head, as stdlib's (``Connection: close``
@@ -692,7 +711,7 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             self._headers_buffer = []
             wfile = self.wfile
             if type(wfile) is ResponseWriter:
-                wfile.hold(head)
+                wfile._head += head  # hold(head), inline
             else:
                 wfile.write(head)
 

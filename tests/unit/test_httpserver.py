@@ -614,6 +614,19 @@ class TestSendResponse:
         assert not Mine._plain_server_date and FastRecorded._plain_server_date
 
 
+    def test_an_overridden_send_response_only_writes_the_status_line(self) -> None:
+        """With a send_response_only of its own, send_response calls it for the status line, as stdlib's."""
+
+        class Mine(FastRecorded):
+            def send_response_only(self, code: int, message: str | None = None) -> None:
+                super().send_response_only(code, "Mine")
+
+        connection = Connection(b"GET /v HTTP/1.1\r\n\r\n", eof=True)
+        Mine(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert connection.output.startswith(b"HTTP/1.1 200 Mine\r\nServer: BaseHTTP/")
+        assert not Mine._plain_status and FastRecorded._plain_status
+
+
 class TestResponseWriter:
     def test_the_held_head_goes_with_the_first_write_or_flush_or_close(self) -> None:
         """hold() sends nothing; write sends head and data together; flush and close send a lone head."""
