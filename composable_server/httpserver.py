@@ -107,7 +107,7 @@ import time
 import types
 from typing import TYPE_CHECKING, BinaryIO, ClassVar, Final, TypeVar, cast
 
-from ._request import DEFAULT_MAX_PARKED
+from ._request import DEFAULT_MAX_PARKED, KeptFiles
 from .acceptors import StreamAcceptor
 from .dispatchers import ThreadPoolDispatcher
 from .handlers import SocketFile, SocketWriter, _kernel_timeout, has_buffered_input, socket_files
@@ -750,13 +750,66 @@ class ParkingHTTPRequestHandler(HTTPRequestHandler):
     parks_connections: ClassVar[bool] = True
     kernel_timeouts_safe: ClassVar[bool] = True
     verdict: Verdict = Verdict.CLOSE
+    # The server's KeptFiles (None: a server without them, or not yet set up).
+    _kept_files: KeptFiles | None = None
+    # finish() leaves the files of a kept connection on the server while
+    # the finish() behind this class is socketserver's (or compat's) own,
+    # which would only close them; a later base's finish() runs at every request.
+    _keeps_files: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        after = mro[mro.index(ParkingHTTPRequestHandler) + 1 :]
+        owner = next(base for base in after if "finish" in vars(base))
+        cls._keeps_files = cls.finish is ParkingHTTPRequestHandler.finish and owner in http.server.BaseHTTPRequestHandler.__mro__
 
     def setup(self) -> None:
         """:meth:`HTTPRequestHandler.setup`, even when a later base has its
         own ``setup``: parking is safe only with files whose buffer
         :meth:`has_buffered_input` sees (a pipelined request held in any
-        other ``rfile`` would wait for a wake-up that never comes)."""
+        other ``rfile`` would wait for a wake-up that never comes).  A kept
+        connection's files are the ones its previous request left on the
+        server (``server.kept_files``, as ``handlers.ParkingRequestHandler``
+        keeps them): empty, flushed, never another connection's."""
+        kept = getattr(self.server, "kept_files", None)
+        if type(kept) is KeptFiles and self._keeps_files:
+            self._kept_files = kept
+            entry = kept.pop(self.request, None)
+            if entry is not None:
+                rfile, wfile, rbufsize, wbufsize = entry
+                if rbufsize == self.rbufsize and wbufsize == self.wbufsize == 0 and type(wfile) is ResponseWriter:
+                    self.connection = connection = self.request
+                    if self.timeout is not None:
+                        connection.settimeout(self.timeout)
+                    if self.disable_nagle_algorithm:
+                        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+                    self._headers_buffer = []
+                    self.rfile, self.wfile = rfile, wfile
+                    return
+                wfile.close()  # another handler class's files
+                rfile.close()
         super().setup()
+
+    def finish(self) -> None:
+        """On ``KEEP``, with this class's own files: leave them on the server
+        for the connection's next request (``server.kept_files``); otherwise,
+        or if sending what is held fails, as stdlib's: flush and close them."""
+        kept = self._kept_files
+        wfile = self.wfile
+        if kept is not None and self.verdict is Verdict.KEEP and type(wfile) is ResponseWriter and not self.rfile.closed:
+            try:
+                if wfile._head:  # sent at the end of every request already
+                    wfile.flush()
+            except (OSError, ValueError):
+                pass  # the peer is gone: close the files below
+            else:
+                # KeptFiles.put, inline (once per request).
+                kept[self.connection] = (self.rfile, wfile, self.rbufsize, self.wbufsize)
+                if len(kept) > kept.size:
+                    kept.evict()
+                return
+        super().finish()
 
     def handle(self) -> None:
         """Serve one request, and the next ones while they are buffered

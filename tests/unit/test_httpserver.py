@@ -804,3 +804,41 @@ class TestSimpleHTTPRequestHandler:
         assert fast.guess_type("/d/f.csbenchext") == "text/x-cs" == Files.__new__(Files).guess_type("/d/f.csbenchext")
         monkeypatch.setitem(FastFiles.extensions_map, ".csbenchext", "text/mine")
         assert fast.guess_type("/d/f.csbenchext") == "text/mine"
+
+
+class TestKeptFiles:
+    def test_a_kept_connection_gets_its_files_back_at_the_next_request(self) -> None:
+        """KEEP leaves rfile and wfile on the server; the next dispatch serves with the same objects."""
+        server = native_server()
+        connection = Connection(GET % b"1")
+        first = serve(Paths, connection, server)
+        assert first.verdict is Verdict.KEEP and server.kept_files[connection][:2] == (first.rfile, first.wfile)
+        connection._input = memoryview(GET % b"2")
+        second = serve(Paths, connection, server)
+        assert (second.rfile, second.wfile) == (first.rfile, first.wfile) and not first.rfile.closed
+        assert Paths.served == ["/1", "/2"] and connection.output.count(b"HTTP/1.1 200 OK") == 2
+
+    def test_a_closed_connection_closes_its_files(self) -> None:
+        """CLOSE (here Connection: close) closes the files and leaves nothing on the server."""
+        server = native_server()
+        connection = Connection(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+        handler = serve(Paths, connection, server)
+        assert handler.verdict is Verdict.CLOSE and handler.rfile.closed and connection not in server.kept_files
+
+    def test_a_later_bases_finish_runs_at_every_request_and_nothing_is_kept(self) -> None:
+        """``class H(ParkingHTTPRequestHandler, Mine)`` with Mine.finish: Mine's finish closes the files each time."""
+        finished: list[str] = []
+
+        class Mine(http.server.BaseHTTPRequestHandler):
+            def finish(self) -> None:
+                finished.append(self.path)
+                super().finish()
+
+        class H(Paths, Mine):
+            pass
+
+        server = native_server()
+        connection = Connection(GET % b"m")
+        handler = serve(H, connection, server)
+        assert handler.verdict is Verdict.KEEP and finished == ["/m"] and not server.kept_files
+        assert not H._keeps_files and Paths._keeps_files
