@@ -76,6 +76,17 @@ only what it can do with less work for the same result:
 * ``flush_headers``: the head is held by :class:`ResponseWriter` and sent
   with the body's first write: one send per response instead of two.
 
+and, on a ``SimpleHTTPRequestHandler`` whose methods here are stdlib's:
+
+* ``translate_path``: remembered per (directory, path), the last 1024;
+* ``guess_type``: ``extensions_map`` at every call, the :mod:`mimetypes`
+  answer remembered per path while its maps keep their size;
+* ``do_GET`` of a regular file (while ``send_head`` and ``copyfile`` are
+  stdlib's): ``os.open``/``os.fstat``/``os.read`` instead of ``isdir``, a
+  file object and ``copyfileobj`` (the same headers, body and
+  If-Modified-Since answer, the file read at every request); anything
+  else (directories, listings, errors) is stdlib's ``send_head``.
+
 A later base's own version of one of these wins (``__init_subclass__``), as
 if this class were not among the bases.
 
@@ -488,6 +499,9 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
       headers with :func:`parse_headers` (the same ``HTTPMessage``, without
       the email parser for ordinary headers), the same 400/431/505 answers;
     * :meth:`date_time_string`: ``email.utils.formatdate`` once per second;
+    * on a ``SimpleHTTPRequestHandler``: ``translate_path`` and
+      ``guess_type`` remembered, a regular file's ``GET`` on a file
+      descriptor (see the module docstring);
     * the response head goes out with the first write of the body, in one
       send (:class:`ResponseWriter`, the ``wfile`` when ``wbufsize`` is 0,
       stdlib's default); a handler that writes to ``self.connection``
