@@ -76,6 +76,17 @@ only what it can do with less work for the same result:
 * ``flush_headers``: the head is held by :class:`ResponseWriter` and sent
   with the body's first write: one send per response instead of two.
 
+and, on a ``SimpleHTTPRequestHandler`` whose methods here are stdlib's:
+
+* ``translate_path``: remembered per (directory, path), the last 1024;
+* ``guess_type``: ``extensions_map`` at every call, the :mod:`mimetypes`
+  answer remembered per path while its maps keep their size;
+* ``do_GET`` of a regular file (while ``send_head`` and ``copyfile`` are
+  stdlib's): ``os.open``/``os.fstat``/``os.read`` instead of ``isdir``, a
+  file object and ``copyfileobj`` (the same headers, body and
+  If-Modified-Since answer, the file read at every request); anything
+  else (directories, listings, errors) is stdlib's ``send_head``.
+
 A later base's own version of one of these wins (``__init_subclass__``), as
 if this class were not among the bases.
 
@@ -89,18 +100,25 @@ as stdlib does, so the class stays a drop-in ``BaseHTTPRequestHandler``.
 
 from __future__ import annotations
 
+import datetime
 import email.parser
 import email.utils
 import functools
 import io
 import http.client
 import http.server
+import mimetypes
+import os
+import posixpath
 import re
+import shutil
 import socket
+import stat
 import time
-from typing import TYPE_CHECKING, ClassVar, Final, TypeVar, cast
+import types
+from typing import TYPE_CHECKING, BinaryIO, ClassVar, Final, TypeVar, cast
 
-from ._request import DEFAULT_MAX_PARKED
+from ._request import DEFAULT_MAX_PARKED, KeptFiles
 from .acceptors import StreamAcceptor
 from .dispatchers import ThreadPoolDispatcher
 from .handlers import SocketFile, SocketWriter, _kernel_timeout, has_buffered_input, socket_files
@@ -165,6 +183,11 @@ _PARSED_BODY: Final = re.compile(r"multipart|message", re.IGNORECASE)
 # Request versions parse_request meets all the time, parsed (stdlib's
 # parse_request checks any other one digit by digit, as below).
 _VERSIONS: Final = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
+# The attributes email.message.Message.__init__ sets (the compat32 policy;
+# the same in 3.11 to 3.13); parse_headers copies them into a new message
+# instead of calling it (the mutable ones, _headers and defects, anew).
+_MESSAGE_STATE: Final = vars(http.client.HTTPMessage())
+_new_message: Final = object.__new__
 
 
 def _parse_headers(fp: io.BufferedIOBase, cls: Callable[[], http.client.HTTPMessage]) -> tuple[http.client.HTTPMessage, str]:
@@ -188,10 +211,11 @@ def _parse_headers(fp: io.BufferedIOBase, cls: Callable[[], http.client.HTTPMess
     if cls is http.client.HTTPMessage and _SIMPLE_BLOCK.fullmatch(text):
         lowered = text.lower()
         if not (_PARSED_BODY.search(lowered) and _has_parsed_body(_SIMPLE_LINE.findall(text))):
-            message = http.client.HTTPMessage()
-            # What email.feedparser stores, compat32's set_raw() for each
-            # header and set_payload("") for the empty body, set at once.
-            vars(message).update(_headers=_SIMPLE_LINE.findall(text), _payload="")
+            message = _new_message(http.client.HTTPMessage)
+            # What Message.__init__ sets, then what email.feedparser stores:
+            # compat32's set_raw() for each header and set_payload("") for
+            # the empty body, set at once.
+            vars(message).update(_MESSAGE_STATE, _headers=_SIMPLE_LINE.findall(text), _payload="", defects=[])
             return message, lowered
     return email.parser.Parser(_class=cls).parsestr(text), ""
 
@@ -289,7 +313,13 @@ class _RequestReader(SocketFile):
     def readinto(self, buffer: Buffer, /) -> int | None:
         if self._writer._head:
             self._writer.flush()
-        return super().readinto(buffer)
+        try:  # SocketFile.readinto, inline: one Python frame per read
+            return self._sock.recv_into(buffer)
+        except BlockingIOError as exc:
+            error = _kernel_timeout(self._sock, exc)
+            if error is exc:
+                return None
+            raise error from None
 
 
 # The date of the Date header, once per second for every handler: the second
@@ -304,6 +334,159 @@ def _http_date(timestamp: float) -> str:
     return email.utils.formatdate(timestamp, usegmt=True)
 
 
+_SimpleHandler = http.server.SimpleHTTPRequestHandler
+_stdlib_translate_path: Final = _SimpleHandler.translate_path
+
+
+@functools.lru_cache(maxsize=1024)
+def _translated(directory: str, path: str) -> str:
+    """stdlib's ``translate_path`` of *path* under *directory*: a function of the two strings only."""
+    return _stdlib_translate_path(cast("_SimpleHandler", types.SimpleNamespace(directory=directory)), path)
+
+
+def _translate_path(self: _SimpleHandler, path: str) -> str:
+    """``SimpleHTTPRequestHandler.translate_path``, remembered for the last 1024
+    (directory, path) pairs (the whole path, query and fragment included)."""
+    return _translated(self.directory, path)
+
+
+def _mimetypes_version() -> tuple[object, ...]:
+    """What a guess of :mod:`mimetypes` depends on, cheaply: its database
+    (``init()`` replaces it) and how many entries its maps hold (an
+    ``add_type()`` of a new extension grows one)."""
+    db: mimetypes.MimeTypes = mimetypes._db  # type: ignore[attr-defined]  # the database guess_type() asks; not in typeshed
+    strict, common = db.types_map
+    return db, len(strict), len(common), len(db.encodings_map), len(db.suffix_map)
+
+
+@functools.lru_cache(maxsize=256)
+def _mimetypes_guess(path: str, version: tuple[object, ...]) -> str | None:
+    """The type stdlib's ``guess_type`` asks :mod:`mimetypes` for (Python
+    3.13: ``guess_file_type``), remembered per path and *version*."""
+    guess = getattr(mimetypes, "guess_file_type", mimetypes.guess_type)
+    return cast("str | None", guess(path)[0])
+
+
+def _guess_type(self: _SimpleHandler, path: str | os.PathLike[str]) -> str:
+    """``SimpleHTTPRequestHandler.guess_type``: ``extensions_map`` looked up
+    at every call as stdlib does, then the answer of :mod:`mimetypes`,
+    remembered for the last 256 paths while its maps keep their size (a
+    ``mimetypes.add_type`` that re-maps an extension it knew already, after
+    a path was served, is not seen for that path: stdlib's own maps change
+    that way only on such a call)."""
+    path = os.fspath(path)
+    ext = posixpath.splitext(path)[1]
+    extensions = self.extensions_map
+    if ext in extensions:
+        return extensions[ext]
+    ext = ext.lower()
+    if ext in extensions:
+        return extensions[ext]
+    if mimetypes._db is None:  # type: ignore[attr-defined]  # mimetypes.guess_type's own init(), first
+        mimetypes.init()
+    return _mimetypes_guess(path, _mimetypes_version()) or "application/octet-stream"
+
+
+# The flags of the open in _send_file_head: O_NONBLOCK, so that opening a FIFO
+# does not wait for a writer before fstat() shows it is no regular file (it
+# then goes to stdlib's send_head, which opens it as stdlib does); reads of a
+# regular file ignore it.
+_OPEN_FLAGS: Final = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+# The chunk of shutil.copyfileobj, which copyfile() uses (not in typeshed).
+_COPY_BUFSIZE: Final[int] = getattr(shutil, "COPY_BUFSIZE", 64 * 1024)
+
+
+def _send_file_head(self: _SimpleHandler) -> int | BinaryIO | None:
+    """stdlib's ``send_head`` for a GET of a regular file, on a file
+    descriptor (no file object, no ``stat`` for ``isdir``), which it returns
+    open; anything else (a directory, a path ending in ``/``, a path that
+    does not open, no regular file) goes to ``self.send_head()``, stdlib's,
+    and what it returns is returned."""
+    path = self.translate_path(self.path)
+    if path.endswith("/"):
+        return self.send_head()
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (OSError, ValueError, TypeError):  # whatever open() would meet goes to stdlib, which meets it
+        return self.send_head()
+    try:
+        fs = os.fstat(fd)
+        if not stat.S_ISREG(fs.st_mode):
+            os.close(fd)
+            return self.send_head()
+        ctype = self.guess_type(path)
+        # From here on stdlib's send_head, transcribed (identical in 3.11 to 3.13).
+        headers = self.headers
+        if "If-Modified-Since" in headers and "If-None-Match" not in headers:
+            try:
+                ims = email.utils.parsedate_to_datetime(headers["If-Modified-Since"])
+            except (TypeError, IndexError, OverflowError, ValueError):
+                pass  # ignore ill-formed values
+            else:
+                if ims.tzinfo is None:
+                    ims = ims.replace(tzinfo=datetime.timezone.utc)
+                if ims.tzinfo is datetime.timezone.utc:
+                    last_modif = datetime.datetime.fromtimestamp(fs.st_mtime, datetime.timezone.utc)
+                    last_modif = last_modif.replace(microsecond=0)
+                    if last_modif <= ims:
+                        self.send_response(http.HTTPStatus.NOT_MODIFIED)
+                        self.end_headers()
+                        os.close(fd)
+                        return None
+        self.send_response(http.HTTPStatus.OK)
+        self.send_header("Content-type", ctype)
+        self.send_header("Content-Length", str(fs[6]))
+        self.send_header("Last-Modified", self.date_time_string(fs.st_mtime))
+        self.end_headers()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _do_GET_file(self: _SimpleHandler) -> None:  # noqa: N802  # stdlib's name
+    """``SimpleHTTPRequestHandler.do_GET`` with :func:`_send_file_head`:
+    a regular file read with ``os.read`` until EOF, each chunk written to
+    ``wfile`` (the first one in the same send as the head), as
+    ``copyfile`` (``shutil.copyfileobj``) writes a file object's."""
+    opened = _send_file_head(self)
+    if opened is None:
+        return
+    if not isinstance(opened, int):  # stdlib's send_head answered: its file, stdlib's way
+        try:
+            self.copyfile(opened, self.wfile)
+        finally:
+            opened.close()
+        return
+    try:
+        write = self.wfile.write
+        while data := os.read(opened, _COPY_BUFSIZE):
+            write(data)
+    finally:
+        os.close(opened)
+
+
+def _install_file_paths(cls: type[_SimpleHandler]) -> None:
+    """Give *cls*, a ``SimpleHTTPRequestHandler``, the cached ``translate_path``
+    and ``guess_type`` and the file-descriptor ``do_GET`` while the methods they stand in for
+    (and ``send_head``, ``copyfile``) are stdlib's; take the ``do_GET`` back
+    when a subclass overrides one of them."""
+    simple = vars(_SimpleHandler)
+    if cls.translate_path is simple["translate_path"]:
+        cls.translate_path = _translate_path  # type: ignore[method-assign]  # the same method, cached
+    if cls.guess_type is simple["guess_type"]:
+        cls.guess_type = _guess_type  # type: ignore[method-assign]  # the same method, cached
+    stock = (
+        cls.translate_path is _translate_path
+        and cls.send_head is simple["send_head"]
+        and cls.copyfile is simple["copyfile"]
+    )
+    if cls.do_GET is simple["do_GET"] and stock:
+        cls.do_GET = _do_GET_file  # type: ignore[method-assign]  # the same method, on a file descriptor
+    elif cls.do_GET is _do_GET_file and not stock:
+        cls.do_GET = simple["do_GET"]  # type: ignore[method-assign]  # an override needs stdlib's
+
+
 class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     """A ``BaseHTTPRequestHandler`` that does less per request, with the
     same behaviour: a mix-in for the front of a handler's bases
@@ -316,6 +499,9 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
       headers with :func:`parse_headers` (the same ``HTTPMessage``, without
       the email parser for ordinary headers), the same 400/431/505 answers;
     * :meth:`date_time_string`: ``email.utils.formatdate`` once per second;
+    * on a ``SimpleHTTPRequestHandler``: ``translate_path`` and
+      ``guess_type`` remembered, a regular file's ``GET`` on a file
+      descriptor (see the module docstring);
     * the response head goes out with the first write of the body, in one
       send (:class:`ResponseWriter`, the ``wfile`` when ``wbufsize`` is 0,
       stdlib's default); a handler that writes to ``self.connection``
@@ -338,6 +524,8 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     # send_response() writes the Server and Date lines itself while
     # send_header() is this class's and version_string() stdlib's.
     _plain_server_date: ClassVar[bool] = True
+    # ... and the status line too while send_response_only() is stdlib's.
+    _plain_status: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -353,6 +541,9 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             cls.send_header is HTTPRequestHandler.send_header
             and cls.version_string is http.server.BaseHTTPRequestHandler.version_string
         )
+        cls._plain_status = cls.send_response_only is http.server.BaseHTTPRequestHandler.send_response_only
+        if issubclass(cls, _SimpleHandler):
+            _install_file_paths(cls)
 
     def setup(self) -> None:
         """As stdlib's ``StreamRequestHandler.setup`` (``timeout``,
@@ -481,17 +672,33 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
     def send_response(self, code: int, message: str | None = None) -> None:
         """As stdlib's: ``log_request(code)``, the status line
         (``send_response_only``), then the ``Server`` and ``Date`` headers, in
-        one step when ``send_header`` and ``version_string`` are the stock ones."""
+        one step when ``send_response_only``, ``send_header`` and
+        ``version_string`` are the stock ones."""
         self.log_request(code)
-        self.send_response_only(code, message)
         if not self._plain_server_date:
+            self.send_response_only(code, message)
             self.send_header("Server", self.version_string())
             self.send_header("Date", self.date_time_string())
+            return
+        if not self._plain_status:
+            self.send_response_only(code, message)
+        date = self.date_time_string()
+        if self.request_version == "HTTP/0.9":
+            return
+        if self._plain_status:  # send_response_only, inline: the status line leads the same string
+            if message is None:
+                responses = self.responses
+                message = responses[code][0] if code in responses else ""
+            lines = "%s %d %s\r\nServer: %s %s\r\nDate: %s\r\n" % (  # noqa: UP031  # stdlib's %s and %d
+                self.protocol_version, code, message, self.server_version, self.sys_version, date
+            )
         else:
-            date = self.date_time_string()
-            if self.request_version != "HTTP/0.9":
-                lines = "Server: %s %s\r\nDate: %s\r\n" % (self.server_version, self.sys_version, date)  # noqa: UP031  # stdlib's %s
-                self._headers_buffer.append(lines.encode("latin-1", "strict"))
+            lines = "Server: %s %s\r\nDate: %s\r\n" % (self.server_version, self.sys_version, date)  # noqa: UP031  # stdlib's %s
+        try:
+            buffer = self._headers_buffer
+        except AttributeError:  # a setup() of a later base ran instead of this class's
+            buffer = self._headers_buffer = []
+        buffer.append(lines.encode("latin-1", "strict"))
 
     def send_header(self, keyword: str, value: str) -> None:
         """Add a header line to the head, as stdlib's (``Connection: close``
@@ -518,7 +725,7 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
             self._headers_buffer = []
             wfile = self.wfile
             if type(wfile) is ResponseWriter:
-                wfile.hold(head)
+                wfile._head += head  # hold(head), inline
             else:
                 wfile.write(head)
 
@@ -557,13 +764,66 @@ class ParkingHTTPRequestHandler(HTTPRequestHandler):
     parks_connections: ClassVar[bool] = True
     kernel_timeouts_safe: ClassVar[bool] = True
     verdict: Verdict = Verdict.CLOSE
+    # The server's KeptFiles (None: a server without them, or not yet set up).
+    _kept_files: KeptFiles | None = None
+    # finish() leaves the files of a kept connection on the server while
+    # the finish() behind this class is socketserver's (or compat's) own,
+    # which would only close them; a later base's finish() runs at every request.
+    _keeps_files: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        after = mro[mro.index(ParkingHTTPRequestHandler) + 1 :]
+        owner = next(base for base in after if "finish" in vars(base))
+        cls._keeps_files = cls.finish is ParkingHTTPRequestHandler.finish and owner in http.server.BaseHTTPRequestHandler.__mro__
 
     def setup(self) -> None:
         """:meth:`HTTPRequestHandler.setup`, even when a later base has its
         own ``setup``: parking is safe only with files whose buffer
         :meth:`has_buffered_input` sees (a pipelined request held in any
-        other ``rfile`` would wait for a wake-up that never comes)."""
+        other ``rfile`` would wait for a wake-up that never comes).  A kept
+        connection's files are the ones its previous request left on the
+        server (``server.kept_files``, as ``handlers.ParkingRequestHandler``
+        keeps them): empty, flushed, never another connection's."""
+        kept = getattr(self.server, "kept_files", None)
+        if type(kept) is KeptFiles and self._keeps_files:
+            self._kept_files = kept
+            entry = kept.pop(self.request, None)
+            if entry is not None:
+                rfile, wfile, rbufsize, wbufsize = entry
+                if rbufsize == self.rbufsize and wbufsize == self.wbufsize == 0 and type(wfile) is ResponseWriter:
+                    self.connection = connection = self.request
+                    if self.timeout is not None:
+                        connection.settimeout(self.timeout)
+                    if self.disable_nagle_algorithm:
+                        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+                    self._headers_buffer = []
+                    self.rfile, self.wfile = rfile, wfile
+                    return
+                wfile.close()  # another handler class's files
+                rfile.close()
         super().setup()
+
+    def finish(self) -> None:
+        """On ``KEEP``, with this class's own files: leave them on the server
+        for the connection's next request (``server.kept_files``); otherwise,
+        or if sending what is held fails, as stdlib's: flush and close them."""
+        kept = self._kept_files
+        wfile = self.wfile
+        if kept is not None and self.verdict is Verdict.KEEP and type(wfile) is ResponseWriter and not self.rfile.closed:
+            try:
+                if wfile._head:  # sent at the end of every request already
+                    wfile.flush()
+            except (OSError, ValueError):
+                pass  # the peer is gone: close the files below
+            else:
+                # KeptFiles.put, inline (once per request).
+                kept[self.connection] = (self.rfile, wfile, self.rbufsize, self.wbufsize)
+                if len(kept) > kept.size:
+                    kept.evict()
+                return
+        super().finish()
 
     def handle(self) -> None:
         """Serve one request, and the next ones while they are buffered

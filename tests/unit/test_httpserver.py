@@ -13,6 +13,8 @@ import functools
 import http.client
 import http.server
 import io
+import mimetypes
+import os
 import re
 import socket
 import ssl
@@ -612,6 +614,19 @@ class TestSendResponse:
         assert not Mine._plain_server_date and FastRecorded._plain_server_date
 
 
+    def test_an_overridden_send_response_only_writes_the_status_line(self) -> None:
+        """With a send_response_only of its own, send_response calls it for the status line, as stdlib's."""
+
+        class Mine(FastRecorded):
+            def send_response_only(self, code: int, message: str | None = None) -> None:
+                super().send_response_only(code, "Mine")
+
+        connection = Connection(b"GET /v HTTP/1.1\r\n\r\n", eof=True)
+        Mine(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()))
+        assert connection.output.startswith(b"HTTP/1.1 200 Mine\r\nServer: BaseHTTP/")
+        assert not Mine._plain_status and FastRecorded._plain_status
+
+
 class TestResponseWriter:
     def test_the_held_head_goes_with_the_first_write_or_flush_or_close(self) -> None:
         """hold() sends nothing; write sends head and data together; flush and close send a lone head."""
@@ -653,3 +668,177 @@ class TestParkingSetup:
         handler = H(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, native_server()))
         assert handler.verdict is Verdict.KEEP
         assert connection.output.count(b"HTTP/1.1 204 ") == 2
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    """stdlib's file handler (HTTP/1.1) over the directory of :func:`file_tree`; the log is kept."""
+
+    protocol_version = "HTTP/1.1"
+    logged: ClassVar[list[str]] = []
+
+    def log_message(self, format: str, *args: Any) -> None:
+        Files.logged.append(format % args)
+
+
+class FastFiles(HTTPRequestHandler, Files):
+    pass
+
+
+@pytest.fixture(scope="module")
+def file_tree(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory with files, directories with and without an index, a symlink and an unreadable file."""
+    root = tmp_path_factory.mktemp("files")
+    (root / "a.txt").write_bytes(b"alpha\n")
+    (root / "b.tar.gz").write_bytes(b"\x1f\x8b zipped")
+    (root / "noext").write_bytes(b"")
+    (root / "big.bin").write_bytes(bytes(range(256)) * 600)  # beyond one copy chunk (64 KiB)
+    (root / "dir").mkdir()
+    (root / "dir" / "index.html").write_bytes(b"<p>index</p>")
+    (root / "list").mkdir()
+    (root / "list" / "x.py").write_bytes(b"print()\n")
+    (root / "link.txt").symlink_to(root / "a.txt")
+    (root / "secret.txt").write_bytes(b"no")
+    (root / "secret.txt").chmod(0)
+    os.utime(root / "a.txt", (1e9, 1e9))
+    return str(root)
+
+
+def file_exchange(handler: type[Files], directory: str, data: bytes) -> tuple[object, ...]:
+    """What *handler* serving *directory* answers, logs and raises for *data* (then EOF), the Date header left out."""
+    Files.logged.clear()
+    connection = Connection(data, eof=True)
+    raised = None
+    try:
+        handler(cast(socket.socket, connection), ("192.0.2.1", 4000), cast(Any, object()), directory=directory)
+    except Exception as exc:  # noqa: BLE001  # stdlib's own errors (an embedded NUL) must be the same
+        raised = repr(exc)
+    output = re.sub(rb"\r\nDate: [^\r]*", b"", bytes(connection.output))
+    return output, list(Files.logged), raised
+
+
+FILE_PATHS = st.sampled_from([
+    "/a.txt", "/a.txt?q=1", "/a.txt#frag", "/a.txt/", "/%61.txt", "/../a.txt", "//a.txt", "/./a.txt",
+    "/b.tar.gz", "/noext", "/big.bin", "/dir", "/dir/", "/dir?x=1", "/list/", "/list", "/list/x.py",
+    "/link.txt", "/secret.txt", "/missing", "/a.txt%00", "/%ff", "/dir/index.html", "/",
+])
+IF_MODIFIED = st.sampled_from([
+    [], ["If-Modified-Since: Sun, 09 Sep 2001 01:46:40 GMT"], ["If-Modified-Since: Sun, 09 Sep 2001 01:46:39 GMT"],
+    ["If-Modified-Since: Sun, 09 Sep 2001 01:46:40"], ["If-Modified-Since: garbage"],
+    ["If-Modified-Since: Sun, 09 Sep 2001 01:46:40 GMT", "If-None-Match: x"],
+    ["If-Modified-Since: Sun, 09 Sep 2001 03:46:40 +0200"],
+])
+
+
+class TestSimpleHTTPRequestHandler:
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(["GET", "HEAD"]), FILE_PATHS, IF_MODIFIED, st.sampled_from([b"", GET % b"a.txt"]))
+    def test_it_serves_files_as_stdlib(self, file_tree: str, method: str, path: str, headers: list[str], rest: bytes) -> None:
+        """Files, directories, listings, redirects, 404s, If-Modified-Since: the same bytes out and log."""
+        data = f"{method} {path} HTTP/1.1\r\nHost: h\r\n{''.join(h + chr(13) + chr(10) for h in headers)}\r\n".encode()
+        assert file_exchange(FastFiles, file_tree, data + rest) == file_exchange(Files, file_tree, data + rest)
+
+    def test_a_small_file_goes_out_with_its_head_in_one_send(self, file_tree: str) -> None:
+        """GET of a regular file: head and body in one send, read through a file descriptor."""
+        sends: list[bytes] = []
+
+        class Counting(Connection):
+            def sendall(self, data: bytes) -> None:
+                sends.append(bytes(data))
+                super().sendall(data)
+
+        connection = Counting(b"GET /a.txt HTTP/1.1\r\n\r\n", eof=True)
+        FastFiles(cast(socket.socket, connection), ("192.0.2.1", 1), cast(Any, object()), directory=file_tree)
+        assert len(sends) == 1 and sends[0].startswith(b"HTTP/1.1 200 OK\r\n") and sends[0].endswith(b"\r\n\r\nalpha\n")
+
+    def test_a_changed_file_is_served_as_it_is_now(self, tmp_path: Any) -> None:
+        """Content, length and Last-Modified follow the file at every request (nothing of it is cached)."""
+        (tmp_path / "f").write_bytes(b"one")
+        first = file_exchange(FastFiles, str(tmp_path), GET % b"f")[0]
+        (tmp_path / "f").write_bytes(b"second")
+        os.utime(tmp_path / "f", (2e9, 2e9))
+        second = file_exchange(FastFiles, str(tmp_path), GET % b"f")[0]
+        assert isinstance(first, bytes) and first.endswith(b"Content-Length: 3\r\nLast-Modified: " + first.split(b"Last-Modified: ")[1].split(b"\r\n")[0] + b"\r\n\r\none")
+        assert second == file_exchange(Files, str(tmp_path), GET % b"f")[0]
+        assert isinstance(second, bytes) and second.endswith(b"Content-Length: 6\r\nLast-Modified: Wed, 18 May 2033 03:33:20 GMT\r\n\r\nsecond")
+
+    def test_the_file_paths_are_stdlibs_methods_until_a_subclass_overrides_one(self) -> None:
+        """translate_path is cached and do_GET reads a descriptor only while send_head, copyfile and translate_path are stdlib's."""
+        simple = vars(http.server.SimpleHTTPRequestHandler)
+        assert FastFiles.do_GET is not simple["do_GET"] and FastFiles.translate_path is not simple["translate_path"]
+
+        class Copying(FastFiles):
+            def copyfile(self, source: Any, outputfile: Any) -> None:
+                super().copyfile(source, outputfile)
+
+        class Translating(FastFiles):
+            def translate_path(self, path: str) -> str:
+                return super().translate_path(path)
+
+        class Mine(Files):
+            def send_head(self) -> Any:
+                return super().send_head()
+
+        class Behind(HTTPRequestHandler, Mine):
+            pass
+
+        for cls in (Copying, Translating, Behind):
+            assert cls.do_GET is simple["do_GET"]
+        assert Behind.translate_path is not simple["translate_path"]  # the cached one: send_head calls it
+        assert "do_GET" not in vars(fast_http(http.server.BaseHTTPRequestHandler))
+
+    @pytest.mark.parametrize("path", ["/d/a.txt", "/d/A.TXT", "/d/b.tar.gz", "/d/c.Z", "/d/noext", "/d/x.unknownext",
+                                      "data:text/x,1", "/d/p.PY", "/d/.hidden", "/d/t.tgz"])
+    def test_guess_type_is_stdlibs(self, path: str) -> None:
+        """The cached guess_type answers what stdlib's does, extensions_map first."""
+        fast, stdlib = FastFiles.__new__(FastFiles), Files.__new__(Files)
+        assert fast.guess_type(path) == fast.guess_type(path) == stdlib.guess_type(path)
+
+    def test_guess_type_sees_a_new_mimetypes_extension_and_extensions_map(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """After a path was guessed, mimetypes.add_type of a new extension and an extensions_map entry are seen."""
+        fast = FastFiles.__new__(FastFiles)
+        assert fast.guess_type("/d/f.csbenchext") == "application/octet-stream"
+        db = mimetypes.MimeTypes()
+        monkeypatch.setattr(mimetypes, "_db", db)  # a database of this test's own, for add_type to change
+        assert fast.guess_type("/d/f.csbenchext") == "application/octet-stream"
+        db.add_type("text/x-cs", ".csbenchext")
+        assert fast.guess_type("/d/f.csbenchext") == "text/x-cs" == Files.__new__(Files).guess_type("/d/f.csbenchext")
+        monkeypatch.setitem(FastFiles.extensions_map, ".csbenchext", "text/mine")
+        assert fast.guess_type("/d/f.csbenchext") == "text/mine"
+
+
+class TestKeptFiles:
+    def test_a_kept_connection_gets_its_files_back_at_the_next_request(self) -> None:
+        """KEEP leaves rfile and wfile on the server; the next dispatch serves with the same objects."""
+        server = native_server()
+        connection = Connection(GET % b"1")
+        first = serve(Paths, connection, server)
+        assert first.verdict is Verdict.KEEP and server.kept_files[connection][:2] == (first.rfile, first.wfile)
+        connection._input = memoryview(GET % b"2")
+        second = serve(Paths, connection, server)
+        assert (second.rfile, second.wfile) == (first.rfile, first.wfile) and not first.rfile.closed
+        assert Paths.served == ["/1", "/2"] and connection.output.count(b"HTTP/1.1 200 OK") == 2
+
+    def test_a_closed_connection_closes_its_files(self) -> None:
+        """CLOSE (here Connection: close) closes the files and leaves nothing on the server."""
+        server = native_server()
+        connection = Connection(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+        handler = serve(Paths, connection, server)
+        assert handler.verdict is Verdict.CLOSE and handler.rfile.closed and connection not in server.kept_files
+
+    def test_a_later_bases_finish_runs_at_every_request_and_nothing_is_kept(self) -> None:
+        """``class H(ParkingHTTPRequestHandler, Mine)`` with Mine.finish: Mine's finish closes the files each time."""
+        finished: list[str] = []
+
+        class Mine(http.server.BaseHTTPRequestHandler):
+            def finish(self) -> None:
+                finished.append(self.path)
+                super().finish()
+
+        class H(Paths, Mine):
+            pass
+
+        server = native_server()
+        connection = Connection(GET % b"m")
+        handler = serve(H, connection, server)
+        assert handler.verdict is Verdict.KEEP and finished == ["/m"] and not server.kept_files
+        assert not H._keeps_files and Paths._keeps_files
