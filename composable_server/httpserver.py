@@ -79,8 +79,6 @@ only what it can do with less work for the same result:
 and, on a ``SimpleHTTPRequestHandler`` whose methods here are stdlib's:
 
 * ``translate_path``: remembered per (directory, path), the last 1024;
-* ``guess_type``: ``extensions_map`` at every call, the :mod:`mimetypes`
-  answer remembered per path while its maps keep their size;
 * ``do_GET`` of a regular file (while ``send_head`` and ``copyfile`` are
   stdlib's): ``os.open``/``os.fstat``/``os.read`` instead of ``isdir``, a
   file object and ``copyfileobj`` (the same headers, body and
@@ -107,9 +105,7 @@ import functools
 import io
 import http.client
 import http.server
-import mimetypes
 import os
-import posixpath
 import re
 import shutil
 import socket
@@ -350,43 +346,6 @@ def _translate_path(self: _SimpleHandler, path: str) -> str:
     return _translated(self.directory, path)
 
 
-def _mimetypes_version() -> tuple[object, ...]:
-    """What a guess of :mod:`mimetypes` depends on, cheaply: its database
-    (``init()`` replaces it) and how many entries its maps hold (an
-    ``add_type()`` of a new extension grows one)."""
-    db: mimetypes.MimeTypes = mimetypes._db  # type: ignore[attr-defined]  # the database guess_type() asks; not in typeshed
-    strict, common = db.types_map
-    return db, len(strict), len(common), len(db.encodings_map), len(db.suffix_map)
-
-
-@functools.lru_cache(maxsize=256)
-def _mimetypes_guess(path: str, version: tuple[object, ...]) -> str | None:
-    """The type stdlib's ``guess_type`` asks :mod:`mimetypes` for (Python
-    3.13: ``guess_file_type``), remembered per path and *version*."""
-    guess = getattr(mimetypes, "guess_file_type", mimetypes.guess_type)
-    return cast("str | None", guess(path)[0])
-
-
-def _guess_type(self: _SimpleHandler, path: str | os.PathLike[str]) -> str:
-    """``SimpleHTTPRequestHandler.guess_type``: ``extensions_map`` looked up
-    at every call as stdlib does, then the answer of :mod:`mimetypes`,
-    remembered for the last 256 paths while its maps keep their size (a
-    ``mimetypes.add_type`` that re-maps an extension it knew already, after
-    a path was served, is not seen for that path: stdlib's own maps change
-    that way only on such a call)."""
-    path = os.fspath(path)
-    ext = posixpath.splitext(path)[1]
-    extensions = self.extensions_map
-    if ext in extensions:
-        return extensions[ext]
-    ext = ext.lower()
-    if ext in extensions:
-        return extensions[ext]
-    if mimetypes._db is None:  # type: ignore[attr-defined]  # mimetypes.guess_type's own init(), first
-        mimetypes.init()
-    return _mimetypes_guess(path, _mimetypes_version()) or "application/octet-stream"
-
-
 # The flags of the open in _send_file_head: O_NONBLOCK, so that opening a FIFO
 # does not wait for a writer before fstat() shows it is no regular file (it
 # then goes to stdlib's send_head, which opens it as stdlib does); reads of a
@@ -468,14 +427,12 @@ def _do_GET_file(self: _SimpleHandler) -> None:  # noqa: N802  # stdlib's name
 
 def _install_file_paths(cls: type[_SimpleHandler]) -> None:
     """Give *cls*, a ``SimpleHTTPRequestHandler``, the cached ``translate_path``
-    and ``guess_type`` and the file-descriptor ``do_GET`` while the methods they stand in for
+    and the file-descriptor ``do_GET`` while the methods they stand in for
     (and ``send_head``, ``copyfile``) are stdlib's; take the ``do_GET`` back
     when a subclass overrides one of them."""
     simple = vars(_SimpleHandler)
     if cls.translate_path is simple["translate_path"]:
         cls.translate_path = _translate_path  # type: ignore[method-assign]  # the same method, cached
-    if cls.guess_type is simple["guess_type"]:
-        cls.guess_type = _guess_type  # type: ignore[method-assign]  # the same method, cached
     stock = (
         cls.translate_path is _translate_path
         and cls.send_head is simple["send_head"]
@@ -499,8 +456,8 @@ class HTTPRequestHandler(http.server.BaseHTTPRequestHandler):
       headers with :func:`parse_headers` (the same ``HTTPMessage``, without
       the email parser for ordinary headers), the same 400/431/505 answers;
     * :meth:`date_time_string`: ``email.utils.formatdate`` once per second;
-    * on a ``SimpleHTTPRequestHandler``: ``translate_path`` and
-      ``guess_type`` remembered, a regular file's ``GET`` on a file
+    * on a ``SimpleHTTPRequestHandler``: ``translate_path``
+      remembered, a regular file's ``GET`` on a file
       descriptor (see the module docstring);
     * the response head goes out with the first write of the body, in one
       send (:class:`ResponseWriter`, the ``wfile`` when ``wbufsize`` is 0,

@@ -13,7 +13,6 @@ import functools
 import http.client
 import http.server
 import io
-import mimetypes
 import os
 import re
 import socket
@@ -785,25 +784,6 @@ class TestSimpleHTTPRequestHandler:
             assert cls.do_GET is simple["do_GET"]
         assert Behind.translate_path is not simple["translate_path"]  # the cached one: send_head calls it
         assert "do_GET" not in vars(fast_http(http.server.BaseHTTPRequestHandler))
-
-    @pytest.mark.parametrize("path", ["/d/a.txt", "/d/A.TXT", "/d/b.tar.gz", "/d/c.Z", "/d/noext", "/d/x.unknownext",
-                                      "data:text/x,1", "/d/p.PY", "/d/.hidden", "/d/t.tgz"])
-    def test_guess_type_is_stdlibs(self, path: str) -> None:
-        """The cached guess_type answers what stdlib's does, extensions_map first."""
-        fast, stdlib = FastFiles.__new__(FastFiles), Files.__new__(Files)
-        assert fast.guess_type(path) == fast.guess_type(path) == stdlib.guess_type(path)
-
-    def test_guess_type_sees_a_new_mimetypes_extension_and_extensions_map(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """After a path was guessed, mimetypes.add_type of a new extension and an extensions_map entry are seen."""
-        fast = FastFiles.__new__(FastFiles)
-        assert fast.guess_type("/d/f.csbenchext") == "application/octet-stream"
-        db = mimetypes.MimeTypes()
-        monkeypatch.setattr(mimetypes, "_db", db)  # a database of this test's own, for add_type to change
-        assert fast.guess_type("/d/f.csbenchext") == "application/octet-stream"
-        db.add_type("text/x-cs", ".csbenchext")
-        assert fast.guess_type("/d/f.csbenchext") == "text/x-cs" == Files.__new__(Files).guess_type("/d/f.csbenchext")
-        monkeypatch.setitem(FastFiles.extensions_map, ".csbenchext", "text/mine")
-        assert fast.guess_type("/d/f.csbenchext") == "text/mine"
 
 
 class TestKeptFiles:
