@@ -73,7 +73,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Final, Generic, Self, TypeVar, final
+from typing import Final, Generic, Self, TypeVar, cast, final
 
 import attrs
 
@@ -83,6 +83,7 @@ from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import (
+    DatagramRequest,
     AcceptErrorPolicy,
     AcceptFailed,
     ConnectionAccepted,
@@ -118,6 +119,10 @@ _ACCEPT_BATCH: Final = 32
 # one and the loop drains up to _ACCEPT_BATCH per wake-up again (libuv
 # drains up to 32 per wake-up too, in C, where EAGAIN costs nothing).
 _DATAGRAM_PROBE_BACKOFF: Final = 8
+
+# The hooks the lean datagram loop (Server._lean_datagrams) does the work
+# of: a subclass that overrides one gets the job path.
+_LEAN_HOOKS: Final = ("get_request", "verify_request", "process_request", "finish_request", "shutdown_request")
 
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
@@ -318,6 +323,13 @@ class Server(Generic[RequestT, AddressT]):
             connections = self.transport.request_ops.connections
             self._probe_backoff = 0 if connections else _DATAGRAM_PROBE_BACKOFF
             self._probe_skips = 0
+            accept_pending = self._lean_datagrams() or self._accept_pending
+            # SyncDispatcher.service does nothing: spare the two calls per wake-up.
+            service = (
+                None
+                if type(self).service_actions is Server.service_actions and type(self.dispatcher) is SyncDispatcher
+                else self.service_actions
+            )
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
                 if self._resume_at:
@@ -339,14 +351,15 @@ class Server(Generic[RequestT, AddressT]):
                         if events & _POLL_DEAD:
                             # The listening descriptor was closed under us.
                             raise ServerClosedError("the listening socket was closed while serving")
-                        self._accept_pending(batch)
+                        accept_pending(batch)
                     elif fd == waker_fd:
                         waker.drain()
                     else:
                         parking.ready(fd)
                 if deadline is not None and (now := time.monotonic()) >= deadline:
                     parking.expire(now)
-                self.service_actions()
+                if service is not None:
+                    service()
         finally:
             self._leave_loop()
 
@@ -547,15 +560,112 @@ class Server(Generic[RequestT, AddressT]):
         except BlockingIOError:
             return False  # a non-blocking listener with nothing (left) pending
         except OSError as exc:
-            self._accept_failing = True
-            delay = self.accept_error_policy.accept_failed(exc)
-            if self._observers is not None:
-                self._observers.accept_failed(AcceptFailed(_error_name(exc), delay))
-            if delay > 0:
-                self._pause(delay, finishes)
+            self._accept_failed(exc, finishes)
             return False
         self._serve_accepted(request, client_address)
         return True
+
+    def _accept_failed(self, exc: OSError, finishes: int) -> None:
+        """Report a failed accept to the AcceptErrorPolicy (and the
+        observers); pause accepting if it asks for a delay."""
+        self._accept_failing = True
+        delay = self.accept_error_policy.accept_failed(exc)
+        if self._observers is not None:
+            self._observers.accept_failed(AcceptFailed(_error_name(exc), delay))
+        if delay > 0:
+            self._pause(delay, finishes)
+
+    def _lean_datagrams(self) -> Callable[[int], None] | None:
+        """serve_forever's accept step for the lean datagram mode, or None.
+
+        It applies to a :class:`~composable_server.handlers.DatagramResponder`
+        on a ``SyncDispatcher``, with the plain ``DatagramAcceptor`` on a
+        ``UDPTransport`` or ``UnixDatagramTransport``, no observers, and
+        none of the hooks on the request path overridden.  Each datagram is
+        then received, verified, answered and replied to in the function
+        returned, with the outcomes of the job path (``_accept_pending``,
+        ``DatagramJob``), which takes about twenty Python calls per datagram
+        for it (issue 18): the same batch and probe back-off; a failing
+        ``recvfrom`` or an oversized datagram goes to the AcceptErrorPolicy;
+        a refused datagram gets no reply; an exception from the verifier,
+        the handler or ``sendto`` goes to :meth:`handle_error` and the loop
+        serves on; a full send queue retries, then drops the reply (as
+        ``DatagramRequestHandler.finish``); a releasing verifier is told of
+        every datagram it was asked about.
+        """
+        from .acceptors import DatagramAcceptor
+        from .handlers import DatagramResponder, _send_or_drop
+        from .transports import UDPTransport, UnixDatagramTransport
+
+        # object: mypy sees no overlap between Acceptor[RequestT, AddressT] and the final DatagramAcceptor.
+        handler, acceptor, transport = self.handler, cast(object, self.acceptor), cast(object, self.transport)
+        cls = type(self)
+        if (
+            type(handler) is not DatagramResponder
+            or type(acceptor) is not DatagramAcceptor
+            or type(transport) not in (UDPTransport, UnixDatagramTransport)
+            or type(self.dispatcher) is not SyncDispatcher
+            or self._observers is not None
+            or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _LEAN_HOOKS)
+        ):
+            return None
+        sock = self.transport.socket
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        size = acceptor.max_packet_size + 1  # as DatagramAcceptor.accept: a datagram that fills it is too large
+        limit = acceptor.max_packet_size
+        oversized = acceptor.oversized
+        handle = handler.handler.handle_datagram
+        # The requests of a datagram transport are (data, socket), DatagramRequest.
+        verify: Callable[[DatagramRequest, object], bool] | None = (
+            None if type(self.verifier) is AllowAll else self.verifier.verify  # type: ignore[assignment]  # see above
+        )
+        handle_error: Callable[[DatagramRequest, object], None] = self.handle_error  # type: ignore[assignment]  # as above
+        release = self._release
+        requests = self._requests
+
+        def serve_datagrams(batch: int) -> None:
+            taken = 0
+            while True:
+                try:
+                    data, address = recvfrom(size)
+                    if len(data) > limit:
+                        raise oversized(address)
+                except BlockingIOError:
+                    if taken == 1:
+                        self._probe_skips = self._probe_backoff
+                    return
+                except OSError as exc:
+                    # As _accept_pending: only the first receive of a wake-up consults the policy.
+                    if not taken:
+                        self._accept_failed(exc, requests.finishes)
+                    elif taken == 1:
+                        self._probe_skips = self._probe_backoff
+                    return
+                if self._accept_failing:
+                    self._accept_failing = False
+                    self.accept_error_policy.accepted()
+                request = (data, sock)
+                try:
+                    if verify is None or verify(request, address):
+                        reply = handle(data, address)
+                        if reply is not None:
+                            try:
+                                sendto(reply, address)
+                            except BlockingIOError:
+                                _send_or_drop(sock, reply, address)
+                except Exception:
+                    handle_error(request, address)
+                finally:
+                    if release is not None:
+                        release(request)
+                taken += 1
+                if taken == batch or self._shutdown_requested or self._resume_at:
+                    return
+                if taken == 1 and self._probe_skips:  # see _DATAGRAM_PROBE_BACKOFF
+                    self._probe_skips -= 1
+                    return
+
+        return serve_datagrams
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
         """Verify, then park or dispatch an accepted request.
