@@ -78,7 +78,16 @@ from typing import Final, Generic, Self, TypeVar, cast, final
 import attrs
 
 from ._allowall import AllowAll
-from ._request import DEFAULT_KEPT_FILES, DEFAULT_MAX_PARKED, DatagramJob, KeptFiles, Parking, RequestJob, RequestPath
+from ._request import (
+    DEFAULT_KEPT_FILES,
+    DEFAULT_MAX_PARKED,
+    DatagramJob,
+    KeptFiles,
+    Parking,
+    RequestJob,
+    RequestPath,
+    datagram_responder,
+)
 from ._socketutil import Waker
 from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
@@ -126,6 +135,15 @@ _LEAN_HOOKS: Final = ("get_request", "verify_request", "process_request", "finis
 
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
+
+
+def _plain_datagram_transport(transport: object) -> bool:
+    """True if *transport* is a plain ``UDPTransport`` or
+    ``UnixDatagramTransport``: its datagrams need neither ``start_request``
+    nor ``shutdown_request``, and its socket is read with ``recvfrom``."""
+    from .transports import UDPTransport, UnixDatagramTransport  # here: loaded already with such a transport
+
+    return type(transport) in (UDPTransport, UnixDatagramTransport)
 
 
 def _error_name(exc: OSError) -> str:
@@ -268,6 +286,7 @@ class Server(Generic[RequestT, AddressT]):
         # What this server's jobs share (watchdog, pause flag, wake-up).
         self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake, self._observers)
         self._requests.plain_finish = type(self).finish_request is Server.finish_request
+        self._requests.plain_datagrams = self._plain_datagrams()
         # Silent new connections, while serve_forever or handle_request runs.
         self._parking: Parking[RequestT, AddressT] | None = None
         if bind_and_activate:
@@ -575,6 +594,18 @@ class Server(Generic[RequestT, AddressT]):
         if delay > 0:
             self._pause(delay, finishes)
 
+    def _plain_datagrams(self) -> bool:
+        """True if this server's datagrams need neither ``start_request``
+        nor ``shutdown_request`` (``RequestPath.plain_datagrams``)."""
+        transport = self.transport
+        return (
+            not transport.request_ops.connections
+            and not transport.late_admission
+            and self._release is None
+            and type(self).shutdown_request is Server.shutdown_request
+            and _plain_datagram_transport(transport)
+        )
+
     def _lean_datagrams(self) -> Callable[[int], None] | None:
         """serve_forever's accept step for the lean datagram mode, or None.
 
@@ -593,28 +624,27 @@ class Server(Generic[RequestT, AddressT]):
         ``DatagramRequestHandler.finish``); a releasing verifier is told of
         every datagram it was asked about.
         """
-        from .acceptors import DatagramAcceptor
-        from .handlers import DatagramResponder, _send_or_drop
-        from .transports import UDPTransport, UnixDatagramTransport
+        from .acceptors import DatagramAcceptor  # here: loaded already with a datagram server
 
         # object: mypy sees no overlap between Acceptor[RequestT, AddressT] and the final DatagramAcceptor.
-        handler, acceptor, transport = self.handler, cast(object, self.acceptor), cast(object, self.transport)
+        acceptor = cast(object, self.acceptor)
+        responder = datagram_responder(self.handler)
         cls = type(self)
         if (
-            type(handler) is not DatagramResponder
+            responder is None
             or type(acceptor) is not DatagramAcceptor
-            or type(transport) not in (UDPTransport, UnixDatagramTransport)
+            or not _plain_datagram_transport(self.transport)
             or type(self.dispatcher) is not SyncDispatcher
             or self._observers is not None
             or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _LEAN_HOOKS)
         ):
             return None
+        handle, send_or_drop = responder
         sock = self.transport.socket
         recvfrom, sendto = sock.recvfrom, sock.sendto
         size = acceptor.max_packet_size + 1  # as DatagramAcceptor.accept: a datagram that fills it is too large
         limit = acceptor.max_packet_size
         oversized = acceptor.oversized
-        handle = handler.handler.handle_datagram
         # The requests of a datagram transport are (data, socket), DatagramRequest.
         verify: Callable[[DatagramRequest, object], bool] | None = (
             None if type(self.verifier) is AllowAll else self.verifier.verify  # type: ignore[assignment]  # see above
@@ -652,7 +682,7 @@ class Server(Generic[RequestT, AddressT]):
                             try:
                                 sendto(reply, address)
                             except BlockingIOError:
-                                _send_or_drop(sock, reply, address)
+                                send_or_drop(sock, reply, address)
                 except Exception:
                     handle_error(request, address)
                 finally:
