@@ -129,9 +129,9 @@ _ACCEPT_BATCH: Final = 32
 # drains up to 32 per wake-up too, in C, where EAGAIN costs nothing).
 _DATAGRAM_PROBE_BACKOFF: Final = 8
 
-# The hooks the lean datagram loop (Server._lean_datagrams) does the work
+# The hooks the inline datagram loop (Server._inline_datagrams) does the work
 # of: a subclass that overrides one gets the job path.
-_LEAN_HOOKS: Final = ("get_request", "verify_request", "process_request", "finish_request", "shutdown_request")
+_INLINE_HOOKS: Final = ("get_request", "verify_request", "process_request", "finish_request", "shutdown_request")
 
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
@@ -342,7 +342,7 @@ class Server(Generic[RequestT, AddressT]):
             connections = self.transport.request_ops.connections
             self._probe_backoff = 0 if connections else _DATAGRAM_PROBE_BACKOFF
             self._probe_skips = 0
-            accept_pending = self._lean_datagrams() or self._accept_pending
+            accept_pending = self._inline_datagrams() or self._accept_pending
             # SyncDispatcher.service does nothing: spare the two calls per wake-up.
             service = (
                 None
@@ -606,40 +606,45 @@ class Server(Generic[RequestT, AddressT]):
             and _plain_datagram_transport(transport)
         )
 
-    def _lean_datagrams(self) -> Callable[[int], None] | None:
-        """serve_forever's accept step for the lean datagram mode, or None.
+    def _inline_datagrams(self) -> Callable[[int], None] | None:
+        """serve_forever's accept step for datagrams served inline, or None.
 
-        It applies to a :class:`~composable_server.handlers.DatagramResponder`
-        on a ``SyncDispatcher``, with the plain ``DatagramAcceptor`` on a
-        ``UDPTransport`` or ``UnixDatagramTransport``, no observers, and
-        none of the hooks on the request path overridden.  Each datagram is
-        then received, verified, answered and replied to in the function
-        returned, with the outcomes of the job path (``_accept_pending``,
-        ``DatagramJob``), which takes about twenty Python calls per datagram
-        for it (issue 18): the same batch and probe back-off; a failing
-        ``recvfrom`` or an oversized datagram goes to the AcceptErrorPolicy;
-        a refused datagram gets no reply; an exception from the verifier,
-        the handler or ``sendto`` goes to :meth:`handle_error` and the loop
-        serves on; a full send queue retries, then drops the reply (as
-        ``DatagramRequestHandler.finish``); a releasing verifier is told of
-        every datagram it was asked about.
+        It applies on a ``SyncDispatcher``, with the plain
+        ``DatagramAcceptor`` on a ``UDPTransport`` or
+        ``UnixDatagramTransport``, no observers, and none of the hooks on the
+        request path overridden (:data:`_INLINE_HOOKS`; compat overrides
+        ``shutdown_request``, so it never applies there).  Each datagram is
+        then received, verified and served in the function returned, with
+        the outcomes of the job path (``_accept_pending``, ``DatagramJob``),
+        which takes about ten Python calls more per datagram (issue 18): the
+        same batch and probe back-off; a failing ``recvfrom`` or an oversized
+        datagram goes to the AcceptErrorPolicy; a refused datagram is not
+        served; an exception from the verifier or the handler goes to
+        :meth:`handle_error` and the loop serves on; a releasing verifier is
+        told of every datagram it was asked about.  The handler is called as
+        ``handler(request, client_address, server)``, except a
+        :class:`~composable_server.handlers.DatagramResponder` (the lean
+        datagram mode), whose ``handle_datagram`` is called here and whose
+        reply is sent here (a full send queue retries, then drops it, as
+        ``DatagramRequestHandler.finish``; a failing ``sendto`` goes to
+        :meth:`handle_error`).
         """
         from .acceptors import DatagramAcceptor  # here: loaded already with a datagram server
 
         # object: mypy sees no overlap between Acceptor[RequestT, AddressT] and the final DatagramAcceptor.
         acceptor = cast(object, self.acceptor)
-        responder = datagram_responder(self.handler)
         cls = type(self)
         if (
-            responder is None
-            or type(acceptor) is not DatagramAcceptor
+            type(acceptor) is not DatagramAcceptor
             or not _plain_datagram_transport(self.transport)
             or type(self.dispatcher) is not SyncDispatcher
             or self._observers is not None
-            or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _LEAN_HOOKS)
+            or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _INLINE_HOOKS)
         ):
             return None
-        handle, send_or_drop = responder
+        handler = self.handler
+        responder = datagram_responder(handler)
+        handle, send_or_drop = (None, None) if responder is None else responder
         sock = self.transport.socket
         recvfrom, sendto = sock.recvfrom, sock.sendto
         size = acceptor.max_packet_size + 1  # as DatagramAcceptor.accept: a datagram that fills it is too large
@@ -676,13 +681,17 @@ class Server(Generic[RequestT, AddressT]):
                     self.accept_error_policy.accepted()
                 request = (data, sock)
                 try:
-                    if verify is None or verify(request, address):
+                    if verify is not None and not verify(request, address):
+                        pass  # refused: nothing to serve, nothing to shut down
+                    elif handle is None:
+                        handler(request, address, self)  # type: ignore[arg-type]  # (data, socket) is this server's request
+                    else:
                         reply = handle(data, address)
                         if reply is not None:
                             try:
                                 sendto(reply, address)
                             except BlockingIOError:
-                                send_or_drop(sock, reply, address)
+                                send_or_drop(sock, reply, address)  # type: ignore[misc]  # set with handle
                 except Exception:
                     handle_error(request, address)
                 finally:

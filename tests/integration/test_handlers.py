@@ -426,7 +426,7 @@ class TestDatagramResponder:
         nothing, and the next datagrams are answered in order."""
         handler, errors = _Answer(), RecordingErrorPolicy()
         server = _lean_server(family, tmp_path, handler, error_policy=errors)
-        assert server._lean_datagrams() is not None
+        assert server._inline_datagrams() is not None
         with running(server), _client(family, tmp_path) as client:
             for data in (b"boom", b"quiet", b"one", b"", b"two"):
                 client.sendto(data, server.server_address)
@@ -444,7 +444,7 @@ class TestDatagramResponder:
         server = make_udp_server(
             ("127.0.0.1", 0), datagram_handler=handler, dispatcher=ThreadPoolDispatcher(2), error_policy=errors
         )
-        assert server._lean_datagrams() is None
+        assert server._inline_datagrams() is None
         with running(server), _client(Family.UDP4, Path()) as client:
             client.sendto(b"boom", server.server_address)
             assert errors.wait_for(1)
@@ -466,7 +466,7 @@ class TestDatagramResponder:
                 released.append(request[0])
 
         server = make_udp_server(("127.0.0.1", 0), datagram_handler=handler, verifier=Releasing())
-        assert server._lean_datagrams() is not None
+        assert server._inline_datagrams() is not None
         with running(server), _client(Family.UDP4, Path()) as client:
             client.sendto(b"refused", server.server_address)
             client.sendto(b"served", server.server_address)
@@ -502,9 +502,31 @@ class TestDatagramResponder:
             acceptor=DatagramAcceptor(),
             handler=DatagramResponder(_Answer()),
         )
-        assert server._lean_datagrams() is None
+        assert server._inline_datagrams() is None
         with running(server), _client(Family.UDP4, Path()) as client:
             client.sendto(b"no", server.server_address)
             client.sendto(b"yes", server.server_address)
             assert client.recv(100) == b"YES"
         assert seen == [b"no", b"yes"]
+
+    @pytest.mark.timeout(10)
+    def test_request_handler_class_is_served_inline(self) -> None:
+        """A DatagramRequestHandler class on a SyncDispatcher is served by the
+        loop itself too: replies in order; a raising handler is reported, and its
+        finish() still sends what wfile holds (here nothing), as in stdlib."""
+
+        class Echo(DatagramRequestHandler[Any]):
+            def handle(self) -> None:
+                if self.packet == b"boom":
+                    raise ValueError("boom")
+                self.wfile.write(self.packet)
+
+        errors = RecordingErrorPolicy()
+        server = make_udp_server(("127.0.0.1", 0), Echo, error_policy=errors)
+        assert server._inline_datagrams() is not None
+        with running(server), _client(Family.UDP4, Path()) as client:
+            for data in (b"boom", b"one", b"two"):
+                client.sendto(data, server.server_address)
+            assert [client.recv(100) for _ in range(3)] == [b"", b"one", b"two"]
+            assert errors.wait_for(1)
+        assert [type(exc) for _, exc in errors.errors] == [ValueError]
