@@ -49,6 +49,14 @@ poll set) and waits there until the next message, then is dispatched again
 ``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
 every parked connection at once; busy ones finish their message and close.
 
+Datagrams inline.  On a ``SyncDispatcher`` a datagram of a plain UDP or
+Unix datagram transport is served by the loop in one function
+(``_inline_datagrams``): ``recvfrom``, the verifier, the handler, with no
+job or dispatch in between; a lean handler's reply
+(``handlers.DatagramResponder``) is sent there too.  A subclass that
+overrides a hook on the request path, observers, or another dispatcher
+take the job path.
+
 Accept errors.  An ``OSError`` from ``get_request()`` goes to the
 AcceptErrorPolicy, which may ask for a pause (out of descriptors, the
 listening socket stays readable and retrying at once would spin).  While
