@@ -195,22 +195,6 @@ _FINISHES: Final = 1
 _TIMEVAL: Final = struct.Struct("@ll")
 
 
-def _timeval(seconds: float) -> bytes:
-    """*seconds* as the ``struct timeval`` of ``SO_RCVTIMEO``/``SO_SNDTIMEO``."""
-    whole = int(seconds)
-    return _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000))
-
-
-def _is_tls(request: Socket) -> bool:
-    """True if *request* is an ``ssl.SSLSocket``.
-
-    Without ``ssl`` imported no TLS socket can exist, so a server without TLS
-    never imports it (import cost: ``ssl`` is ~10% of ``import compat``).
-    """
-    ssl = sys.modules.get("ssl")
-    return ssl is not None and isinstance(request, ssl.SSLSocket)
-
-
 @final
 class StreamRequests:
     """:class:`~composable_server.interfaces.RequestOps` of stream transports:
@@ -255,8 +239,15 @@ class StreamRequests:
         timeout as ``SSLWantReadError``, not as the ``TimeoutError`` that
         ``handlers.SocketFile`` makes of ``EAGAIN``.
         """
-        if kernel and not _is_tls(request):
-            timeval = _timeval(seconds)
+        # Without ssl imported no TLS socket can exist, so a server without
+        # TLS never imports it (import cost: ``ssl`` is ~10% of ``import
+        # compat``).  The test and the timeval inline: this runs once per
+        # connection, in a forked child too, where every function called
+        # costs a copy-on-write fault or two (tests.bench.forkcost).
+        ssl = sys.modules.get("ssl")
+        if kernel and (ssl is None or not isinstance(request, ssl.SSLSocket)):
+            whole = int(seconds)
+            timeval = _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000))
             request.setsockopt(_SOL_SOCKET, _SO_RCVTIMEO, timeval)
             request.setsockopt(_SOL_SOCKET, _SO_SNDTIMEO, timeval)
         else:

@@ -32,14 +32,13 @@ Override points (as documented for stdlib ``BaseServer``):
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import sys
 import threading
 from collections.abc import Sequence
 from socket import socket as Socket
-from typing import Any, Protocol, TypeVar, cast, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from . import handlers as _handlers
 from ._request import RequestJob, RequestPath
@@ -622,12 +621,15 @@ class StreamRequestHandler(_handlers.StreamRequestHandler[Any], BaseRequestHandl
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        # Typed as the buffered files stdlib declares (makefile("rb", 0) is raw).
-        self.rfile = cast(io.BufferedIOBase, self.connection.makefile("rb", self.rbufsize))
+        # Typed as the buffered files stdlib declares (makefile("rb", 0) is
+        # raw): through Any, not typing.cast(), a Python call (in a forked
+        # child a copy-on-write fault or two: tests.bench.forkcost).
+        connection: Any = self.connection
+        self.rfile = connection.makefile("rb", self.rbufsize)
         if self.wbufsize == 0:
-            self.wfile = _handlers.SocketWriter(self.connection)
+            self.wfile = _handlers.SocketWriter(connection)
         else:
-            self.wfile = cast(io.BufferedIOBase, self.connection.makefile("wb", self.wbufsize))
+            self.wfile = connection.makefile("wb", self.wbufsize)
 
 
 class DatagramRequestHandler(_handlers.DatagramRequestHandler[Any], BaseRequestHandler):

@@ -97,7 +97,7 @@ from ._request import (
     datagram_responder,
 )
 from ._socketutil import Waker
-from .dispatchers import SyncDispatcher
+from .dispatchers import ForkingDispatcher, SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import (
     DatagramRequest,
@@ -135,6 +135,9 @@ _ACCEPT_BATCH: Final = 32
 # reports the next one anyway; once datagrams queue up, the next probe finds
 # one and the loop drains up to _ACCEPT_BATCH per wake-up again (libuv
 # drains up to 32 per wake-up too, in C, where EAGAIN costs nothing).
+# A loop that forks per connection (ForkingDispatcher) backs off the same
+# way: every page the parent writes between two forks costs a copy-on-write
+# fault, and the failed accept's exception writes a dozen (tests.bench.forkcost).
 _DATAGRAM_PROBE_BACKOFF: Final = 8
 
 # The hooks the inline datagram loop (Server._inline_datagrams) does the work
@@ -348,7 +351,8 @@ class Server(Generic[RequestT, AddressT]):
             # Only connections are parked or kept: a datagram loop skips the
             # parking's calls (three per wake-up) altogether.
             connections = self.transport.request_ops.connections
-            self._probe_backoff = 0 if connections else _DATAGRAM_PROBE_BACKOFF
+            forks = type(self.dispatcher) is ForkingDispatcher  # final
+            self._probe_backoff = _DATAGRAM_PROBE_BACKOFF if forks or not connections else 0
             self._probe_skips = 0
             accept_pending = self._inline_datagrams() or self._accept_pending
             # SyncDispatcher.service does nothing: spare the two calls per wake-up.
@@ -554,8 +558,8 @@ class Server(Generic[RequestT, AddressT]):
         With a non-blocking listener (*batch* > 1) every pending connection
         is taken, up to the batch, so the waker and parked connections still
         get their turn under a flood; a blocking one gets exactly one accept.
-        A datagram loop whose probe for a second datagram failed skips the
-        probe for the next :data:`_DATAGRAM_PROBE_BACKOFF` wake-ups.
+        A datagram (or forking) loop whose probe for a second request failed
+        skips the probe for the next :data:`_DATAGRAM_PROBE_BACKOFF` wake-ups.
         Only the first accept consults the AcceptErrorPolicy: at the
         descriptor limit Linux fails accept() with EMFILE even when nothing is
         pending (the descriptor is allocated first), so a follow-up failure
@@ -564,7 +568,7 @@ class Server(Generic[RequestT, AddressT]):
         """
         if not self._handle_request_noblock():
             return
-        if self._probe_skips:  # a datagram loop at low load: see _DATAGRAM_PROBE_BACKOFF
+        if self._probe_skips:  # a datagram or forking loop at low load: see _DATAGRAM_PROBE_BACKOFF
             self._probe_skips -= 1
             return
         for taken in range(batch - 1):

@@ -41,6 +41,7 @@ from composable_server.factories import make_tcp_server, make_udp_server, make_u
 from composable_server.handlers import DatagramRequestHandler, ParkingRequestHandler, StreamRequestHandler
 from composable_server.interfaces import Dispatcher, InetAddress, Transport, Verdict
 from composable_server.prefork import Prefork
+from composable_server.transports import DEFAULT_BACKLOG
 
 __all__ = ("KINDS", "announce", "main", "parse_inet")
 
@@ -50,6 +51,13 @@ POOL_WORKERS: Final = 160
 # stdlib ForkingMixIn.max_children is 40; the native forking server gets the
 # same limit so that the comparison is like for like.
 MAX_CHILDREN: Final = 40
+# stdlib TCPServer.request_queue_size (its listen backlog) is 5, the native
+# default socket.SOMAXCONN.  Fork per request on one core with 16 clients:
+# at 5 the kernel drops the SYNs beyond the queue (those clients retry after
+# a second), at SOMAXCONN every client is accepted and up to 16 children compete
+# for the core, so the two would not serve the same load.  The native forking
+# server listens with stdlib's 5, as compat (which must) does.
+STDLIB_BACKLOG: Final = 5
 
 
 class _StdlibStreamEcho(socketserver.StreamRequestHandler):
@@ -153,14 +161,14 @@ def _compat(cls: type[compat.BaseServer], family: str, address: str) -> None:
 # -- composable_server: the native API ----------------------------------------------------
 
 
-def _native(make_dispatcher: Callable[[], Dispatcher], family: str, address: str) -> None:
+def _native(make_dispatcher: Callable[[], Dispatcher], family: str, address: str, *, backlog: int = DEFAULT_BACKLOG) -> None:
     server: Server[object, object]
     if family == "udp":
         server = make_udp_server(parse_inet(address), _DatagramEcho, dispatcher=make_dispatcher())  # type: ignore[assignment]  # Server is invariant; the loop needs no more than object
     elif family == "unix":
-        server = make_unix_stream_server(address, _StreamEcho, dispatcher=make_dispatcher())  # type: ignore[assignment]  # as above
+        server = make_unix_stream_server(address, _StreamEcho, dispatcher=make_dispatcher(), backlog=backlog)  # type: ignore[assignment]  # as above
     else:
-        server = make_tcp_server(parse_inet(address), _StreamEcho, dispatcher=make_dispatcher())  # type: ignore[assignment]  # as above
+        server = make_tcp_server(parse_inet(address), _StreamEcho, dispatcher=make_dispatcher(), backlog=backlog)  # type: ignore[assignment]  # as above
     _serve(server)
 
 
@@ -301,7 +309,7 @@ KINDS: Final[dict[str, _Runner]] = {
     "native-sync": lambda f, a: _native(SyncDispatcher, f, a),
     "native-threading": lambda f, a: _native(ThreadingDispatcher, f, a),
     "native-pool": lambda f, a: _native(lambda: ThreadPoolDispatcher(POOL_WORKERS, queue_size=256), f, a),
-    "native-forking": lambda f, a: _native(lambda: ForkingDispatcher(MAX_CHILDREN), f, a),
+    "native-forking": lambda f, a: _native(lambda: ForkingDispatcher(MAX_CHILDREN), f, a, backlog=STDLIB_BACKLOG),
     # the lean datagram mode (a DatagramHandler, DatagramResponder), served by the loop itself
     "native-lean-sync": lambda f, a: _native_lean(SyncDispatcher, f, a),
     "prefork": _prefork,

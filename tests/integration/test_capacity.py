@@ -36,6 +36,7 @@ from composable_server import (
     ThreadingDispatcher,
     ThreadPoolDispatcher,
     TimeoutPolicy,
+    Transport,
 )
 
 TCPServer: TypeAlias = Server[socket.socket, Any]
@@ -536,6 +537,44 @@ class TestForkingDrain:
         assert replies == [b"GO %d\n" % i for i in range(3)]
         [report] = reports
         assert report.finished and report.cut == () and report.remaining == ()
+
+
+class _CountingAcceptor:
+    """A StreamAcceptor that counts the accepts that found nothing pending."""
+
+    def __init__(self) -> None:
+        self.inner = StreamAcceptor()
+        self.empty = 0
+
+    def accept(self, transport: Transport[socket.socket, Any]) -> tuple[socket.socket, Any]:
+        try:
+            return self.inner.accept(transport)
+        except BlockingIOError:
+            self.empty += 1
+            raise
+
+
+class TestForkingAccept:
+    @pytest.mark.timeout(30)
+    def test_sequential_clients_cost_few_failed_accepts(self) -> None:
+        """A forking loop whose probe for a second connection found none accepts one per wake-up for a while: ten clients one after another cost at most two failed accepts, and each is served."""
+        acceptor = _CountingAcceptor()
+        server: TCPServer = Server(
+            transport=TCPTransport(("127.0.0.1", 0)),
+            acceptor=acceptor,
+            handler=upper_line,
+            dispatcher=ForkingDispatcher(),
+            error_policy=Errors(),
+        )
+        replies = []
+        with running(server):
+            for i in range(10):
+                with connect(server) as sock:
+                    sock.sendall(b"line %d\n" % i)
+                    replies.append(read_to_eof(sock))
+        assert replies == [b"LINE %d\n" % i for i in range(10)]
+        # One probe fails after the first client, the next after eight wake-ups without one.
+        assert 1 <= acceptor.empty <= 2
 
 
 class TestForkFailure:
