@@ -11,6 +11,7 @@ import pytest
 
 from composable_server.handlers import DatagramResponder
 from composable_server.interfaces import DatagramHandler, DatagramRequest, InetAddress
+from composable_server.proxy import Command, ProxiedDatagram, ProxyHeader
 from composable_server.server import Server
 from composable_server.testing import (
     InlineDispatcher,
@@ -83,6 +84,16 @@ class TestDatagramResponder:
         with pytest.raises(ValueError, match="boom"):
             DatagramResponder(_Upper())(_request(b"boom", sock), CLIENT, None)
         assert sock.sent == []
+
+    def test_proxied_datagram_is_answered_through_the_proxy(self) -> None:
+        """A datagram that came with a PROXY header is handled for the client it names, and answered to the proxy."""
+        sock, handler = _ReplySocket(), _Upper()
+        proxy: InetAddress = ("198.51.100.1", 5000)
+        header = ProxyHeader(2, Command.PROXY, socket.AF_INET, socket.SOCK_DGRAM, CLIENT, ("203.0.113.9", 53))
+        request = ProxiedDatagram(b"via", cast(socket.socket, sock), header, proxy)
+        DatagramResponder(handler)(request, request.client_address, None)  # type: ignore[arg-type]  # Address: an IPv4 one here
+        assert handler.seen == [(b"via", CLIENT)]
+        assert sock.sent == [(b"VIA", proxy)]
 
     @pytest.mark.timeout(10)
     def test_server_reports_a_failing_datagram_and_serves_on(self) -> None:
