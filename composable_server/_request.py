@@ -115,7 +115,7 @@ from socket import SO_RCVTIMEO as _SO_RCVTIMEO
 from socket import SO_SNDTIMEO as _SO_SNDTIMEO
 from socket import SOL_SOCKET as _SOL_SOCKET
 from socket import socket as Socket
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeAlias, TypeVar, cast, final
 
 from ._watchdog import Watchdog, _Entry
 from .interfaces import Budget, DatagramRequest, Outcome, RequestFinished, RequestStarted, TransportStarted, Verdict
@@ -327,6 +327,21 @@ def parks_connections(handler: object) -> bool:
             return getattr(handler, "parks_connections", False) is True
 
 
+LeanReply: TypeAlias = "Callable[[Socket, bytes, Any], None]"  # type: ignore[explicit-any]  # the address of any datagram family
+"""Sends a reply whose ``sendto`` found the queue full (retry, then drop)."""
+
+
+def datagram_responder(handler: object) -> tuple[Callable[[bytes, Any], bytes | None], LeanReply] | None:  # type: ignore[explicit-any]  # as above
+    """``(handle_datagram, send_or_drop)`` if *handler* is a
+    ``handlers.DatagramResponder`` (the lean datagram mode), else None: the
+    serving loop then answers each datagram itself (``Server._lean_datagrams``)."""
+    from .handlers import DatagramResponder, _send_or_drop  # here: the engine does not import the handlers
+
+    if type(handler) is not DatagramResponder:
+        return None
+    return handler.handler.handle_datagram, _send_or_drop
+
+
 # -- the files of kept connections --------------------------------------------------
 
 DEFAULT_KEPT_FILES: Final = 256
@@ -462,6 +477,7 @@ class RequestPath(Generic[RequestT, AddressT]):
         "host",
         "kept_files",
         "observers",
+        "plain_datagrams",
         "plain_finish",
         "traits",
         "watchdog",
@@ -495,6 +511,11 @@ class RequestPath(Generic[RequestT, AddressT]):
         # client_address, host)``: a kept connection's job calls the handler
         # itself (a frame less per message).  Set by the native Server.
         self.plain_finish = False
+        # The host's datagrams need neither start_request nor
+        # shutdown_request (a plain UDP or Unix datagram transport, the
+        # engine's shutdown_request, no releasing verifier): a DatagramJob
+        # skips both (three calls per datagram).  Set by the native Server.
+        self.plain_datagrams = False
         # The files of kept connections between their messages (see
         # KeptFiles): the server's own, which its handlers find as
         # server.kept_files (compat makes a new path per reopen, not new files).
@@ -959,6 +980,16 @@ class DatagramJob(Generic[RequestT, AddressT]):
         """Serve the datagram; True if the handler returned."""
         path = self._path
         host = path.host
+        if path.plain_datagrams:  # nothing to start or shut down: see RequestPath.plain_datagrams
+            try:
+                host.finish_request(self.request, self.client_address)
+                return True
+            except Exception:
+                if not self.cut:
+                    host.handle_error(self.request, self.client_address)
+                return False
+            finally:
+                path.finished()
         try:
             self.request, self.client_address = host.transport.start_request(self.request, self.client_address)
             host.finish_request(self.request, self.client_address)

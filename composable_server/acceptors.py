@@ -131,10 +131,17 @@ class DatagramAcceptor:
         limit = self.max_packet_size
         data, address = sock.recvfrom(limit + 1)
         if len(data) > limit:
-            self._drop(address)
-            raise DatagramTooLargeError(client_address=address, limit=self.max_packet_size)
+            raise self.oversized(address)
         # recvfrom's address (Any in typeshed) is the transport's AddressT: no cast() call per datagram.
         return (data, sock), address
+
+    def oversized(self, address: object) -> DatagramTooLargeError:
+        """Count and log a datagram from *address* larger than
+        *max_packet_size* that the caller received itself (the server's
+        lean datagram loop reads ``recvfrom(max_packet_size + 1)`` as
+        :meth:`accept` does); return the error :meth:`accept` raises for it."""
+        self._drop(address)
+        return DatagramTooLargeError(client_address=address, limit=self.max_packet_size)
 
     def _drop(self, address: object) -> None:
         now = time.monotonic()

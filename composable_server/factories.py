@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from socket import socket as Socket
-from typing import TYPE_CHECKING, Literal, get_args, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, get_args, overload
 
 from ._classes import COMPAT_MODULE as COMPAT_MODULE
 from ._classes import DISPATCHERS as DISPATCHERS
@@ -39,6 +39,7 @@ from ._classes import classic_name as classic_name
 from ._classes import new_class
 from .acceptors import DEFAULT_MAX_PACKET_SIZE, DatagramAcceptor, StreamAcceptor
 from .interfaces import (
+    DatagramHandler,
     DatagramRequest,
     Dispatcher,
     ErrorPolicy,
@@ -50,6 +51,8 @@ from .interfaces import (
 )
 from .server import Server
 from .transports import DEFAULT_BACKLOG, TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
+
+AddressT = TypeVar("AddressT")
 
 if TYPE_CHECKING:
     from .compat import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
@@ -235,10 +238,26 @@ def make_tcp_server(
     )
 
 
+def _datagram_handler(
+    maker: str, handler: HandlerFactory[DatagramRequest, AddressT] | None, lean: DatagramHandler[AddressT] | None
+) -> HandlerFactory[DatagramRequest, AddressT]:
+    """*handler*, or a :class:`~composable_server.handlers.DatagramResponder` serving *lean*: exactly one."""
+    if lean is None:
+        if handler is None:
+            raise TypeError(f"{maker}() needs a handler or a datagram_handler, got neither")
+        return handler
+    if handler is not None:
+        raise TypeError(f"{maker}() takes a handler or a datagram_handler, got both")
+    from .handlers import DatagramResponder  # here: the handlers module loads with the lean mode
+
+    return DatagramResponder(lean)
+
+
 def make_udp_server(
     address: InetAddress,
-    handler: HandlerFactory[DatagramRequest, InetAddress],
+    handler: HandlerFactory[DatagramRequest, InetAddress] | None = None,
     *,
+    datagram_handler: DatagramHandler[InetAddress] | None = None,
     dispatcher: Dispatcher | None = None,
     verifier: Verifier[DatagramRequest, InetAddress] | None = None,
     error_policy: ErrorPolicy | None = None,
@@ -252,13 +271,21 @@ def make_udp_server(
     """A UDP server on the native API; requests are ``(data, socket)``.
 
     Args: as :func:`make_tcp_server`, with *max_packet_size* (the largest
-        datagram read whole) instead of a backlog.
+        datagram read whole) instead of a backlog, and instead of *handler*
+        optionally *datagram_handler*, the lean mode: a
+        :class:`~composable_server.interfaces.DatagramHandler` whose
+        ``handle_datagram(data, client_address)`` returns each reply,
+        served by a :class:`~composable_server.handlers.DatagramResponder`.
+
+    Raises:
+        TypeError: neither or both of *handler* and *datagram_handler*.
     """
+    served = _datagram_handler("make_udp_server", handler, datagram_handler)
     transport = UDPTransport(address, reuse_address=reuse_address, reuse_port=reuse_port, dual_stack=dual_stack)
     return Server(
         transport=transport,
         acceptor=DatagramAcceptor(max_packet_size),
-        handler=handler,
+        handler=served,
         verifier=verifier,
         dispatcher=dispatcher,
         error_policy=error_policy,
@@ -299,8 +326,9 @@ def make_unix_stream_server(
 
 def make_unix_datagram_server(
     path: UnixAddress,
-    handler: HandlerFactory[DatagramRequest, UnixAddress],
+    handler: HandlerFactory[DatagramRequest, UnixAddress] | None = None,
     *,
+    datagram_handler: DatagramHandler[UnixAddress] | None = None,
     dispatcher: Dispatcher | None = None,
     verifier: Verifier[DatagramRequest, UnixAddress] | None = None,
     error_policy: ErrorPolicy | None = None,
@@ -311,13 +339,18 @@ def make_unix_datagram_server(
 ) -> Server[DatagramRequest, UnixAddress]:
     """A Unix datagram server on the native API; requests are ``(data, socket)``.
 
-    Args: as :func:`make_unix_stream_server`, with *max_packet_size*.
+    Args: as :func:`make_unix_stream_server`, with *max_packet_size*, and
+        *datagram_handler* as for :func:`make_udp_server`.
+
+    Raises:
+        TypeError: neither or both of *handler* and *datagram_handler*.
     """
+    served = _datagram_handler("make_unix_datagram_server", handler, datagram_handler)
     transport = UnixDatagramTransport(path, unlink_on_close=unlink_on_close)
     return Server(
         transport=transport,
         acceptor=DatagramAcceptor(max_packet_size),
-        handler=handler,
+        handler=served,
         verifier=verifier,
         dispatcher=dispatcher,
         error_policy=error_policy,

@@ -12,7 +12,10 @@ and ``finish()`` (the last even when ``handle()`` raised).
   :class:`~composable_server.interfaces.Verdict`): between messages the
   server parks the connection in its poll set instead of holding a worker;
 * :class:`DatagramRequestHandler` - ``rfile`` over the datagram, ``wfile``
-  collected and sent back as one datagram by ``finish()``.
+  collected and sent back as one datagram by ``finish()``;
+* :class:`DatagramResponder` - the lean datagram mode: serves a
+  :class:`~composable_server.interfaces.DatagramHandler`, one method call
+  per datagram that returns the reply, no handler object and no files.
 
 Stdlib handler classes (``http.server.SimpleHTTPRequestHandler``, ...) run on
 a :class:`~composable_server.server.Server` as they are: they only need the
@@ -29,11 +32,13 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from socket import socket as Socket
-from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeVar, cast, final
+
+import attrs
 
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
-from .interfaces import Address, DatagramRequest, Verdict
+from .interfaces import Address, DatagramHandler, DatagramRequest, Verdict
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -46,6 +51,7 @@ __all__ = (
     "DEFAULT_MAX_LINE_LENGTH",
     "BaseRequestHandler",
     "DatagramRequestHandler",
+    "DatagramResponder",
     "ParkingRequestHandler",
     "SocketFile",
     "SocketWriter",
@@ -503,10 +509,81 @@ class DatagramRequestHandler(BaseRequestHandler[DatagramRequest, AddressT]):
             return
         except BlockingIOError:
             pass  # a non-blocking socket whose queue is full: retry, then drop
-        if not send_datagram(self.socket, reply, to):
-            _logger.warning(
-                "dropped a %d-byte reply to %s: its queue stayed full for %g s",
-                len(reply),
-                to,
-                DATAGRAM_SEND_TIMEOUT,
-            )
+        _send_or_drop(self.socket, reply, to)
+
+
+def _send_reply(sock: Socket, reply: bytes, request: object, client_address: Address) -> None:
+    """Send *reply* to *client_address* through *sock*, as one datagram: to
+    the proxy instead if *request* came with a PROXY header (not a plain
+    ``(data, socket)`` tuple).
+
+    On a non-blocking socket a reply the kernel cannot queue is retried for
+    up to :data:`~composable_server._socketutil.DATAGRAM_SEND_TIMEOUT`
+    seconds, then dropped and logged.
+
+    Raises:
+        OSError: from ``sendto(2)``, but ``EAGAIN``.
+    """
+    to = client_address
+    if type(request) is not tuple:  # a plain datagram is a tuple: nothing to import or ask per datagram
+        from .proxy import reply_address  # here: proxy (and ipaddress) load only when used
+
+        to = reply_address(request, to)
+    try:
+        sock.sendto(reply, to)
+        return
+    except BlockingIOError:
+        pass  # a non-blocking socket whose queue is full: retry, then drop
+    _send_or_drop(sock, reply, to)
+
+
+def _send_or_drop(sock: Socket, reply: bytes, to: Address) -> None:
+    """A reply whose ``sendto`` found the queue full: retry it for up to
+    :data:`~composable_server._socketutil.DATAGRAM_SEND_TIMEOUT` seconds,
+    then drop it with a warning."""
+    if not send_datagram(sock, reply, to):
+        _logger.warning(
+            "dropped a %d-byte reply to %s: its queue stayed full for %g s",
+            len(reply),
+            to,
+            DATAGRAM_SEND_TIMEOUT,
+        )
+
+
+@final
+@attrs.frozen
+class DatagramResponder(Generic[AddressT]):
+    """The handler factory of the lean datagram mode: serves *handler*, a
+    :class:`~composable_server.interfaces.DatagramHandler`.
+
+    Per datagram it calls ``handler.handle_datagram(data, client_address)``
+    and sends the reply it returns (None: none) back to the client, as
+    :meth:`DatagramRequestHandler.finish` sends ``wfile``, full queue and
+    PROXY header included; no handler object is made and no file opened.
+    It is an ordinary handler factory (``handler(request, client_address,
+    server)``), so every dispatcher, verifier and error policy composes with
+    it, and a datagram whose handler raises is reported by the error policy
+    without a reply while the server serves on.  On a ``SyncDispatcher``
+    without observers the server recognises it and serves each datagram in
+    its loop without the per-request job (``Server.serve_forever``).
+
+    Build one with the factories' ``datagram_handler=`` option
+    (``make_udp_server(address, datagram_handler=Echo())``) or pass
+    ``handler=DatagramResponder(Echo())`` to a :class:`~composable_server.server.Server`::
+
+        class Echo:
+            def handle_datagram(self, data: bytes, client_address: InetAddress) -> bytes | None:
+                return data
+
+    Args:
+        handler: answers each datagram.
+    """
+
+    handler: DatagramHandler[AddressT]
+
+    def __call__(self, request: DatagramRequest, client_address: AddressT, server: object) -> None:
+        """Answer one datagram request ``(data, socket)``."""
+        data, sock = request
+        reply = self.handler.handle_datagram(data, client_address)
+        if reply is not None:
+            _send_reply(sock, reply, request, client_address)  # type: ignore[arg-type]  # AddressT is one of Address's kinds

@@ -45,6 +45,7 @@ __all__ = (
     "ConnectionAccepted",
     "ConnectionBudget",
     "ConnectionRefused",
+    "DatagramHandler",
     "DatagramRequest",
     "Dispatcher",
     "DrainFinished",
@@ -116,6 +117,38 @@ stdlib).  The *server* argument is ``Any`` on purpose: stdlib handler classes
 annotated by typeshed as taking a ``socketserver.BaseServer``, which a
 composable server is not, and they must still be accepted.
 """
+
+
+class DatagramHandler(Protocol[AddressT_contra]):
+    """Answers one datagram with one reply: the lean handler of a datagram
+    server (``handlers.DatagramResponder`` serves it; the factories'
+    ``datagram_handler=`` option builds that).
+
+    No handler object is made per datagram and no files are opened: the
+    server calls :meth:`handle_datagram` with the datagram's bytes and sends
+    what it returns back through the listening socket.
+    """
+
+    __slots__ = ()
+
+    def handle_datagram(self, data: bytes, client_address: AddressT_contra) -> bytes | None:
+        """Answer the datagram *data* from *client_address*.
+
+        Returns:
+            The reply, sent to *client_address* as one datagram (``b""``
+            sends an empty one, as ``DatagramRequestHandler`` does); None:
+            no reply.
+
+        Raises:
+            Exception: any; it goes to the server's ErrorPolicy, the
+                datagram gets no reply, and the server serves on.
+
+        Called in the dispatcher's worker (the serving thread itself with a
+        ``SyncDispatcher``), concurrently with other calls under a pool: a
+        handler with state must guard it.  Must not close or reconfigure the
+        socket it does not see.
+        """
+        ...
 
 
 class Verdict(enum.Enum):

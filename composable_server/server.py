@@ -49,6 +49,14 @@ poll set) and waits there until the next message, then is dispatched again
 ``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
 every parked connection at once; busy ones finish their message and close.
 
+Datagrams inline.  On a ``SyncDispatcher`` a datagram of a plain UDP or
+Unix datagram transport is served by the loop in one function
+(``_inline_datagrams``): ``recvfrom``, the verifier, the handler, with no
+job or dispatch in between; a lean handler's reply
+(``handlers.DatagramResponder``) is sent there too.  A subclass that
+overrides a hook on the request path, observers, or another dispatcher
+take the job path.
+
 Accept errors.  An ``OSError`` from ``get_request()`` goes to the
 AcceptErrorPolicy, which may ask for a pause (out of descriptors, the
 listening socket stays readable and retrying at once would spin).  While
@@ -73,16 +81,26 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Final, Generic, Self, TypeVar, final
+from typing import Final, Generic, Self, TypeVar, cast, final
 
 import attrs
 
 from ._allowall import AllowAll
-from ._request import DEFAULT_KEPT_FILES, DEFAULT_MAX_PARKED, DatagramJob, KeptFiles, Parking, RequestJob, RequestPath
+from ._request import (
+    DEFAULT_KEPT_FILES,
+    DEFAULT_MAX_PARKED,
+    DatagramJob,
+    KeptFiles,
+    Parking,
+    RequestJob,
+    RequestPath,
+    datagram_responder,
+)
 from ._socketutil import Waker
 from .dispatchers import ForkingDispatcher, SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import (
+    DatagramRequest,
     AcceptErrorPolicy,
     AcceptFailed,
     ConnectionAccepted,
@@ -122,8 +140,21 @@ _ACCEPT_BATCH: Final = 32
 # fault, and the failed accept's exception writes a dozen (tests.bench.forkcost).
 _DATAGRAM_PROBE_BACKOFF: Final = 8
 
+# The hooks the inline datagram loop (Server._inline_datagrams) does the work
+# of: a subclass that overrides one gets the job path.
+_INLINE_HOOKS: Final = ("get_request", "verify_request", "process_request", "finish_request", "shutdown_request")
+
 _POLLIN = select.POLLIN
 _POLL_DEAD = select.POLLNVAL
+
+
+def _plain_datagram_transport(transport: object) -> bool:
+    """True if *transport* is a plain ``UDPTransport`` or
+    ``UnixDatagramTransport``: its datagrams need neither ``start_request``
+    nor ``shutdown_request``, and its socket is read with ``recvfrom``."""
+    from .transports import UDPTransport, UnixDatagramTransport  # here: loaded already with such a transport
+
+    return type(transport) in (UDPTransport, UnixDatagramTransport)
 
 
 def _error_name(exc: OSError) -> str:
@@ -266,6 +297,7 @@ class Server(Generic[RequestT, AddressT]):
         # What this server's jobs share (watchdog, pause flag, wake-up).
         self._requests: RequestPath[RequestT, AddressT] = RequestPath(self, self._waker.wake, self._observers)
         self._requests.plain_finish = type(self).finish_request is Server.finish_request
+        self._requests.plain_datagrams = self._plain_datagrams()
         # Silent new connections, while serve_forever or handle_request runs.
         self._parking: Parking[RequestT, AddressT] | None = None
         if bind_and_activate:
@@ -322,6 +354,13 @@ class Server(Generic[RequestT, AddressT]):
             forks = type(self.dispatcher) is ForkingDispatcher  # final
             self._probe_backoff = _DATAGRAM_PROBE_BACKOFF if forks or not connections else 0
             self._probe_skips = 0
+            accept_pending = self._inline_datagrams() or self._accept_pending
+            # SyncDispatcher.service does nothing: spare the two calls per wake-up.
+            service = (
+                None
+                if type(self).service_actions is Server.service_actions and type(self.dispatcher) is SyncDispatcher
+                else self.service_actions
+            )
             timeout_ms = max(0.0, poll_interval * 1000.0)
             while not self._shutdown_requested:
                 if self._resume_at:
@@ -343,14 +382,15 @@ class Server(Generic[RequestT, AddressT]):
                         if events & _POLL_DEAD:
                             # The listening descriptor was closed under us.
                             raise ServerClosedError("the listening socket was closed while serving")
-                        self._accept_pending(batch)
+                        accept_pending(batch)
                     elif fd == waker_fd:
                         waker.drain()
                     else:
                         parking.ready(fd)
                 if deadline is not None and (now := time.monotonic()) >= deadline:
                     parking.expire(now)
-                self.service_actions()
+                if service is not None:
+                    service()
         finally:
             self._leave_loop()
 
@@ -551,15 +591,132 @@ class Server(Generic[RequestT, AddressT]):
         except BlockingIOError:
             return False  # a non-blocking listener with nothing (left) pending
         except OSError as exc:
-            self._accept_failing = True
-            delay = self.accept_error_policy.accept_failed(exc)
-            if self._observers is not None:
-                self._observers.accept_failed(AcceptFailed(_error_name(exc), delay))
-            if delay > 0:
-                self._pause(delay, finishes)
+            self._accept_failed(exc, finishes)
             return False
         self._serve_accepted(request, client_address)
         return True
+
+    def _accept_failed(self, exc: OSError, finishes: int) -> None:
+        """Report a failed accept to the AcceptErrorPolicy (and the
+        observers); pause accepting if it asks for a delay."""
+        self._accept_failing = True
+        delay = self.accept_error_policy.accept_failed(exc)
+        if self._observers is not None:
+            self._observers.accept_failed(AcceptFailed(_error_name(exc), delay))
+        if delay > 0:
+            self._pause(delay, finishes)
+
+    def _plain_datagrams(self) -> bool:
+        """True if this server's datagrams need neither ``start_request``
+        nor ``shutdown_request`` (``RequestPath.plain_datagrams``)."""
+        transport = self.transport
+        return (
+            not transport.request_ops.connections
+            and not transport.late_admission
+            and self._release is None
+            and type(self).shutdown_request is Server.shutdown_request
+            and _plain_datagram_transport(transport)
+        )
+
+    def _inline_datagrams(self) -> Callable[[int], None] | None:
+        """serve_forever's accept step for datagrams served inline, or None.
+
+        It applies on a ``SyncDispatcher``, with the plain
+        ``DatagramAcceptor`` on a ``UDPTransport`` or
+        ``UnixDatagramTransport``, no observers, and none of the hooks on the
+        request path overridden (:data:`_INLINE_HOOKS`; compat overrides
+        ``shutdown_request``, so it never applies there).  Each datagram is
+        then received, verified and served in the function returned, with
+        the outcomes of the job path (``_accept_pending``, ``DatagramJob``),
+        which takes about ten Python calls more per datagram (issue 18): the
+        same batch and probe back-off; a failing ``recvfrom`` or an oversized
+        datagram goes to the AcceptErrorPolicy; a refused datagram is not
+        served; an exception from the verifier or the handler goes to
+        :meth:`handle_error` and the loop serves on; a releasing verifier is
+        told of every datagram it was asked about.  The handler is called as
+        ``handler(request, client_address, server)``, except a
+        :class:`~composable_server.handlers.DatagramResponder` (the lean
+        datagram mode), whose ``handle_datagram`` is called here and whose
+        reply is sent here (a full send queue retries, then drops it, as
+        ``DatagramRequestHandler.finish``; a failing ``sendto`` goes to
+        :meth:`handle_error`).
+        """
+        from .acceptors import DatagramAcceptor  # here: loaded already with a datagram server
+
+        # object: mypy sees no overlap between Acceptor[RequestT, AddressT] and the final DatagramAcceptor.
+        acceptor = cast(object, self.acceptor)
+        cls = type(self)
+        if (
+            type(acceptor) is not DatagramAcceptor
+            or not _plain_datagram_transport(self.transport)
+            or type(self.dispatcher) is not SyncDispatcher
+            or self._observers is not None
+            or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _INLINE_HOOKS)
+        ):
+            return None
+        handler = self.handler
+        responder = datagram_responder(handler)
+        handle, send_or_drop = (None, None) if responder is None else responder
+        sock = self.transport.socket
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        size = acceptor.max_packet_size + 1  # as DatagramAcceptor.accept: a datagram that fills it is too large
+        limit = acceptor.max_packet_size
+        oversized = acceptor.oversized
+        # The requests of a datagram transport are (data, socket), DatagramRequest.
+        verify: Callable[[DatagramRequest, object], bool] | None = (
+            None if type(self.verifier) is AllowAll else self.verifier.verify  # type: ignore[assignment]  # see above
+        )
+        handle_error: Callable[[DatagramRequest, object], None] = self.handle_error  # type: ignore[assignment]  # as above
+        release = self._release
+        requests = self._requests
+
+        def serve_datagrams(batch: int) -> None:
+            taken = 0
+            while True:
+                try:
+                    data, address = recvfrom(size)
+                    if len(data) > limit:
+                        raise oversized(address)
+                except BlockingIOError:
+                    if taken == 1:
+                        self._probe_skips = self._probe_backoff
+                    return
+                except OSError as exc:
+                    # As _accept_pending: only the first receive of a wake-up consults the policy.
+                    if not taken:
+                        self._accept_failed(exc, requests.finishes)
+                    elif taken == 1:
+                        self._probe_skips = self._probe_backoff
+                    return
+                if self._accept_failing:
+                    self._accept_failing = False
+                    self.accept_error_policy.accepted()
+                request = (data, sock)
+                try:
+                    if verify is not None and not verify(request, address):
+                        pass  # refused: nothing to serve, nothing to shut down
+                    elif handle is None:
+                        handler(request, address, self)  # type: ignore[arg-type]  # (data, socket) is this server's request
+                    else:
+                        reply = handle(data, address)
+                        if reply is not None:
+                            try:
+                                sendto(reply, address)
+                            except BlockingIOError:
+                                send_or_drop(sock, reply, address)  # type: ignore[misc]  # set with handle
+                except Exception:
+                    handle_error(request, address)
+                finally:
+                    if release is not None:
+                        release(request)
+                taken += 1
+                if taken == batch or self._shutdown_requested or self._resume_at:
+                    return
+                if taken == 1 and self._probe_skips:  # see _DATAGRAM_PROBE_BACKOFF
+                    self._probe_skips -= 1
+                    return
+
+        return serve_datagrams
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
         """Verify, then park or dispatch an accepted request.

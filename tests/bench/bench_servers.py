@@ -11,7 +11,7 @@ serves a 32-byte line echo until SIGTERM.
 Every server answers each line it reads with the same line, with the
 idiomatic code of its framework: a ``StreamRequestHandler`` looping over
 ``rfile`` for socketserver and composable_server, a ``DatagramRequestHandler``
-for datagrams, asyncio streams and a ``DatagramProtocol`` for asyncio.
+for datagrams (a ``DatagramHandler`` for the lean datagram kind), asyncio streams and a ``DatagramProtocol`` for asyncio.
 """
 
 from __future__ import annotations
@@ -93,6 +93,13 @@ class _DatagramEcho(DatagramRequestHandler[object]):
         self.wfile.write(self.rfile.read())
 
 
+class _LeanDatagramEcho:
+    """The lean datagram mode's echo (a DatagramHandler): the reply is the datagram."""
+
+    def handle_datagram(self, data: bytes, client_address: object) -> bytes:
+        return data
+
+
 class _CompatStreamEcho(compat.StreamRequestHandler):
     def handle(self) -> None:
         for line in self.rfile:
@@ -163,6 +170,14 @@ def _native(make_dispatcher: Callable[[], Dispatcher], family: str, address: str
     else:
         server = make_tcp_server(parse_inet(address), _StreamEcho, dispatcher=make_dispatcher(), backlog=backlog)  # type: ignore[assignment]  # as above
     _serve(server)
+
+
+def _native_lean(make_dispatcher: Callable[[], Dispatcher], family: str, address: str) -> None:
+    """The lean datagram mode: ``make_udp_server(datagram_handler=...)``."""
+    if family != "udp":
+        raise SystemExit(f"the lean datagram kinds serve udp only, got {family!r}")
+    server = make_udp_server(parse_inet(address), datagram_handler=_LeanDatagramEcho(), dispatcher=make_dispatcher())
+    _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
 
 
 def _observed(kind: str, family: str, address: str) -> None:
@@ -295,6 +310,8 @@ KINDS: Final[dict[str, _Runner]] = {
     "native-threading": lambda f, a: _native(ThreadingDispatcher, f, a),
     "native-pool": lambda f, a: _native(lambda: ThreadPoolDispatcher(POOL_WORKERS, queue_size=256), f, a),
     "native-forking": lambda f, a: _native(lambda: ForkingDispatcher(MAX_CHILDREN), f, a, backlog=STDLIB_BACKLOG),
+    # the lean datagram mode (a DatagramHandler, DatagramResponder), served by the loop itself
+    "native-lean-sync": lambda f, a: _native_lean(SyncDispatcher, f, a),
     "prefork": _prefork,
     # issue 15: the native pool with observers (the `observers` scenario)
     "pool-observers-none": lambda f, a: _observed("none", f, a),

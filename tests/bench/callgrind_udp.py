@@ -5,7 +5,9 @@
 Instruction counts do not depend on other load on the machine.  Each kind
 (stdlib ``UDPServer``, compat ``UDPServer``, the native
 ``make_udp_server`` with the synchronous dispatcher; all with the benchmark's
-``DatagramRequestHandler`` echo; and the benchmark's ``DatagramProtocol``
+``DatagramRequestHandler`` echo; the native lean datagram mode,
+``make_udp_server(datagram_handler=...)`` on the synchronous dispatcher,
+with the benchmark's ``DatagramHandler`` echo; and the benchmark's ``DatagramProtocol``
 echo on asyncio and on uvloop, the target) serves a fixed number of echo
 round trips in one process: ``serve_forever()`` (``run_forever()`` for the
 event loops) in a thread (the benchmark's path: stdlib's
@@ -50,7 +52,7 @@ from typing import Final, Protocol, cast
 __all__ = ("KINDS", "main", "parse_annotate", "serve")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
-KINDS: Final = ("stdlib", "compat", "native", "asyncio", "uvloop")
+KINDS: Final = ("stdlib", "compat", "native", "native-lean", "asyncio", "uvloop")
 MESSAGE: Final = b"00000000 0000000000 xxxxxxxxxxxx\n"[:31] + b"\n"
 
 
@@ -110,6 +112,13 @@ def _make(kind: str) -> _Serving:
         from .bench_servers import _DatagramEcho
 
         return make_udp_server(address, _DatagramEcho, dispatcher=SyncDispatcher())
+    if kind == "native-lean":
+        from composable_server.dispatchers import SyncDispatcher
+        from composable_server.factories import make_udp_server
+
+        from .bench_servers import _LeanDatagramEcho
+
+        return make_udp_server(address, datagram_handler=_LeanDatagramEcho(), dispatcher=SyncDispatcher())
     if kind == "asyncio":
         return _EventLoopEcho(asyncio.new_event_loop())
     if kind == "uvloop":

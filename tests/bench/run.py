@@ -109,8 +109,8 @@ SCENARIOS: Final = (
         "udp",
         "udp",
         16,
-        ("stdlib-sync", "compat-sync", "native-sync", "stdlib-threading", "compat-threading", "native-threading",
-         "native-pool") + _EVENT_LOOPS,
+        ("stdlib-sync", "compat-sync", "native-sync", "native-lean-sync", "stdlib-threading", "compat-threading",
+         "native-threading", "native-pool") + _EVENT_LOOPS,
     ),
     Scenario(
         "unix16",
@@ -166,6 +166,7 @@ TWINS: Final = {
     "prefork": "stdlib-forking",
     "native-park-pool": "stdlib-threading",
     "native-park-sync": "stdlib-threading",
+    "native-lean-sync": "stdlib-sync",  # UDP only: make_udp_server(datagram_handler=...)
 }
 
 

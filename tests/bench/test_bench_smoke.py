@@ -87,6 +87,19 @@ def test_one_short_run(scenario: str, tmp_path: Path) -> None:
     assert float(result["faults_per_req"]) >= 0  # type: ignore[arg-type]  # a JSON number
 
 
+@needs_cc
+def test_lean_datagram_kind_short_run(tmp_path: Path) -> None:
+    """The lean datagram kind (native-lean-sync, in udp16) answers the load generator for 0.3 s."""
+    loadgen = build_loadgen()
+    udp16 = next(s for s in SCENARIOS if s.name == "udp16")
+    assert "native-lean-sync" in udp16.kinds
+    result = run_one(
+        loadgen, "native-lean-sync", udp16, duration=0.3, warmup=0.1, cpus=_Cpus(None, None), tmpdir=str(tmp_path)
+    )
+    assert float(result["requests"]) > 0  # type: ignore[arg-type]  # a JSON number
+    assert result["errors"] == 0
+
+
 @pytest.mark.parametrize(
     ("scenario", "tool"),
     [("http-min", "wrk"), ("http-file-close", "wrk"), ("tls-handshake", "openssl"), ("tls-handshake-silent", "openssl")],

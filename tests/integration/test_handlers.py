@@ -1,14 +1,17 @@
 """The request handlers on real sockets: StreamRequestHandler (rfile/wfile,
-buffer sizes, timeout, TCP_NODELAY) and DatagramRequestHandler."""
+buffer sizes, timeout, TCP_NODELAY), DatagramRequestHandler and the lean
+datagram mode (DatagramResponder)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -21,7 +24,15 @@ from composable_server import (
     DatagramRequestHandler,
     NoTimeout,
     StreamRequestHandler,
+    ThreadPoolDispatcher,
 )
+from composable_server.acceptors import DatagramAcceptor
+from composable_server.factories import make_udp_server, make_unix_datagram_server
+from composable_server.handlers import DatagramResponder
+from composable_server.interfaces import DatagramRequest, InetAddress
+from composable_server.server import Server
+from composable_server.testing import MemoryVerifier
+from composable_server.transports import UDPTransport
 
 from ._support import (
     CLIENT_TIMEOUT,
@@ -369,3 +380,153 @@ class TestIdleBudget:
             sock.sendall(b"x")
             assert read_to_eof(sock) == b""
         assert timeouts == [7.0]
+
+
+class _Answer:
+    """A DatagramHandler: echoes in capitals, raises on b"boom", answers b"quiet" with nothing."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, object]] = []
+
+    def handle_datagram(self, data: bytes, client_address: object) -> bytes | None:
+        self.seen.append((data, client_address))
+        if data == b"boom":
+            raise ValueError("boom")
+        if data == b"quiet":
+            return None
+        return data.upper()
+
+
+def _lean_server(
+    family: Family, tmp_path: Path, handler: _Answer, **options: Any
+) -> Server[DatagramRequest, Any]:
+    if family is Family.UDP4:
+        return make_udp_server(("127.0.0.1", 0), datagram_handler=handler, **options)
+    return make_unix_datagram_server(str(tmp_path / "lean.sock"), datagram_handler=handler, **options)
+
+
+@contextlib.contextmanager
+def _client(family: Family, tmp_path: Path) -> Iterator[socket.socket]:
+    """A datagram client, bound (a Unix one to a path, so that replies reach it)."""
+    sock = socket.socket(socket.AF_INET if family is Family.UDP4 else socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(tmp_path / "client.sock") if family is Family.UNIX_DGRAM else ("127.0.0.1", 0))
+        sock.settimeout(CLIENT_TIMEOUT)
+        yield sock
+    finally:
+        sock.close()
+
+
+class TestDatagramResponder:
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("family", DATAGRAM_FAMILIES, ids=_ids(DATAGRAM_FAMILIES))
+    def test_serves_in_the_loop_and_survives_a_failing_datagram(self, family: Family, tmp_path: Path) -> None:
+        """On a SyncDispatcher the loop serves the handler itself: a raising
+        datagram goes to the error policy without a reply, a None reply sends
+        nothing, and the next datagrams are answered in order."""
+        handler, errors = _Answer(), RecordingErrorPolicy()
+        server = _lean_server(family, tmp_path, handler, error_policy=errors)
+        assert server._inline_datagrams() is not None
+        with running(server), _client(family, tmp_path) as client:
+            for data in (b"boom", b"quiet", b"one", b"", b"two"):
+                client.sendto(data, server.server_address)
+            assert [client.recv(100) for _ in range(3)] == [b"ONE", b"", b"TWO"]
+            assert errors.wait_for(1)
+            client_address = client.getsockname()
+        assert [type(exc) for _, exc in errors.errors] == [ValueError]
+        assert [data for data, _ in handler.seen] == [b"boom", b"quiet", b"one", b"", b"two"]
+        assert handler.seen[0][1] == client_address
+
+    @pytest.mark.timeout(10)
+    def test_pool_dispatcher_takes_the_job_path(self) -> None:
+        """On a pool the responder is an ordinary handler factory: answered, errors reported."""
+        handler, errors = _Answer(), RecordingErrorPolicy()
+        server = make_udp_server(
+            ("127.0.0.1", 0), datagram_handler=handler, dispatcher=ThreadPoolDispatcher(2), error_policy=errors
+        )
+        assert server._inline_datagrams() is None
+        with running(server), _client(Family.UDP4, Path()) as client:
+            client.sendto(b"boom", server.server_address)
+            assert errors.wait_for(1)
+            client.sendto(b"pool", server.server_address)
+            assert client.recv(100) == b"POOL"
+
+    @pytest.mark.timeout(10)
+    def test_verifier_refuses_without_reply(self) -> None:
+        """A refused datagram never reaches the handler; the releasing verifier hears of every datagram."""
+        handler = _Answer()
+        verdicts = MemoryVerifier(script=[False, True])
+        released: list[object] = []
+
+        class Releasing:
+            def verify(self, request: DatagramRequest, client_address: object) -> bool:
+                return verdicts.verify(request, client_address)
+
+            def release(self, request: DatagramRequest) -> None:
+                released.append(request[0])
+
+        server = make_udp_server(("127.0.0.1", 0), datagram_handler=handler, verifier=Releasing())
+        assert server._inline_datagrams() is not None
+        with running(server), _client(Family.UDP4, Path()) as client:
+            client.sendto(b"refused", server.server_address)
+            client.sendto(b"served", server.server_address)
+            assert client.recv(100) == b"SERVED"
+        assert [data for data, _ in handler.seen] == [b"served"]
+        assert released == [b"refused", b"served"]
+
+    @pytest.mark.timeout(10)
+    def test_oversized_datagram_is_dropped(self) -> None:
+        """A datagram longer than max_packet_size is counted and dropped; the next one is answered."""
+        handler = _Answer()
+        server = make_udp_server(("127.0.0.1", 0), datagram_handler=handler, max_packet_size=16)
+        with running(server), _client(Family.UDP4, Path()) as client:
+            client.sendto(b"x" * 17, server.server_address)
+            client.sendto(b"y" * 16, server.server_address)
+            assert client.recv(100) == b"Y" * 16
+        assert isinstance(server.acceptor, DatagramAcceptor)
+        assert server.acceptor.dropped == 1
+        assert [data for data, _ in handler.seen] == [b"y" * 16]
+
+    @pytest.mark.timeout(10)
+    def test_overridden_hook_takes_the_job_path(self) -> None:
+        """A subclass that overrides a request hook (verify_request) is served through it."""
+        seen: list[bytes] = []
+
+        class Hooked(Server[DatagramRequest, InetAddress]):
+            def verify_request(self, request: DatagramRequest, client_address: InetAddress) -> bool:
+                seen.append(request[0])
+                return request[0] != b"no"
+
+        server = Hooked(
+            transport=UDPTransport(("127.0.0.1", 0)),
+            acceptor=DatagramAcceptor(),
+            handler=DatagramResponder(_Answer()),
+        )
+        assert server._inline_datagrams() is None
+        with running(server), _client(Family.UDP4, Path()) as client:
+            client.sendto(b"no", server.server_address)
+            client.sendto(b"yes", server.server_address)
+            assert client.recv(100) == b"YES"
+        assert seen == [b"no", b"yes"]
+
+    @pytest.mark.timeout(10)
+    def test_request_handler_class_is_served_inline(self) -> None:
+        """A DatagramRequestHandler class on a SyncDispatcher is served by the
+        loop itself too: replies in order; a raising handler is reported, and its
+        finish() still sends what wfile holds (here nothing), as in stdlib."""
+
+        class Echo(DatagramRequestHandler[Any]):
+            def handle(self) -> None:
+                if self.packet == b"boom":
+                    raise ValueError("boom")
+                self.wfile.write(self.packet)
+
+        errors = RecordingErrorPolicy()
+        server = make_udp_server(("127.0.0.1", 0), Echo, error_policy=errors)
+        assert server._inline_datagrams() is not None
+        with running(server), _client(Family.UDP4, Path()) as client:
+            for data in (b"boom", b"one", b"two"):
+                client.sendto(data, server.server_address)
+            assert [client.recv(100) for _ in range(3)] == [b"", b"one", b"two"]
+            assert errors.wait_for(1)
+        assert [type(exc) for _, exc in errors.errors] == [ValueError]

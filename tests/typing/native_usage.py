@@ -143,3 +143,31 @@ def http_server_handlers_park() -> None:
     make_http_server(("127.0.0.1", 0), functools.partial(Files, directory="/srv"), bind_and_activate=False)
     parking_http(StreamRequestHandler)  # type: ignore[type-var]
     make_http_server("/tmp/s", Files)  # type: ignore[arg-type]
+
+
+def lean_datagram_handlers_type_check() -> None:
+    from composable_server.factories import make_udp_server, make_unix_datagram_server
+    from composable_server.handlers import DatagramResponder
+    from composable_server.interfaces import DatagramHandler, UnixAddress
+
+    class Echo:
+        def handle_datagram(self, data: bytes, client_address: InetAddress) -> bytes | None:
+            return data
+
+    class AnyAddress:
+        # Contravariant: a handler of any address serves IPv4 and Unix datagrams alike.
+        def handle_datagram(self, data: bytes, client_address: object) -> bytes:
+            return data
+
+    class Wrong:
+        def handle_datagram(self, data: str, client_address: InetAddress) -> str:
+            return data
+
+    handler: DatagramHandler[InetAddress] = Echo()
+    assert_type(DatagramResponder(handler), DatagramResponder[InetAddress])
+    udp = make_udp_server(("127.0.0.1", 0), datagram_handler=Echo(), bind_and_activate=False)
+    assert_type(udp, Server[tuple[bytes, socket.socket], InetAddress])
+    make_unix_datagram_server("/tmp/d", datagram_handler=AnyAddress(), bind_and_activate=False)
+    make_udp_server(("127.0.0.1", 0), datagram_handler=Wrong())  # type: ignore[arg-type]
+    unix_only: DatagramHandler[UnixAddress] = AnyAddress()
+    make_udp_server(("127.0.0.1", 0), datagram_handler=unix_only)  # type: ignore[arg-type]

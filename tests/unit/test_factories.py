@@ -39,7 +39,7 @@ from composable_server.factories import (
     make_unix_stream_server,
     server_class,
 )
-from composable_server.handlers import BaseRequestHandler
+from composable_server.handlers import BaseRequestHandler, DatagramResponder
 
 from .._process import run_process
 
@@ -176,6 +176,39 @@ class TestConvenience:
             assert server.dispatcher is dispatcher
         finally:
             server.server_close()
+
+    def test_make_udp_server_datagram_handler(self) -> None:
+        """datagram_handler= serves a DatagramHandler through a DatagramResponder."""
+
+        class Echo:
+            def handle_datagram(self, data: bytes, client_address: InetAddress) -> bytes:
+                return data
+
+        echo = Echo()
+        server = make_udp_server(("127.0.0.1", 0), datagram_handler=echo, bind_and_activate=False)
+        try:
+            assert_type(server, Server[DatagramRequest, InetAddress])
+            assert isinstance(server.handler, DatagramResponder) and server.handler.handler is echo
+        finally:
+            server.server_close()
+
+    @pytest.mark.parametrize("maker", ["udp", "unix"])
+    def test_datagram_factories_need_exactly_one_handler(self, maker: str, tmp_path: Path) -> None:
+        """Neither or both of handler and datagram_handler is a TypeError naming the factory."""
+
+        class Echo:
+            def handle_datagram(self, data: bytes, client_address: object) -> bytes:
+                return data
+
+        def make(**handlers: object) -> object:
+            if maker == "udp":
+                return make_udp_server(("127.0.0.1", 0), bind_and_activate=False, **handlers)  # type: ignore[arg-type]  # the point of the test
+            return make_unix_datagram_server(str(tmp_path / "d"), bind_and_activate=False, **handlers)  # type: ignore[arg-type]  # as above
+
+        with pytest.raises(TypeError, match=r"make_(udp|unix_datagram)_server\(\) needs a handler or a datagram_handler, got neither"):
+            make()
+        with pytest.raises(TypeError, match="got both"):
+            make(handler=_noop, datagram_handler=Echo())
 
     def test_make_unix_stream_server(self, tmp_path: Path) -> None:
         """make_unix_stream_server wires a Unix stream transport that removes its file."""
