@@ -106,7 +106,7 @@ import struct
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from socket import MSG_DONTWAIT as _MSG_DONTWAIT
 from socket import MSG_PEEK as _MSG_PEEK
@@ -121,7 +121,7 @@ from ._watchdog import Watchdog, _Entry
 from .interfaces import Budget, DatagramRequest, Outcome, RequestFinished, RequestStarted, TransportStarted, Verdict
 
 if TYPE_CHECKING:
-    from .interfaces import HandlerFactory, Outcome, TimeoutPolicy, Transport
+    from .interfaces import HandlerFactory, TimeoutPolicy, Transport
     from .observers import ObserverGroup
 
 __all__ = (

@@ -77,14 +77,14 @@ import threading
 import time
 from collections.abc import Iterable
 from socket import socket as Socket
-from typing import ClassVar, Final, Generic, Literal, TypeAlias, TypeVar, cast, final
+from typing import ClassVar, Final, Literal, TypeAlias, TypeVar, cast, final
 
 import attrs
 
 from ._wrapper import _Wrapper
 from .acceptors import OVERSIZE_LOG_INTERVAL, DatagramAcceptor
 from .exceptions import ProxyProtocolError, ServerStateError
-from .interfaces import Acceptor, Address, DatagramRequest, RequestOps, Transport
+from .interfaces import Acceptor, Address, DatagramRequest, Transport
 from .verifiers import CIDRVerifier, allow_networks
 
 __all__ = (

@@ -25,7 +25,7 @@ from ._request import DATAGRAM_REQUESTS, STREAM_REQUESTS, DatagramRequests, Stre
 from ._socketutil import check_inet_address, check_unix_address, family_name, inet_family_for
 from ._unixpath import SocketFile, check_mode, unix_path
 from .exceptions import AddressError, BindError, ServerClosedError
-from .interfaces import DatagramRequest, InetAddress, Transport, UnixAddress
+from .interfaces import DatagramRequest, InetAddress, UnixAddress
 
 __all__ = (
     "DATAGRAM_REQUESTS",

@@ -28,7 +28,6 @@ import os
 import queue
 import re
 import select
-import signal
 import socket
 import subprocess
 import sys
