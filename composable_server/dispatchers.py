@@ -20,6 +20,7 @@ after sending ``reject_message`` if one is set).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import queue
@@ -265,6 +266,10 @@ class _Child:
 _c_signal: Final = importlib.import_module("_signal")
 _getsignal: Final = cast("Callable[[int], object]", _c_signal.getsignal)
 _setsignal: Final = cast("Callable[[int, object], object]", _c_signal.signal)
+_gc_count: Final = gc.get_count
+_gc_threshold: Final = gc.get_threshold
+_gc_collect: Final = gc.collect
+_gc_enabled: Final = gc.isenabled
 _SIGTERM: Final = int(signal.SIGTERM)
 _SIGINT: Final = int(signal.SIGINT)
 _DEFAULT_INT: Final = signal.default_int_handler
@@ -353,6 +358,15 @@ class ForkingDispatcher:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
+        # A child inherits the collector's count of young objects: once the
+        # parent's is near the threshold, every child's first allocations
+        # run a collection there, which walks (and writes, one fault per
+        # page) objects shared with the parent, and the parent's count never
+        # resets.  Collect the young generation here first, in the parent
+        # (not when the program disabled the collector or its threshold).
+        threshold = _gc_threshold()[0]
+        if threshold and _gc_count()[0] * 2 >= threshold and _gc_enabled():
+            _gc_collect(0)
         pid = os.fork()
         if pid:
             children[pid] = job.client_address
