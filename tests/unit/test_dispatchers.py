@@ -396,6 +396,37 @@ def _lines(pipe: Pipe) -> list[str]:
     return data.decode().split()
 
 
+class CountingJob(ChildJob):
+    """A child job that reports the collector's count of young objects it started with."""
+
+    def run(self) -> bool:
+        os.write(self.report.w, f"{gc.get_count()[0]}\n".encode())
+        return True
+
+
+def _young_count_in_child(report: Pipe, *, collector_enabled: bool) -> int:
+    """Fork one CountingJob while the parent's young generation holds ~9,000
+    objects of a 10,000 threshold; the count the child started with."""
+    saved, enabled = gc.get_threshold(), gc.isenabled()
+    job = CountingJob("job", report)  # made before the count is taken, so as not to add to it
+    try:
+        gc.set_threshold(10_000, *saved[1:])
+        gc.collect(0)
+        if not collector_enabled:
+            gc.disable()
+        young: list[list[int]] = [[] for _ in range(9_000)]  # kept alive across the fork: the young generation holds them
+        dispatcher = ForkingDispatcher()
+        dispatcher.dispatch(job)
+        dispatcher.close()
+        del young
+    finally:
+        gc.set_threshold(*saved)
+        if enabled:
+            gc.enable()
+    (count,) = _lines(report)
+    return int(count)
+
+
 class TestForkingDispatcher:
     @pytest.mark.timeout(10)
     def test_child_runs_job_parent_closes_its_copy(self, report: Pipe) -> None:
@@ -423,53 +454,12 @@ class TestForkingDispatcher:
     @pytest.mark.timeout(10)
     def test_a_child_does_not_inherit_a_young_generation_near_the_collection_threshold(self, report: Pipe) -> None:
         """With the parent's count of young objects at 90% of the threshold, the child starts below half of it (the parent collected first)."""
-
-        class CountingJob(ChildJob):
-            def run(self) -> bool:
-                os.write(self.report.w, f"{gc.get_count()[0]}\n".encode())
-                return True
-
-        saved = gc.get_threshold()
-        job = CountingJob("job", report)  # made before the count is taken, so as not to add to it
-        try:
-            gc.set_threshold(10_000, *saved[1:])
-            gc.collect(0)
-            young: list[list[int]] = [[] for _ in range(9_000)]  # kept alive across the fork: the young generation holds them
-            dispatcher = ForkingDispatcher()
-            dispatcher.dispatch(job)
-            dispatcher.close()
-            del young
-        finally:
-            gc.set_threshold(*saved)
-        (count,) = _lines(report)
-        assert int(count) < 5_000
+        assert _young_count_in_child(report, collector_enabled=True) < 5_000
 
     @pytest.mark.timeout(10)
     def test_a_disabled_collector_is_not_run_before_a_fork(self, report: Pipe) -> None:
         """With the collector disabled by the program, the parent does not collect before forking: the child sees the parent's count."""
-
-        class CountingJob(ChildJob):
-            def run(self) -> bool:
-                os.write(self.report.w, f"{gc.get_count()[0]}\n".encode())
-                return True
-
-        saved, enabled = gc.get_threshold(), gc.isenabled()
-        job = CountingJob("job", report)
-        try:
-            gc.set_threshold(10_000, *saved[1:])
-            gc.collect(0)
-            gc.disable()
-            young: list[list[int]] = [[] for _ in range(9_000)]  # kept alive across the fork
-            dispatcher = ForkingDispatcher()
-            dispatcher.dispatch(job)
-            dispatcher.close()
-            del young
-        finally:
-            gc.set_threshold(*saved)
-            if enabled:
-                gc.enable()
-        (count,) = _lines(report)
-        assert int(count) >= 5_000  # not collected (it would be near 0)
+        assert _young_count_in_child(report, collector_enabled=False) >= 5_000  # not collected (it would be near 0)
 
     @pytest.mark.timeout(10)
     def test_child_restores_the_default_sigterm_and_sigint_handlers(self, report: Pipe) -> None:
