@@ -980,18 +980,10 @@ class DatagramJob(Generic[RequestT, AddressT]):
         """Serve the datagram; True if the handler returned."""
         path = self._path
         host = path.host
-        if path.plain_datagrams:  # nothing to start or shut down: see RequestPath.plain_datagrams
-            try:
-                host.finish_request(self.request, self.client_address)
-                return True
-            except Exception:
-                if not self.cut:
-                    host.handle_error(self.request, self.client_address)
-                return False
-            finally:
-                path.finished()
+        plain = path.plain_datagrams  # nothing to start or shut down: see RequestPath.plain_datagrams
         try:
-            self.request, self.client_address = host.transport.start_request(self.request, self.client_address)
+            if not plain:
+                self.request, self.client_address = host.transport.start_request(self.request, self.client_address)
             host.finish_request(self.request, self.client_address)
             return True
         except Exception:
@@ -1000,7 +992,8 @@ class DatagramJob(Generic[RequestT, AddressT]):
             return False
         finally:
             try:
-                host.shutdown_request(self.request)
+                if not plain:
+                    host.shutdown_request(self.request)
             finally:
                 path.finished()
 
