@@ -491,6 +491,56 @@ def test_forked_child_exit_status_and_error_report(module: ModuleType) -> None:
     assert b"RuntimeError: boom" in printed
 
 
+def _calls_in_forked_child(module: ModuleType) -> list[str]:
+    """The Python functions (of socketserver, socket, composable_server and
+    this file) that a forked child of *module*'s ``ForkingTCPServer`` runs for
+    one echo request, from the fork's return to the child's exit."""
+
+    def handle(self: Any) -> None:
+        self.wfile.write(self.rfile.readline())
+
+    watched = (socketserver.__file__, socket.__file__, __file__, str(Path(compat.__file__).parent))
+    parent = os.getpid()
+    r, w = os.pipe()
+    forked = False
+
+    def profile(frame: Any, event: str, arg: object) -> None:
+        nonlocal forked
+        if os.getpid() == parent:
+            return
+        if event == "c_return" and getattr(arg, "__name__", None) == "fork":
+            forked = True  # the at-fork hooks ran before: not counted
+        elif forked and event == "call" and frame.f_code.co_filename.startswith(watched):
+            os.write(w, f"{frame.f_code.co_qualname}\n".encode())  # a few hundred bytes: the pipe holds them
+
+    server = module.ForkingTCPServer(("127.0.0.1", 0), type("H", (module.StreamRequestHandler,), {"handle": handle}))
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=WAIT) as conn:
+            conn.sendall(b"ping\n")
+            sys.setprofile(profile)
+            try:
+                server.handle_request()
+            finally:
+                sys.setprofile(None)
+            assert conn.makefile("rb").read() == b"ping\n"
+    finally:
+        server.server_close()  # waits for the child (block_on_close)
+        os.close(w)
+    with open(r, "rb") as calls:
+        return calls.read().decode().split()
+
+
+@pytest.mark.skipif(not HAS_FORK, reason="no fork")
+def test_a_forked_child_runs_at_most_four_functions_more_than_stdlibs() -> None:
+    """Every function a forked child runs writes its refcounts on pages shared
+    with the parent (copy-on-write faults, tests.bench.forkcost): compat's child
+    runs stdlib's sequence plus at most four functions (the job's run, the
+    mixin's body, the transport's close_request, the count of finished jobs)."""
+    stdlib, ours = _calls_in_forked_child(socketserver), _calls_in_forked_child(compat)
+    assert len(stdlib) >= 10, stdlib  # the profile saw the child
+    assert len(ours) <= len(stdlib) + 4, (stdlib, ours)
+
+
 class _TimingOut(compat.UDPServer):
     """A UDPServer that counts its handle_timeout calls."""
 
