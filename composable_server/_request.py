@@ -697,23 +697,10 @@ class RequestJob(Generic[RequestT, AddressT]):
         the serving loop instead of being shut down; the loop runs this
         same job again when the connection is readable.
         """
-        path = self._path
-        observers = path.observers
+        observers = self._path.observers
         if observers is not None:
             return self._run_observed(observers)
-        body = self._body
-        if body is None:
-            return self._serve(None) is not False
-        # A body (compat's process_request_thread, its forked child's
-        # sequence): called from here, a frame less than through _serve
-        # (in a forked child every function run costs a copy-on-write fault
-        # or two, tests.bench.forkcost); _serve runs it when observed.
-        try:
-            return body(self.request, self.client_address) is not False
-        finally:
-            if path.kept_files:  # a parking handler that the body does not park (compat)
-                path.kept_files.discard(self.request)
-            path.finished()
+        return self._serve(None) is not False
 
     def _run_observed(self, observers: ObserverGroup) -> bool:
         """:meth:`run`, telling *observers* when it starts and how it ends."""
