@@ -8,6 +8,7 @@ handler that parks must never do).
 
 from __future__ import annotations
 
+import email.errors
 import email.message
 import functools
 import http.client
@@ -328,12 +329,12 @@ def message_state(message: email.message.Message) -> tuple[object, ...]:
     """Everything a parsed message holds, comparable (defects by type, parts as text)."""
     fields = {k: v for k, v in vars(message).items() if k not in ("defects", "_payload")}
     payload = message.get_payload()
-    return (
-        type(message),
-        fields,
-        payload if isinstance(payload, str) else message.as_string(),
-        [type(defect) for defect in message.defects],
-    )
+    if not isinstance(payload, str):
+        try:
+            payload = message.as_string()
+        except email.errors.MessageError as exc:  # 3.13: HeaderWriteError for a newline (\x0b) in a value
+            payload = (type(exc), str(exc))
+    return (type(message), fields, payload, [type(defect) for defect in message.defects])
 
 
 def parsed(parse: Any, data: bytes) -> tuple[object, ...]:
@@ -372,6 +373,7 @@ class TestParseHeaders:
     @example(["Host: a\r\n", "Content-Type: multipart/mixed; boundary=x\r\n"], "\r\n")
     @example(["Host: a\r\n", " folded\r\n"], "\r\n")
     @example(["X: a\r\n", "x" * 70000 + "\r\n"], "\r\n")
+    @example(["Host: x\x0by\r\n", "Content-Type: message/rfc822\r\n"], "\r\n")  # 3.13 refuses to write it back
     def test_it_builds_what_http_client_parse_headers_builds(self, lines: list[str], ending: str) -> None:
         """On valid and malformed header blocks: the same message, errors and unread input as stdlib."""
         data = "".join(lines + [ending]).encode()  # UTF-8: non-ASCII bytes, \x85 among them
