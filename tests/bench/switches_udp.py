@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -65,8 +64,7 @@ def measure(kind: str, clients: int, duration: float, warmup: float = 0.5) -> di
         cpu1, _ = run._counters(proc.pid)
         stdout, _ = gen.communicate(timeout=duration + 30)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        run._stop_server(proc)
     datagrams = int(json.loads(stdout)["requests"])
     counts: dict[str, float] = {"datagrams": float(datagrams), "cpu_us": (cpu1 - cpu0) * 1e6 / max(datagrams, 1)}
     for line in perf.stderr.splitlines():
