@@ -52,7 +52,10 @@ from typing import Final, Protocol, cast
 __all__ = ("KINDS", "main", "parse_annotate", "serve")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
-KINDS: Final = ("stdlib", "compat", "native", "native-lean", "asyncio", "uvloop")
+SYNC_KINDS: Final = ("stdlib", "compat", "native", "native-lean", "asyncio", "uvloop")
+# udp16's concurrent kinds (">= 5x ThreadingUDPServer"): asked for by name.
+CONCURRENT_KINDS: Final = ("stdlib-threading", "compat-threading", "native-threading", "native-pool")
+KINDS: Final = SYNC_KINDS + CONCURRENT_KINDS
 MESSAGE: Final = b"00000000 0000000000 xxxxxxxxxxxx\n"[:31] + b"\n"
 
 
@@ -119,6 +122,26 @@ def _make(kind: str) -> _Serving:
         from .bench_servers import _LeanDatagramEcho
 
         return make_udp_server(address, datagram_handler=_LeanDatagramEcho(), dispatcher=SyncDispatcher())
+    if kind == "stdlib-threading":
+        from .bench_servers import _StdlibDatagramEcho
+
+        return socketserver.ThreadingUDPServer(address, _StdlibDatagramEcho)
+    if kind == "compat-threading":
+        from composable_server import compat
+
+        from .bench_servers import _CompatDatagramEcho
+
+        return compat.ThreadingUDPServer(address, _CompatDatagramEcho)
+    if kind in ("native-threading", "native-pool"):
+        from composable_server.dispatchers import ThreadingDispatcher, ThreadPoolDispatcher
+        from composable_server.factories import make_udp_server
+
+        from .bench_servers import POOL_WORKERS, _DatagramEcho
+
+        dispatcher = ThreadingDispatcher() if kind == "native-threading" else ThreadPoolDispatcher(
+            POOL_WORKERS, queue_size=256
+        )
+        return make_udp_server(address, _DatagramEcho, dispatcher=dispatcher)
     if kind == "asyncio":
         return _EventLoopEcho(asyncio.new_event_loop())
     if kind == "uvloop":
@@ -242,8 +265,8 @@ def _python_calls(kind: str, round_trips: int) -> list[tuple[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.callgrind_udp", description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS,
-                        help="default: all (uvloop only when installed)")
+    parser.add_argument("--kinds", nargs="*", default=list(SYNC_KINDS), choices=KINDS,
+                        help=f"default: {' '.join(SYNC_KINDS)} (uvloop only when installed)")
     parser.add_argument("--small", type=int, default=200, help="round trips of the first run (default 200)")
     parser.add_argument("--large", type=int, default=1200, help="round trips of the second run (default 1200)")
     parser.add_argument("--top", type=int, default=15, help="functions listed per kind (default 15)")
@@ -266,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("need 0 < --small < --large")
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         raise SystemExit("valgrind (with callgrind_annotate) is not installed")
-    if args.kinds == list(KINDS) and importlib.util.find_spec("uvloop") is None:
+    if args.kinds == list(SYNC_KINDS) and importlib.util.find_spec("uvloop") is None:
         args.kinds.remove("uvloop")
     n = args.large - args.small
     where = "a client thread in the traced process" if args.client_thread else "the server process only (client in a child)"

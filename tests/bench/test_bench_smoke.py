@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests._process import run_process
-from tests.bench import callgrind_http, callgrind_parking, callgrind_tls, callgrind_udp, forkcost, importcost
+from tests.bench import callgrind_http, callgrind_parking, callgrind_tls, callgrind_udp, forkcost, importcost, switches_udp
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, parse_arguments, run_one
 
@@ -178,6 +178,18 @@ def test_callgrind_workload(kind: str) -> None:
     if kind == "uvloop":
         pytest.importorskip("uvloop")
     callgrind_udp.serve(kind, 20)
+
+
+@pytest.mark.timeout(60)
+def test_switches_udp_counts_per_datagram() -> None:
+    """switches_udp serves the pool under load and divides perf's counts by the datagrams served."""
+    if shutil.which("perf") is None or (shutil.which("gcc") or shutil.which("cc")) is None:
+        pytest.skip("needs perf and a C compiler (the load generator)")
+    counts = switches_udp.measure("native-pool", 4, 0.3, warmup=0.1)
+    assert counts["datagrams"] > 0 and counts["cpu_us"] > 0
+    if "context-switches" not in counts:
+        pytest.skip("perf stat counts no software events here")
+    assert counts["context-switches"] >= 0
 
 
 @pytest.mark.parametrize("mode", callgrind_http.MODES)
