@@ -663,6 +663,7 @@ class RequestJob(Generic[RequestT, AddressT]):
         "_transferred",
         "client_address",
         "cut",
+        "partial",
         "request",
     )
 
@@ -689,6 +690,8 @@ class RequestJob(Generic[RequestT, AddressT]):
         self._parked_until = 0.0
         self._began = 0.0  # with observers: when the connection's first dispatch began (perf_counter)
         self._transferred: tuple[int | None, int | None] = _UNKNOWN  # byte counts, when observed
+        # While kept and served by the loop's lean line mode (Parking's *lines*): the partial line read.
+        self.partial = b""
 
     def run(self) -> bool:
         """Serve the request (see the class); True if the handler returned.
@@ -1065,6 +1068,12 @@ class Parking(Generic[RequestT, AddressT]):
             registered level-triggered, once, and served by :meth:`ready`
             itself, every ready one per wake-up, with no ``epoll_ctl`` per
             message (see "Inline serving" below).
+        lines: with *inline*, the lean line mode's serving
+            (``handlers.LineResponder.serve_lines``): a ready kept
+            connection is served by ``lines(socket, job.partial,
+            client_address)`` instead of its job's handler call; None (what
+            it returns) closes it, else it is the partial line kept on the
+            job for the next read.
 
     Inline serving.  With a pool, a ready kept connection goes to a worker
     while the loop polls on, so its registration must be one-shot (else
@@ -1089,6 +1098,7 @@ class Parking(Generic[RequestT, AddressT]):
         "_host",
         "_inline",
         "_kept",
+        "_lines",
         "_lock",
         "_max_kept",
         "_observers",
@@ -1108,9 +1118,11 @@ class Parking(Generic[RequestT, AddressT]):
         observers: ObserverGroup | None = None,
         *,
         inline: bool = False,
+        lines: Callable[[RequestT, bytes, AddressT], bytes | None] | None = None,
     ) -> None:
         self._host = host
         self._inline = inline
+        self._lines = lines if inline else None
         # Inline: the kept job ready() is serving now, and the idle deadline
         # of the kept connections it serves (taken once per wake-up).
         self._serving: RequestJob[RequestT, AddressT] | None = None
@@ -1263,6 +1275,10 @@ class Parking(Generic[RequestT, AddressT]):
         self._serving_until = math.inf if idle is None else time.monotonic() + idle
         pop = self._kept.pop
         host = self._host
+        lines = self._lines
+        if lines is not None:
+            self._serve_lines(events, lines)
+            return
         observed = self._observers is not None
         for ready_fd, _ in events:
             job = pop(ready_fd, None)
@@ -1285,6 +1301,37 @@ class Parking(Generic[RequestT, AddressT]):
                 raise
             finally:
                 self._serving = None
+
+    def _serve_lines(
+        self, events: list[tuple[int, int]], lines: Callable[[RequestT, bytes, AddressT], bytes | None]
+    ) -> None:
+        """_serve_ready in the lean line mode: *lines* serves each ready kept
+        connection, with the outcomes of the job's (an exception goes to
+        ``handle_error`` unless the connection was cut, and closes it; a
+        cut one is closed)."""
+        kept = self._kept
+        pop = kept.pop
+        until = self._serving_until
+        for ready_fd, _ in events:
+            job = pop(ready_fd, None)
+            if job is None:
+                continue
+            try:
+                rest = lines(job.request, job.partial, job.client_address)
+            except Exception:
+                if not job.cut:
+                    self._host.handle_error(job.request, job.client_address)
+                job.release()
+                continue
+            except BaseException:
+                job.release()
+                raise
+            if rest is None or job.cut:
+                job.release()
+            else:
+                job.partial = rest
+                job._parked_until = until
+                kept[ready_fd] = job
 
     def forget(self, fd: int) -> None:
         """*fd*, parked here before, is about to close: remove its registration

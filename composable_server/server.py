@@ -49,6 +49,11 @@ poll set) and waits there until the next message, then is dispatched again
 ``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
 every parked connection at once; busy ones finish their message and close.
 
+Lines inline.  The same for a kept connection of a lean line handler
+(``handlers.LineResponder``) on a plain TCP or Unix stream transport: the
+loop calls its ``serve_lines`` for each ready one (``_inline_lines``), with
+no job run per message.
+
 Datagrams inline.  On a ``SyncDispatcher`` a datagram of a plain UDP or
 Unix datagram transport is served by the loop in one function
 (``_inline_datagrams``): ``recvfrom``, the verifier, the handler, with no
@@ -341,7 +346,7 @@ class Server(Generic[RequestT, AddressT]):
             parking = self._parking = Parking(
                 self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers,
                 # SyncDispatcher (final) runs jobs here: kept connections are served inline.
-                inline=type(self.dispatcher) is SyncDispatcher,
+                inline=type(self.dispatcher) is SyncDispatcher, lines=self._inline_lines(),
             )
             requests.open_returns(parking)
             # Asked here, in the serving process: a forked child (ForkingDispatcher)
@@ -717,6 +722,35 @@ class Server(Generic[RequestT, AddressT]):
                     return
 
         return serve_datagrams
+
+    def _inline_lines(self) -> Callable[[RequestT, bytes, AddressT], bytes | None] | None:
+        """What serves a ready kept connection in the loop in the lean line
+        mode (``Parking``'s *lines*), or None.
+
+        It applies to a :class:`~composable_server.handlers.LineResponder`
+        on a ``SyncDispatcher`` with a plain ``TCPTransport`` or
+        ``UnixStreamTransport``, no observers, and none of the hooks on the
+        request path overridden (:data:`_INLINE_HOOKS`): its
+        ``serve_lines`` is then called for each ready kept connection, with
+        no job run in between.  A connection's first message, its budgets,
+        the verifier and closing stay the job's (``RequestJob``).
+        """
+        from .transports import TCPTransport, UnixStreamTransport  # here: loaded already with a stream server
+
+        handler = self.handler
+        cls = type(self)
+        if (
+            type(self.dispatcher) is not SyncDispatcher
+            or self._observers is not None
+            or type(cast(object, self.transport)) not in (TCPTransport, UnixStreamTransport)
+            or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _INLINE_HOOKS)
+        ):
+            return None
+        from .handlers import LineResponder  # here: the engine does not import the handlers
+
+        if type(handler) is not LineResponder:
+            return None
+        return handler.serve_lines  # type: ignore[return-value]  # the requests of a stream transport are sockets
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
         """Verify, then park or dispatch an accepted request.
