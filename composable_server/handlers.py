@@ -673,7 +673,11 @@ class LineResponder(Generic[AddressT]):
     def __call__(self, request: Socket, client_address: AddressT, server: object) -> _Served:
         """Serve the lines the connection *request* has sent; wait in place
         for the end of a partial line, and for input buffered in user space
-        (TLS) to be served too."""
+        (TLS) to be served too.  A new connection of a server whose loop
+        serves the lines itself (``Server._inline_lines``) is kept unread:
+        the loop serves it once readable."""
+        if getattr(server, "_lines_inline", False) is True:
+            return _SERVED_KEEP
         rest = b""
         while True:
             left = self.serve_lines(request, rest, client_address)

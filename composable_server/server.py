@@ -245,6 +245,9 @@ class Server(Generic[RequestT, AddressT]):
     # again, and how many a failed probe sets (0: always probe; streams).
     _probe_skips = 0
     _probe_backoff = 0
+    # serve_forever's loop serves the lines of kept connections itself
+    # (_inline_lines): a LineResponder then keeps a new connection unread.
+    _lines_inline = False
 
     def __init__(
         self,
@@ -343,10 +346,12 @@ class Server(Generic[RequestT, AddressT]):
             paused = select.poll()  # while accepting is paused: the waker only
             paused.register(waker_fd, _POLLIN)
             requests = self._requests
+            lines = self._inline_lines()
+            self._lines_inline = lines is not None
             parking = self._parking = Parking(
                 self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers,
                 # SyncDispatcher (final) runs jobs here: kept connections are served inline.
-                inline=type(self.dispatcher) is SyncDispatcher, lines=self._inline_lines(),
+                inline=type(self.dispatcher) is SyncDispatcher, lines=lines,
             )
             requests.open_returns(parking)
             # Asked here, in the serving process: a forked child (ForkingDispatcher)
@@ -412,6 +417,7 @@ class Server(Generic[RequestT, AddressT]):
     def _leave_loop(self) -> None:
         """serve_forever's exit: release parked connections, reset the state."""
         self._requests.close_returns()
+        self._lines_inline = False
         if self._parking is not None:
             self._parking.clear()
             self._parking = None
@@ -732,8 +738,11 @@ class Server(Generic[RequestT, AddressT]):
         ``UnixStreamTransport``, no observers, and none of the hooks on the
         request path overridden (:data:`_INLINE_HOOKS`): its
         ``serve_lines`` is then called for each ready kept connection, with
-        no job run in between.  A connection's first message, its budgets,
-        the verifier and closing stay the job's (``RequestJob``).
+        no job run in between.  A connection's start, its budgets, the
+        verifier and closing stay the job's (``RequestJob``); while the
+        loop runs (``_lines_inline``) the responder keeps a new connection
+        unread, so its first line is served here too and a silent client
+        costs the loop no wait.
         """
         from .transports import TCPTransport, UnixStreamTransport  # here: loaded already with a stream server
 
