@@ -1254,7 +1254,10 @@ class Parking(Generic[RequestT, AddressT]):
             if redispatch is None or epoll is None:  # no kept connections here (then _epoll_fd is -1)
                 return False
             if self._inline:
-                self._serve_ready(epoll.poll(0, _MAX_READY))
+                if self._lines is not None:
+                    self._serve_lines(epoll.poll(0, _MAX_READY), self._lines)
+                else:
+                    self._serve_ready(epoll.poll(0, _MAX_READY))
                 return True
             for ready_fd, _ in epoll.poll(0, _MAX_READY):
                 job = pop(ready_fd, None)
@@ -1275,10 +1278,6 @@ class Parking(Generic[RequestT, AddressT]):
         self._serving_until = math.inf if idle is None else time.monotonic() + idle
         pop = self._kept.pop
         host = self._host
-        lines = self._lines
-        if lines is not None:
-            self._serve_lines(events, lines)
-            return
         observed = self._observers is not None
         for ready_fd, _ in events:
             job = pop(ready_fd, None)
@@ -1305,13 +1304,15 @@ class Parking(Generic[RequestT, AddressT]):
     def _serve_lines(
         self, events: list[tuple[int, int]], lines: Callable[[RequestT, bytes, AddressT], bytes | None]
     ) -> None:
-        """_serve_ready in the lean line mode: *lines* serves each ready kept
+        """Inline, in the lean line mode: *lines* serves each ready kept
         connection, with the outcomes of the job's (an exception goes to
         ``handle_error`` unless the connection was cut, and closes it; a
         cut one is closed)."""
+        budget = self._host.timeout_policy.budget
+        idle = None if budget is None else budget.idle
+        until = math.inf if idle is None else time.monotonic() + idle
         kept = self._kept
         pop = kept.pop
-        until = self._serving_until
         for ready_fd, _ in events:
             job = pop(ready_fd, None)
             if job is None:

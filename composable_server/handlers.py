@@ -714,7 +714,10 @@ class LineResponder(Generic[AddressT]):
         if end == len(data) and end <= limit:  # one whole line: the common case
             reply = handle(data, client_address)
             if reply:
-                _send_all(sock, reply)
+                try:  # _send_all, inlined (once per message)
+                    sock.sendall(reply)
+                except BlockingIOError as exc:
+                    raise _kernel_timeout(sock, exc) from None
             return None if reply is None else b""
         start = 0
         replies: list[bytes] = []
