@@ -342,6 +342,17 @@ def datagram_responder(handler: object) -> tuple[Callable[[bytes, Any], bytes | 
     return handler.handler.handle_datagram, _send_or_drop
 
 
+def line_responder(handler: object) -> Callable[[Any, bytes, Any], bytes | None] | None:  # type: ignore[explicit-any]  # a socket and the address of any stream family
+    """``serve_lines`` if *handler* is a ``handlers.LineResponder`` (the
+    lean line mode), else None: the serving loop then serves the lines of
+    its kept connections itself (``Server._inline_lines``)."""
+    from .handlers import LineResponder  # here: the engine does not import the handlers
+
+    if type(handler) is not LineResponder:
+        return None
+    return handler.serve_lines
+
+
 # -- the files of kept connections --------------------------------------------------
 
 DEFAULT_KEPT_FILES: Final = 256

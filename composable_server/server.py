@@ -100,6 +100,7 @@ from ._request import (
     RequestJob,
     RequestPath,
     datagram_responder,
+    line_responder,
 )
 from ._socketutil import Waker
 from .dispatchers import ForkingDispatcher, SyncDispatcher
@@ -755,11 +756,7 @@ class Server(Generic[RequestT, AddressT]):
             or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _INLINE_HOOKS)
         ):
             return None
-        from .handlers import LineResponder  # here: the engine does not import the handlers
-
-        if type(handler) is not LineResponder:
-            return None
-        return handler.serve_lines  # type: ignore[return-value]  # the requests of a stream transport are sockets
+        return line_responder(handler)
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
         """Verify, then park or dispatch an accepted request.
