@@ -1265,10 +1265,38 @@ class Parking(Generic[RequestT, AddressT]):
             if redispatch is None or epoll is None:  # no kept connections here (then _epoll_fd is -1)
                 return False
             if self._inline:
-                if self._lines is not None:
-                    self._serve_lines(epoll.poll(0, _MAX_READY), self._lines)
-                else:
+                lines = self._lines
+                if lines is None:
                     self._serve_ready(epoll.poll(0, _MAX_READY))
+                    return True
+                # The lean line mode: *lines* serves each ready kept
+                # connection here, with the outcomes of the job's (an
+                # exception goes to handle_error unless the connection was
+                # cut, and closes it; a cut one is closed).
+                budget = self._host.timeout_policy.budget
+                idle = None if budget is None else budget.idle
+                until = math.inf if idle is None else time.monotonic() + idle
+                kept = self._kept
+                for ready_fd, _ in epoll.poll(0, _MAX_READY):
+                    job = pop(ready_fd, None)
+                    if job is None:
+                        continue
+                    try:
+                        rest = lines(job.request, job.partial, job.client_address)
+                    except Exception:
+                        if not job.cut:
+                            self._host.handle_error(job.request, job.client_address)
+                        job.release()
+                        continue
+                    except BaseException:
+                        job.release()
+                        raise
+                    if rest is None or job.cut:
+                        job.release()
+                    else:
+                        job.partial = rest
+                        job._parked_until = until
+                        kept[ready_fd] = job
                 return True
             for ready_fd, _ in epoll.poll(0, _MAX_READY):
                 job = pop(ready_fd, None)
@@ -1311,39 +1339,6 @@ class Parking(Generic[RequestT, AddressT]):
                 raise
             finally:
                 self._serving = None
-
-    def _serve_lines(
-        self, events: list[tuple[int, int]], lines: Callable[[RequestT, bytes, AddressT], bytes | None]
-    ) -> None:
-        """Inline, in the lean line mode: *lines* serves each ready kept
-        connection, with the outcomes of the job's (an exception goes to
-        ``handle_error`` unless the connection was cut, and closes it; a
-        cut one is closed)."""
-        budget = self._host.timeout_policy.budget
-        idle = None if budget is None else budget.idle
-        until = math.inf if idle is None else time.monotonic() + idle
-        kept = self._kept
-        pop = kept.pop
-        for ready_fd, _ in events:
-            job = pop(ready_fd, None)
-            if job is None:
-                continue
-            try:
-                rest = lines(job.request, job.partial, job.client_address)
-            except Exception:
-                if not job.cut:
-                    self._host.handle_error(job.request, job.client_address)
-                job.release()
-                continue
-            except BaseException:
-                job.release()
-                raise
-            if rest is None or job.cut:
-                job.release()
-            else:
-                job.partial = rest
-                job._parked_until = until
-                kept[ready_fd] = job
 
     def forget(self, fd: int) -> None:
         """*fd*, parked here before, is about to close: remove its registration
