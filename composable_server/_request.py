@@ -342,6 +342,17 @@ def datagram_responder(handler: object) -> tuple[Callable[[bytes, Any], bytes | 
     return handler.handler.handle_datagram, _send_or_drop
 
 
+def line_responder(handler: object) -> Callable[[Any, bytes, Any], bytes | None] | None:  # type: ignore[explicit-any]  # a socket and the address of any stream family
+    """``serve_lines`` if *handler* is a ``handlers.LineResponder`` (the
+    lean line mode), else None: the serving loop then serves the lines of
+    its kept connections itself (``Server._inline_lines``)."""
+    from .handlers import LineResponder  # here: the engine does not import the handlers
+
+    if type(handler) is not LineResponder:
+        return None
+    return handler.serve_lines
+
+
 # -- the files of kept connections --------------------------------------------------
 
 DEFAULT_KEPT_FILES: Final = 256
@@ -663,6 +674,7 @@ class RequestJob(Generic[RequestT, AddressT]):
         "_transferred",
         "client_address",
         "cut",
+        "partial",
         "request",
     )
 
@@ -689,6 +701,8 @@ class RequestJob(Generic[RequestT, AddressT]):
         self._parked_until = 0.0
         self._began = 0.0  # with observers: when the connection's first dispatch began (perf_counter)
         self._transferred: tuple[int | None, int | None] = _UNKNOWN  # byte counts, when observed
+        # While kept and served by the loop's lean line mode (Parking's *lines*): the partial line read.
+        self.partial = b""
 
     def run(self) -> bool:
         """Serve the request (see the class); True if the handler returned.
@@ -1065,6 +1079,12 @@ class Parking(Generic[RequestT, AddressT]):
             registered level-triggered, once, and served by :meth:`ready`
             itself, every ready one per wake-up, with no ``epoll_ctl`` per
             message (see "Inline serving" below).
+        lines: with *inline*, the lean line mode's serving
+            (``handlers.LineResponder.serve_lines``): a ready kept
+            connection is served by ``lines(socket, job.partial,
+            client_address)`` instead of its job's handler call; None (what
+            it returns) closes it, else it is the partial line kept on the
+            job for the next read.
 
     Inline serving.  With a pool, a ready kept connection goes to a worker
     while the loop polls on, so its registration must be one-shot (else
@@ -1089,6 +1109,7 @@ class Parking(Generic[RequestT, AddressT]):
         "_host",
         "_inline",
         "_kept",
+        "_lines",
         "_lock",
         "_max_kept",
         "_observers",
@@ -1108,9 +1129,11 @@ class Parking(Generic[RequestT, AddressT]):
         observers: ObserverGroup | None = None,
         *,
         inline: bool = False,
+        lines: Callable[[RequestT, bytes, AddressT], bytes | None] | None = None,
     ) -> None:
         self._host = host
         self._inline = inline
+        self._lines = lines if inline else None
         # Inline: the kept job ready() is serving now, and the idle deadline
         # of the kept connections it serves (taken once per wake-up).
         self._serving: RequestJob[RequestT, AddressT] | None = None
@@ -1242,7 +1265,38 @@ class Parking(Generic[RequestT, AddressT]):
             if redispatch is None or epoll is None:  # no kept connections here (then _epoll_fd is -1)
                 return False
             if self._inline:
-                self._serve_ready(epoll.poll(0, _MAX_READY))
+                lines = self._lines
+                if lines is None:
+                    self._serve_ready(epoll.poll(0, _MAX_READY))
+                    return True
+                # The lean line mode: *lines* serves each ready kept
+                # connection here, with the outcomes of the job's (an
+                # exception goes to handle_error unless the connection was
+                # cut, and closes it; a cut one is closed).
+                budget = self._host.timeout_policy.budget
+                idle = None if budget is None else budget.idle
+                until = math.inf if idle is None else time.monotonic() + idle
+                kept = self._kept
+                for ready_fd, _ in epoll.poll(0, _MAX_READY):
+                    job = pop(ready_fd, None)
+                    if job is None:
+                        continue
+                    try:
+                        rest = lines(job.request, job.partial, job.client_address)
+                    except Exception:
+                        if not job.cut:
+                            self._host.handle_error(job.request, job.client_address)
+                        job.release()
+                        continue
+                    except BaseException:
+                        job.release()
+                        raise
+                    if rest is None or job.cut:
+                        job.release()
+                    else:
+                        job.partial = rest
+                        job._parked_until = until
+                        kept[ready_fd] = job
                 return True
             for ready_fd, _ in epoll.poll(0, _MAX_READY):
                 job = pop(ready_fd, None)

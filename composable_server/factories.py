@@ -40,6 +40,7 @@ from ._classes import new_class
 from .acceptors import DEFAULT_MAX_PACKET_SIZE, DatagramAcceptor, StreamAcceptor
 from .interfaces import (
     DatagramHandler,
+    LineHandler,
     DatagramRequest,
     Dispatcher,
     ErrorPolicy,
@@ -53,6 +54,8 @@ from .server import Server
 from .transports import DEFAULT_BACKLOG, TCPTransport, UDPTransport, UnixDatagramTransport, UnixStreamTransport
 
 AddressT = TypeVar("AddressT")
+RequestT = TypeVar("RequestT")
+LeanT = TypeVar("LeanT")
 
 if TYPE_CHECKING:
     from .compat import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer
@@ -197,8 +200,9 @@ def server_class(
 
 def make_tcp_server(
     address: InetAddress,
-    handler: HandlerFactory[Socket, InetAddress],
+    handler: HandlerFactory[Socket, InetAddress] | None = None,
     *,
+    line_handler: LineHandler[InetAddress] | None = None,
     dispatcher: Dispatcher | None = None,
     verifier: Verifier[Socket, InetAddress] | None = None,
     error_policy: ErrorPolicy | None = None,
@@ -214,22 +218,29 @@ def make_tcp_server(
     Args:
         address: ``(host, port)`` or ``(host, port, flowinfo, scope_id)``.
         handler: called as ``handler(request, client_address, server)``.
+        line_handler: instead of *handler*, the lean mode of kept
+            line-framed connections: a
+            :class:`~composable_server.interfaces.LineHandler` whose
+            ``handle_line(line, client_address)`` returns each reply,
+            served by a :class:`~composable_server.handlers.LineResponder`.
         dispatcher: where handlers run (default: the serving thread).
         verifier, error_policy, timeout_policy: as :class:`Server`.
         reuse_address, reuse_port, backlog, dual_stack: as :class:`TCPTransport`.
         bind_and_activate: bind and listen now.
 
     Raises:
+        TypeError: neither or both of *handler* and *line_handler*.
         AddressError: the address does not fit.
         BindError: the address could not be bound.
     """
+    served = _line_handler("make_tcp_server", handler, line_handler)
     transport = TCPTransport(
         address, reuse_address=reuse_address, reuse_port=reuse_port, backlog=backlog, dual_stack=dual_stack
     )
     return Server(
         transport=transport,
         acceptor=StreamAcceptor(),
-        handler=handler,
+        handler=served,
         verifier=verifier,
         dispatcher=dispatcher,
         error_policy=error_policy,
@@ -238,19 +249,39 @@ def make_tcp_server(
     )
 
 
+def _one_handler(
+    maker: str,
+    handler: HandlerFactory[RequestT, AddressT] | None,
+    keyword: str,
+    lean: LeanT | None,
+    serve: Callable[[LeanT], HandlerFactory[RequestT, AddressT]],
+) -> HandlerFactory[RequestT, AddressT]:
+    """*handler*, or ``serve(lean)`` (the lean mode's handler factory): exactly one."""
+    if lean is None:
+        if handler is None:
+            raise TypeError(f"{maker}() needs a handler or a {keyword}, got neither")
+        return handler
+    if handler is not None:
+        raise TypeError(f"{maker}() takes a handler or a {keyword}, got both")
+    return serve(lean)
+
+
 def _datagram_handler(
     maker: str, handler: HandlerFactory[DatagramRequest, AddressT] | None, lean: DatagramHandler[AddressT] | None
 ) -> HandlerFactory[DatagramRequest, AddressT]:
     """*handler*, or a :class:`~composable_server.handlers.DatagramResponder` serving *lean*: exactly one."""
-    if lean is None:
-        if handler is None:
-            raise TypeError(f"{maker}() needs a handler or a datagram_handler, got neither")
-        return handler
-    if handler is not None:
-        raise TypeError(f"{maker}() takes a handler or a datagram_handler, got both")
     from .handlers import DatagramResponder  # here: the handlers module loads with the lean mode
 
-    return DatagramResponder(lean)
+    return _one_handler(maker, handler, "datagram_handler", lean, DatagramResponder)
+
+
+def _line_handler(
+    maker: str, handler: HandlerFactory[Socket, AddressT] | None, lean: LineHandler[AddressT] | None
+) -> HandlerFactory[Socket, AddressT]:
+    """*handler*, or a :class:`~composable_server.handlers.LineResponder` serving *lean*: exactly one."""
+    from .handlers import LineResponder  # here: the handlers module loads with the lean mode
+
+    return _one_handler(maker, handler, "line_handler", lean, LineResponder)
 
 
 def make_udp_server(
@@ -296,8 +327,9 @@ def make_udp_server(
 
 def make_unix_stream_server(
     path: UnixAddress,
-    handler: HandlerFactory[Socket, UnixAddress],
+    handler: HandlerFactory[Socket, UnixAddress] | None = None,
     *,
+    line_handler: LineHandler[UnixAddress] | None = None,
     dispatcher: Dispatcher | None = None,
     verifier: Verifier[Socket, UnixAddress] | None = None,
     error_policy: ErrorPolicy | None = None,
@@ -308,14 +340,19 @@ def make_unix_stream_server(
 ) -> Server[Socket, UnixAddress]:
     """A Unix stream server on the native API.
 
-    Args: as :func:`make_tcp_server`; *path* is the socket file (or a Linux
-        abstract name), removed on close if *unlink_on_close*.
+    Args: as :func:`make_tcp_server` (*line_handler* too); *path* is the
+        socket file (or a Linux abstract name), removed on close if
+        *unlink_on_close*.
+
+    Raises:
+        TypeError: neither or both of *handler* and *line_handler*.
     """
+    served = _line_handler("make_unix_stream_server", handler, line_handler)
     transport = UnixStreamTransport(path, backlog=backlog, unlink_on_close=unlink_on_close)
     return Server(
         transport=transport,
         acceptor=StreamAcceptor(),
-        handler=handler,
+        handler=served,
         verifier=verifier,
         dispatcher=dispatcher,
         error_policy=error_policy,

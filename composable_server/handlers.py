@@ -15,7 +15,10 @@ and ``finish()`` (the last even when ``handle()`` raised).
   collected and sent back as one datagram by ``finish()``;
 * :class:`DatagramResponder` - the lean datagram mode: serves a
   :class:`~composable_server.interfaces.DatagramHandler`, one method call
-  per datagram that returns the reply, no handler object and no files.
+  per datagram that returns the reply, no handler object and no files;
+* :class:`LineResponder` - the lean mode of kept stream connections: serves
+  a :class:`~composable_server.interfaces.LineHandler`, one method call per
+  line that returns the reply, parked between messages.
 
 Stdlib handler classes (``http.server.SimpleHTTPRequestHandler``, ...) run on
 a :class:`~composable_server.server.Server` as they are: they only need the
@@ -38,7 +41,7 @@ import attrs
 
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .exceptions import LineTooLongError
-from .interfaces import Address, DatagramHandler, DatagramRequest, Verdict
+from .interfaces import Address, DatagramHandler, DatagramRequest, LineHandler, Verdict
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -52,6 +55,7 @@ __all__ = (
     "BaseRequestHandler",
     "DatagramRequestHandler",
     "DatagramResponder",
+    "LineResponder",
     "ParkingRequestHandler",
     "SocketFile",
     "SocketWriter",
@@ -587,3 +591,168 @@ class DatagramResponder(Generic[AddressT]):
         reply = self.handler.handle_datagram(data, client_address)
         if reply is not None:
             _send_reply(sock, reply, request, client_address)  # type: ignore[arg-type]  # AddressT is one of Address's kinds
+
+
+# -- the lean mode of kept stream connections ---------------------------------------
+
+_RECV_SIZE: Final = 65536
+"""What one read of a line-framed connection asks for (``LineResponder``)."""
+
+
+@final
+class _Served:
+    """What :class:`LineResponder` returns: the verdict the server reads."""
+
+    __slots__ = ("verdict",)
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+
+
+_SERVED_KEEP: Final = _Served(Verdict.KEEP)
+_SERVED_CLOSE: Final = _Served(Verdict.CLOSE)
+
+
+@final
+@attrs.frozen
+class LineResponder(Generic[AddressT]):
+    """The handler factory of the lean stream mode: serves *handler*, a
+    :class:`~composable_server.interfaces.LineHandler`, on kept connections.
+
+    Per message it reads what the connection sent (one ``recv``), calls
+    ``handler.handle_line(line, client_address)`` for each complete line
+    (the ``b"\\n"`` included), sends the replies of that read as one
+    ``sendall``, and keeps the connection (``Verdict.KEEP``): between
+    messages it is parked in the server's poll set, as with a
+    :class:`ParkingRequestHandler`, and no handler object is made and no
+    file opened.  A reply of None closes the connection; EOF closes it (an
+    unterminated last line is dropped); a line longer than
+    *max_line_length* (newline included) closes it with a warning on the
+    ``composable_server`` logger; an exception from the handler goes to
+    the error policy and closes that connection while the server serves on.
+
+    It is an ordinary handler factory (``handler(request, client_address,
+    server)``, ``parks_connections``), so every dispatcher, transport (TLS
+    too), verifier, observer and error policy composes with it; in a
+    worker a partial line waits there for its end (each read bounded by the
+    idle budget).  On a ``SyncDispatcher`` with a plain TCP or Unix stream
+    transport and no observers the serving loop serves each ready kept
+    connection itself (``serve_lines``, no job in between); a partial line
+    then stays buffered on the connection, and the loop serves others
+    meanwhile.
+
+    Build one with the stream factories' ``line_handler=`` option
+    (``make_tcp_server(address, line_handler=Echo())``) or pass
+    ``handler=LineResponder(Echo())`` to a :class:`~composable_server.server.Server`::
+
+        class Echo:
+            def handle_line(self, line: bytes, client_address: InetAddress) -> bytes | None:
+                return line
+
+    Args:
+        handler: answers each line.
+        max_line_length: the longest line accepted, newline included
+            (default :data:`DEFAULT_MAX_LINE_LENGTH`).
+
+    Raises:
+        ValueError: *max_line_length* is below 1.
+    """
+
+    handler: LineHandler[AddressT]
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
+
+    # Capabilities the server reads (see ParkingRequestHandler, StreamRequestHandler).
+    parks_connections: ClassVar[bool] = True
+    # Reads and writes report an expired SO_RCVTIMEO/SO_SNDTIMEO as TimeoutError (serve_lines).
+    kernel_timeouts_safe: ClassVar[bool] = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_line_length < 1:
+            raise ValueError(f"max_line_length must be >= 1, got {self.max_line_length}")
+
+    def __call__(self, request: Socket, client_address: AddressT, server: object) -> _Served:
+        """Serve the lines the connection *request* has sent; wait in place
+        for the end of a partial line, and for input buffered in user space
+        (TLS) to be served too.  A new connection of a server whose loop
+        serves the lines itself (``Server._inline_lines``) is kept unread:
+        the loop serves it once readable."""
+        if getattr(server, "_lines_inline", False) is True:
+            return _SERVED_KEEP
+        rest = b""
+        while True:
+            left = self.serve_lines(request, rest, client_address)
+            if left is None:
+                return _SERVED_CLOSE
+            rest = left
+            if not left and (type(request) is Socket or not _tls_pending(request)):
+                return _SERVED_KEEP
+
+    def serve_lines(self, sock: Socket, buffered: bytes, client_address: AddressT) -> bytes | None:
+        """One read of *sock* (*buffered*: the partial line before it): call
+        the handler per complete line, send the replies.
+
+        Returns:
+            The partial line left (``b""``: none), to pass as *buffered*
+            next time; None: close the connection (EOF, a reply of None, a
+            line too long).
+
+        Raises:
+            OSError: from ``recv``/``sendall`` (``TimeoutError``: the idle budget).
+            Exception: from the handler.
+        """
+        try:
+            data = sock.recv(_RECV_SIZE)
+        except BlockingIOError as exc:  # SO_RCVTIMEO ran out (the idle budget)
+            raise _kernel_timeout(sock, exc) from None
+        if not data:
+            return None
+        if buffered:
+            data = buffered + data
+        limit = self.max_line_length
+        handle = self.handler.handle_line
+        end = data.find(b"\n") + 1
+        if end == len(data) and end <= limit:  # one whole line: the common case
+            reply = handle(data, client_address)
+            if reply:
+                try:  # _send_all, inlined (once per message)
+                    sock.sendall(reply)
+                except BlockingIOError as exc:
+                    raise _kernel_timeout(sock, exc) from None
+            return None if reply is None else b""
+        start = 0
+        replies: list[bytes] = []
+        keep = True
+        while end:
+            if end - start > limit:
+                _line_too_long(client_address, limit)
+                keep = False
+                break
+            reply = handle(data[start:end], client_address)
+            if reply is None:
+                keep = False
+                break
+            if reply:
+                replies.append(reply)
+            start = end
+            end = data.find(b"\n", start) + 1
+        if replies:
+            _send_all(sock, b"".join(replies))
+        if not keep:
+            return None
+        rest = data[start:]
+        if len(rest) >= limit:  # its newline would make it longer than the bound
+            _line_too_long(client_address, limit)
+            return None
+        return rest
+
+
+def _send_all(sock: Socket, data: bytes) -> None:
+    """``sendall``, an expired ``SO_SNDTIMEO`` raised as ``TimeoutError``."""
+    try:
+        sock.sendall(data)
+    except BlockingIOError as exc:
+        raise _kernel_timeout(sock, exc) from None
+
+
+def _line_too_long(client_address: object, limit: int) -> None:
+    _logger.warning("closing the connection of %s: a line longer than %d bytes", client_address, limit)

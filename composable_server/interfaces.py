@@ -46,6 +46,7 @@ __all__ = (
     "ConnectionBudget",
     "ConnectionRefused",
     "DatagramHandler",
+    "LineHandler",
     "DatagramRequest",
     "Dispatcher",
     "DrainFinished",
@@ -147,6 +148,43 @@ class DatagramHandler(Protocol[AddressT_contra]):
         ``SyncDispatcher``), concurrently with other calls under a pool: a
         handler with state must guard it.  Must not close or reconfigure the
         socket it does not see.
+        """
+        ...
+
+
+class LineHandler(Protocol[AddressT_contra]):
+    """Answers one line of a kept stream connection: the lean handler of a
+    line-framed stream server (``handlers.LineResponder`` serves it; the
+    stream factories' ``line_handler=`` option builds that).
+
+    No handler object is made per message and no files are opened: the
+    server reads what the connection sent, splits it into lines and calls
+    :meth:`handle_line` once per complete line; between messages the
+    connection is parked in the server's poll set.
+    """
+
+    __slots__ = ()
+
+    def handle_line(self, line: bytes, client_address: AddressT_contra) -> bytes | None:
+        """Answer *line* (its ``b"\\n"`` included) from *client_address*.
+
+        Returns:
+            The reply, sent on the connection (the replies to the lines of
+            one read are joined into one send; ``b""``: no reply), and the
+            connection stays open; None: close the connection (after the
+            replies to the lines before this one).
+
+        Raises:
+            Exception: any; it goes to the server's ErrorPolicy, the
+                connection is closed (replies not yet sent are lost), and
+                the server serves on.
+
+        Called in the dispatcher's worker (the serving thread itself with a
+        ``SyncDispatcher``), concurrently with other calls under a pool: a
+        handler with state must guard it.  A line longer than the
+        responder's ``max_line_length`` never reaches it: the connection is
+        closed and the reason logged.  At EOF an unterminated last line is
+        dropped.
         """
         ...
 

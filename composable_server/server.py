@@ -49,6 +49,11 @@ poll set) and waits there until the next message, then is dispatched again
 ``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
 every parked connection at once; busy ones finish their message and close.
 
+Lines inline.  The same for a kept connection of a lean line handler
+(``handlers.LineResponder``) on a plain TCP or Unix stream transport: the
+loop calls its ``serve_lines`` for each ready one (``_inline_lines``), with
+no job run per message.
+
 Datagrams inline.  On a ``SyncDispatcher`` a datagram of a plain UDP or
 Unix datagram transport is served by the loop in one function
 (``_inline_datagrams``): ``recvfrom``, the verifier, the handler, with no
@@ -95,6 +100,7 @@ from ._request import (
     RequestJob,
     RequestPath,
     datagram_responder,
+    line_responder,
 )
 from ._socketutil import Waker
 from .dispatchers import ForkingDispatcher, SyncDispatcher
@@ -240,6 +246,9 @@ class Server(Generic[RequestT, AddressT]):
     # again, and how many a failed probe sets (0: always probe; streams).
     _probe_skips = 0
     _probe_backoff = 0
+    # serve_forever's loop serves the lines of kept connections itself
+    # (_inline_lines): a LineResponder then keeps a new connection unread.
+    _lines_inline = False
 
     def __init__(
         self,
@@ -338,10 +347,12 @@ class Server(Generic[RequestT, AddressT]):
             paused = select.poll()  # while accepting is paused: the waker only
             paused.register(waker_fd, _POLLIN)
             requests = self._requests
+            lines = self._inline_lines()
+            self._lines_inline = lines is not None
             parking = self._parking = Parking(
                 self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers,
                 # SyncDispatcher (final) runs jobs here: kept connections are served inline.
-                inline=type(self.dispatcher) is SyncDispatcher,
+                inline=type(self.dispatcher) is SyncDispatcher, lines=lines,
             )
             requests.open_returns(parking)
             # Asked here, in the serving process: a forked child (ForkingDispatcher)
@@ -407,6 +418,7 @@ class Server(Generic[RequestT, AddressT]):
     def _leave_loop(self) -> None:
         """serve_forever's exit: release parked connections, reset the state."""
         self._requests.close_returns()
+        self._lines_inline = False
         if self._parking is not None:
             self._parking.clear()
             self._parking = None
@@ -717,6 +729,34 @@ class Server(Generic[RequestT, AddressT]):
                     return
 
         return serve_datagrams
+
+    def _inline_lines(self) -> Callable[[RequestT, bytes, AddressT], bytes | None] | None:
+        """What serves a ready kept connection in the loop in the lean line
+        mode (``Parking``'s *lines*), or None.
+
+        It applies to a :class:`~composable_server.handlers.LineResponder`
+        on a ``SyncDispatcher`` with a plain ``TCPTransport`` or
+        ``UnixStreamTransport``, no observers, and none of the hooks on the
+        request path overridden (:data:`_INLINE_HOOKS`): its
+        ``serve_lines`` is then called for each ready kept connection, with
+        no job run in between.  A connection's start, its budgets, the
+        verifier and closing stay the job's (``RequestJob``); while the
+        loop runs (``_lines_inline``) the responder keeps a new connection
+        unread, so its first line is served here too and a silent client
+        costs the loop no wait.
+        """
+        from .transports import TCPTransport, UnixStreamTransport  # here: loaded already with a stream server
+
+        handler = self.handler
+        cls = type(self)
+        if (
+            type(self.dispatcher) is not SyncDispatcher
+            or self._observers is not None
+            or type(cast(object, self.transport)) not in (TCPTransport, UnixStreamTransport)
+            or any(getattr(cls, hook) is not getattr(Server, hook) for hook in _INLINE_HOOKS)
+        ):
+            return None
+        return line_responder(handler)
 
     def _serve_accepted(self, request: RequestT, client_address: AddressT) -> None:
         """Verify, then park or dispatch an accepted request.

@@ -38,7 +38,12 @@ from composable_server import (
 )
 from composable_server.dispatchers import ForkingDispatcher, SyncDispatcher
 from composable_server.factories import make_tcp_server, make_udp_server, make_unix_stream_server
-from composable_server.handlers import DatagramRequestHandler, ParkingRequestHandler, StreamRequestHandler
+from composable_server.handlers import (
+    DatagramRequestHandler,
+    LineResponder,
+    ParkingRequestHandler,
+    StreamRequestHandler,
+)
 from composable_server.interfaces import Dispatcher, InetAddress, Transport, Verdict
 from composable_server.prefork import Prefork
 from composable_server.transports import DEFAULT_BACKLOG
@@ -86,6 +91,13 @@ class _ParkingEcho(ParkingRequestHandler[object]):
             return Verdict.CLOSE
         self.wfile.write(line)
         return Verdict.KEEP
+
+
+class _LeanLineEcho:
+    """The lean stream mode's echo (a LineHandler): the reply is the line."""
+
+    def handle_line(self, line: bytes, client_address: object) -> bytes:
+        return line
 
 
 class _DatagramEcho(DatagramRequestHandler[object]):
@@ -237,6 +249,22 @@ def _native_park(make_dispatcher: Callable[[], Dispatcher], family: str, address
     _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
 
 
+def _native_park_lean(family: str, address: str) -> None:
+    """The lean stream mode (a LineHandler, LineResponder) on SyncDispatcher: the loop serves each line itself."""
+    transport: Transport[socket.socket, object]
+    if family == "unix":
+        transport = UnixStreamTransport(address)
+    elif family == "tcp":
+        transport = TCPTransport(parse_inet(address))
+    else:
+        raise SystemExit("the lean line mode serves stream families only")
+    server: Server[socket.socket, object] = Server(
+        transport=transport, acceptor=StreamAcceptor(), handler=LineResponder(_LeanLineEcho()),
+        dispatcher=SyncDispatcher(), max_parked=MAX_PARKED,
+    )
+    _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
+
+
 def _prefork(family: str, address: str) -> None:
     transport: Transport[socket.socket, object]
     if family == "unix":
@@ -321,6 +349,8 @@ KINDS: Final[dict[str, _Runner]] = {
     # keep-alive parking: a pool of 8 (the issue's shape) and the loop alone (SyncDispatcher)
     "native-park-pool": lambda f, a: _native_park(lambda: ThreadPoolDispatcher(PARK_WORKERS, queue_size=256), f, a),
     "native-park-sync": lambda f, a: _native_park(SyncDispatcher, f, a),
+    # the lean line mode (a LineHandler, LineResponder): the loop serves each line itself
+    "native-park-lean-sync": _native_park_lean,
     # event loops
     "asyncio": _asyncio,
     "uvloop": lambda f, a: _asyncio(f, a, uvloop=True),

@@ -77,10 +77,11 @@ TLS_SILENT_KINDS: Final = ("native-pool", "prefork", "asyncio", "uvloop")
 OBSERVER_KINDS: Final = ("pool-observers-none", "pool-observers-noop", "pool-observers-metrics",
                          "pool-observers-access-log")
 # Keep-alive parking (issue 17): 8 pool workers, and the serving loop alone.
-_PARKING: Final = ("native-park-pool", "native-park-sync")
+_PARKING: Final = ("native-park-pool", "native-park-sync", "native-park-lean-sync")
 
 SCENARIOS: Final = (
-    Scenario("tcp16", "TCP persistent, 16 connections", "tcp", "tcp", 16, _PERSISTENT + _EVENT_LOOPS),
+    Scenario("tcp16", "TCP persistent, 16 connections", "tcp", "tcp", 16,
+             _PERSISTENT + ("native-park-lean-sync",) + _EVENT_LOOPS),
     # Rounds at 128 connections varied by 86-136% (issue 18): twice the rounds.
     Scenario(
         "tcp128", "TCP persistent, 128 connections", "tcp", "tcp", 128,
@@ -90,7 +91,7 @@ SCENARIOS: Final = (
     # after one request (keep-alive clients between messages).
     Scenario(
         "idle10k", "TCP persistent, 16 active + 10,000 idle connections", "tcp", "tcp", 16,
-        ("native-park-pool", "stdlib-threading") + _EVENT_LOOPS, idle=10_000,
+        ("native-park-pool", "native-park-lean-sync", "stdlib-threading") + _EVENT_LOOPS, idle=10_000,
     ),
     Scenario(
         "cpr16",
@@ -166,6 +167,7 @@ TWINS: Final = {
     "prefork": "stdlib-forking",
     "native-park-pool": "stdlib-threading",
     "native-park-sync": "stdlib-threading",
+    "native-park-lean-sync": "stdlib-threading",  # stream only: make_tcp_server(line_handler=...)
     "native-lean-sync": "stdlib-sync",  # UDP only: make_udp_server(datagram_handler=...)
 }
 

@@ -247,11 +247,39 @@ def test_forkcost_reads_callgrind_totals() -> None:
 @pytest.mark.parametrize("kind", callgrind_parking.KINDS)
 def test_callgrind_parking_workload(kind: str) -> None:
     """The parking callgrind workload serves its round trips on one connection (without valgrind here)."""
-    callgrind_parking.serve(kind, 20)
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    callgrind_parking.serve(kind, 20, client_process=kind == "uvloop")
+
+
+@pytest.mark.parametrize("kind", ["parked-lean", "uvloop"])
+def test_callgrind_parking_workload_with_the_client_in_a_child(kind: str) -> None:
+    """--client-process: the client runs in a child process (untraced under valgrind); uvloop needs it."""
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    callgrind_parking.serve(kind, 20, client_process=True)
+
+
+def test_callgrind_parking_refuses_uvloop_with_a_client_thread() -> None:
+    with pytest.raises(SystemExit, match="--client-process"):
+        callgrind_parking.serve("uvloop", 1)
 
 
 @needs_cc
-@pytest.mark.parametrize("kind", ["native-park-pool", "native-park-sync"])
+def test_lean_line_kind_short_run(tmp_path: Path) -> None:
+    """The lean line kind (native-park-lean-sync, in tcp128) answers the load generator for 0.3 s."""
+    tcp128 = next(s for s in SCENARIOS if s.name == "tcp128")
+    assert "native-park-lean-sync" in tcp128.kinds
+    result = run_one(
+        build_loadgen(), "native-park-lean-sync", dataclasses.replace(tcp128, clients=16), duration=0.3, warmup=0.1,
+        cpus=_Cpus(None, None), tmpdir=str(tmp_path),
+    )
+    assert float(result["requests"]) > 0  # type: ignore[arg-type]  # a JSON number
+    assert result["errors"] == 0
+
+
+@needs_cc
+@pytest.mark.parametrize("kind", ["native-park-pool", "native-park-sync", "native-park-lean-sync"])
 def test_a_short_idle_run_holds_its_idle_connections(kind: str, tmp_path: Path) -> None:
     """The idle10k shape, 50 idle connections: a parking server answers the active clients and holds every idle one."""
     idle10k = next(s for s in SCENARIOS if s.name == "idle10k")

@@ -171,3 +171,33 @@ def lean_datagram_handlers_type_check() -> None:
     make_udp_server(("127.0.0.1", 0), datagram_handler=Wrong())  # type: ignore[arg-type]
     unix_only: DatagramHandler[UnixAddress] = AnyAddress()
     make_udp_server(("127.0.0.1", 0), datagram_handler=unix_only)  # type: ignore[arg-type]
+
+
+def lean_line_handlers_type_check() -> None:
+    from composable_server.factories import make_tcp_server, make_unix_stream_server
+    from composable_server.handlers import LineResponder
+    from composable_server.interfaces import LineHandler, UnixAddress
+
+    class Echo:
+        def handle_line(self, line: bytes, client_address: InetAddress) -> bytes | None:
+            return line
+
+    class AnyAddress:
+        # Contravariant: a handler of any address serves TCP and Unix connections alike.
+        def handle_line(self, line: bytes, client_address: object) -> bytes:
+            return line
+
+    class Wrong:
+        def handle_line(self, line: str, client_address: InetAddress) -> str:
+            return line
+
+    handler: LineHandler[InetAddress] = Echo()
+    assert_type(LineResponder(handler), LineResponder[InetAddress])
+    assert_type(LineResponder(handler, max_line_length=1024), LineResponder[InetAddress])
+    tcp = make_tcp_server(("127.0.0.1", 0), line_handler=Echo(), bind_and_activate=False)
+    assert_type(tcp, Server[socket.socket, InetAddress])
+    unix = make_unix_stream_server("/tmp/s", line_handler=AnyAddress(), bind_and_activate=False)
+    assert_type(unix, Server[socket.socket, UnixAddress])
+    make_tcp_server(("127.0.0.1", 0), line_handler=Wrong())  # type: ignore[arg-type]
+    unix_only: LineHandler[UnixAddress] = AnyAddress()
+    make_tcp_server(("127.0.0.1", 0), line_handler=unix_only)  # type: ignore[arg-type]

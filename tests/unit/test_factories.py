@@ -210,6 +210,40 @@ class TestConvenience:
         with pytest.raises(TypeError, match="got both"):
             make(handler=_noop, datagram_handler=Echo())
 
+    def test_make_tcp_server_line_handler(self) -> None:
+        """line_handler= serves a LineHandler through a LineResponder."""
+        from composable_server.handlers import LineResponder
+
+        class Echo:
+            def handle_line(self, line: bytes, client_address: InetAddress) -> bytes:
+                return line
+
+        echo = Echo()
+        server = make_tcp_server(("127.0.0.1", 0), line_handler=echo, bind_and_activate=False)
+        try:
+            assert_type(server, Server[socket.socket, InetAddress])
+            assert isinstance(server.handler, LineResponder) and server.handler.handler is echo
+        finally:
+            server.server_close()
+
+    @pytest.mark.parametrize("maker", ["tcp", "unix"])
+    def test_stream_factories_need_exactly_one_handler(self, maker: str, tmp_path: Path) -> None:
+        """Neither or both of handler and line_handler is a TypeError naming the factory."""
+
+        class Echo:
+            def handle_line(self, line: bytes, client_address: object) -> bytes:
+                return line
+
+        def make(**handlers: object) -> object:
+            if maker == "tcp":
+                return make_tcp_server(("127.0.0.1", 0), bind_and_activate=False, **handlers)  # type: ignore[arg-type]  # the point of the test
+            return make_unix_stream_server(str(tmp_path / "s"), bind_and_activate=False, **handlers)  # type: ignore[arg-type]  # as above
+
+        with pytest.raises(TypeError, match=r"make_(tcp|unix_stream)_server\(\) needs a handler or a line_handler, got neither"):
+            make()
+        with pytest.raises(TypeError, match="takes a handler or a line_handler, got both"):
+            make(handler=_noop, line_handler=Echo())
+
     def test_make_unix_stream_server(self, tmp_path: Path) -> None:
         """make_unix_stream_server wires a Unix stream transport that removes its file."""
         server = make_unix_stream_server(str(tmp_path / "s"), _noop, bind_and_activate=False)
