@@ -474,8 +474,13 @@ class ThreadingMixIn:
         """Start a new thread to process the request."""
         dispatcher = self.dispatcher
         if isinstance(dispatcher, ThreadingDispatcher):
-            dispatcher.daemon = bool(self.daemon_threads)
-            dispatcher.block_on_close = bool(self.block_on_close)
+            # Read per request, as stdlib reads them; assigned only on a change
+            # (each assignment runs attrs' validating __setattr__).
+            daemon, block_on_close = bool(self.daemon_threads), bool(self.block_on_close)
+            if dispatcher.daemon is not daemon:
+                dispatcher.daemon = daemon
+            if dispatcher.block_on_close is not block_on_close:
+                dispatcher.block_on_close = block_on_close
         # The one job type, with stdlib's hook as its body, so an override of
         # process_request_thread runs in the thread as with stdlib.
         dispatcher.dispatch(self._requests.job(request, client_address, self.process_request_thread))

@@ -122,7 +122,12 @@ class ThreadingDispatcher:
     )
     when_full: WhenFull = attrs.field(default="backpressure", kw_only=True, validator=_check_when_full)
     reject_message: bytes = attrs.field(default=b"", kw_only=True)
-    _lock: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+    # A plain lock (entered in C; a threading.Condition's own __enter__ and
+    # __exit__ are Python calls on an RLock, three times per request); dispatch
+    # at the cap waits on _room, notified only while someone waits there.
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _room: threading.Condition = attrs.field(init=False)
+    _room_waiters: int = attrs.field(init=False, default=0)
     _active: dict[threading.Thread, Job] = attrs.field(init=False, factory=dict)
     _rejected: int = attrs.field(init=False, default=0)
     # Threads whose job ended but which may not have exited yet; joined (at
@@ -130,6 +135,10 @@ class ThreadingDispatcher:
     # number of running jobs (stdlib bpo-37193 leaked one Thread per request).
     _finished: list[threading.Thread] = attrs.field(init=False, factory=list)
     _closed: bool = attrs.field(init=False, default=False)
+
+    @_room.default
+    def _make_room(self) -> threading.Condition:
+        return threading.Condition(self._lock)
 
     def dispatch(self, job: Job) -> None:
         """Start a thread that runs *job*.
@@ -150,8 +159,12 @@ class ThreadingDispatcher:
                     self._rejected += 1
                     job.close(self.reject_message)
                     return
-                while len(self._active) >= cap and not self._closed:
-                    self._lock.wait()
+                self._room_waiters += 1
+                try:
+                    while len(self._active) >= cap and not self._closed:
+                        self._room.wait()
+                finally:
+                    self._room_waiters -= 1
                 if self._closed:
                     raise ServerClosedError("ThreadingDispatcher was closed while waiting for capacity")
             self._active[thread] = job
@@ -170,12 +183,17 @@ class ThreadingDispatcher:
             with self._lock:
                 self._active.pop(me, None)
                 self._finished.append(me)
-                self._lock.notify()
+                if self._room_waiters:
+                    self._room.notify()
 
     def _reap(self) -> None:
-        if self._finished:
+        finished = self._finished
+        if finished:
             with self._lock:
-                done, self._finished = self._finished, []
+                # Emptied in place: assigning the attribute would run attrs'
+                # validating __setattr__ (four Python calls).
+                done = finished.copy()
+                finished.clear()
             for thread in done:
                 thread.join()
 
@@ -203,7 +221,7 @@ class ThreadingDispatcher:
         threads (daemon threads are left running, as in stdlib).  Idempotent."""
         with self._lock:
             self._closed = True
-            self._lock.notify_all()
+            self._room.notify_all()
         if self.block_on_close and not self.daemon:
             self.join(None)
         else:

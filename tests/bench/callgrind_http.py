@@ -74,7 +74,7 @@ def _make(kind: str, family: str) -> _Serving:
     if kind == "compat":
         from composable_server import compat
 
-        if "http.server" in sys.modules:
+        if "http.server" in sys.modules and sys.modules.get("socketserver") is not compat:
             raise SystemExit("http.server was imported before the swap")
         sys.modules["socketserver"] = compat
     from .bench_http import _handler_classes

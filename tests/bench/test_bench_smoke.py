@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from tests._process import run_process
-from tests.bench import callgrind_http, callgrind_parking, callgrind_tls, callgrind_udp, forkcost, importcost, switches_udp
+from tests.bench import (
+    callgrind_http,
+    callgrind_parking,
+    callgrind_tcp,
+    callgrind_tls,
+    callgrind_udp,
+    forkcost,
+    importcost,
+    switches_udp,
+)
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, parse_arguments, run_one
 
@@ -190,6 +199,21 @@ def test_switches_udp_counts_per_datagram() -> None:
     if "context-switches" not in counts:
         pytest.skip("perf stat counts no software events here")
     assert counts["context-switches"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "family", "mode"),
+    [(kind, family, mode) for (mode, family), kinds in callgrind_tcp.DEFAULT_KINDS.items() for kind in kinds],
+)
+def test_callgrind_tcp_workload(kind: str, family: str, mode: str) -> None:
+    """The stream callgrind workload serves its round trips to a client process (without valgrind here)."""
+    callgrind_tcp.serve(kind, family, mode, 12)
+
+
+def test_callgrind_tcp_python_calls() -> None:
+    """The per-thread profiles count the handler's calls of every connection thread."""
+    calls = callgrind_tcp._python_calls("stdlib-threading", "tcp", "cpr", 10)
+    assert [c for name, c in calls if name.startswith("handle (bench_servers.py:")] == [1.0]
 
 
 @pytest.mark.parametrize("mode", callgrind_http.MODES)

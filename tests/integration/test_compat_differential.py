@@ -352,7 +352,10 @@ class TestStdlibBehaviour:
             assert client.ask(b"") == b"done"
             server.daemon_threads = True  # changed after __init__: the next thread is daemonic
             assert client.ask(b"") == b"done"
-        assert threads == [(False, False), (False, True)]
+            assert client.ask(b"") == b"done"
+            server.daemon_threads = False  # and back
+            assert client.ask(b"") == b"done"
+        assert threads == [(False, False), (False, True), (False, True), (False, False)]
 
     def test_max_packet_size_is_live(self, module: ModuleType, tmp_path: Path) -> None:
         """Lowering ``max_packet_size`` after ``__init__`` applies to the next
