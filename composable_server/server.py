@@ -103,7 +103,7 @@ from ._request import (
     line_responder,
 )
 from ._socketutil import Waker
-from .dispatchers import ForkingDispatcher, SyncDispatcher
+from .dispatchers import SyncDispatcher
 from .exceptions import ServerClosedError, ServerError, ServerStateError
 from .interfaces import (
     DatagramRequest,
@@ -134,17 +134,19 @@ AddressT = TypeVar("AddressT")
 # a bound keeps shutdown and parked connections responsive under a flood).
 _ACCEPT_BATCH: Final = 32
 
-# A datagram loop whose probe for a second datagram found none (EAGAIN)
-# serves this many wake-ups with one recvfrom each before probing again:
-# at low load a failed non-blocking recvfrom (a BlockingIOError raised
-# through three frames) costs about as much as serving a datagram, and poll
-# reports the next one anyway; once datagrams queue up, the next probe finds
-# one and the loop drains up to _ACCEPT_BATCH per wake-up again (libuv
-# drains up to 32 per wake-up too, in C, where EAGAIN costs nothing).
-# A loop that forks per connection (ForkingDispatcher) backs off the same
-# way: every page the parent writes between two forks costs a copy-on-write
-# fault, and the failed accept's exception writes a dozen (tests.bench.forkcost).
-_DATAGRAM_PROBE_BACKOFF: Final = 8
+# A loop whose probe for a second request found none (EAGAIN) serves this
+# many wake-ups with one accept (recvfrom) each before probing again: at low
+# load a failed non-blocking accept or recvfrom (a BlockingIOError raised
+# through three frames, its message formatted) costs about as much as
+# serving a datagram, and poll reports the next one anyway; once requests
+# queue up, the next probe finds one and the loop drains up to _ACCEPT_BATCH
+# per wake-up again (libuv drains up to 32 per wake-up too, in C, where
+# EAGAIN costs nothing).  For a connection per request the failed probe was
+# ~10k of native-sync's ~105k instructions per connection (stdlib's blocking
+# listener accepts once: 95k; tests.bench.callgrind_tcp --mode cpr); a loop
+# that forks per connection (ForkingDispatcher) pays it in copy-on-write
+# faults too: the exception writes a dozen pages (tests.bench.forkcost).
+_PROBE_BACKOFF: Final = 8
 
 # The hooks the inline datagram loop (Server._inline_datagrams) does the work
 # of: a subclass that overrides one gets the job path.
@@ -242,10 +244,9 @@ class Server(Generic[RequestT, AddressT]):
 
     # None: no observers (also for subclasses that build themselves, compat).
     _observers: ObserverGroup | None = None
-    # Wake-ups left before _accept_pending probes for a second request
-    # again, and how many a failed probe sets (0: always probe; streams).
+    # Wake-ups left before the loop probes for a second request again
+    # (a failed probe sets _PROBE_BACKOFF).
     _probe_skips = 0
-    _probe_backoff = 0
     # serve_forever's loop serves the lines of kept connections itself
     # (_inline_lines): a LineResponder then keeps a new connection unread.
     _lines_inline = False
@@ -362,8 +363,6 @@ class Server(Generic[RequestT, AddressT]):
             # Only connections are parked or kept: a datagram loop skips the
             # parking's calls (three per wake-up) altogether.
             connections = self.transport.request_ops.connections
-            forks = type(self.dispatcher) is ForkingDispatcher  # final
-            self._probe_backoff = _DATAGRAM_PROBE_BACKOFF if forks or not connections else 0
             self._probe_skips = 0
             accept_pending = self._inline_datagrams() or self._accept_pending
             # SyncDispatcher.service does nothing: spare the two calls per wake-up.
@@ -570,8 +569,8 @@ class Server(Generic[RequestT, AddressT]):
         With a non-blocking listener (*batch* > 1) every pending connection
         is taken, up to the batch, so the waker and parked connections still
         get their turn under a flood; a blocking one gets exactly one accept.
-        A datagram (or forking) loop whose probe for a second request failed
-        skips the probe for the next :data:`_DATAGRAM_PROBE_BACKOFF` wake-ups.
+        A loop whose probe for a second request failed skips the probe for
+        the next :data:`_PROBE_BACKOFF` wake-ups.
         Only the first accept consults the AcceptErrorPolicy: at the
         descriptor limit Linux fails accept() with EMFILE even when nothing is
         pending (the descriptor is allocated first), so a follow-up failure
@@ -580,7 +579,7 @@ class Server(Generic[RequestT, AddressT]):
         """
         if not self._handle_request_noblock():
             return
-        if self._probe_skips:  # a datagram or forking loop at low load: see _DATAGRAM_PROBE_BACKOFF
+        if self._probe_skips:  # low load: see _PROBE_BACKOFF
             self._probe_skips -= 1
             return
         for taken in range(batch - 1):
@@ -590,7 +589,7 @@ class Server(Generic[RequestT, AddressT]):
                 request, client_address = self.get_request()
             except OSError:
                 if not taken:
-                    self._probe_skips = self._probe_backoff
+                    self._probe_skips = _PROBE_BACKOFF
                 return
             self._serve_accepted(request, client_address)
 
@@ -691,14 +690,14 @@ class Server(Generic[RequestT, AddressT]):
                         raise oversized(address)
                 except BlockingIOError:
                     if taken == 1:
-                        self._probe_skips = self._probe_backoff
+                        self._probe_skips = _PROBE_BACKOFF
                     return
                 except OSError as exc:
                     # As _accept_pending: only the first receive of a wake-up consults the policy.
                     if not taken:
                         self._accept_failed(exc, requests.finishes)
                     elif taken == 1:
-                        self._probe_skips = self._probe_backoff
+                        self._probe_skips = _PROBE_BACKOFF
                     return
                 if self._accept_failing:
                     self._accept_failing = False
@@ -724,7 +723,7 @@ class Server(Generic[RequestT, AddressT]):
                 taken += 1
                 if taken == batch or self._shutdown_requested or self._resume_at:
                     return
-                if taken == 1 and self._probe_skips:  # see _DATAGRAM_PROBE_BACKOFF
+                if taken == 1 and self._probe_skips:  # see _PROBE_BACKOFF
                     self._probe_skips -= 1
                     return
 

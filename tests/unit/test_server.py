@@ -322,8 +322,9 @@ class TestServeForever:
         assert rig.handler.calls == []
 
     @pytest.mark.timeout(10)
-    def test_a_datagram_loop_at_low_load_probes_for_a_second_datagram_only_now_and_then(self) -> None:
-        """After a probe for a second datagram found none, the next 8 wake-ups take one each without probing; all are served."""
+    @pytest.mark.parametrize("connections", [False, True], ids=["datagrams", "connections"])
+    def test_a_loop_at_low_load_probes_for_a_second_request_only_now_and_then(self, connections: bool) -> None:
+        """After a probe for a second request (datagram or connection) found none, the next 8 wake-ups take one each without probing; all are served."""
         accepts: list[int] = []
         inner = MemoryAcceptor()
 
@@ -333,7 +334,7 @@ class TestServeForever:
                 return inner.accept(transport)
 
         transport: MemoryTransport[str, str] = MemoryTransport(
-            "memory", nonblocking=True, request_ops=MemoryRequestOps(False)
+            "memory", nonblocking=True, request_ops=MemoryRequestOps(connections)
         )
         handler: RecordingHandler[str, str] = RecordingHandler()
         server: MemServer = Server(transport=transport, acceptor=CountingAcceptor(), handler=handler)
