@@ -165,9 +165,9 @@ def test_behind_haproxy() -> None:
     client (the figures are checked in test_scaleout)."""
     status, out, err = run_example(EXAMPLES / "behind_haproxy.py", "--requests", "200", "--clients", "4")
     assert status == 0, out + err
-    assert "requests sent: 200 " in out and ", failed: 0\n" in out
-    assert "client addresses the handlers saw: ['127.0.0.10'] (real: True)" in out
-    assert "stopped instance: status 0 after" in out
+    assert "requests sent: 200 " in out and ", failed: 0\n" in out, out + err
+    assert "client addresses the handlers saw: ['127.0.0.10'] (real: True)" in out, out + err
+    assert "stopped instance: status 0 after" in out, out + err
 
 
 def test_every_example_is_tested() -> None:
