@@ -34,6 +34,7 @@ from composable_server.server import Server
 from composable_server.testing import MemoryVerifier
 from composable_server.transports import UDPTransport
 
+from ..unit.test_handlers import UpperDatagrams
 from ._support import (
     CLIENT_TIMEOUT,
     Dispatch,
@@ -382,23 +383,8 @@ class TestIdleBudget:
         assert timeouts == [7.0]
 
 
-class _Answer:
-    """A DatagramHandler: echoes in capitals, raises on b"boom", answers b"quiet" with nothing."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[bytes, object]] = []
-
-    def handle_datagram(self, data: bytes, client_address: object) -> bytes | None:
-        self.seen.append((data, client_address))
-        if data == b"boom":
-            raise ValueError("boom")
-        if data == b"quiet":
-            return None
-        return data.upper()
-
-
 def _lean_server(
-    family: Family, tmp_path: Path, handler: _Answer, **options: Any
+    family: Family, tmp_path: Path, handler: UpperDatagrams, **options: Any
 ) -> Server[DatagramRequest, Any]:
     if family is Family.UDP4:
         return make_udp_server(("127.0.0.1", 0), datagram_handler=handler, **options)
@@ -424,7 +410,7 @@ class TestDatagramResponder:
         """On a SyncDispatcher the loop serves the handler itself: a raising
         datagram goes to the error policy without a reply, a None reply sends
         nothing, and the next datagrams are answered in order."""
-        handler, errors = _Answer(), RecordingErrorPolicy()
+        handler, errors = UpperDatagrams(), RecordingErrorPolicy()
         server = _lean_server(family, tmp_path, handler, error_policy=errors)
         assert server._inline_datagrams() is not None
         with running(server), _client(family, tmp_path) as client:
@@ -440,7 +426,7 @@ class TestDatagramResponder:
     @pytest.mark.timeout(10)
     def test_pool_dispatcher_takes_the_job_path(self) -> None:
         """On a pool the responder is an ordinary handler factory: answered, errors reported."""
-        handler, errors = _Answer(), RecordingErrorPolicy()
+        handler, errors = UpperDatagrams(), RecordingErrorPolicy()
         server = make_udp_server(
             ("127.0.0.1", 0), datagram_handler=handler, dispatcher=ThreadPoolDispatcher(2), error_policy=errors
         )
@@ -454,7 +440,7 @@ class TestDatagramResponder:
     @pytest.mark.timeout(10)
     def test_verifier_refuses_without_reply(self) -> None:
         """A refused datagram never reaches the handler; the releasing verifier hears of every datagram."""
-        handler = _Answer()
+        handler = UpperDatagrams()
         verdicts = MemoryVerifier(script=[False, True])
         released: list[object] = []
 
@@ -477,7 +463,7 @@ class TestDatagramResponder:
     @pytest.mark.timeout(10)
     def test_oversized_datagram_is_dropped(self) -> None:
         """A datagram longer than max_packet_size is counted and dropped; the next one is answered."""
-        handler = _Answer()
+        handler = UpperDatagrams()
         server = make_udp_server(("127.0.0.1", 0), datagram_handler=handler, max_packet_size=16)
         with running(server), _client(Family.UDP4, Path()) as client:
             client.sendto(b"x" * 17, server.server_address)
@@ -500,7 +486,7 @@ class TestDatagramResponder:
         server = Hooked(
             transport=UDPTransport(("127.0.0.1", 0)),
             acceptor=DatagramAcceptor(),
-            handler=DatagramResponder(_Answer()),
+            handler=DatagramResponder(UpperDatagrams()),
         )
         assert server._inline_datagrams() is None
         with running(server), _client(Family.UDP4, Path()) as client:

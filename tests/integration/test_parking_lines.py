@@ -32,33 +32,17 @@ from composable_server.handlers import LineResponder
 from composable_server.interfaces import Dispatcher
 from composable_server.testing import RecordingObserver
 
+from ..unit.test_handlers import UpperLines
 from ._support import CLIENT_TIMEOUT, RecordingErrorPolicy, running
 from .test_parking import CountingVerifier, wait_until
 
 LOCAL = "127.0.0.1"
 
 
-class Upper:
-    """Upper-cases each line; ``quit`` closes, ``quiet`` gets no reply, ``boom`` raises."""
-
-    def __init__(self) -> None:
-        self.seen: list[bytes] = []
-
-    def handle_line(self, line: bytes, client_address: object) -> bytes | None:
-        self.seen.append(line)
-        if line == b"quit\n":
-            return None
-        if line == b"quiet\n":
-            return b""
-        if line == b"boom\n":
-            raise ValueError("boom")
-        return line.upper()
-
-
 def make_server(
     dispatcher: Dispatcher | None = None,
     *,
-    handler: Upper | None = None,
+    handler: UpperLines | None = None,
     idle: float = 60.0,
     max_parked: int = 1000,
     errors: RecordingErrorPolicy | None = None,
@@ -70,7 +54,7 @@ def make_server(
     return Server(
         transport=TCPTransport((LOCAL, 0)) if transport is None else transport,
         acceptor=StreamAcceptor(),
-        handler=LineResponder(Upper() if handler is None else handler, max_line_length),
+        handler=LineResponder(UpperLines() if handler is None else handler, max_line_length),
         dispatcher=SyncDispatcher() if dispatcher is None else dispatcher,
         error_policy=errors,
         timeout_policy=ConnectionTimeouts(Budget(idle=idle)),
@@ -115,7 +99,7 @@ def test_a_plain_sync_server_serves_kept_connections_in_its_loop() -> None:
 
 def test_partial_lines_stay_buffered_while_the_loop_serves_another_connection() -> None:
     """A kept connection's partial line waits on the connection, not in the loop: another client is served meanwhile."""
-    handler = Upper()
+    handler = UpperLines()
     with running(make_server(handler=handler)) as server, connect(server) as slow, connect(server) as other:
         assert ask(slow, b"a\n", b"A\n")
         assert wait_until(lambda: server.parked_connections == 2)  # other: kept unread, from its accept on
@@ -169,7 +153,7 @@ def test_a_line_over_the_bound_closes_the_connection_with_a_logged_reason(
 
 def test_a_client_gone_is_closed_without_an_error_and_its_partial_line_dropped() -> None:
     """EOF on a kept connection closes it; an unterminated last line never reaches the handler."""
-    errors, handler = RecordingErrorPolicy(), Upper()
+    errors, handler = RecordingErrorPolicy(), UpperLines()
     with running(make_server(errors=errors, handler=handler)) as server:
         client = connect(server)
         assert ask(client, b"x\n", b"X\n")
@@ -212,7 +196,7 @@ def test_a_kept_connection_idle_too_long_is_closed_and_reported() -> None:
     """The idle budget closes a kept connection in the lean mode as on the job path."""
     timeouts = ConnectionTimeouts(Budget(idle=0.3))
     server = Server(
-        transport=TCPTransport((LOCAL, 0)), acceptor=StreamAcceptor(), handler=LineResponder(Upper()),
+        transport=TCPTransport((LOCAL, 0)), acceptor=StreamAcceptor(), handler=LineResponder(UpperLines()),
         dispatcher=SyncDispatcher(), timeout_policy=timeouts,
     )
     with running(server), connect(server) as client:
@@ -283,8 +267,8 @@ def test_tls_composes_on_the_job_path(tmp_path: Path) -> None:
 
 def test_the_factories_serve_a_line_handler(tmp_path: Path) -> None:
     """make_tcp_server and make_unix_stream_server with line_handler= answer lines."""
-    tcp = make_tcp_server((LOCAL, 0), line_handler=Upper())
-    unix = make_unix_stream_server(str(tmp_path / "s"), line_handler=Upper())
+    tcp = make_tcp_server((LOCAL, 0), line_handler=UpperLines())
+    unix = make_unix_stream_server(str(tmp_path / "s"), line_handler=UpperLines())
     with running(tcp), connect(tcp) as client:
         assert ask(client, b"t\n", b"T\n")
         assert ask(client, b"u\n", b"U\n")

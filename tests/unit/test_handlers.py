@@ -38,13 +38,14 @@ class _ReplySocket:
         return len(data)
 
 
-class _Upper:
-    """A DatagramHandler: capitals; b"boom" raises, b"quiet" gets no reply."""
+class UpperDatagrams:
+    """A DatagramHandler: capitals; b"boom" raises, b"quiet" gets no reply
+    (also tests/integration/test_handlers.py's)."""
 
     def __init__(self) -> None:
-        self.seen: list[tuple[bytes, InetAddress]] = []
+        self.seen: list[tuple[bytes, object]] = []
 
-    def handle_datagram(self, data: bytes, client_address: InetAddress) -> bytes | None:
+    def handle_datagram(self, data: bytes, client_address: object) -> bytes | None:
         self.seen.append((data, client_address))
         if data == b"boom":
             raise ValueError("boom")
@@ -58,13 +59,13 @@ def _request(data: bytes, sock: _ReplySocket) -> DatagramRequest:
 class TestDatagramResponder:
     def test_is_a_datagram_handler_factory(self) -> None:
         """A class with handle_datagram is a DatagramHandler; the responder keeps it."""
-        handler: DatagramHandler[InetAddress] = _Upper()
+        handler: DatagramHandler[InetAddress] = UpperDatagrams()
         assert DatagramResponder(handler).handler is handler
         assert "DatagramResponder" in repr(DatagramResponder(handler))
 
     def test_sends_the_reply_to_the_client(self) -> None:
         """The reply goes to the client address through the request's socket."""
-        sock, handler = _ReplySocket(), _Upper()
+        sock, handler = _ReplySocket(), UpperDatagrams()
         DatagramResponder(handler)(_request(b"hi", sock), CLIENT, None)
         assert handler.seen == [(b"hi", CLIENT)]
         assert sock.sent == [(b"HI", CLIENT)]
@@ -72,29 +73,29 @@ class TestDatagramResponder:
     def test_empty_reply_is_sent(self) -> None:
         """b"" is a reply: an empty datagram, as DatagramRequestHandler sends."""
         sock = _ReplySocket()
-        DatagramResponder(_Upper())(_request(b"", sock), CLIENT, None)
+        DatagramResponder(UpperDatagrams())(_request(b"", sock), CLIENT, None)
         assert sock.sent == [(b"", CLIENT)]
 
     def test_none_sends_nothing(self) -> None:
         """None means no reply."""
         sock = _ReplySocket()
-        DatagramResponder(_Upper())(_request(b"quiet", sock), CLIENT, None)
+        DatagramResponder(UpperDatagrams())(_request(b"quiet", sock), CLIENT, None)
         assert sock.sent == []
 
     def test_exception_reaches_the_caller_without_reply(self) -> None:
         """A raising handler's exception propagates (the server's job reports it); nothing is sent."""
         sock = _ReplySocket()
         with pytest.raises(ValueError, match="boom"):
-            DatagramResponder(_Upper())(_request(b"boom", sock), CLIENT, None)
+            DatagramResponder(UpperDatagrams())(_request(b"boom", sock), CLIENT, None)
         assert sock.sent == []
 
     def test_proxied_datagram_is_answered_through_the_proxy(self) -> None:
         """A datagram that came with a PROXY header is handled for the client it names, and answered to the proxy."""
-        sock, handler = _ReplySocket(), _Upper()
+        sock, handler = _ReplySocket(), UpperDatagrams()
         proxy: InetAddress = ("198.51.100.1", 5000)
         header = ProxyHeader(2, Command.PROXY, socket.AF_INET, socket.SOCK_DGRAM, CLIENT, ("203.0.113.9", 53))
         request = ProxiedDatagram(b"via", cast(socket.socket, sock), header, proxy)
-        DatagramResponder(handler)(request, request.client_address, None)  # type: ignore[arg-type]  # Address: an IPv4 one here
+        DatagramResponder(handler)(request, request.client_address, None)
         assert handler.seen == [(b"via", CLIENT)]
         assert sock.sent == [(b"VIA", proxy)]
 
@@ -105,7 +106,7 @@ class TestDatagramResponder:
         transport: MemoryTransport[DatagramRequest, InetAddress] = MemoryTransport(
             ("0.0.0.0", 0), request_ops=MemoryRequestOps(connections=False)
         )
-        errors, sock, handler = RecordingErrorPolicy(), _ReplySocket(), _Upper()
+        errors, sock, handler = RecordingErrorPolicy(), _ReplySocket(), UpperDatagrams()
         server = Server(
             transport=transport,
             acceptor=MemoryAcceptor(),
@@ -147,13 +148,14 @@ class _ChunkSocket:
         self.sent.append(bytes(data))
 
 
-class _Lines:
-    """Upper-cases lines; ``quit`` closes, ``quiet`` gets no reply, ``boom`` raises."""
+class UpperLines:
+    """Upper-cases lines; ``quit`` closes, ``quiet`` gets no reply, ``boom`` raises
+    (the LineHandler of these tests and tests/integration/test_parking_lines.py)."""
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
 
-    def handle_line(self, line: bytes, client_address: InetAddress) -> bytes | None:
+    def handle_line(self, line: bytes, client_address: object) -> bytes | None:
         self.seen.append(line)
         if line == b"quit\n":
             return None
@@ -173,7 +175,7 @@ def _serve(responder: LineResponder[InetAddress], sock: _ChunkSocket, server: ob
 class TestLineResponder:
     def test_is_a_parking_handler_factory_of_a_line_handler(self) -> None:
         """It keeps its LineHandler and declares the capabilities the server reads."""
-        handler: LineHandler[InetAddress] = _Lines()
+        handler: LineHandler[InetAddress] = UpperLines()
         responder = LineResponder(handler)
         assert responder.handler is handler and responder.max_line_length == DEFAULT_MAX_LINE_LENGTH
         assert parks_connections(responder) and takes_kernel_timeouts(responder)
@@ -181,7 +183,7 @@ class TestLineResponder:
             LineResponder(handler, 0)
 
     def test_one_line_is_answered_and_the_connection_kept(self) -> None:
-        sock, handler = _ChunkSocket(b"hi\n"), _Lines()
+        sock, handler = _ChunkSocket(b"hi\n"), UpperLines()
         assert _serve(LineResponder(handler), sock) is Verdict.KEEP
         assert handler.seen == [b"hi\n"]
         assert sock.sent == [b"HI\n"]
@@ -189,26 +191,26 @@ class TestLineResponder:
     def test_a_memory_request_is_served(self) -> None:
         """On the testing fakes' MemoryRequest (all input in one recv): every line answered, one send."""
         request = MemoryRequest(b"a\nb\n")
-        served = LineResponder(_Lines())(cast(socket.socket, request), CLIENT, None)  # recv/sendall only
+        served = LineResponder(UpperLines())(cast(socket.socket, request), CLIENT, None)  # recv/sendall only
         assert served.verdict is Verdict.KEEP
         assert bytes(request.sent) == b"A\nB\n"
 
     def test_pipelined_lines_are_answered_in_one_send(self) -> None:
         """The replies of one read go out joined; b"" adds nothing."""
         sock = _ChunkSocket(b"a\nquiet\nb\n")
-        assert _serve(LineResponder(_Lines()), sock) is Verdict.KEEP
+        assert _serve(LineResponder(UpperLines()), sock) is Verdict.KEEP
         assert sock.sent == [b"A\nB\n"]
 
     def test_a_partial_line_is_completed_in_place(self) -> None:
         """On the job path the responder reads on until the line ends (the idle budget bounds each read)."""
-        sock, handler = _ChunkSocket(b"a\nhal", b"f\n"), _Lines()
+        sock, handler = _ChunkSocket(b"a\nhal", b"f\n"), UpperLines()
         assert _serve(LineResponder(handler), sock) is Verdict.KEEP
         assert handler.seen == [b"a\n", b"half\n"]
         assert sock.sent == [b"A\n", b"HALF\n"]
 
     def test_serve_lines_returns_the_partial_line_left(self) -> None:
         """serve_lines (the loop's lean call) hands the partial line back and takes it with the next read."""
-        handler = _Lines()
+        handler = UpperLines()
         responder = LineResponder(handler)
         sock = cast(socket.socket, _ChunkSocket(b"x\npar", b"tial\n"))
         rest = responder.serve_lines(sock, b"", CLIENT)
@@ -217,13 +219,13 @@ class TestLineResponder:
         assert handler.seen == [b"x\n", b"partial\n"]
 
     def test_none_closes_after_the_earlier_replies(self) -> None:
-        sock, handler = _ChunkSocket(b"a\nquit\nb\n"), _Lines()
+        sock, handler = _ChunkSocket(b"a\nquit\nb\n"), UpperLines()
         assert _serve(LineResponder(handler), sock) is Verdict.CLOSE
         assert handler.seen == [b"a\n", b"quit\n"]
         assert sock.sent == [b"A\n"]
 
     def test_eof_closes_and_drops_an_unterminated_line(self) -> None:
-        sock, handler = _ChunkSocket(b"a\nrest"), _Lines()
+        sock, handler = _ChunkSocket(b"a\nrest"), UpperLines()
         assert _serve(LineResponder(handler), sock) is Verdict.CLOSE
         assert handler.seen == [b"a\n"]
         assert _serve(LineResponder(handler), _ChunkSocket()) is Verdict.CLOSE
@@ -232,10 +234,10 @@ class TestLineResponder:
         """A line longer than max_line_length (newline included), whole or still partial, closes the connection."""
         with caplog.at_level(logging.WARNING, logger="composable_server"):
             whole = _ChunkSocket(b"ok\n12345\n")
-            assert _serve(LineResponder(_Lines(), 5), whole) is Verdict.CLOSE
+            assert _serve(LineResponder(UpperLines(), 5), whole) is Verdict.CLOSE
             assert whole.sent == [b"OK\n"]
-            assert _serve(LineResponder(_Lines(), 5), _ChunkSocket(b"12345")) is Verdict.CLOSE
-            handler = _Lines()
+            assert _serve(LineResponder(UpperLines(), 5), _ChunkSocket(b"12345")) is Verdict.CLOSE
+            handler = UpperLines()
             assert _serve(LineResponder(handler, 5), _ChunkSocket(b"1234\n")) is Verdict.KEEP  # exactly the bound
         assert handler.seen == [b"1234\n"]
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -244,9 +246,9 @@ class TestLineResponder:
     def test_an_exception_reaches_the_caller(self) -> None:
         """A raising handler's exception propagates (the server's job reports it and closes the connection)."""
         with pytest.raises(ValueError, match="boom"):
-            _serve(LineResponder(_Lines()), _ChunkSocket(b"boom\n"))
+            _serve(LineResponder(UpperLines()), _ChunkSocket(b"boom\n"))
         with pytest.raises(ConnectionResetError):
-            _serve(LineResponder(_Lines()), _ChunkSocket(ConnectionResetError()))
+            _serve(LineResponder(UpperLines()), _ChunkSocket(ConnectionResetError()))
 
     def test_a_server_serving_lines_in_its_loop_gets_the_connection_unread(self) -> None:
         """While the loop serves lines itself (Server._lines_inline) a new connection is kept without a read."""
@@ -255,7 +257,7 @@ class TestLineResponder:
             _lines_inline = True
 
         sock = _ChunkSocket(b"unread\n")
-        assert _serve(LineResponder(_Lines()), sock, Looping()) is Verdict.KEEP
+        assert _serve(LineResponder(UpperLines()), sock, Looping()) is Verdict.KEEP
         assert sock.chunks == [b"unread\n"] and sock.sent == []
 
     @pytest.mark.timeout(10)
@@ -263,7 +265,7 @@ class TestLineResponder:
         """Memory fakes are no plain stream transport: the loop leaves the lines to the job."""
         transport: MemoryTransport[socket.socket, InetAddress] = MemoryTransport(("0.0.0.0", 0))
         server = Server(
-            transport=transport, acceptor=MemoryAcceptor(), handler=LineResponder(_Lines()),
+            transport=transport, acceptor=MemoryAcceptor(), handler=LineResponder(UpperLines()),
             dispatcher=InlineDispatcher(),
         )
         with server:
