@@ -157,7 +157,14 @@ def serve(
     else:
         handler = _ParkingEcho
     dispatcher: Dispatcher = SyncDispatcher() if kind in ("parked-sync", "parked-lean") else ThreadPoolDispatcher(8)
-    if profiles is not None:
+    # 3.12+: cProfile is a sys.monitoring tool, global to the process: one
+    # profile counts every thread, and a second one cannot be enabled.
+    shared: cProfile.Profile | None = None
+    if profiles is not None and sys.version_info >= (3, 12):
+        shared = cProfile.Profile()
+        profiles.append(shared)
+        shared.enable()
+    elif profiles is not None:
         # One profile per server thread (the loop and each pool worker): one
         # profile shared by threads would mix their call stacks.
         def start(*args: object) -> None:
@@ -176,7 +183,9 @@ def serve(
         server.shutdown()
         thread.join()
         server.server_close()
-        if profiles is not None:
+        if shared is not None:
+            shared.disable()
+        elif profiles is not None:
             threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]  # None removes the hook (typeshed varies)
 
 

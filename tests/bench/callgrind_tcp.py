@@ -181,7 +181,15 @@ def serve(kind: str, family: str, mode: str, round_trips: int, *,
     the counts are the server's alone)."""
     if kind not in KINDS or family not in FAMILIES or mode not in MODES:
         raise SystemExit(f"need KIND in {KINDS}, FAMILY in {FAMILIES}, MODE in {MODES}")
-    if profiles is not None:
+    # 3.12+: cProfile is a sys.monitoring tool, global to the process: one
+    # profile counts every thread, and a second one cannot be enabled (the
+    # per-thread hook below would raise in each new thread).
+    shared: cProfile.Profile | None = None
+    if profiles is not None and sys.version_info >= (3, 12):
+        shared = cProfile.Profile()
+        profiles.append(shared)
+        shared.enable()
+    elif profiles is not None:
         # One profile per server thread (the loop, each worker or connection
         # thread): one profile shared by threads would mix their call stacks.
         def start(*args: object) -> None:
@@ -207,7 +215,9 @@ def serve(kind: str, family: str, mode: str, round_trips: int, *,
             server.shutdown()
             thread.join()
             server.server_close()
-            if profiles is not None:
+            if shared is not None:
+                shared.disable()
+            elif profiles is not None:
                 threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]  # None removes the hook (typeshed varies)
 
 

@@ -210,6 +210,7 @@ def test_callgrind_tcp_workload(kind: str, family: str, mode: str) -> None:
     callgrind_tcp.serve(kind, family, mode, 12)
 
 
+@pytest.mark.timeout(60)
 def test_callgrind_tcp_python_calls() -> None:
     """The per-thread profiles count the handler's calls of every connection thread."""
     calls = callgrind_tcp._python_calls("stdlib-threading", "tcp", "cpr", 10)
