@@ -56,7 +56,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from .callgrind_udp import ROOT, parse_annotate
+from .callgrind_udp import ROOT, parse_annotate, profiling_threads
 
 __all__ = ("KINDS", "main", "serve")
 
@@ -157,36 +157,18 @@ def serve(
     else:
         handler = _ParkingEcho
     dispatcher: Dispatcher = SyncDispatcher() if kind in ("parked-sync", "parked-lean") else ThreadPoolDispatcher(8)
-    # 3.12+: cProfile is a sys.monitoring tool, global to the process: one
-    # profile counts every thread, and a second one cannot be enabled.
-    shared: cProfile.Profile | None = None
-    if profiles is not None and sys.version_info >= (3, 12):
-        shared = cProfile.Profile()
-        profiles.append(shared)
-        shared.enable()
-    elif profiles is not None:
-        # One profile per server thread (the loop and each pool worker): one
-        # profile shared by threads would mix their call stacks.
-        def start(*args: object) -> None:
-            profiles.append(cProfile.Profile())
-            profiles[-1].enable()
-
-        threading.setprofile(start)
-    server: Server[socket.socket, object] = Server(
-        transport=TCPTransport(("127.0.0.1", 0)), acceptor=StreamAcceptor(), handler=handler, dispatcher=dispatcher
-    )
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    try:
-        _run_client(server.server_address, round_trips, client_process)  # type: ignore[arg-type]  # (host, port) for AF_INET
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-        if shared is not None:
-            shared.disable()
-        elif profiles is not None:
-            threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]  # None removes the hook (typeshed varies)
+    with profiling_threads(profiles):
+        server: Server[socket.socket, object] = Server(
+            transport=TCPTransport(("127.0.0.1", 0)), acceptor=StreamAcceptor(), handler=handler, dispatcher=dispatcher
+        )
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            _run_client(server.server_address, round_trips, client_process)  # type: ignore[arg-type]  # (host, port) for AF_INET
+        finally:
+            server.shutdown()
+            thread.join()
+            server.server_close()
 
 
 def _callgrind(kind: str, round_trips: int, tmp: str, client_process: bool) -> tuple[int, dict[str, int]]:

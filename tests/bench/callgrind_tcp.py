@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Protocol, cast
 
-from .callgrind_udp import ROOT, parse_annotate
+from .callgrind_udp import ROOT, parse_annotate, profiling_threads
 
 __all__ = ("DEFAULT_KINDS", "FAMILIES", "KINDS", "MODES", "main", "serve")
 
@@ -181,23 +181,7 @@ def serve(kind: str, family: str, mode: str, round_trips: int, *,
     the counts are the server's alone)."""
     if kind not in KINDS or family not in FAMILIES or mode not in MODES:
         raise SystemExit(f"need KIND in {KINDS}, FAMILY in {FAMILIES}, MODE in {MODES}")
-    # 3.12+: cProfile is a sys.monitoring tool, global to the process: one
-    # profile counts every thread, and a second one cannot be enabled (the
-    # per-thread hook below would raise in each new thread).
-    shared: cProfile.Profile | None = None
-    if profiles is not None and sys.version_info >= (3, 12):
-        shared = cProfile.Profile()
-        profiles.append(shared)
-        shared.enable()
-    elif profiles is not None:
-        # One profile per server thread (the loop, each worker or connection
-        # thread): one profile shared by threads would mix their call stacks.
-        def start(*args: object) -> None:
-            profiles.append(cProfile.Profile())
-            profiles[-1].enable()
-
-        threading.setprofile(start)
-    with tempfile.TemporaryDirectory(prefix="cs-callgrind-tcp-") as tmp:
+    with profiling_threads(profiles), tempfile.TemporaryDirectory(prefix="cs-callgrind-tcp-") as tmp:
         server = _make(kind, family, os.path.join(tmp, "echo.sock") if family == "unix" else ("127.0.0.1", 0))
         thread = threading.Thread(target=server.serve_forever)
         thread.start()
@@ -215,10 +199,6 @@ def serve(kind: str, family: str, mode: str, round_trips: int, *,
             server.shutdown()
             thread.join()
             server.server_close()
-            if shared is not None:
-                shared.disable()
-            elif profiles is not None:
-                threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]  # None removes the hook (typeshed varies)
 
 
 def _callgrind(kind: str, family: str, mode: str, round_trips: int, tmp: str) -> tuple[int, dict[str, int]]:

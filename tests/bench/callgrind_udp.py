@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import importlib.util
 import os
@@ -45,11 +46,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final, Protocol, cast
 
-__all__ = ("KINDS", "main", "parse_annotate", "serve")
+__all__ = ("KINDS", "main", "parse_annotate", "profiling_threads", "serve")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
 SYNC_KINDS: Final = ("stdlib", "compat", "native", "native-lean", "asyncio", "uvloop")
@@ -197,6 +198,37 @@ def serve(
 
 
 _ANNOTATE_LINE: Final = re.compile(r"^\s*([\d,]+)\s+(?:\([\s\d.]+%\)\s+)?(\S.*?)\s*$")
+
+
+
+@contextlib.contextmanager
+def profiling_threads(profiles: list[cProfile.Profile] | None) -> Iterator[None]:
+    """While inside, profile the threads started (None: profile nothing),
+    one ``cProfile.Profile`` per thread appended to *profiles* (one shared
+    by threads would mix their call stacks); on 3.12+, where cProfile is a
+    sys.monitoring tool global to the process and a second profile cannot
+    be enabled, one profile of every thread."""
+    if profiles is None:
+        yield
+        return
+    if sys.version_info >= (3, 12):
+        shared = cProfile.Profile()
+        profiles.append(shared)
+        shared.enable()
+        try:
+            yield
+        finally:
+            shared.disable()
+    else:
+        def start(*args: object) -> None:
+            profiles.append(cProfile.Profile())
+            profiles[-1].enable()
+
+        threading.setprofile(start)
+        try:
+            yield
+        finally:
+            threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]  # None removes the hook (typeshed varies)
 
 
 def parse_annotate(text: str) -> tuple[int, dict[str, int]]:
