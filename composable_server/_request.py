@@ -235,9 +235,13 @@ class StreamRequests:
         *kernel* allows and *request* is not a TLS socket (a plain or a
         :class:`~composable_server.proxy.ProxiedSocket`); else ``settimeout()``.
 
-        A TLS socket keeps ``settimeout()``: OpenSSL reports an expired kernel
-        timeout as ``SSLWantReadError``, not as the ``TimeoutError`` that
-        ``handlers.SocketFile`` makes of ``EAGAIN``.
+        A TLS socket keeps ``settimeout()``: on a blocking TLS socket
+        ``_ssl`` retries a read or write that failed with ``EAGAIN`` (an
+        expired kernel timeout reads as "want read"), so the limit would
+        never end it.  The timeout has a price there: ``_ssl`` polls before
+        every write and after every read that would block (about four
+        system calls more per keep-alive request: ``tests.bench.switches
+        --scenario tls-persistent``).
         """
         # Without ssl imported no TLS socket can exist, so a server without
         # TLS never imports it (import cost: ``ssl`` is ~10% of ``import

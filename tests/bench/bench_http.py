@@ -143,10 +143,13 @@ def _native_http(kind: str, family: str, address: str) -> None:
     worker per connection, serving its requests in place), or prefork workers
     each with a pool serving ``fast_http(handler)`` (as a user of ``Prefork``
     builds it); for HTTPS (the TLS scenarios), the handler class as it is on
-    a ``Server`` with a ``TLSTransport``."""
+    a ``Server`` with a ``TLSTransport``.  ``native-pool-no-timeout``: that
+    HTTPS pool with ``NoTimeout()`` (stdlib's behaviour: no idle budget,
+    so no socket timeout on the TLS socket), for ``tests.bench.switches``."""
     from composable_server import Server, StreamAcceptor, TCPTransport, ThreadPoolDispatcher
     from composable_server.httpserver import fast_http, make_http_server
     from composable_server.interfaces import Transport
+    from composable_server.policies import ConnectionTimeouts, NoTimeout
     from composable_server.prefork import Prefork
     from composable_server.transports import TLSTransport
 
@@ -154,6 +157,8 @@ def _native_http(kind: str, family: str, address: str) -> None:
 
     handler = _handler_classes(family)
     tls = family == "https-min"
+    if kind == "native-pool-no-timeout" and not tls:
+        raise SystemExit("native-pool-no-timeout serves https-min only")
     if kind == "native-pool" and not tls:
         server = make_http_server(parse_inet(address), handler, threads=POOL_WORKERS, park=False)
         _serve(server)  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
@@ -171,10 +176,11 @@ def _native_http(kind: str, family: str, address: str) -> None:
             acceptor=StreamAcceptor(),
             handler=served,  # a socketserver handler class: called (request, address, server)
             dispatcher=ThreadPoolDispatcher(POOL_WORKERS, queue_size=256),
+            timeout_policy=NoTimeout() if kind == "native-pool-no-timeout" else ConnectionTimeouts(),
             bind_and_activate=bind_and_activate,
         )
 
-    if kind == "native-pool":
+    if kind in ("native-pool", "native-pool-no-timeout"):
         _serve(make_server(transport, bind_and_activate=True))  # type: ignore[arg-type]  # Server is invariant; the loop needs no more than object
         return
     prefork: Prefork[socket.socket, object] = Prefork(transport, make_server, workers=len(os.sched_getaffinity(0)))
@@ -201,6 +207,7 @@ def run(kind: str, family: str, address: str) -> None:
         "stdlib-threading": _socketserver_http,
         "compat-threading": _socketserver_http,
         "native-pool": _native_http,
+        "native-pool-no-timeout": _native_http,
         "prefork": _native_http,
         "native-parking": _parking_http,
     }

@@ -1,6 +1,6 @@
 """Where a TLS handshake's server time goes: instruction counts under callgrind (issue 18).
 
-    python -m tests.bench.callgrind_tls [--kinds stdlib compat native] [--small N] [--large N] [--top K]
+    python -m tests.bench.callgrind_tls [--kinds stdlib compat native native-no-timeout] [--small N] [--large N] [--top K]
                                         [--persistent]
 
 Instruction counts do not depend on other load on the machine.  Each kind
@@ -14,7 +14,11 @@ in one process, ``serve_forever()`` in a thread:
     the same on ``composable_server.compat`` (the drop-in swap);
 ``native``
     the native ``Server`` over ``TLSTransport`` with the benchmark's thread
-    pool (the handshake runs in the worker).
+    pool (the handshake runs in the worker);
+``native-no-timeout``
+    the same with ``NoTimeout()``: no idle budget, so the TLS socket has no
+    socket timeout (``_ssl`` then neither polls before a write nor after a
+    read that would block), as in stdlib.
 
 The client is a separate process that valgrind does not trace, so only the
 server is counted.  It does what ``openssl s_time -new`` does, N times in a
@@ -59,7 +63,7 @@ from .callgrind_udp import parse_annotate
 __all__ = ("KINDS", "client", "main", "serve")
 
 ROOT: Final = Path(__file__).resolve().parent.parent.parent
-KINDS: Final = ("stdlib", "compat", "native")
+KINDS: Final = ("stdlib", "compat", "native", "native-no-timeout")
 # Object files by whose work they do: OpenSSL's (the same for every kind),
 # the interpreter's (the server's Python code, and the _ssl glue), libc's
 # (malloc and memset, for both).
@@ -145,8 +149,9 @@ def _make(kind: str, finished: threading.Semaphore) -> _Serving:
                 return context.wrap_socket(sock, server_side=True), addr
 
         return TLSServer(address, Counted)
-    if kind == "native":
+    if kind in ("native", "native-no-timeout"):
         from composable_server import Server, StreamAcceptor, TCPTransport, ThreadPoolDispatcher
+        from composable_server.policies import ConnectionTimeouts, NoTimeout
         from composable_server.transports import TLSTransport
 
         from .bench_servers import POOL_WORKERS
@@ -156,6 +161,7 @@ def _make(kind: str, finished: threading.Semaphore) -> _Serving:
             acceptor=StreamAcceptor(),
             handler=Counted,
             dispatcher=ThreadPoolDispatcher(POOL_WORKERS, queue_size=256),
+            timeout_policy=NoTimeout() if kind == "native-no-timeout" else ConnectionTimeouts(),
         )
         return server
     raise SystemExit(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ("WRK_MISSING", "STIME_MISSING", "parse_s_time", "parse_wrk", "run_s_time", "run_wrk")
+__all__ = ("WRK_MISSING", "STIME_MISSING", "parse_s_time", "parse_wrk", "run_s_time", "run_wrk", "wrk_command")
 
 WRK_MISSING: Final = "wrk is not installed (Debian: apt-get install wrk): HTTP scenarios skipped"
 STIME_MISSING: Final = "openssl is not installed: the TLS handshake scenario skipped"
@@ -74,18 +74,22 @@ def run_wrk(
 ) -> dict[str, object]:
     """Run ``wrk`` (one thread) against *url* for *duration* seconds (rounded
     up to whole seconds: wrk's ``-d`` takes integers); its figures."""
-    if shutil.which("wrk") is None:
-        raise RuntimeError(WRK_MISSING)
-    seconds = max(1, round(duration))
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
-    if close:
-        cmd += ["-H", "Connection: close"]
-    proc = subprocess.run(
-        cmd + [url], capture_output=True, text=True, preexec_fn=preexec, timeout=seconds + 30
-    )
+    cmd = wrk_command(url, connections, duration, close=close)
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=preexec, timeout=duration + 31)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
     return parse_wrk(proc.stdout, connections)
+
+
+def wrk_command(url: str, connections: int, duration: float, *, close: bool) -> list[str]:
+    """The ``wrk`` command line of :func:`run_wrk` (one thread; *duration*
+    rounded to whole seconds, as wrk's ``-d`` takes integers)."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError(WRK_MISSING)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    return cmd + [url]
 
 
 def parse_s_time(output: str) -> int:

@@ -19,7 +19,7 @@ from tests.bench import (
     callgrind_udp,
     forkcost,
     importcost,
-    switches_udp,
+    switches,
 )
 from tests.bench.clients import parse_s_time, parse_wrk
 from tests.bench.run import SCENARIOS, _Cpus, _skips, _tls_files, build_loadgen, parse_arguments, run_one
@@ -190,12 +190,17 @@ def test_callgrind_workload(kind: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_switches_udp_counts_per_datagram() -> None:
-    """switches_udp serves the pool under load and divides perf's counts by the datagrams served."""
+@pytest.mark.parametrize("scenario", ["udp16", "tls-persistent"])
+def test_switches_counts_per_request(scenario: str) -> None:
+    """switches serves the pool under load (loadgen, or wrk over TLS) and
+    divides perf's counts and the server's CPU by the requests served."""
     if shutil.which("perf") is None or (shutil.which("gcc") or shutil.which("cc")) is None:
         pytest.skip("needs perf and a C compiler (the load generator)")
-    counts = switches_udp.measure("native-pool", 4, 0.3, warmup=0.1)
-    assert counts["datagrams"] > 0 and counts["cpu_us"] > 0
+    if scenario == "tls-persistent" and shutil.which("wrk") is None:
+        pytest.skip("needs wrk")
+    counts = switches.measure("native-pool", scenario, 4, 1.0, warmup=0.1)
+    assert counts["requests"] > 0 and counts["cpu_us"] > 0
+    assert counts["cpu_us"] == pytest.approx(counts["user_us"] + counts["sys_us"])
     if "context-switches" not in counts:
         pytest.skip("perf stat counts no software events here")
     assert counts["context-switches"] >= 0
