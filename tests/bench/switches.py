@@ -60,10 +60,12 @@ def _cpu(pid: int) -> tuple[float, float]:
 def _perf(
     pid: int, command: list[str], timeout: float, preexec: Callable[[], None] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``perf stat`` of *pid*'s :data:`EVENTS` while *command* runs (its
-    stdout is the command's, its stderr perf's report)."""
+    """``perf stat`` of :data:`EVENTS` in *pid* and its child processes (a
+    forking or prefork server's; their threads as they are when it starts)
+    while *command* runs (its stdout is the command's, its stderr perf's report)."""
+    pids = ",".join(str(p) for p in run._descendants(pid))
     perf = subprocess.run(
-        ["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", str(pid), "--", *command],
+        ["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", pids, "--", *command],
         capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
     )
     if perf.returncode != 0:
