@@ -193,6 +193,7 @@ _FINISHES: Final = 1
 # cache) the format in every forked child, and an lru_cache filled only in
 # children would miss in each of them (~20 page faults per child together).
 _TIMEVAL: Final = struct.Struct("@ll")
+_recv: Final = Socket.recv  # a socket's own recv, whatever a subclass (TLS) makes of it
 
 
 @final
@@ -220,11 +221,18 @@ class StreamRequests:
 
     def silent_fd(self, request: Socket) -> int:
         """The socket's descriptor if nothing can be read from it now (one
-        ``MSG_PEEK | MSG_DONTWAIT``), else -1 (data, EOF, or an error the
-        handler should see)."""
+        ``MSG_PEEK | MSG_DONTWAIT``; for a TLS socket, nothing decrypted
+        and waiting either), else -1 (data, EOF, or an error the handler
+        should see).  Ask before any ``settimeout()``: with a socket
+        timeout, Python waits for data before even that ``recv``."""
         try:
-            request.recv(1, _MSG_PEEK | _MSG_DONTWAIT)
+            # The socket's own recv: a TLS socket's refuses flags, and its
+            # records may be buffered already (pending()).
+            _recv(request, 1, _MSG_PEEK | _MSG_DONTWAIT)
         except BlockingIOError:
+            ssl = sys.modules.get("ssl")  # no TLS socket exists without it
+            if ssl is not None and isinstance(request, ssl.SSLSocket) and request.pending():
+                return -1
             return request.fileno()
         except OSError:
             return -1  # a reset: let the handler see it
@@ -316,19 +324,33 @@ def takes_kernel_timeouts(handler: object) -> bool:
     return getattr(handler, "kernel_timeouts_safe", False) is True
 
 
-def parks_connections(handler: object) -> bool:
-    """True if *handler* declares ``parks_connections = True``: what it
-    returns carries a :class:`~composable_server.interfaces.Verdict` as
-    ``verdict``, and on ``KEEP`` the server parks the connection between
-    messages.  A :func:`functools.partial`, or a wrapper that names what it
-    wraps as ``__wrapped__`` (:func:`functools.wraps`), is judged by what it wraps."""
+def _unwrapped(handler: object) -> object:
+    """*handler* without :func:`functools.partial` and ``__wrapped__`` layers."""
     while True:
         if isinstance(handler, functools.partial):
             handler = handler.func
         elif (wrapped := getattr(handler, "__wrapped__", None)) is not None:
             handler = wrapped
         else:
-            return getattr(handler, "parks_connections", False) is True
+            return handler
+
+
+def parks_connections(handler: object) -> bool:
+    """True if *handler* declares ``parks_connections = True``: what it
+    returns carries a :class:`~composable_server.interfaces.Verdict` as
+    ``verdict``, and on ``KEEP`` the server parks the connection between
+    messages.  A :func:`functools.partial`, or a wrapper that names what it
+    wraps as ``__wrapped__`` (:func:`functools.wraps`), is judged by what it wraps."""
+    return getattr(_unwrapped(handler), "parks_connections", False) is True
+
+
+def client_speaks_first(handler: object) -> bool:
+    """True if *handler* also declares ``client_speaks_first = True``: its
+    protocol's client sends the first message (HTTP, line protocols), so a
+    new connection that has sent nothing yet can wait in the loop's poll set
+    like a kept one, instead of in the handler's first read.  Judged as
+    :func:`parks_connections` is."""
+    return getattr(_unwrapped(handler), "client_speaks_first", False) is True
 
 
 LeanReply: TypeAlias = "Callable[[Socket, bytes, Any], None]"  # type: ignore[explicit-any]  # the address of any datagram family
@@ -518,10 +540,10 @@ class RequestPath(Generic[RequestT, AddressT]):
         self._parking: Parking[RequestT, AddressT] | None = None
         self._returns = _IN_PLACE
         self._forks = _forks
-        # (handler, takes_kernel_timeouts, parks) of the handler the jobs saw
-        # last (see handler_traits): asked once per handler, not once per request
-        # (compat lets RequestHandlerClass change, so it is keyed by identity).
-        self.traits: tuple[object, bool, bool] = (None, False, False)
+        # (handler, takes_kernel_timeouts, parks, waits) of the handler the jobs
+        # saw last (see handler_traits): asked once per handler, not once per
+        # request (compat lets RequestHandlerClass change, so it is keyed by identity).
+        self.traits: tuple[object, bool, bool, bool] = (None, False, False, False)
         # The host's finish_request is the engine's own, ``handler(request,
         # client_address, host)``: a kept connection's job calls the handler
         # itself (a frame less per message).  Set by the native Server.
@@ -537,15 +559,17 @@ class RequestPath(Generic[RequestT, AddressT]):
         kept_files = getattr(host, "kept_files", None)
         self.kept_files = kept_files if isinstance(kept_files, KeptFiles) else KeptFiles()
 
-    def handler_traits(self, handler: object) -> tuple[object, bool, bool]:
-        """``(handler, takes_kernel_timeouts(handler), parks)``, remembered
-        for the last *handler* asked about (:attr:`traits`); *parks*: the
-        handler parks connections (:func:`parks_connections`) and the
-        transport's requests are connections."""
+    def handler_traits(self, handler: object) -> tuple[object, bool, bool, bool]:
+        """``(handler, takes_kernel_timeouts(handler), parks, waits)``,
+        remembered for the last *handler* asked about (:attr:`traits`);
+        *parks*: the handler parks connections (:func:`parks_connections`)
+        and the transport's requests are connections; *waits*: it parks
+        and its client speaks first (:func:`client_speaks_first`)."""
         traits = self.traits
         if traits[0] is not handler:
             parks = self.host.transport.request_ops.connections and parks_connections(handler)
-            traits = self.traits = (handler, takes_kernel_timeouts(handler), parks)
+            waits = parks and client_speaks_first(handler)
+            traits = self.traits = (handler, takes_kernel_timeouts(handler), parks, waits)
         return traits
 
     def job(
@@ -822,11 +846,25 @@ class RequestJob(Generic[RequestT, AddressT]):
                 traits = path.traits
                 if traits[0] is not handler:
                     traits = path.handler_traits(handler)
+                # Asked before the idle budget: with a socket timeout set
+                # (settimeout), even a MSG_DONTWAIT recv first waits for data.
+                unspoken = traits[3] and path._parking is not None and ops.silent_fd(request) >= 0
                 if budget is not None and budget.idle is not None:
                     ops.limit_idle(request, budget.idle, kernel=traits[1])
                 self._parks = traits[2]
                 if host.transport.late_admission and not host.verify_request(request, self.client_address):
                     return False  # refused (the verifier logs it): released below, unserved
+                if unspoken:
+                    # Its client speaks first and has said nothing yet: it
+                    # waits among the kept connections (the idle budget, the
+                    # cap), not in the handler's first read, which would
+                    # hold this worker, or the whole loop on a SyncDispatcher.
+                    where = path.give_back(self)
+                    if where == _TO_LOOP:
+                        kept = True
+                        return None
+                    if where == _CLOSED:
+                        return True  # the loop is leaving: closed as the kept ones are
             while True:
                 if path.plain_finish:
                     served = host.handler(request, self.client_address, host)

@@ -26,7 +26,7 @@ from socket import SHUT_RDWR
 from socket import socket as Socket
 from typing import ClassVar, Final, Generic, TypeAlias, TypeVar, cast, final
 
-from ._request import parks_connections
+from ._request import client_speaks_first, parks_connections
 from ._socketutil import DATAGRAM_SEND_TIMEOUT, send_datagram
 from .handlers import BaseRequestHandler, ParkingRequestHandler, StreamRequestHandler
 from .interfaces import Address, DatagramRequest, HandlerFactory, Verdict
@@ -167,6 +167,7 @@ class LinesHandler(ParkingRequestHandler[Address]):
 
     max_line: ClassVar[int] = MAX_LINE
     parks_connections = False  # lines_service(park=True) parks
+    client_speaks_first = True  # a silent new connection then waits parked, holding no worker
 
     def handle_message(self) -> Verdict:
         line = self.rfile.readline(self.max_line)
@@ -212,6 +213,11 @@ class RequestLog(Generic[RequestT]):
     def parks_connections(self) -> bool:
         """The wrapped handler's capability (see ``_request.parks_connections``)."""
         return parks_connections(self.handler)
+
+    @property
+    def client_speaks_first(self) -> bool:
+        """The wrapped handler's capability (see ``_request.client_speaks_first``)."""
+        return client_speaks_first(self.handler)
 
     def __call__(self, request: RequestT, client_address: Address, server: object) -> object:
         """Log the request, then run the wrapped handler for it; return what it returned."""

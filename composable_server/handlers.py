@@ -378,6 +378,14 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
             messages.  False: :meth:`handle` serves every message in place,
             in one worker, until CLOSE (the classic thread-per-connection
             shape, for servers without a loop to park in).
+        client_speaks_first: another capability: True states that the
+            protocol's client sends the first message, so a new connection
+            that has sent nothing yet waits among the parked ones (idle
+            budget, ``max_parked``) until it speaks, holding no worker (on
+            a ``SyncDispatcher``: not holding the loop, which would
+            otherwise wait in the first read while every other connection
+            waits too).  False (the default): the handler runs at once, as
+            a protocol whose server speaks first (an SMTP greeting) needs.
 
     Attributes:
         verdict: what became of the connection after the last message
@@ -385,6 +393,7 @@ class ParkingRequestHandler(StreamRequestHandler[AddressT]):
     """
 
     parks_connections: ClassVar[bool] = True
+    client_speaks_first: ClassVar[bool] = False
     verdict: Verdict = Verdict.CLOSE
     # The server's KeptFiles (None: a server without one, stdlib's).
     _kept_files: KeptFiles | None = None
@@ -663,6 +672,7 @@ class LineResponder(Generic[AddressT]):
 
     # Capabilities the server reads (see ParkingRequestHandler, StreamRequestHandler).
     parks_connections: ClassVar[bool] = True
+    client_speaks_first: ClassVar[bool] = True
     # Reads and writes report an expired SO_RCVTIMEO/SO_SNDTIMEO as TimeoutError (serve_lines).
     kernel_timeouts_safe: ClassVar[bool] = True
 
@@ -673,11 +683,8 @@ class LineResponder(Generic[AddressT]):
     def __call__(self, request: Socket, client_address: AddressT, server: object) -> _Served:
         """Serve the lines the connection *request* has sent; wait in place
         for the end of a partial line, and for input buffered in user space
-        (TLS) to be served too.  A new connection of a server whose loop
-        serves the lines itself (``Server._inline_lines``) is kept unread:
-        the loop serves it once readable."""
-        if getattr(server, "_lines_inline", False) is True:
-            return _SERVED_KEEP
+        (TLS) to be served too.  (A new connection that has sent nothing
+        yet waits among the kept ones first: ``client_speaks_first``.)"""
         rest = b""
         while True:
             left = self.serve_lines(request, rest, client_address)

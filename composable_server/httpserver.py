@@ -712,6 +712,9 @@ class ParkingHTTPRequestHandler(HTTPRequestHandler):
             the connection in place, as stdlib does.
         kernel_timeouts_safe: True: reads and writes go through ``rfile`` and
             ``wfile`` only (see the module docstring).
+        client_speaks_first: True: an HTTP client speaks first, so a new
+            connection waits among the parked ones until its first request
+            arrives (see ``handlers.ParkingRequestHandler``).
 
     Attributes:
         verdict: what became of the connection after the last request
@@ -720,6 +723,7 @@ class ParkingHTTPRequestHandler(HTTPRequestHandler):
 
     parks_connections: ClassVar[bool] = True
     kernel_timeouts_safe: ClassVar[bool] = True
+    client_speaks_first: ClassVar[bool] = True
     verdict: Verdict = Verdict.CLOSE
     # The server's KeptFiles (None: a server without them, or not yet set up).
     _kept_files: KeptFiles | None = None

@@ -46,7 +46,9 @@ ready and says KEEP: its job comes back to the loop (the worker arms its
 descriptor in the kept connections' epoll set, which sits in the loop's
 poll set) and waits there until the next message, then is dispatched again
 (on a ``SyncDispatcher``, served by the loop itself); idle too long (the idle budget) or least recently used beyond
-``max_parked``, it is closed.  Leaving the loop (shutdown, drain) closes
+``max_parked``, it is closed.  A new connection of such a handler whose
+client speaks first (``client_speaks_first``) and that has sent nothing
+yet joins them at once, unread, instead of waiting in the handler's first read.  Leaving the loop (shutdown, drain) closes
 every parked connection at once; busy ones finish their message and close.
 
 Lines inline.  The same for a kept connection of a lean line handler
@@ -247,9 +249,6 @@ class Server(Generic[RequestT, AddressT]):
     # Wake-ups left before the loop probes for a second request again
     # (a failed probe sets _PROBE_BACKOFF).
     _probe_skips = 0
-    # serve_forever's loop serves the lines of kept connections itself
-    # (_inline_lines): a LineResponder then keeps a new connection unread.
-    _lines_inline = False
 
     def __init__(
         self,
@@ -349,7 +348,6 @@ class Server(Generic[RequestT, AddressT]):
             paused.register(waker_fd, _POLLIN)
             requests = self._requests
             lines = self._inline_lines()
-            self._lines_inline = lines is not None
             parking = self._parking = Parking(
                 self, poller, self._process_guarded, self._redispatch_guarded, self.max_parked, self._observers,
                 # SyncDispatcher (final) runs jobs here: kept connections are served inline.
@@ -417,7 +415,6 @@ class Server(Generic[RequestT, AddressT]):
     def _leave_loop(self) -> None:
         """serve_forever's exit: release parked connections, reset the state."""
         self._requests.close_returns()
-        self._lines_inline = False
         if self._parking is not None:
             self._parking.clear()
             self._parking = None
@@ -739,10 +736,10 @@ class Server(Generic[RequestT, AddressT]):
         request path overridden (:data:`_INLINE_HOOKS`): its
         ``serve_lines`` is then called for each ready kept connection, with
         no job run in between.  A connection's start, its budgets, the
-        verifier and closing stay the job's (``RequestJob``); while the
-        loop runs (``_lines_inline``) the responder keeps a new connection
-        unread, so its first line is served here too and a silent client
-        costs the loop no wait.
+        verifier and closing stay the job's (``RequestJob``); a new
+        connection that has not spoken yet waits among the kept ones
+        (``client_speaks_first``), so its first line is served here too and
+        a silent client costs the loop no wait.
         """
         from .transports import TCPTransport, UnixStreamTransport  # here: loaded already with a stream server
 

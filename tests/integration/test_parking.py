@@ -86,12 +86,13 @@ def make_server(
     transport: Any = None,
     verifier: Any = None,
     observers: list[RecordingObserver] | None = None,
+    handler: Any = Lines,
 ) -> Server[socket.socket, Any]:
     if observers:
         return Server(
             transport=TCPTransport((LOCAL, 0)) if transport is None else transport,
             acceptor=StreamAcceptor(),
-            handler=Lines,
+            handler=handler,
             dispatcher=ThreadPoolDispatcher(4) if dispatcher is None else dispatcher,
             error_policy=errors,
             timeout_policy=ConnectionTimeouts(Budget(idle=idle)) if timeouts is None else timeouts,
@@ -102,7 +103,7 @@ def make_server(
     return Server(
         transport=TCPTransport((LOCAL, 0)) if transport is None else transport,
         acceptor=StreamAcceptor(),
-        handler=Lines,
+        handler=handler,
         dispatcher=ThreadPoolDispatcher(4) if dispatcher is None else dispatcher,
         error_policy=errors,
         timeout_policy=ConnectionTimeouts(Budget(idle=idle)) if timeouts is None else timeouts,
@@ -237,6 +238,54 @@ def test_a_conversation_composes_with_each_dispatcher(dispatcher: Callable[[], D
             # shutdown, not close: a forked child holds copies of these client sockets.
             client.shutdown(socket.SHUT_WR)
             assert client.recv(1) == b""
+
+
+class ClientFirstLines(Lines):
+    """Lines, stating that its client speaks first."""
+
+    client_speaks_first = True
+
+
+class Greeting(ParkingRequestHandler[Any]):
+    """Says ``hello`` before it reads anything (a server-speaks-first protocol), then closes."""
+
+    def handle_message(self) -> Verdict:
+        self.wfile.write(b"hello\n")
+        return Verdict.CLOSE
+
+
+@pytest.mark.parametrize(
+    "dispatcher", [SyncDispatcher, lambda: ThreadPoolDispatcher(1)], ids=["sync", "pool-of-one"]
+)
+def test_a_silent_new_connection_whose_client_speaks_first_holds_neither_loop_nor_worker(
+    dispatcher: Callable[[], Dispatcher],
+) -> None:
+    """client_speaks_first: a new connection that has said nothing waits among the parked ones, not in
+    the handler's first read, so the next client is served at once (by the loop itself, or by the only
+    worker); the silent one is served when it speaks."""
+    with running(make_server(dispatcher(), handler=ClientFirstLines)) as server, connect(server) as silent:
+        assert wait_until(lambda: server.parked_connections == 1)
+        assert Lines.instances == []  # not read, not even instantiated
+        with connect(server) as other:
+            assert ask(other, b"hi\n") == b"HI\n"
+        assert ask(silent, b"late\n") == b"LATE\n"
+
+
+def test_a_silent_new_connection_waiting_parked_is_closed_at_the_idle_budget() -> None:
+    """An unspoken connection waiting among the parked ones is bounded by the idle budget, counted as ``idle``."""
+    timeouts = ConnectionTimeouts(Budget(idle=0.3))
+    with running(make_server(SyncDispatcher(), timeouts=timeouts, handler=ClientFirstLines)) as server:
+        with connect(server) as silent:
+            assert silent.recv(1) == b""  # closed by the server
+        assert timeouts.statistics() == {"idle": 1}
+        assert server.parked_connections == 0 and Lines.instances == []
+
+
+def test_a_handler_whose_server_speaks_first_runs_at_once_on_a_new_connection() -> None:
+    """Without client_speaks_first (the default) a new connection goes to the handler at once: its greeting
+    reaches a client that has sent nothing."""
+    with running(make_server(SyncDispatcher(), handler=Greeting)) as server, connect(server) as client:
+        assert client.makefile("rb").readline() == b"hello\n"
 
 
 class CountingVerifier:
@@ -439,6 +488,23 @@ def test_cli_lines_park_serves_more_open_connections_than_threads(dispatch: list
         finally:
             for client in clients:
                 client.close()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(CLIENT_TIMEOUT) == 0
+    finally:
+        proc.close()
+    assert not any("Traceback" in line for line in proc.lines)
+
+
+@pytest.mark.timeout(60)
+def test_cli_lines_park_keeps_a_silent_new_connection_off_its_only_thread() -> None:
+    """`--service lines --park --threads 1`: a client that connects and says nothing does not hold the thread."""
+    proc = serve_cli("--service", "lines", "--park", "--dispatch", "pool", "--threads", "1")
+    try:
+        address = cli_address(proc)
+        with socket.create_connection(address, timeout=CLIENT_TIMEOUT) as silent:
+            with socket.create_connection(address, timeout=CLIENT_TIMEOUT) as other:
+                assert ask(other, b"next\n") == b"NEXT\n"
+            assert ask(silent, b"late\n") == b"LATE\n"
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.proc.wait(CLIENT_TIMEOUT) == 0
     finally:

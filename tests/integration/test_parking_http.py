@@ -136,6 +136,22 @@ def request_bytes(path: str, *extra: str, version: str = "HTTP/1.1") -> bytes:
     return "\r\n".join([f"GET {path} {version}", "Host: test", *extra, "", ""]).encode()
 
 
+
+def test_a_silent_new_connection_holds_no_worker_without_a_first_byte_budget() -> None:
+    """An HTTP client speaks first: on a pool of one with the default budgets (no first-byte budget), a
+    connection that sends nothing waits among the parked ones, and the next client is served."""
+    server = make_http_server((LOCAL, 0), Paths, threads=1)
+    with running(server), socket.create_connection(server.server_address[:2], timeout=CLIENT_TIMEOUT) as silent:
+        assert wait_until(lambda: server.parked_connections == 1)
+        connection = http_client(server)
+        try:
+            assert get(connection, "/next") == (200, b"/next")
+        finally:
+            connection.close()
+        silent.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = read_response(silent.makefile("rb"))
+        assert status.startswith(b"HTTP/1.1 200") and body == b"/late"
+
 def test_http_client_keeps_one_connection_parked_between_requests() -> None:
     """Five requests on one http.client connection: one socket, one dispatch each, parked in between."""
     with running(make_server(threads=2)) as server:

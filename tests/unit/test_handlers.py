@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from composable_server._request import parks_connections, takes_kernel_timeouts
+from composable_server._request import client_speaks_first, parks_connections, takes_kernel_timeouts
 from composable_server.handlers import DEFAULT_MAX_LINE_LENGTH, DatagramResponder, LineResponder
 from composable_server.interfaces import DatagramHandler, DatagramRequest, InetAddress, LineHandler, Verdict
 from composable_server.proxy import Command, ProxiedDatagram, ProxyHeader
@@ -250,15 +250,9 @@ class TestLineResponder:
         with pytest.raises(ConnectionResetError):
             _serve(LineResponder(UpperLines()), _ChunkSocket(ConnectionResetError()))
 
-    def test_a_server_serving_lines_in_its_loop_gets_the_connection_unread(self) -> None:
-        """While the loop serves lines itself (Server._lines_inline) a new connection is kept without a read."""
-
-        class Looping:
-            _lines_inline = True
-
-        sock = _ChunkSocket(b"unread\n")
-        assert _serve(LineResponder(UpperLines()), sock, Looping()) is Verdict.KEEP
-        assert sock.chunks == [b"unread\n"] and sock.sent == []
+    def test_its_client_speaks_first(self) -> None:
+        """A line protocol's client speaks first: a silent new connection may wait among the kept ones."""
+        assert client_speaks_first(LineResponder(UpperLines()))
 
     @pytest.mark.timeout(10)
     def test_on_a_memory_server_the_job_path_applies(self) -> None:

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from composable_server import Server
-from composable_server._request import parks_connections, takes_kernel_timeouts
+from composable_server._request import client_speaks_first, parks_connections, takes_kernel_timeouts
 from composable_server.httpserver import (
     COALESCE_LIMIT,
     DEFAULT_HTTP_BUDGET,
@@ -253,9 +253,10 @@ class TestParkingHTTPRequestHandler:
         assert connection.options == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)]
 
     def test_it_states_the_capabilities_the_server_reads(self) -> None:
-        """The class parks and takes kernel timeouts; through functools.partial too."""
+        """The class parks, takes kernel timeouts and its client speaks first; through functools.partial too."""
         assert parks_connections(Paths)
         assert takes_kernel_timeouts(Paths)
+        assert client_speaks_first(Paths)
         assert parks_connections(functools.partial(Paths))
         assert not parks_connections(InPlace)
 

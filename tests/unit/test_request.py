@@ -27,10 +27,11 @@ from composable_server._request import (
     Parking,
     RequestJob,
     RequestPath,
+    client_speaks_first,
     parks_connections,
     takes_kernel_timeouts,
 )
-from composable_server.interfaces import RequestFinished
+from composable_server.interfaces import RequestFinished, Verdict
 from composable_server.observers import ObserverGroup
 from composable_server.testing import (
     InlineDispatcher,
@@ -665,6 +666,83 @@ class TestParking:
             rig.server.server_close()
 
 
+class _Closed:
+    verdict = Verdict.CLOSE
+
+
+class _Parking:
+    """A parking handler factory (``client_speaks_first`` as given); records each call's client, says CLOSE."""
+
+    parks_connections = True
+
+    def __init__(self, *, client_first: bool) -> None:
+        self.client_speaks_first = client_first
+        self.calls: list[str] = []
+        self.called = threading.Semaphore(0)
+
+    def __call__(self, request: object, client_address: str, server: object) -> _Closed:
+        self.calls.append(client_address)
+        self.called.release()
+        return _Closed()
+
+
+class TestUnspokenConnections:
+    """A new connection of a parking handler whose client speaks first waits among the kept ones until it speaks."""
+
+    @pytest.mark.timeout(10)
+    def test_it_is_served_when_it_speaks_and_others_meanwhile(self) -> None:
+        """No first-byte budget: the silent one is kept unread (no handler call), the next one is served, then the first."""
+        handler = _Parking(client_first=True)
+        rig = Rig(budget=Budget(idle=WAIT), handler=handler)
+        conn = PipeConnection()
+        try:
+            rig.ops.silent[conn] = conn.r
+            with serving(rig.server):
+                rig.transport.connect(conn, "client-q")  # type: ignore[arg-type]  # a fake socket: its descriptor is a pipe's
+                rig.transport.connect("loud", "client-l")
+                assert handler.called.acquire(timeout=WAIT)
+                assert handler.calls == ["client-l"]
+                assert eventually(lambda: rig.server.parked_connections == 1)
+                conn.speak()
+                assert handler.called.acquire(timeout=WAIT)
+            assert handler.calls == ["client-l", "client-q"]
+            assert rig.policy.exceeded == []
+        finally:
+            rig.server.server_close()
+            conn.close()
+
+    @pytest.mark.timeout(10)
+    def test_a_handler_whose_server_speaks_first_is_called_at_once(self) -> None:
+        """Without client_speaks_first a silent new connection goes to the handler at once (it may greet)."""
+        handler = _Parking(client_first=False)
+        rig = Rig(budget=Budget(idle=WAIT), handler=handler)
+        conn = PipeConnection()
+        try:
+            rig.ops.silent[conn] = conn.r
+            with serving(rig.server):
+                rig.transport.connect(conn, "client-q")  # type: ignore[arg-type]  # as above
+                assert handler.called.acquire(timeout=WAIT)
+            assert handler.calls == ["client-q"] and rig.server.parked_connections == 0
+        finally:
+            rig.server.server_close()
+            conn.close()
+
+    @pytest.mark.timeout(10)
+    def test_without_a_loop_it_is_served_in_place(self) -> None:
+        """handle_request() has no loop to keep it in: the handler is called (and waits in its read)."""
+        handler = _Parking(client_first=True)
+        rig = Rig(budget=Budget(idle=WAIT), handler=handler)
+        conn = PipeConnection()
+        try:
+            rig.ops.silent[conn] = conn.r
+            rig.transport.connect(conn, "client-q")  # type: ignore[arg-type]  # as above
+            rig.server.handle_request()
+            assert handler.calls == ["client-q"]
+        finally:
+            rig.server.server_close()
+            conn.close()
+
+
 class TestLayering:
     @pytest.mark.timeout(5)
     def test_the_engine_knows_no_sockets_nor_handlers(self) -> None:
@@ -705,6 +783,25 @@ def _wrapper(request: object, client_address: object, server: object) -> object:
 def test_parks_connections_reads_the_capability_through_partials_and_wrappers(handler: object, expected: bool) -> None:
     """A parking handler is recognised by its stated capability, also through partial and __wrapped__."""
     assert parks_connections(handler) is expected
+
+
+class _ClientFirst(_Parks):
+    client_speaks_first = True
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [
+        (_ClientFirst, True),
+        (_Parks, False),
+        (functools.partial(_ClientFirst), True),
+        (functools.update_wrapper(_wrapper, _ClientFirst, assigned=(), updated=()), True),
+    ],
+    ids=["client-first", "parking", "partial", "wrapped"],
+)
+def test_client_speaks_first_reads_the_capability_through_partials_and_wrappers(handler: object, expected: bool) -> None:
+    """client_speaks_first is read as parks_connections is."""
+    assert client_speaks_first(handler) is expected
 
 
 class PipeConnection:
