@@ -332,6 +332,24 @@ def test_tls_handshakes_once_and_pipelined_records_are_served_from_pending_bytes
     assert isinstance(Lines.connections[0], ssl.SSLSocket)
 
 
+def test_tls_a_silent_connection_after_its_handshake_waits_parked_when_the_client_speaks_first() -> None:
+    """Over TLS on a pool of one: a client that handshakes and says nothing holds no worker; a second is served."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(LOCAL).configure_cert(context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    transport = TLSTransport(TCPTransport((LOCAL, 0)), context)
+    server = make_server(ThreadPoolDispatcher(1), transport=transport, handler=ClientFirstLines)
+    with running(server), client_context.wrap_socket(connect(server), server_hostname=LOCAL) as silent:
+        assert wait_until(lambda: server.parked_connections == 1)
+        with client_context.wrap_socket(connect(server), server_hostname=LOCAL) as other:
+            other.sendall(b"hi\n")
+            assert other.makefile("rb").readline() == b"HI\n"
+        silent.sendall(b"late\n")
+        assert silent.makefile("rb").readline() == b"LATE\n"
+
+
 class SmallReads(Lines):
     """rbufsize 2: a line is read in pieces and the rest of a record stays in the SSL object."""
 

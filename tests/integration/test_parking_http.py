@@ -138,9 +138,9 @@ def request_bytes(path: str, *extra: str, version: str = "HTTP/1.1") -> bytes:
 
 
 def test_a_silent_new_connection_holds_no_worker_without_a_first_byte_budget() -> None:
-    """An HTTP client speaks first: on a pool of one with the default budgets (no first-byte budget), a
-    connection that sends nothing waits among the parked ones, and the next client is served."""
-    server = make_http_server((LOCAL, 0), Paths, threads=1)
+    """An HTTP client speaks first: on a pool of one whose budgets have no first-byte one (which would park
+    it at the accept), a connection that sends nothing waits among the parked ones, and the next client is served."""
+    server = make_http_server((LOCAL, 0), Paths, threads=1, timeout_policy=ConnectionTimeouts(Budget(idle=60.0)))
     with running(server), socket.create_connection(server.server_address[:2], timeout=CLIENT_TIMEOUT) as silent:
         assert wait_until(lambda: server.parked_connections == 1)
         connection = http_client(server)
