@@ -29,6 +29,7 @@ import queue
 import re
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -676,3 +677,16 @@ def cli_address(proc: OutputProcess) -> tuple[str, int]:
     """The address a :func:`serve_cli` server logged as ``listening on KIND HOST:PORT``."""
     host, _, port = proc.wait_for(r"listening on \S+ (\S+)").group(1).rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def tls_contexts(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """``(server, client)`` contexts: the server's certificate for *host*,
+    issued by a fresh trustme CA that the client trusts."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host).configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import trustme
 
 from composable_server import (
     Budget,
@@ -37,7 +36,7 @@ from composable_server.handlers import ParkingRequestHandler, SocketFile, buffer
 from composable_server.interfaces import Dispatcher, RequestFinished, Verdict
 from composable_server.testing import RecordingObserver
 
-from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, RecordingErrorPolicy, cli_address, running, serve_cli
+from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, RecordingErrorPolicy, cli_address, running, serve_cli, tls_contexts
 
 LOCAL = "127.0.0.1"
 
@@ -310,11 +309,7 @@ def test_the_verifier_admits_a_connection_once_not_per_message() -> None:
 
 def test_tls_handshakes_once_and_pipelined_records_are_served_from_pending_bytes() -> None:
     """Over TLS one handshake serves every message; two lines in one record are both answered."""
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(LOCAL).configure_cert(context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    context, client_context = tls_contexts(LOCAL)
     transport = TLSTransport(TCPTransport((LOCAL, 0)), context)
     with running(make_server(transport=transport)) as server:
         raw = connect(server)
@@ -334,11 +329,7 @@ def test_tls_handshakes_once_and_pipelined_records_are_served_from_pending_bytes
 
 def test_tls_a_silent_connection_after_its_handshake_waits_parked_when_the_client_speaks_first() -> None:
     """Over TLS on a pool of one: a client that handshakes and says nothing holds no worker; a second is served."""
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(LOCAL).configure_cert(context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    context, client_context = tls_contexts(LOCAL)
     transport = TLSTransport(TCPTransport((LOCAL, 0)), context)
     server = make_server(ThreadPoolDispatcher(1), transport=transport, handler=ClientFirstLines)
     with running(server), client_context.wrap_socket(connect(server), server_hostname=LOCAL) as silent:
@@ -358,11 +349,7 @@ class SmallReads(Lines):
 
 def test_tls_bytes_pending_in_the_ssl_object_are_served_before_parking() -> None:
     """With a tiny rfile buffer the second pipelined line waits in ``SSLSocket.pending()``, not in the kernel."""
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(LOCAL).configure_cert(context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    context, client_context = tls_contexts(LOCAL)
     server: Server[socket.socket, Any] = Server(
         transport=TLSTransport(TCPTransport((LOCAL, 0)), context),
         acceptor=StreamAcceptor(),

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import trustme
 
 from composable_server import Budget, ConnectionTimeouts, Server
 from composable_server.httpserver import HTTPRequestHandler, ParkingHTTPRequestHandler, make_http_server, parking_http
 
 from .._process import run_process
-from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, RecordingErrorPolicy, cli_address, running, serve_cli
+from ._support import CLIENT_TIMEOUT, IDLE_CLIENTS, RecordingErrorPolicy, cli_address, running, serve_cli, tls_contexts
 
 LOCAL = "127.0.0.1"
 
@@ -292,11 +291,7 @@ def test_a_parked_http_connection_idle_too_long_is_closed() -> None:
 
 def test_tls_keep_alive_handshakes_once_and_serves_every_request() -> None:
     """HTTPS keep-alive: one TLS connection (one handshake) for five requests, parked in between."""
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(LOCAL).configure_cert(context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    context, client_context = tls_contexts(LOCAL)
     with running(make_server(ssl_context=context)) as server:
         connection = http_client(server, client_context)
         try:
@@ -315,11 +310,7 @@ def test_tls_pipelined_requests_are_served_from_pending_bytes() -> None:
     class SmallReads(Paths):
         rbufsize = 16
 
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(LOCAL).configure_cert(context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    context, client_context = tls_contexts(LOCAL)
     with running(make_server(SmallReads, ssl_context=context)) as server:
         raw = socket.create_connection(server.server_address, CLIENT_TIMEOUT)
         with client_context.wrap_socket(raw, server_hostname=LOCAL) as client:

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
-import trustme
 
 from composable_server import (
     Budget,
@@ -34,7 +33,7 @@ from composable_server import (
 from composable_server.handlers import ParkingRequestHandler
 from composable_server.interfaces import Dispatcher, Verdict
 
-from ._support import CLIENT_TIMEOUT, RecordingErrorPolicy, running
+from ._support import CLIENT_TIMEOUT, RecordingErrorPolicy, running, tls_contexts
 
 LOCAL = "127.0.0.1"
 
@@ -269,11 +268,7 @@ def test_the_loop_alone_serves_every_ready_connection_and_keeps_them_registered(
 @DISPATCHERS
 def test_tls_pending_bytes_are_served_with_kept_files(dispatcher: Callable[[], Dispatcher]) -> None:
     """Over TLS a tiny reused rfile leaves a pipelined line in SSLSocket.pending(): served before parking, once."""
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(LOCAL).configure_cert(context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    context, client_context = tls_contexts(LOCAL)
     transport = TLSTransport(TCPTransport((LOCAL, 0)), context)
     with running(make_server(dispatcher(), handler=SmallEcho, transport=transport)) as server:
         raw = connect(server)

@@ -689,58 +689,46 @@ class _Parking:
 class TestUnspokenConnections:
     """A new connection of a parking handler whose client speaks first waits among the kept ones until it speaks."""
 
-    @pytest.mark.timeout(10)
-    def test_it_is_served_when_it_speaks_and_others_meanwhile(self) -> None:
-        """No first-byte budget: the silent one is kept unread (no handler call), the next one is served, then the first."""
-        handler = _Parking(client_first=True)
+    @contextmanager
+    def rig(self, *, client_first: bool) -> Iterator[tuple[Rig, _Parking, PipeConnection]]:
+        """A rig with a :class:`_Parking` handler, and a silent connection queued on it (as ``client-q``)."""
+        handler = _Parking(client_first=client_first)
         rig = Rig(budget=Budget(idle=WAIT), handler=handler)
         conn = PipeConnection()
         try:
             rig.ops.silent[conn] = conn.r
-            with serving(rig.server):
-                rig.transport.connect(conn, "client-q")  # type: ignore[arg-type]  # a fake socket: its descriptor is a pipe's
-                rig.transport.connect("loud", "client-l")
-                assert handler.called.acquire(timeout=WAIT)
-                assert handler.calls == ["client-l"]
-                assert eventually(lambda: rig.server.parked_connections == 1)
-                conn.speak()
-                assert handler.called.acquire(timeout=WAIT)
-            assert handler.calls == ["client-l", "client-q"]
-            assert rig.policy.exceeded == []
+            rig.transport.connect(conn, "client-q")  # type: ignore[arg-type]  # a fake socket: its descriptor is a pipe's
+            yield rig, handler, conn
         finally:
             rig.server.server_close()
             conn.close()
+
+    @pytest.mark.timeout(10)
+    def test_it_is_served_when_it_speaks_and_others_meanwhile(self) -> None:
+        """No first-byte budget: the silent one is kept unread (no handler call), the next one is served, then the first."""
+        with self.rig(client_first=True) as (rig, handler, conn), serving(rig.server):
+            rig.transport.connect("loud", "client-l")
+            assert handler.called.acquire(timeout=WAIT)
+            assert handler.calls == ["client-l"]
+            assert eventually(lambda: rig.server.parked_connections == 1)
+            conn.speak()
+            assert handler.called.acquire(timeout=WAIT)
+            assert handler.calls == ["client-l", "client-q"]
+            assert rig.policy.exceeded == []
 
     @pytest.mark.timeout(10)
     def test_a_handler_whose_server_speaks_first_is_called_at_once(self) -> None:
         """Without client_speaks_first a silent new connection goes to the handler at once (it may greet)."""
-        handler = _Parking(client_first=False)
-        rig = Rig(budget=Budget(idle=WAIT), handler=handler)
-        conn = PipeConnection()
-        try:
-            rig.ops.silent[conn] = conn.r
-            with serving(rig.server):
-                rig.transport.connect(conn, "client-q")  # type: ignore[arg-type]  # as above
-                assert handler.called.acquire(timeout=WAIT)
+        with self.rig(client_first=False) as (rig, handler, _), serving(rig.server):
+            assert handler.called.acquire(timeout=WAIT)
             assert handler.calls == ["client-q"] and rig.server.parked_connections == 0
-        finally:
-            rig.server.server_close()
-            conn.close()
 
     @pytest.mark.timeout(10)
     def test_without_a_loop_it_is_served_in_place(self) -> None:
         """handle_request() has no loop to keep it in: the handler is called (and waits in its read)."""
-        handler = _Parking(client_first=True)
-        rig = Rig(budget=Budget(idle=WAIT), handler=handler)
-        conn = PipeConnection()
-        try:
-            rig.ops.silent[conn] = conn.r
-            rig.transport.connect(conn, "client-q")  # type: ignore[arg-type]  # as above
+        with self.rig(client_first=True) as (rig, handler, _):
             rig.server.handle_request()
             assert handler.calls == ["client-q"]
-        finally:
-            rig.server.server_close()
-            conn.close()
 
 
 class TestLayering:
@@ -769,39 +757,31 @@ def _wrapper(request: object, client_address: object, server: object) -> object:
     return None  # never called: only its __wrapped__ is read
 
 
-@pytest.mark.parametrize(
-    ("handler", "expected"),
-    [
-        (_Parks, True),
-        (StreamRequestHandler, False),
-        (functools.partial(_Parks), True),
-        (functools.update_wrapper(_wrapper, _Parks, assigned=(), updated=()), True),
-        (lambda request, address, server: None, False),
-    ],
-    ids=["parking", "stream", "partial", "wrapped", "function"],
-)
-def test_parks_connections_reads_the_capability_through_partials_and_wrappers(handler: object, expected: bool) -> None:
-    """A parking handler is recognised by its stated capability, also through partial and __wrapped__."""
-    assert parks_connections(handler) is expected
-
-
 class _ClientFirst(_Parks):
     client_speaks_first = True
 
 
 @pytest.mark.parametrize(
-    ("handler", "expected"),
+    ("capability", "handler", "expected"),
     [
-        (_ClientFirst, True),
-        (_Parks, False),
-        (functools.partial(_ClientFirst), True),
-        (functools.update_wrapper(_wrapper, _ClientFirst, assigned=(), updated=()), True),
+        (parks_connections, _Parks, True),
+        (parks_connections, StreamRequestHandler, False),
+        (parks_connections, functools.partial(_Parks), True),
+        (parks_connections, functools.update_wrapper(_wrapper, _Parks, assigned=(), updated=()), True),
+        (parks_connections, lambda request, address, server: None, False),
+        (client_speaks_first, _ClientFirst, True),
+        (client_speaks_first, _Parks, False),
+        (client_speaks_first, functools.partial(_ClientFirst), True),
+        (client_speaks_first, functools.update_wrapper(_wrapper, _ClientFirst, assigned=(), updated=()), True),
     ],
-    ids=["client-first", "parking", "partial", "wrapped"],
+    ids=["parking", "stream", "partial", "wrapped", "function",
+         "client-first", "parking-only", "client-first-partial", "client-first-wrapped"],
 )
-def test_client_speaks_first_reads_the_capability_through_partials_and_wrappers(handler: object, expected: bool) -> None:
-    """client_speaks_first is read as parks_connections is."""
-    assert client_speaks_first(handler) is expected
+def test_capabilities_are_read_through_partials_and_wrappers(
+    capability: Callable[[object], bool], handler: object, expected: bool
+) -> None:
+    """A handler's stated capabilities (parks_connections, client_speaks_first) are read through partial and __wrapped__."""
+    assert capability(handler) is expected
 
 
 class PipeConnection:
