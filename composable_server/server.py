@@ -48,8 +48,9 @@ poll set) and waits there until the next message, then is dispatched again
 (on a ``SyncDispatcher``, served by the loop itself); idle too long (the idle budget) or least recently used beyond
 ``max_parked``, it is closed.  A new connection of such a handler whose
 client speaks first (``client_speaks_first``) and that has sent nothing
-yet joins them at once, unread, instead of waiting in the handler's first read.  Leaving the loop (shutdown, drain) closes
-every parked connection at once; busy ones finish their message and close.
+yet joins them at once, unread, instead of waiting in the handler's first
+read.  Leaving the loop (shutdown, drain) closes every parked connection
+at once; busy ones finish their message and close.
 
 Lines inline.  The same for a kept connection of a lean line handler
 (``handlers.LineResponder``) on a plain TCP or Unix stream transport: the
