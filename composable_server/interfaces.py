@@ -197,7 +197,9 @@ class Verdict(enum.Enum):
     ``parks_connections = True`` (as ``kernel_timeouts_safe``); the handler
     object it returns then carries the decision as its ``verdict``
     attribute (``handlers.ParkingRequestHandler``).  The server reads it
-    from nothing else.
+    from nothing else.  A second capability, ``client_speaks_first =
+    True``, lets a new connection that has sent nothing yet wait parked
+    too, before the handler's first read.
     """
 
     KEEP = "keep"
