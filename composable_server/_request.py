@@ -846,9 +846,16 @@ class RequestJob(Generic[RequestT, AddressT]):
                 traits = path.traits
                 if traits[0] is not handler:
                     traits = path.handler_traits(handler)
-                # Asked before the idle budget: with a socket timeout set
-                # (settimeout), even a MSG_DONTWAIT recv first waits for data.
-                unspoken = traits[3] and path._parking is not None and ops.silent_fd(request) >= 0
+                # Not with a first-byte budget: a connection dispatched then
+                # has spoken (Parking.park).  Asked before the idle budget:
+                # with a socket timeout (settimeout) even a MSG_DONTWAIT recv
+                # first waits for data.
+                unspoken = (
+                    traits[3]
+                    and (budget is None or budget.first_byte is None)
+                    and path._parking is not None
+                    and ops.silent_fd(request) >= 0
+                )
                 if budget is not None and budget.idle is not None:
                     ops.limit_idle(request, budget.idle, kernel=traits[1])
                 self._parks = traits[2]
