@@ -683,6 +683,7 @@ class Prefork(Generic[RequestT, AddressT]):
         def on_control(signum: int, frame: FrameType | None) -> None:
             if os.getpid() != self._supervisor_pid:
                 return  # inherited by a worker: the supervisor's business only
+            _logger.debug("%s received", signal.Signals(signum).name)
             if signum == signal.SIGHUP:
                 self.reload()
             elif signum == signal.SIGUSR2:

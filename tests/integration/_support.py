@@ -633,13 +633,18 @@ class OutputProcess:
         self._queue.put(None)
 
     def wait_for(self, pattern: str | re.Pattern[str]) -> re.Match[str]:
-        """Wait (bounded) for an output line matching *pattern*."""
+        """Wait for an output line matching *pattern*, at most :attr:`wait`
+        seconds in all (a process that keeps logging other lines, one per
+        request say, must not keep the wait going)."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + self.wait
         while True:
             try:
-                line = self._queue.get(timeout=self.wait)
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no line matching {regex.pattern!r} in {self.lines}") from None
+                raise AssertionError(
+                    f"no line matching {regex.pattern!r} within {self.wait:g} s; the last lines: {self.lines[-40:]}"
+                ) from None
             if line is None:
                 raise AssertionError(f"exited ({self.proc.wait(self.wait)}) before {regex.pattern!r}: {self.lines}")
             match = regex.search(line)
