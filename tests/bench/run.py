@@ -227,20 +227,27 @@ def _status_kib(pid: int, key: str) -> int:
 _TICK: Final = os.sysconf("SC_CLK_TCK")
 
 
-def _counters(pid: int) -> tuple[float, int]:
-    """(CPU seconds, minor page faults) of the process tree under *pid*: the
-    live processes' own plus what their reaped children used (proc(5):
-    utime, stime, cutime, cstime; minflt, cminflt)."""
-    ticks = faults = 0
+def cpu_times(pid: int) -> tuple[float, float, int]:
+    """(user CPU seconds, system CPU seconds, minor page faults) of the
+    process tree under *pid*: the live processes' own plus what their reaped
+    children used (proc(5): utime, cutime; stime, cstime; minflt, cminflt)."""
+    user = system = faults = 0
     for p in _descendants(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rpartition(")")[2].split()
         except OSError:
             continue
-        ticks += sum(int(x) for x in fields[11:15])
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
         faults += int(fields[7]) + int(fields[8])
-    return ticks / _TICK, faults
+    return user / _TICK, system / _TICK, faults
+
+
+def _counters(pid: int) -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of the process tree under *pid* (:func:`cpu_times`)."""
+    user, system, faults = cpu_times(pid)
+    return user + system, faults
 
 
 class _RSSSampler:
@@ -347,6 +354,16 @@ def _tls_files(tmpdir: str) -> tuple[str, str]:
     return cert_path, key_path
 
 
+def wrk_url(scenario: Scenario, target: str) -> str:
+    """The URL wrk loads for an HTTP or TLS *scenario* served at *target* (``host:port``)."""
+    url = f"{'https' if scenario.mode == 'wrk-tls' else 'http'}://{target}/"
+    if scenario.family == "http-file":
+        from .bench_http import FILE_PATH
+
+        url = url.rstrip("/") + FILE_PATH
+    return url
+
+
 def _external_client(
     scenario: Scenario, target: str, duration: float, warmup: float, pin: Callable[[], None],
     on_start: Callable[[], None],
@@ -357,11 +374,7 @@ def _external_client(
             run_s_time(target, scenario.clients, warmup, preexec=pin)
         on_start()
         return run_s_time(target, scenario.clients, duration, preexec=pin)
-    url = f"{'https' if scenario.mode == 'wrk-tls' else 'http'}://{target}/"
-    if scenario.family == "http-file":
-        from .bench_http import FILE_PATH
-
-        url = url.rstrip("/") + FILE_PATH
+    url = wrk_url(scenario, target)
     close = scenario.mode == "wrk-close"
     if warmup:
         run_wrk(url, scenario.clients, warmup, close=close, preexec=pin)

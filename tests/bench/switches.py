@@ -2,6 +2,7 @@
 
     python -m tests.bench.switches [--scenario udp16|tls-persistent|tcp16|http-min|...]
                                    [--kinds native-pool stdlib-threading ...] [--clients N] [--duration 2]
+                                   [--repeats N]
 
 Each kind's benchmark server (``tests.bench.bench_servers KIND FAMILY``,
 pinned to one core as ``run.py`` pins it) serves the scenario's client
@@ -43,20 +44,6 @@ EVENTS: Final = (
 _WRK_MODES: Final = ("wrk", "wrk-close", "wrk-tls")
 
 
-def _cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of the process tree under *pid* (proc(5))."""
-    user = system = 0
-    for p in run._descendants(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        user += int(fields[11]) + int(fields[13])
-        system += int(fields[12]) + int(fields[14])
-    return user / run._TICK, system / run._TICK
-
-
 def _perf(
     pid: int, command: list[str], timeout: float, preexec: Callable[[], None] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -92,17 +79,12 @@ def measure(kind: str, scenario_name: str, clients_: int, duration: float, warmu
         try:
             if scenario.mode in _WRK_MODES:
                 # A warm-up run, then wrk's measured run under perf: perf counts while wrk runs.
-                scheme = "https" if scenario.mode == "wrk-tls" else "http"
-                url = f"{scheme}://{target}/"
-                if scenario.family == "http-file":
-                    from .bench_http import FILE_PATH
-
-                    url = url.rstrip("/") + FILE_PATH
+                url = run.wrk_url(scenario, target)
                 close = scenario.mode == "wrk-close"
                 clients.run_wrk(url, clients_, max(warmup, 1.0), close=close, preexec=pin)
-                before = _cpu(proc.pid)
+                before = run.cpu_times(proc.pid)[:2]
                 perf = _perf(proc.pid, clients.wrk_command(url, clients_, duration, close=close), duration + 60, pin)
-                after = _cpu(proc.pid)
+                after = run.cpu_times(proc.pid)[:2]
                 requests = cast(int, clients.parse_wrk(perf.stdout, clients_)["requests"])  # parse_wrk's int
             else:
                 # loadgen measures after its warm-up: perf counts over the same seconds.
@@ -113,9 +95,9 @@ def measure(kind: str, scenario_name: str, clients_: int, duration: float, warmu
                 )
                 try:
                     time.sleep(warmup)
-                    before = _cpu(proc.pid)
+                    before = run.cpu_times(proc.pid)[:2]
                     perf = _perf(proc.pid, ["sleep", str(duration)], duration + 60)
-                    after = _cpu(proc.pid)
+                    after = run.cpu_times(proc.pid)[:2]
                     stdout, _ = gen.communicate(timeout=duration + 30)
                 finally:
                     if gen.poll() is None:
